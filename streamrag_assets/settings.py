@@ -1,0 +1,135 @@
+"""The one settings object: every address, port and knob of the platform.
+
+Read from the environment (prefix ``STREAMRAG_``) and from a ``.env`` file in the working directory.
+Every external address is optional: when it is absent the embedded service is started and used; when it is
+present the external one is used and nothing embedded starts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK = "127.0.0.1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMRAG_", env_file=".env", extra="ignore")
+
+    # --- where state lives -------------------------------------------------------------------------------
+    home: Path = Field(
+        Path(".streamrag"), description="Directory holding all embedded state (data, logs, pids)."
+    )
+
+    # --- external addresses (absent = embedded) -----------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(None, description="Kafka/Redpanda bootstrap servers.")
+    database_url: str | None = Field(None, description="Postgres (with pgvector) SQLAlchemy URL.")
+    dagster_database_url: str | None = Field(None, description="Postgres URL for the Dagster instance.")
+    spark_master: str | None = Field(None, description="Spark master URL; absent = local[*] in process.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint for the broker's storage.")
+    s3_access_key: str = "streamrag"
+    s3_secret_key: SecretStr = SecretStr("streamrag-local-secret")
+    s3_bucket: str = "streamrag"
+    s3_region: str = "us-east-1"
+    llm_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint; absent = extractive answerer."
+    )
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr | None = None
+
+    # --- embedded ports (all on 127.0.0.1) ----------------------------------------------------------------
+    kafka_port: int = 9092
+    postgres_port: int = 5432
+    s3_port: int = 8333
+    seaweedfs_port_base: int = Field(
+        19330, description="SeaweedFS internal ports: master, volume, filer, admin = base..base+3; gRPC +10."
+    )
+    dagster_port: int = 3000
+    api_port: int = 8000
+    bind_host: str = Field(LOOPBACK, description="Interface the embedded services and the API listen on.")
+
+    # --- embedded Postgres --------------------------------------------------------------------------------
+    postgres_db: str = "streamrag"
+    postgres_dagster_db: str = "dagster"
+    postgres_run_as: str = Field(
+        "streamrag", description="Unprivileged OS user for Postgres when started as root."
+    )
+
+    # --- pipeline -----------------------------------------------------------------------------------------
+    topic: str = "wikimedia.recentchange"
+    topic_partitions: int = 6
+    startup_timeout_s: float = 60.0
+
+    # --- derived ------------------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def embedded_kafka(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def embedded_postgres(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_s3(self) -> bool:
+        return self.s3_endpoint_url is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.kafka_bootstrap_servers or f"{LOOPBACK}:{self.kafka_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.s3_endpoint_url or f"http://{LOOPBACK}:{self.s3_port}"
+
+    @property
+    def app_database_url(self) -> str:
+        """SQLAlchemy URL (psycopg 3 driver) of the application database."""
+        if self.database_url:
+            return self.database_url
+        return f"postgresql+psycopg://postgres@{LOOPBACK}:{self.postgres_port}/{self.postgres_db}"
+
+    @property
+    def dagster_storage_url(self) -> str:
+        """URL of the Dagster instance database (psycopg2 scheme, as dagster-postgres expects)."""
+        if self.dagster_database_url:
+            return self.dagster_database_url
+        if self.database_url:
+            return self.database_url.replace("+psycopg://", "+psycopg2://", 1)
+        return f"postgresql+psycopg2://postgres@{LOOPBACK}:{self.postgres_port}/{self.postgres_dagster_db}"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.state_dir / "dagster"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.api_port}"
+
+    @property
+    def dagster_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.dagster_port}"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as STREAMRAG_* variables, so child processes see exactly what the parent saw."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if name == "home":
+                value = self.state_dir
+            env[f"STREAMRAG_{name.upper()}"] = str(value)
+        return env
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
