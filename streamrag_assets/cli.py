@@ -103,7 +103,7 @@ def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
     else:
         supervisor = running_supervisor(settings)
-        typer.echo(f"supervisor: {'running (pid %d)' % supervisor if supervisor else 'not running'}")
+        typer.echo(f"supervisor: {f'running (pid {supervisor})' if supervisor else 'not running'}")
         typer.echo(f"{'service':<20} {'state':<6} {'pid':>7}  {'address':<32} data")
         for row in rows:
             state = typer.style("up", fg="green") if row.up else typer.style("down", fg="red")

@@ -1,0 +1,72 @@
+"""Reading partition offsets from a Kafka-protocol broker.
+
+Tansu 0.6 answers ListOffsets(LATEST) wrongly (``end_offsets()`` returns 1), so the head of each partition is
+taken from the high watermark that a fetch response carries instead; this works on any Kafka as well.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kafka import KafkaConsumer, TopicPartition
+
+
+def make_consumer(bootstrap_servers: str, **overrides: object) -> KafkaConsumer:
+    config: dict[str, object] = {
+        "bootstrap_servers": bootstrap_servers,
+        "enable_auto_commit": False,
+        "request_timeout_ms": 10_000,
+        "fetch_max_wait_ms": 100,
+    }
+    config.update(overrides)
+    return KafkaConsumer(**config)
+
+
+def topic_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[TopicPartition]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return [TopicPartition(topic, p) for p in sorted(partitions)]
+        if time.monotonic() > deadline:
+            raise LookupError(f"topic {topic!r} does not exist on the broker")
+        time.sleep(0.2)
+
+
+def high_watermarks(consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float = 10.0) -> dict[int, int]:
+    """Offset of the next record each partition will receive, taken from fetch responses."""
+    consumer.assign(tps)
+    beginning = consumer.beginning_offsets(tps)
+    for tp in tps:
+        consumer.seek(tp, beginning[tp])
+    deadline = time.monotonic() + timeout_s
+    marks: dict[int, int] = {}
+    while len(marks) < len(tps):
+        consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
+        for tp in tps:
+            mark = consumer.highwater(tp)
+            if mark is not None:
+                marks[tp.partition] = mark
+        if time.monotonic() > deadline:
+            missing = sorted({tp.partition for tp in tps} - set(marks))
+            raise TimeoutError(f"no high watermark for partitions {missing} of {tps[0].topic} in {timeout_s:.0f} s")
+    return marks
+
+
+def beginning_offsets(consumer: KafkaConsumer, tps: list[TopicPartition]) -> dict[int, int]:
+    return {tp.partition: offset for tp, offset in consumer.beginning_offsets(tps).items()}
+
+
+def offsets_for_time(consumer: KafkaConsumer, tps: list[TopicPartition], timestamp_ms: int) -> dict[int, int]:
+    """First offset at or after ``timestamp_ms`` per partition (the head when none is that late)."""
+    found = consumer.offsets_for_times({tp: timestamp_ms for tp in tps})
+    heads = None
+    result: dict[int, int] = {}
+    for tp in tps:
+        hit = found.get(tp)
+        if hit is not None:
+            result[tp.partition] = hit.offset
+        else:
+            heads = heads or high_watermarks(consumer, tps)
+            result[tp.partition] = heads[tp.partition]
+    return result

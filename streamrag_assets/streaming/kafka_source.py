@@ -1,0 +1,220 @@
+"""Spark Python Data Source for Kafka, built on kafka-python.
+
+The JVM Kafka connector's jars cannot be fetched here (no Maven), so Spark reads the topic through this source.
+Offsets are ``{"<partition>": next_offset}`` dicts that Spark checkpoints; a micro-batch reads each partition's
+``[start, end)`` range in one task. Readers are pickled to executors, so consumers are created inside ``read()``.
+
+Options: ``bootstrap_servers``, ``topic``, ``startingOffsets`` (earliest | latest | a timestamp in ms | a JSON
+offsets dict), ``maxOffsetsPerTrigger`` (admission control), ``endingOffsets`` (batch reads: latest | JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
+from pyspark.sql.types import StructType
+
+from streamrag_assets.streaming import kafka_offsets
+
+SOURCE_NAME = "streamrag_kafka"
+KAFKA_SCHEMA = (
+    "topic string, partition int, offset long, timestamp timestamp, key binary, value binary, "
+    "headers map<string,string>"
+)
+
+Offsets = dict[str, int]
+
+
+@dataclass(frozen=True)
+class KafkaRange(InputPartition):
+    bootstrap_servers: str
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+def _to_offsets(by_partition: dict[int, int]) -> Offsets:
+    return {str(p): int(o) for p, o in sorted(by_partition.items())}
+
+
+class _KafkaOptions:
+    def __init__(self, options: dict[str, str]) -> None:
+        self.bootstrap_servers = options.get("bootstrap_servers", "127.0.0.1:9092")
+        self.topic = options["topic"]
+        self.starting = options.get("startingOffsets", "earliest")
+        self.ending = options.get("endingOffsets", "latest")
+        self.max_per_trigger = int(options["maxOffsetsPerTrigger"]) if "maxOffsetsPerTrigger" in options else None
+
+    def resolve(self, spec: str, consumer: object) -> Offsets:
+        tps = kafka_offsets.topic_partitions(consumer, self.topic)
+        if spec == "earliest":
+            return _to_offsets(kafka_offsets.beginning_offsets(consumer, tps))
+        if spec == "latest":
+            return _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+        if spec.isdigit():
+            return _to_offsets(kafka_offsets.offsets_for_time(consumer, tps, int(spec)))
+        try:
+            given = {str(k): int(v) for k, v in json.loads(spec).items()}
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"offsets must be earliest, latest, a timestamp in ms, or a JSON dict, not {spec!r}"
+            ) from exc
+        beginning = kafka_offsets.beginning_offsets(consumer, tps)
+        return {str(tp.partition): given.get(str(tp.partition), beginning[tp.partition]) for tp in tps}
+
+    def ranges(self, start: Offsets, end: Offsets) -> list[KafkaRange]:
+        return [
+            KafkaRange(self.bootstrap_servers, self.topic, int(p), start.get(p, 0), end[p])
+            for p in sorted(end, key=int)
+            if end[p] > start.get(p, 0)
+        ]
+
+
+def read_range(part: KafkaRange, timeout_s: float = 60.0) -> Iterator[tuple]:
+    """Yield every record of one partition in ``[start, end)`` as a row of KAFKA_SCHEMA."""
+    from kafka import TopicPartition
+
+    consumer = kafka_offsets.make_consumer(part.bootstrap_servers, max_poll_records=5000)
+    tp = TopicPartition(part.topic, part.partition)
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, part.start)
+        next_offset = part.start
+        deadline = time.monotonic() + timeout_s
+        while next_offset < part.end:
+            batch = consumer.poll(timeout_ms=500).get(tp, [])
+            if not batch:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{part.topic}[{part.partition}] stalled at offset {next_offset} before {part.end}"
+                    )
+                continue
+            deadline = time.monotonic() + timeout_s
+            for record in batch:
+                if record.offset >= part.end:
+                    return
+                next_offset = record.offset + 1
+                headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or []) if v is not None}
+                yield (
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
+                    record.key,
+                    record.value,
+                    headers,
+                )
+    finally:
+        consumer.close()
+
+
+class KafkaBatchReader(DataSourceReader):
+    def __init__(self, options: _KafkaOptions) -> None:
+        self.options = options
+
+    def partitions(self) -> list[KafkaRange]:
+        consumer = kafka_offsets.make_consumer(self.options.bootstrap_servers)
+        try:
+            start = self.options.resolve(self.options.starting, consumer)
+            end = self.options.resolve(self.options.ending, consumer)
+        finally:
+            consumer.close()
+        return self.options.ranges(start, end)
+
+    def read(self, partition: KafkaRange) -> Iterator[tuple]:  # type: ignore[override]
+        yield from read_range(partition)
+
+
+class KafkaStreamReader(DataSourceStreamReader):
+    def __init__(self, options: _KafkaOptions) -> None:
+        self.options = options
+        self._consumer = None
+
+    def _admin_consumer(self):  # runs on the driver only; kept open across micro-batches
+        if self._consumer is None:
+            self._consumer = kafka_offsets.make_consumer(self.options.bootstrap_servers)
+        return self._consumer
+
+    def initialOffset(self) -> Offsets:
+        return self.options.resolve(self.options.starting, self._admin_consumer())
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        if self.options.max_per_trigger:
+            return ReadMaxRows(self.options.max_per_trigger)
+        return ReadAllAvailable()
+
+    def latestOffset(self, start: Offsets, limit: ReadLimit) -> Offsets:
+        consumer = self._admin_consumer()
+        tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
+        heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+        # Partitions added since the query started are read from their beginning.
+        new = [tp for tp in tps if str(tp.partition) not in start]
+        begin = {**_to_offsets(kafka_offsets.beginning_offsets(consumer, new)), **start} if new else dict(start)
+        if not isinstance(limit, ReadMaxRows):
+            return heads
+        return cap_offsets(begin, heads, limit.max_rows)
+
+    def reportLatestOffset(self) -> Offsets | None:
+        consumer = self._admin_consumer()
+        tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
+        return _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+
+    def partitions(self, start: Offsets, end: Offsets) -> list[KafkaRange]:
+        return self.options.ranges(start, end)
+
+    def read(self, partition: KafkaRange) -> Iterator[tuple]:  # type: ignore[override]
+        yield from read_range(partition)
+
+    def commit(self, end: Offsets) -> None:
+        """Spark's checkpoint is the source of truth for progress; nothing to commit on the broker."""
+
+    def stop(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def cap_offsets(start: Offsets, heads: Offsets, max_rows: int) -> Offsets:
+    """Advance each partition towards its head so that at most ``max_rows`` records are admitted in total.
+
+    The budget is shared evenly, and what a short partition leaves is handed to the longer ones, so one hot
+    partition cannot starve the others and no budget is wasted.
+    """
+    end = {p: start.get(p, 0) for p in heads}
+    pending = {p: heads[p] - end[p] for p in heads if heads[p] > end[p]}
+    budget = max_rows
+    while pending and budget > 0:
+        share = max(1, budget // len(pending))
+        for p in sorted(pending, key=int):
+            take = min(share, pending[p], budget)
+            end[p] += take
+            pending[p] -= take
+            budget -= take
+            if budget == 0:
+                break
+        pending = {p: n for p, n in pending.items() if n > 0}
+    return end
+
+
+class KafkaDataSource(DataSource):
+    """``spark.read/readStream.format("streamrag_kafka")``: a Kafka topic as rows of KAFKA_SCHEMA."""
+
+    @classmethod
+    def name(cls) -> str:
+        return SOURCE_NAME
+
+    def schema(self) -> str:
+        return KAFKA_SCHEMA
+
+    def reader(self, schema: StructType) -> KafkaBatchReader:
+        return KafkaBatchReader(_KafkaOptions(self.options))
+
+    def streamReader(self, schema: StructType) -> KafkaStreamReader:
+        return KafkaStreamReader(_KafkaOptions(self.options))

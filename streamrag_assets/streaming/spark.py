@@ -1,0 +1,47 @@
+"""The Spark session: started once per process, tuned for a 2-core machine, using this venv's Python."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from streamrag_assets.settings import Settings, get_settings
+from streamrag_assets.streaming.kafka_source import KafkaDataSource
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    return {
+        # 200 shuffle partitions make every micro-batch take seconds on two cores.
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": "2g",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.python.worker.reuse": "true",
+        "spark.sql.streaming.stateStore.providerClass":
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.local.dir": str(settings.state_dir / "spark" / "tmp"),
+        "spark.sql.warehouse.dir": str(settings.state_dir / "spark" / "warehouse"),
+    }
+
+
+def get_spark(settings: Settings | None = None) -> SparkSession:
+    """The process's Spark session (start-up costs 7-15 s here, so it is made once and reused)."""
+    settings = settings or get_settings()
+    # Executors must run this venv's interpreter, or they import a different pyspark/kafka-python.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    (settings.state_dir / "spark" / "tmp").mkdir(parents=True, exist_ok=True)
+    builder = SparkSession.builder.appName("streamrag").master(settings.spark_master or "local[2]")
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    spark.dataSource.register(KafkaDataSource)
+    return spark
