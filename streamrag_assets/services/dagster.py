@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from streamrag_assets.services.process import ManagedProcess, ensure_port_free, find_executable
+from streamrag_assets.services.process import ManagedProcess, PortClaim, find_executable
 from streamrag_assets.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +37,6 @@ def dagster_webserver_process(settings: Settings) -> ManagedProcess:
     workspace = PROJECT_ROOT / "workspace.yaml"
 
     def prepare() -> None:
-        ensure_port_free(
-            settings.bind_host, settings.dagster_port, "the Dagster webserver", "STREAMRAG_DAGSTER_PORT"
-        )
         prepare_dagster_home(settings)
 
     def ready() -> bool:
@@ -63,6 +60,8 @@ def dagster_webserver_process(settings: Settings) -> ManagedProcess:
         ready=ready,
         prepare=prepare,
         address=settings.dagster_url,
+        ports=[PortClaim(settings.dagster_port, "the Dagster webserver", "STREAMRAG_DAGSTER_PORT")],
+        bind_host=settings.bind_host,
         data_dir=settings.dagster_home,
     )
 

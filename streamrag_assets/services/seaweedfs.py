@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, ensure_port_free, find_executable
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, find_executable
 from streamrag_assets.settings import Settings
 
 
@@ -57,13 +57,6 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
     ]
 
     def prepare() -> None:
-        for name, port in ports.items():
-            ensure_port_free(
-                settings.bind_host,
-                port,
-                f"SeaweedFS {name}",
-                "STREAMRAG_S3_PORT" if name == "s3" else "STREAMRAG_SEAWEEDFS_PORT_BASE",
-            )
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "s3-identities.json").write_text(json.dumps(identities))
 
@@ -84,5 +77,11 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         ready=ready,
         prepare=prepare,
         address=settings.s3_endpoint,
+        ports=[
+            PortClaim(port, f"SeaweedFS {name}",
+                      "STREAMRAG_S3_PORT" if name == "s3" else "STREAMRAG_SEAWEEDFS_PORT_BASE")
+            for name, port in ports.items()
+        ],
+        bind_host=settings.bind_host,
         data_dir=data_dir,
     )

@@ -148,6 +148,8 @@ class Supervisor:
             raise ServiceError(f"streamrag is already running here (pid {other}); `streamrag down` stops it")
         check_external(self.settings)
         self.stack = build_stack(self.settings)
+        for proc in self.stack:  # every port checked before anything starts
+            proc.check_ports()
         _pid_file(self.settings).write_text(str(os.getpid()))
         try:
             for proc in self.stack:

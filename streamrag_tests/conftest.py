@@ -1,0 +1,126 @@
+"""Shared fixtures: free ports, an isolated state directory, and the embedded servers started once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamrag_assets.services.broker import broker_process
+from streamrag_assets.services.postgres import postgres_process
+from streamrag_assets.services.process import ManagedProcess
+from streamrag_assets.services.seaweedfs import seaweedfs_process
+from streamrag_assets.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_block(size: int) -> int:
+    """First port of ``size`` consecutive free ports (SeaweedFS takes a block: base..base+14)."""
+    for _ in range(200):
+        base = free_port()
+        if base + size > 65000:
+            continue
+        ok = True
+        for port in range(base, base + size):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def isolated_settings(home: Path, **overrides: object) -> Settings:
+    """Settings for a stack that cannot collide with a running `streamrag up` or another test stack."""
+    values: dict[str, object] = {
+        "home": home,
+        "kafka_port": free_port(),
+        "postgres_port": free_port(),
+        "s3_port": free_port(),
+        "seaweedfs_port_base": free_port_block(15),
+        "dagster_port": free_port(),
+        "api_port": free_port(),
+        "startup_timeout_s": 90,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def run_cli(*args: str, settings: Settings, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "streamrag"), *args],
+        env={**_clean_env(), **settings.to_env()},
+        capture_output=True, text=True, timeout=timeout, cwd=cwd or PROJECT_ROOT,
+    )
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("STREAMRAG_")}
+
+
+class EmbeddedStack:
+    """The embedded servers (object store, broker, Postgres) started as `streamrag up` starts them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seaweedfs = seaweedfs_process(settings)
+        self.kafka = broker_process(settings)
+        self.postgres = postgres_process(settings)
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [self.seaweedfs, self.kafka, self.postgres]
+
+    def start(self, proc: ManagedProcess) -> None:
+        proc.start()
+        proc.wait_ready(self.settings.startup_timeout_s)
+
+    def start_all(self) -> None:
+        for proc in self.processes:
+            self.start(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+@pytest.fixture
+def state_home() -> Iterator[Path]:
+    """A fresh state directory the unprivileged Postgres user can reach (pytest's tmp dirs are 0700 root)."""
+    home = Path(tempfile.mkdtemp(prefix="streamrag-test-"))
+    home.chmod(0o755)
+    try:
+        yield home / ".streamrag"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[EmbeddedStack]:
+    home = Path(tempfile.mkdtemp(prefix="streamrag-stack-"))
+    home.chmod(0o755)
+    embedded = EmbeddedStack(isolated_settings(home / ".streamrag"))
+    try:
+        embedded.start_all()
+        yield embedded
+    finally:
+        embedded.stop_all()
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""docker-compose.yml is a valid compose file, and every streamrag service runs a command the package has."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from typer.testing import CliRunner
+
+from streamrag_assets.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_SCHEMA = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_validates_against_compose_spec() -> None:
+    assert shutil.which("docker-compose"), "Debian's docker-compose is installed by `make test`"
+    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    jsonschema.validate(_compose(), json.loads(COMPOSE_SCHEMA.read_text()))
+
+
+def test_compose_has_the_production_shape() -> None:
+    services = _compose()["services"]
+    for name in ("redpanda", "postgres", "dagster-webserver", "dagster-daemon", "dagster-code", "api",
+                 "prometheus", "alertmanager", "grafana"):
+        assert name in services, f"{name} missing from docker-compose.yml"
+    assert "pgvector" in services["postgres"]["image"]
+
+
+def test_every_streamrag_service_command_exists_in_the_package() -> None:
+    services = _compose()["services"]
+    ours = {name: svc for name, svc in services.items() if svc.get("image") == "streamrag:latest"}
+    assert ours, "streamrag services use the project image"
+    venv_bin = Path(sys.executable).parent
+    for name, svc in ours.items():
+        command = svc["command"]
+        assert (venv_bin / command[0]).exists(), f"{name}: {command[0]} is not installed by the package"
+        if command[0] == "streamrag":
+            help_result = CliRunner().invoke(app, [*command[1:], "--help"])
+            assert help_result.exit_code == 0, f"{name}: `{' '.join(command)}` is not a streamrag command"
+        if command[:3] == ["dagster", "api", "grpc"]:
+            module = command[command.index("-m") + 1]
+            assert __import__(module, fromlist=["defs"]).defs is not None
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name} mounts {source}, which is not in the repository"
+        # Every address comes from the environment, never baked into the image.
+        env = svc["environment"]
+        assert env["STREAMRAG_KAFKA_BOOTSTRAP_SERVERS"] == "redpanda:9092"
+        assert "postgres:5432" in env["STREAMRAG_DATABASE_URL"]

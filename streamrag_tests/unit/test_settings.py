@@ -1,0 +1,41 @@
+"""Settings: env prefix, .env file, and external addresses switching embedded services off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamrag_assets.services.supervisor import build_stack
+from streamrag_assets.settings import Settings
+
+
+def test_defaults_start_every_embedded_service(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    names = [p.name for p in build_stack(settings)]
+    assert names == ["seaweedfs", "kafka", "postgres", "dagster-webserver", "dagster-daemon", "api"]
+    assert settings.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.app_database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:5432/")
+
+
+def test_external_addresses_replace_embedded_services(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, kafka_bootstrap_servers="kafka-1:9092",
+                        database_url="postgresql+psycopg://u:p@db:5432/rag")
+    names = [p.name for p in build_stack(settings)]
+    assert "kafka" not in names and "seaweedfs" not in names and "postgres" not in names
+    assert settings.bootstrap_servers == "kafka-1:9092"
+    assert settings.app_database_url == "postgresql+psycopg://u:p@db:5432/rag"
+    # Dagster's storage uses the same server through the psycopg2 driver dagster-postgres expects.
+    assert settings.dagster_storage_url == "postgresql+psycopg2://u:p@db:5432/rag"
+
+
+def test_env_prefix_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("STREAMRAG_KAFKA_PORT=19092\nSTREAMRAG_LLM_API_KEY=sk-secret\n")
+    monkeypatch.setenv("STREAMRAG_API_PORT", "18000")
+    settings = Settings()
+    assert settings.kafka_port == 19092
+    assert settings.api_port == 18000
+    assert "sk-secret" not in repr(settings), "secrets never reach logs"
+    env = settings.to_env()
+    assert env["STREAMRAG_LLM_API_KEY"] == "sk-secret" and env["STREAMRAG_HOME"] == str(tmp_path / ".streamrag")
