@@ -1,0 +1,44 @@
+# The two commands of the README: `make up` starts the platform, `make test` runs the tests.
+# Each creates the virtualenv and installs what it needs first.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up down status test test-fast lint install system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install -q -U pip setuptools wheel
+	# torch==2.13.0 is pinned in pyproject.toml: the CPU build, not the multi-GB CUDA one.
+	$(BIN)/pip install -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	@./scripts/install-system-deps.sh
+
+up: install
+	$(BIN)/streamrag up
+
+down: install
+	$(BIN)/streamrag down
+
+status: install
+	$(BIN)/streamrag status
+
+test: install system-deps
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not integration"
+
+lint: install
+	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests
+	$(BIN)/ruff format --check streamrag_assets streamrag_api streamrag_tests
+	$(BIN)/mypy streamrag_assets streamrag_api
+
+clean:
+	rm -rf $(VENV) .streamrag

@@ -1,0 +1,170 @@
+"""`streamrag up / status / down` on a fresh state directory, restarts that keep data, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.structs import OffsetAndMetadata
+
+from streamrag_assets.services.postgres import admin_connect
+from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, isolated_settings, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _start_up(settings) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "streamrag"), "up"],
+        env={**_clean_env(), **settings.to_env()}, cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 240
+    lines = []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        if "streamrag is up" in line:
+            return proc
+    proc.kill()
+    raise AssertionError("streamrag up did not come up:\n" + "".join(lines))
+
+
+def _our_processes(home: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            environ = proc.info["environ"] or {}
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if str(home) in cmdline or environ.get("STREAMRAG_HOME") == str(home):
+            if proc.pid != os.getpid():
+                found.append(proc)
+    return found
+
+
+def _down(settings, up_proc: subprocess.Popen) -> None:
+    result = run_cli("down", settings=settings)
+    assert result.returncode == 0, result.stderr
+    assert up_proc.wait(60) == 0
+
+
+def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Path) -> None:
+    settings = isolated_settings(state_home)
+    up = _start_up(settings)
+    try:
+        status = run_cli("status", "--json", settings=settings)
+        assert status.returncode == 0, status.stdout + status.stderr
+        rows = json.loads(status.stdout)
+        assert {r["name"] for r in rows} == {"seaweedfs", "kafka", "postgres", "dagster-webserver",
+                                              "dagster-daemon", "api"}
+        assert all(r["up"] for r in rows), rows
+        assert next(r for r in rows if r["name"] == "postgres")["data_bytes"] > 1_000_000
+
+        # Leave state behind: messages, a group's committed offsets, a table.
+        topic, group = f"keep-{uuid.uuid4().hex[:6]}", "keeper"
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        admin.create_topics([NewTopic(topic, 2, 1)])
+        admin.close()
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+        for i in range(100):
+            producer.send(topic, key=str(i % 2).encode(), value=str(i).encode(), partition=i % 2)
+        producer.flush()
+        producer.close()
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
+                                 enable_auto_commit=False, session_timeout_ms=6000)
+        consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(20, "", -1),
+                         TopicPartition(topic, 1): OffsetAndMetadata(30, "", -1)})
+        consumer.close(autocommit=False)
+        with admin_connect(settings, settings.postgres_db) as conn:
+            conn.execute("CREATE TABLE kept (id int)")
+            conn.execute("INSERT INTO kept SELECT generate_series(1, 42)")
+    finally:
+        _down(settings, up)
+    assert _our_processes(state_home) == [], "down leaves no process of ours behind"
+    stopped = run_cli("status", "--json", settings=settings)
+    assert stopped.returncode != 0 and not any(r["up"] for r in json.loads(stopped.stdout))
+
+    up = _start_up(settings)
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
+                                 enable_auto_commit=False, session_timeout_ms=6000)
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        assert [consumer.committed(tp) for tp in tps] == [20, 30]
+        consumer.assign(tps)
+        values = []
+        deadline = time.monotonic() + 30
+        while len(values) < 50 and time.monotonic() < deadline:
+            for batch in consumer.poll(500).values():
+                values += [int(r.value) for r in batch]
+        consumer.close(autocommit=False)
+        assert len(values) == 50, "resumed at the commits: 30 + 20 messages remain"
+        with admin_connect(settings, settings.postgres_db) as conn:
+            assert conn.execute("SELECT count(*) FROM kept").fetchone()[0] == 42
+    finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C stops everything too
+        assert up.wait(90) == 0
+    assert _our_processes(state_home) == []
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_occupied_port_is_a_one_line_error(state_home: Path) -> None:
+    settings = isolated_settings(state_home)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", settings.postgres_port))
+        squatter.listen()
+        message = _one_line_error(run_cli("up", settings=settings))
+    assert f"port {settings.postgres_port}" in message and "STREAMRAG_POSTGRES_PORT" in message
+    assert _our_processes(state_home) == [], "nothing was started"
+
+
+def test_unwritable_state_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    message = _one_line_error(run_cli("up", settings=isolated_settings(blocker / ".streamrag")))
+    assert "state directory" in message and "STREAMRAG_HOME" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unprivileged Postgres user only exists when started as root")
+def test_state_directory_postgres_user_cannot_reach_is_a_one_line_error(state_home: Path) -> None:
+    private = state_home.parent / "private"
+    private.mkdir(mode=0o700)
+    home = private / ".streamrag"
+    message = _one_line_error(run_cli("up", settings=isolated_settings(home)))
+    assert "cannot reach" in message and "STREAMRAG_HOME" in message
+    assert _our_processes(home) == [], "what had started was stopped again"
+
+
+def test_wrong_external_urls_are_one_line_errors(state_home: Path) -> None:
+    closed = isolated_settings(state_home).kafka_port  # a free port: nothing listens there
+    message = _one_line_error(run_cli(
+        "up", settings=isolated_settings(state_home, kafka_bootstrap_servers=f"127.0.0.1:{closed}")))
+    assert "not reachable" in message and "STREAMRAG_KAFKA_BOOTSTRAP_SERVERS" in message
+
+    message = _one_line_error(run_cli("up", settings=isolated_settings(state_home, database_url="not-a-url")))
+    assert "STREAMRAG_DATABASE_URL" in message
+
+    message = _one_line_error(run_cli("up", settings=isolated_settings(
+        state_home, database_url=f"postgresql+psycopg://u:p@127.0.0.1:{closed}/db")))
+    assert "not reachable" in message and "STREAMRAG_DATABASE_URL" in message
