@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from enum import StrEnum
 
 import typer
 
@@ -94,6 +95,89 @@ def api_command(
     settings = _settings()
     uvicorn.run("streamrag_api.main:app", host=host or settings.bind_host, port=port or settings.api_port,
                 access_log=False, log_level="warning")
+
+
+class Source(StrEnum):
+    wikimedia = "wikimedia"
+    replay = "replay"
+    synthetic = "synthetic"
+
+
+class _Shutdown(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT so blocking reads unwind through `finally` blocks."""
+
+
+def _raise_shutdown(*_: object) -> None:
+    raise _Shutdown
+
+
+@app.command("ingest")
+def ingest_command(
+    source: Source = typer.Option(None, help="wikimedia (live), replay (bundled recording) or synthetic. "
+                                  "Default: STREAMRAG_INGEST_SOURCE."),
+    rate: float = typer.Option(None, help="Events/s for replay/synthetic (0 = as fast as possible)."),
+    since: str = typer.Option(None, help="Start from this ISO-8601 time (or epoch ms) when there is no stored "
+                              "position; the live stream keeps about 7 days."),
+    count: int = typer.Option(None, help="replay/synthetic: stop the source after this many events."),
+    url: str = typer.Option(None, help="Read this SSE URL instead of starting a local replay/synthetic server "
+                            "(the source name still labels metrics and the stored position)."),
+) -> None:
+    """Read the recentchange SSE stream into the Kafka topic; resumes where it stopped."""
+    from streamrag_assets.ingest.runner import run_ingest
+    from streamrag_assets.services.sse_source import source_url, sse_source_process
+
+    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
+    settings = _settings()
+    chosen = (source.value if source else settings.ingest_source)
+    if rate is not None:
+        settings = settings.model_copy(update={"ingest_rate": rate})
+    local_server = None
+    if settings.ingest_metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.ingest_metrics_port, addr=settings.bind_host)
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    signal.signal(signal.SIGINT, _raise_shutdown)
+    try:
+        if chosen != "wikimedia" and url is None:
+            local_server = sse_source_process(settings, chosen, count)
+            local_server.start()
+            local_server.wait_ready(30)
+        run_ingest(settings, chosen, url or source_url(settings, chosen), since=since)
+    except _Shutdown:
+        pass
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        if local_server is not None:
+            local_server.stop()
+
+
+@app.command("sse-server")
+def sse_server_command(
+    source: Source = typer.Option(Source.replay, help="replay or synthetic."),
+    port: int = typer.Option(None, help="Port (default STREAMRAG_REPLAY_PORT, 8765)."),
+    rate: float = typer.Option(None, help="Events/s (0 = as fast as possible; default STREAMRAG_INGEST_RATE)."),
+    count: int = typer.Option(None, help="Serve this many events, then idle."),
+    seed: int = typer.Option(None, help="Seed of the sequence (same seed, same events)."),
+    malformed_fraction: float = typer.Option(None, help="synthetic: fraction of malformed lines."),
+) -> None:
+    """Serve recorded or synthetic recentchange events over SSE on 127.0.0.1, like Wikimedia EventStreams."""
+    import uvicorn
+
+    from streamrag_assets.ingest.sources import event_factory
+    from streamrag_assets.ingest.sse_server import create_app
+
+    if source == Source.wikimedia:
+        raise _fail("sse-server serves replay or synthetic events; wikimedia is the live stream")
+    settings = _settings()
+    factory = event_factory(
+        source.value, seed=settings.ingest_seed if seed is None else seed,
+        malformed_fraction=settings.ingest_malformed_fraction if malformed_fraction is None else malformed_fraction,
+    )
+    server_app = create_app(factory, rate=settings.ingest_rate if rate is None else rate, count=count)
+    uvicorn.run(server_app, host=settings.bind_host, port=port or settings.replay_port, log_level="warning",
+                access_log=False)
 
 
 @app.command("down")

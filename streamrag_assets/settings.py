@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -62,6 +63,26 @@ class Settings(BaseSettings):
     topic: str = "wikimedia.recentchange"
     topic_partitions: int = 6
     startup_timeout_s: float = 60.0
+
+    # --- ingest (SSE -> Kafka) ----------------------------------------------------------------------------
+    ingest_source: Literal["wikimedia", "replay", "synthetic"] = Field(
+        "wikimedia", description="Where `up` ingests from: the live stream, or a local replay/synthetic server."
+    )
+    wikimedia_url: str = "https://stream.wikimedia.org/v2/stream/recentchange"
+    user_agent: str = Field(
+        "streamrag/0.1 (real-time RAG over Wikimedia recent changes; set STREAMRAG_USER_AGENT to your contact) "
+        "python-httpx",
+        description="Sent to Wikimedia, whose policy asks for a descriptive agent with contact details.",
+    )
+    ingest_rate: float = Field(50.0, description="Events/s served by the replay/synthetic source (0 = unlimited).")
+    ingest_malformed_fraction: float = Field(0.01, ge=0, le=1, description="Synthetic source: malformed lines.")
+    ingest_seed: int = 0
+    replay_port: int = Field(8765, description="Port of the local replay/synthetic SSE server.")
+    sse_read_timeout_s: float = Field(30.0, description="No bytes for this long = a stalled stream; reconnect.")
+    ingest_linger_ms: int = 20
+    ingest_compression: Literal["gzip", "none"] | None = "gzip"
+    ingest_position_interval_s: float = 0.5
+    ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
 
     # --- derived ------------------------------------------------------------------------------------------
     @property

@@ -1,0 +1,39 @@
+"""Pure helpers over raw recentchange lines; the raw text itself is never rewritten."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+
+def try_parse(raw: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def event_key(event: dict[str, Any] | None) -> bytes | None:
+    """``wiki:title``, so a page's events land in one partition in order; None (any partition) when unknown."""
+    if event is None:
+        return None
+    wiki, title = event.get("wiki"), event.get("title")
+    if isinstance(wiki, str) and isinstance(title, str):
+        return f"{wiki}:{title}".encode()
+    return None
+
+
+def event_time(event: dict[str, Any] | None) -> datetime | None:
+    """``meta.dt`` as an aware UTC datetime, or None when absent or unparseable."""
+    if event is None or not isinstance(event.get("meta"), dict):
+        return None
+    dt = event["meta"].get("dt")
+    if not isinstance(dt, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(dt.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

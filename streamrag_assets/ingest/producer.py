@@ -1,0 +1,191 @@
+"""Kafka producer for raw events: the value is the event text exactly as received, keyed by ``wiki:title``.
+
+acks=all with idempotence (ordered retries within a partition), batching and compression. The broker's own retries
+cover short outages; whatever still fails is retried by us (retriable errors) or written to a dead-letter file with
+the reason (non-retriable ones, e.g. a record too large) — counted and logged, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+
+from kafka import KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from streamrag_assets.ingest.events import event_key, event_time, try_parse
+from streamrag_assets.ingest.position import AckTracker, Position
+from streamrag_assets.ingest.sse_client import SourceEvent
+from streamrag_assets.metrics import (
+    INGEST_EVENTS_FAILED,
+    INGEST_EVENTS_PRODUCED,
+    INGEST_PRODUCE_LATENCY,
+    INGEST_SOURCE_DELAY,
+)
+from streamrag_assets.settings import Settings
+from streamrag_assets.streaming import kafka_offsets
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topic(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Create the raw topic if missing (partitions from settings); an existing topic is left as it is."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka at {settings.bootstrap_servers} is not reachable: {exc}") from exc
+            time.sleep(1)
+    try:
+        if settings.topic not in admin.list_topics():
+            admin.create_topics([NewTopic(settings.topic, settings.topic_partitions, 1)])
+            log.info("created topic %s with %d partitions", settings.topic, settings.topic_partitions)
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
+
+
+class EventProducer:
+    def __init__(self, settings: Settings, source: str, dead_letter_path: Path) -> None:
+        self.settings = settings
+        self.source = source
+        self.topic = settings.topic
+        self.dead_letter_path = dead_letter_path
+        ensure_topic(settings)
+        self._producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=settings.ingest_linger_ms,
+            batch_size=256 * 1024,
+            compression_type=settings.ingest_compression,
+            max_request_size=8 * 1024 * 1024,
+            # Outages shorter than this are absorbed by the client's own, in-order retries.
+            delivery_timeout_ms=300_000,
+            max_block_ms=300_000,
+            request_timeout_ms=10_000,
+            reconnect_backoff_max_ms=2_000,
+        )
+        self._retry: deque[tuple[int, SourceEvent]] = deque()
+        self._dead_letter_lock = threading.Lock()
+        self.tracker = AckTracker()
+
+    # --- start-up -------------------------------------------------------------------------------------------
+    def resume(self, position: Position | None) -> dict[str, tuple[int, int]]:
+        """Start tracking from ``position``; return the events already in the topic after it (id -> where)."""
+        consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
+        try:
+            tps = kafka_offsets.topic_partitions(consumer, self.topic)
+            heads = kafka_offsets.high_watermarks(consumer, tps)
+            existing: dict[str, tuple[int, int]] = {}
+            if position is not None:
+                for tp in tps:
+                    start = position.scan_from.get(tp.partition, 0)
+                    if start < heads[tp.partition]:
+                        existing |= _ids_in_range(consumer, tp, start, heads[tp.partition])
+        finally:
+            consumer.close()
+        self.tracker = AckTracker(heads, position.last_event_id if position else None)
+        if existing:
+            log.info("%d event(s) after the stored position are already in the topic; they will be skipped",
+                     len(existing))
+        return existing
+
+    # --- sending --------------------------------------------------------------------------------------------
+    def mark_existing(self, event: SourceEvent, partition: int, offset: int) -> None:
+        self.tracker.ack(self.tracker.add(event.id), partition, offset)
+
+    def send(self, event: SourceEvent, seq: int | None = None) -> None:
+        parsed = try_parse(event.data)
+        if seq is None:
+            seq = self.tracker.add(event.id)
+            dt = event_time(parsed)
+            if dt is not None:
+                INGEST_SOURCE_DELAY.labels(self.source).observe(max(0.0, (datetime.now(UTC) - dt).total_seconds()))
+        headers = [("ingested_at", str(int(time.time() * 1000)).encode())]
+        if event.id is not None:
+            headers.insert(0, ("sse_id", event.id.encode()))
+        started = time.perf_counter()
+        try:
+            future = self._producer.send(self.topic, key=event_key(parsed), value=event.data.encode("utf-8"),
+                                         headers=headers)
+        except KafkaTimeoutError as exc:
+            self._on_error(seq, event, exc)
+            return
+        future.add_callback(self._on_ack, seq, started)
+        future.add_errback(lambda exc: self._on_error(seq, event, exc))
+
+    def _on_ack(self, seq: int, started: float, metadata) -> None:
+        INGEST_PRODUCE_LATENCY.labels(self.source).observe(time.perf_counter() - started)
+        INGEST_EVENTS_PRODUCED.labels(self.source).inc()
+        self.tracker.ack(seq, metadata.partition, metadata.offset)
+
+    def _on_error(self, seq: int, event: SourceEvent, exc: BaseException) -> None:
+        reason = type(exc).__name__
+        INGEST_EVENTS_FAILED.labels(self.source, reason).inc()
+        if getattr(exc, "retriable", False) or isinstance(exc, KafkaTimeoutError):
+            log.warning("delivery of event %s failed (%s); retrying", event.id, reason)
+            self._retry.append((seq, event))
+            return
+        log.error("event %s cannot be delivered (%s); written to %s", event.id, exc, self.dead_letter_path)
+        with self._dead_letter_lock:
+            self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.dead_letter_path, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"sse_id": event.id, "reason": repr(exc), "value": event.data}) + "\n")
+        self.tracker.ack(seq, None, None)
+
+    def resend_failed(self) -> int:
+        """Send again what failed with a retriable error; returns how many were re-sent."""
+        count = 0
+        while self._retry:
+            seq, event = self._retry.popleft()
+            self.send(event, seq=seq)
+            count += 1
+        return count
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until everything sent is acknowledged (re-sending failures); False if time ran out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.resend_failed()
+            try:
+                self._producer.flush(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+            except KafkaTimeoutError:
+                continue
+            if not self._retry and self.tracker.outstanding == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+
+
+def _ids_in_range(consumer, tp: TopicPartition, start: int, end: int) -> dict[str, tuple[int, int]]:
+    """sse_id -> (partition, offset) for the records of ``tp`` in ``[start, end)``."""
+    found: dict[str, tuple[int, int]] = {}
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    deadline = time.monotonic() + 60
+    position = start
+    while position < end and time.monotonic() < deadline:
+        for record in consumer.poll(timeout_ms=500).get(tp, []):
+            if record.offset >= end:
+                return found
+            position = record.offset + 1
+            sse_id = dict(record.headers or []).get("sse_id")
+            if sse_id is not None:
+                found[sse_id.decode()] = (tp.partition, record.offset)
+    if position < end:
+        raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] offsets {position}..{end} to resume")
+    return found

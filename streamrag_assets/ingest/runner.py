@@ -1,0 +1,63 @@
+"""The ingest loop: SSE source -> Kafka, resuming exactly where the last acknowledged event left off."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from streamrag_assets.ingest.position import PositionStore
+from streamrag_assets.ingest.producer import EventProducer
+from streamrag_assets.ingest.sse_client import SSEClient
+from streamrag_assets.metrics import INGEST_EVENTS_RECEIVED, INGEST_EVENTS_SKIPPED_DUPLICATE
+from streamrag_assets.settings import Settings
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE_HINT = (
+    "Without internet access, ingest the bundled recording instead: `streamrag ingest --source replay` "
+    "(or STREAMRAG_INGEST_SOURCE=replay for `streamrag up`)."
+)
+
+
+def run_ingest(settings: Settings, source: str, url: str, since: str | None = None,
+               stop: threading.Event | None = None, progress_every_s: float = 10.0) -> None:
+    state = settings.state_dir / "ingest"
+    store = PositionStore(state / f"{source}.position.json")
+    producer = EventProducer(settings, source, state / f"{source}.dead-letter.ndjson")
+    position = store.load()
+    existing = producer.resume(position)
+    client = SSEClient(url, settings.user_agent, source=source, read_timeout_s=settings.sse_read_timeout_s,
+                       hint_when_unreachable=UNREACHABLE_HINT if source == "wikimedia" else "")
+    resume_id = position.last_event_id if position else None
+    log.info("ingesting %s from %s into %s (%s)", source, url, settings.topic,
+             f"resuming after id {resume_id}" if resume_id else f"since {since}" if since else "from now")
+    received = skipped = 0
+    last_save = last_progress = time.monotonic()
+    try:
+        for event in client.events(resume_id, since, stop):
+            received += 1
+            INGEST_EVENTS_RECEIVED.labels(source).inc()
+            where = existing.pop(event.id, None) if existing and event.id is not None else None
+            if where is not None:
+                producer.mark_existing(event, *where)
+                skipped += 1
+                INGEST_EVENTS_SKIPPED_DUPLICATE.labels(source).inc()
+            else:
+                producer.send(event)
+            now = time.monotonic()
+            if now - last_save >= settings.ingest_position_interval_s:
+                producer.resend_failed()
+                store.save(producer.tracker.snapshot())
+                last_save = now
+            if now - last_progress >= progress_every_s:
+                log.info("%s: %d received, %d awaiting ack, %d skipped as already in the topic",
+                         source, received, producer.tracker.outstanding, skipped)
+                last_progress = now
+    finally:
+        if not producer.flush(timeout_s=30):
+            log.warning("%d event(s) not acknowledged at shutdown; the source will send them again on restart",
+                        producer.tracker.outstanding)
+        store.save(producer.tracker.snapshot())
+        producer.close()
+        log.info("%s: stopped after %d events; position saved", source, received)

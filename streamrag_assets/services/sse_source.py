@@ -1,0 +1,41 @@
+"""The local replay/synthetic SSE server as a supervised process (started by `streamrag ingest`)."""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim
+from streamrag_assets.settings import Settings
+
+
+def sse_source_process(settings: Settings, source: str, count: int | None = None) -> ManagedProcess:
+    port = settings.replay_port
+    argv = [sys.executable, "-m", "streamrag_assets.cli", "sse-server", "--source", source, "--port", str(port),
+            "--rate", str(settings.ingest_rate), "--seed", str(settings.ingest_seed),
+            "--malformed-fraction", str(settings.ingest_malformed_fraction)]
+    if count is not None:
+        argv += ["--count", str(count)]
+
+    def ready() -> bool:
+        return httpx.get(f"http://{LOOPBACK_HOST}:{port}/health", timeout=1).status_code == 200
+
+    return ManagedProcess(
+        name=f"{source}-source",
+        argv=argv,
+        env=settings.to_env(),
+        log_path=settings.state_dir / "logs" / f"{source}-source.log",
+        pid_path=settings.state_dir / "run" / f"{source}-source.pid",
+        ready=ready,
+        address=f"http://{LOOPBACK_HOST}:{port}",
+        ports=[PortClaim(port, f"the {source} SSE server", "STREAMRAG_REPLAY_PORT")],
+    )
+
+
+def source_url(settings: Settings, source: str) -> str:
+    if source == "wikimedia":
+        return settings.wikimedia_url
+    from streamrag_assets.ingest.sse_server import STREAM_PATH
+
+    return f"http://{LOOPBACK_HOST}:{settings.replay_port}{STREAM_PATH}"
