@@ -43,6 +43,16 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _reachable(url: str) -> bool:
+    import httpx
+
+    try:
+        with httpx.stream("GET", url, timeout=5) as response:
+            return response.status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details.")) -> None:
     logging.basicConfig(
@@ -74,7 +84,14 @@ def up() -> None:
     typer.echo(f"  Kafka           {settings.bootstrap_servers}  topic {settings.topic}")
     typer.echo(f"  Postgres        {settings.app_database_url.split('@')[-1]}")
     typer.echo(f"  state           {settings.state_dir}")
+    typer.echo(f"  ingest          {settings.ingest_source} -> {settings.topic}")
     typer.echo("Ctrl-C or `streamrag down` stops it.")
+    if settings.ingest_source == "wikimedia" and not _reachable(settings.wikimedia_url):
+        typer.secho(
+            f"note: the live stream {settings.wikimedia_url} cannot be reached from here; ingest keeps retrying. "
+            "To run on the bundled recording instead: STREAMRAG_INGEST_SOURCE=replay streamrag up",
+            fg=typer.colors.YELLOW,
+        )
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     try:
@@ -93,8 +110,13 @@ def api_command(
     import uvicorn
 
     settings = _settings()
-    uvicorn.run("streamrag_api.main:app", host=host or settings.bind_host, port=port or settings.api_port,
-                access_log=False, log_level="warning")
+    uvicorn.run(
+        "streamrag_api.main:app",
+        host=host or settings.bind_host,
+        port=port or settings.api_port,
+        access_log=False,
+        log_level="warning",
+    )
 
 
 class Source(StrEnum):
@@ -113,14 +135,21 @@ def _raise_shutdown(*_: object) -> None:
 
 @app.command("ingest")
 def ingest_command(
-    source: Source = typer.Option(None, help="wikimedia (live), replay (bundled recording) or synthetic. "
-                                  "Default: STREAMRAG_INGEST_SOURCE."),
+    source: Source = typer.Option(
+        None, help="wikimedia (live), replay (bundled recording) or synthetic. Default: STREAMRAG_INGEST_SOURCE."
+    ),
     rate: float = typer.Option(None, help="Events/s for replay/synthetic (0 = as fast as possible)."),
-    since: str = typer.Option(None, help="Start from this ISO-8601 time (or epoch ms) when there is no stored "
-                              "position; the live stream keeps about 7 days."),
+    since: str = typer.Option(
+        None,
+        help="Start from this ISO-8601 time (or epoch ms) when there is no stored "
+        "position; the live stream keeps about 7 days.",
+    ),
     count: int = typer.Option(None, help="replay/synthetic: stop the source after this many events."),
-    url: str = typer.Option(None, help="Read this SSE URL instead of starting a local replay/synthetic server "
-                            "(the source name still labels metrics and the stored position)."),
+    url: str = typer.Option(
+        None,
+        help="Read this SSE URL instead of starting a local replay/synthetic server "
+        "(the source name still labels metrics and the stored position).",
+    ),
 ) -> None:
     """Read the recentchange SSE stream into the Kafka topic; resumes where it stopped."""
     from streamrag_assets.ingest.runner import run_ingest
@@ -128,7 +157,7 @@ def ingest_command(
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     settings = _settings()
-    chosen = (source.value if source else settings.ingest_source)
+    chosen = source.value if source else settings.ingest_source
     if rate is not None:
         settings = settings.model_copy(update={"ingest_rate": rate})
     local_server = None
@@ -172,12 +201,14 @@ def sse_server_command(
         raise _fail("sse-server serves replay or synthetic events; wikimedia is the live stream")
     settings = _settings()
     factory = event_factory(
-        source.value, seed=settings.ingest_seed if seed is None else seed,
+        source.value,
+        seed=settings.ingest_seed if seed is None else seed,
         malformed_fraction=settings.ingest_malformed_fraction if malformed_fraction is None else malformed_fraction,
     )
     server_app = create_app(factory, rate=settings.ingest_rate if rate is None else rate, count=count)
-    uvicorn.run(server_app, host=settings.bind_host, port=port or settings.replay_port, log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        server_app, host=settings.bind_host, port=port or settings.replay_port, log_level="warning", access_log=False
+    )
 
 
 @app.command("down")
@@ -204,9 +235,7 @@ def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
         typer.echo(f"{'service':<20} {'state':<6} {'pid':>7}  {'address':<32} data")
         for row in rows:
             state = typer.style("up", fg="green") if row.up else typer.style("down", fg="red")
-            typer.echo(
-                f"{row.name:<20} {state:<15} {row.pid or '-':>7}  {row.address:<32} {_human(row.data_bytes)}"
-            )
+            typer.echo(f"{row.name:<20} {state:<15} {row.pid or '-':>7}  {row.address:<32} {_human(row.data_bytes)}")
     raise typer.Exit(code=0 if rows and all(r.up for r in rows) else 3)
 
 

@@ -21,9 +21,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMRAG_", env_file=".env", extra="ignore")
 
     # --- where state lives -------------------------------------------------------------------------------
-    home: Path = Field(
-        Path(".streamrag"), description="Directory holding all embedded state (data, logs, pids)."
-    )
+    home: Path = Field(Path(".streamrag"), description="Directory holding all embedded state (data, logs, pids).")
 
     # --- external addresses (absent = embedded) -----------------------------------------------------------
     kafka_bootstrap_servers: str | None = Field(None, description="Kafka/Redpanda bootstrap servers.")
@@ -35,9 +33,7 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("streamrag-local-secret")
     s3_bucket: str = "streamrag"
     s3_region: str = "us-east-1"
-    llm_base_url: str | None = Field(
-        None, description="OpenAI-compatible endpoint; absent = extractive answerer."
-    )
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; absent = extractive answerer.")
     llm_model: str = "gpt-4o-mini"
     llm_api_key: SecretStr | None = None
 
@@ -55,9 +51,7 @@ class Settings(BaseSettings):
     # --- embedded Postgres --------------------------------------------------------------------------------
     postgres_db: str = "streamrag"
     postgres_dagster_db: str = "dagster"
-    postgres_run_as: str = Field(
-        "streamrag", description="Unprivileged OS user for Postgres when started as root."
-    )
+    postgres_run_as: str = Field("streamrag", description="Unprivileged OS user for Postgres when started as root.")
 
     # --- pipeline -----------------------------------------------------------------------------------------
     topic: str = "wikimedia.recentchange"

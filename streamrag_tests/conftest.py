@@ -58,17 +58,25 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
         "seaweedfs_port_base": free_port_block(15),
         "dagster_port": free_port(),
         "api_port": free_port(),
+        "replay_port": free_port(),
+        "ingest_metrics_port": free_port(),
+        "ingest_source": "replay",
         "startup_timeout_s": 90,
     }
     values.update(overrides)
     return Settings(**values)
 
 
-def run_cli(*args: str, settings: Settings, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, settings: Settings, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(VENV_BIN / "streamrag"), *args],
         env={**_clean_env(), **settings.to_env()},
-        capture_output=True, text=True, timeout=timeout, cwd=cwd or PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or PROJECT_ROOT,
     )
 
 

@@ -83,8 +83,10 @@ class PositionStore:
     def save(self, position: Position) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        payload = {"last_event_id": position.last_event_id,
-                   "scan_from": {str(p): o for p, o in sorted(position.scan_from.items())}}
+        payload = {
+            "last_event_id": position.last_event_id,
+            "scan_from": {str(p): o for p, o in sorted(position.scan_from.items())},
+        }
         with open(tmp, "w") as out:
             json.dump(payload, out)
             out.flush()

@@ -97,8 +97,9 @@ class EventProducer:
             consumer.close()
         self.tracker = AckTracker(heads, position.last_event_id if position else None)
         if existing:
-            log.info("%d event(s) after the stored position are already in the topic; they will be skipped",
-                     len(existing))
+            log.info(
+                "%d event(s) after the stored position are already in the topic; they will be skipped", len(existing)
+            )
         return existing
 
     # --- sending --------------------------------------------------------------------------------------------
@@ -117,8 +118,9 @@ class EventProducer:
             headers.insert(0, ("sse_id", event.id.encode()))
         started = time.perf_counter()
         try:
-            future = self._producer.send(self.topic, key=event_key(parsed), value=event.data.encode("utf-8"),
-                                         headers=headers)
+            future = self._producer.send(
+                self.topic, key=event_key(parsed), value=event.data.encode("utf-8"), headers=headers
+            )
         except KafkaTimeoutError as exc:
             self._on_error(seq, event, exc)
             return

@@ -20,18 +20,34 @@ UNREACHABLE_HINT = (
 )
 
 
-def run_ingest(settings: Settings, source: str, url: str, since: str | None = None,
-               stop: threading.Event | None = None, progress_every_s: float = 10.0) -> None:
+def run_ingest(
+    settings: Settings,
+    source: str,
+    url: str,
+    since: str | None = None,
+    stop: threading.Event | None = None,
+    progress_every_s: float = 10.0,
+) -> None:
     state = settings.state_dir / "ingest"
     store = PositionStore(state / f"{source}.position.json")
     producer = EventProducer(settings, source, state / f"{source}.dead-letter.ndjson")
     position = store.load()
     existing = producer.resume(position)
-    client = SSEClient(url, settings.user_agent, source=source, read_timeout_s=settings.sse_read_timeout_s,
-                       hint_when_unreachable=UNREACHABLE_HINT if source == "wikimedia" else "")
+    client = SSEClient(
+        url,
+        settings.user_agent,
+        source=source,
+        read_timeout_s=settings.sse_read_timeout_s,
+        hint_when_unreachable=UNREACHABLE_HINT if source == "wikimedia" else "",
+    )
     resume_id = position.last_event_id if position else None
-    log.info("ingesting %s from %s into %s (%s)", source, url, settings.topic,
-             f"resuming after id {resume_id}" if resume_id else f"since {since}" if since else "from now")
+    log.info(
+        "ingesting %s from %s into %s (%s)",
+        source,
+        url,
+        settings.topic,
+        f"resuming after id {resume_id}" if resume_id else f"since {since}" if since else "from now",
+    )
     received = skipped = 0
     last_save = last_progress = time.monotonic()
     try:
@@ -51,13 +67,20 @@ def run_ingest(settings: Settings, source: str, url: str, since: str | None = No
                 store.save(producer.tracker.snapshot())
                 last_save = now
             if now - last_progress >= progress_every_s:
-                log.info("%s: %d received, %d awaiting ack, %d skipped as already in the topic",
-                         source, received, producer.tracker.outstanding, skipped)
+                log.info(
+                    "%s: %d received, %d awaiting ack, %d skipped as already in the topic",
+                    source,
+                    received,
+                    producer.tracker.outstanding,
+                    skipped,
+                )
                 last_progress = now
     finally:
         if not producer.flush(timeout_s=30):
-            log.warning("%d event(s) not acknowledged at shutdown; the source will send them again on restart",
-                        producer.tracker.outstanding)
+            log.warning(
+                "%d event(s) not acknowledged at shutdown; the source will send them again on restart",
+                producer.tracker.outstanding,
+            )
         store.save(producer.tracker.snapshot())
         producer.close()
         log.info("%s: stopped after %d events; position saved", source, received)

@@ -60,20 +60,49 @@ def replay_event(seq: int, seed: str = "replay") -> str:
 # --- synthetic --------------------------------------------------------------------------------------------------
 
 WIKIS = [
-    ("enwiki", "en.wikipedia.org", "en"), ("dewiki", "de.wikipedia.org", "de"), ("frwiki", "fr.wikipedia.org", "fr"),
-    ("jawiki", "ja.wikipedia.org", "ja"), ("ruwiki", "ru.wikipedia.org", "ru"), ("arwiki", "ar.wikipedia.org", "ar"),
-    ("zhwiki", "zh.wikipedia.org", "zh"), ("hewiki", "he.wikipedia.org", "he"),
-    ("commonswiki", "commons.wikimedia.org", "commons"), ("wikidatawiki", "www.wikidata.org", "wikidata"),
+    ("enwiki", "en.wikipedia.org", "en"),
+    ("dewiki", "de.wikipedia.org", "de"),
+    ("frwiki", "fr.wikipedia.org", "fr"),
+    ("jawiki", "ja.wikipedia.org", "ja"),
+    ("ruwiki", "ru.wikipedia.org", "ru"),
+    ("arwiki", "ar.wikipedia.org", "ar"),
+    ("zhwiki", "zh.wikipedia.org", "zh"),
+    ("hewiki", "he.wikipedia.org", "he"),
+    ("commonswiki", "commons.wikimedia.org", "commons"),
+    ("wikidatawiki", "www.wikidata.org", "wikidata"),
 ]
 TITLES = [
-    "Solar eclipse", "Berlin", "Tokyo Tower", "Ada Lovelace", "Москва", "القاهرة", "北京市", "ירושלים",
-    "Café au lait", "Zürich", "Naïve Bayes classifier", "Emoji 🎉 test", "Łódź", "C++", "Talk:Climate change",
-    "Category:Living people", "File:Sunset.jpg", "Q42", "Mount Everest", "<script>alert(1)</script>",
+    "Solar eclipse",
+    "Berlin",
+    "Tokyo Tower",
+    "Ada Lovelace",
+    "Москва",
+    "القاهرة",
+    "北京市",
+    "ירושלים",
+    "Café au lait",
+    "Zürich",
+    "Naïve Bayes classifier",
+    "Emoji 🎉 test",
+    "Łódź",
+    "C++",
+    "Talk:Climate change",
+    "Category:Living people",
+    "File:Sunset.jpg",
+    "Q42",
+    "Mount Everest",
+    "<script>alert(1)</script>",
 ]
 USERS = ["Alice", "Bob", "203.0.113.7", "Ünïcödé", "InternetArchiveBot", "ClueBot NG", "Владимир", "编辑者"]
 COMMENTS = [
-    "/* History */ fixed a typo", "Reverted edits by 203.0.113.7", "Added citation", "copyedit", "",
-    "Updating population figures from the 2020 census", "rm vandalism", "[[WP:AES|←]]Created page with 'x'",
+    "/* History */ fixed a typo",
+    "Reverted edits by 203.0.113.7",
+    "Added citation",
+    "copyedit",
+    "",
+    "Updating population figures from the 2020 census",
+    "rm vandalism",
+    "[[WP:AES|←]]Created page with 'x'",
 ]
 LOG_ACTIONS = [("delete", "delete"), ("move", "move"), ("protect", "protect"), ("delete", "restore")]
 MALFORMED_KINDS = ("invalid_json", "missing_meta", "wrong_types", "not_an_object")
@@ -125,7 +154,7 @@ def _well_formed(seq: int, seed: int, rng: random.Random) -> dict[str, Any]:
         "server_name": domain,
         "server_script_path": "/w",
         "wiki": wiki,
-        "parsedcomment": f"<span dir=\"auto\">{comment[:200]}</span>",
+        "parsedcomment": f'<span dir="auto">{comment[:200]}</span>',
     }
     if kind in ("edit", "new"):
         old_len = 0 if kind == "new" else rng.randint(100, 200_000)
@@ -141,8 +170,13 @@ def _well_formed(seq: int, seed: int, rng: random.Random) -> dict[str, Any]:
             del event["length"]["old"], event["revision"]["old"]
     elif kind == "log":
         log_type, action = rng.choice(LOG_ACTIONS)
-        event |= {"log_id": 900_000_000 + seq, "log_type": log_type, "log_action": action,
-                  "log_action_comment": comment, "log_params": {}}
+        event |= {
+            "log_id": 900_000_000 + seq,
+            "log_type": log_type,
+            "log_action": action,
+            "log_action_comment": comment,
+            "log_params": {},
+        }
         if log_type == "move":
             event["log_params"] = {"target": f"{title} (moved)", "noredir": "1"}
     return event
@@ -155,8 +189,16 @@ def _malformed(seq: int, rng: random.Random) -> str:
     if kind == "missing_meta":
         return json.dumps({"type": "edit", "title": f"No meta {seq}", "wiki": "enwiki"})
     if kind == "wrong_types":
-        return json.dumps({"meta": {"id": f"wrong-{seq}", "dt": 12345, "domain": "en.wikipedia.org"},
-                           "type": 7, "namespace": "zero", "title": ["list"], "wiki": None, "timestamp": "soon"})
+        return json.dumps(
+            {
+                "meta": {"id": f"wrong-{seq}", "dt": 12345, "domain": "en.wikipedia.org"},
+                "type": 7,
+                "namespace": "zero",
+                "title": ["list"],
+                "wiki": None,
+                "timestamp": "soon",
+            }
+        )
     return json.dumps([seq, "an array, not an event"])
 
 

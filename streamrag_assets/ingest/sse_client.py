@@ -52,8 +52,9 @@ class SSEClient:
         self.last_event_id: str | None = None
         self.connected = threading.Event()
 
-    def events(self, last_event_id: str | None = None, since: str | None = None,
-               stop: threading.Event | None = None) -> Iterator[SourceEvent]:
+    def events(
+        self, last_event_id: str | None = None, since: str | None = None, stop: threading.Event | None = None
+    ) -> Iterator[SourceEvent]:
         """Yield events forever (until ``stop`` is set), reconnecting as needed."""
         stop = stop or threading.Event()
         self.last_event_id = last_event_id
@@ -81,8 +82,9 @@ class SSEClient:
             failures += 1
             INGEST_RECONNECTS.labels(self.source, reason).inc()
             delay = wait_s if wait_s is not None else next(delays)
-            log.warning("%s: reconnecting in %.1f s (%s; resume after id %s)", self.source, delay, reason,
-                        self.last_event_id)
+            log.warning(
+                "%s: reconnecting in %.1f s (%s; resume after id %s)", self.source, delay, reason, self.last_event_id
+            )
             stop.wait(delay)
 
     def _delays(self) -> Iterator[float]:
@@ -98,9 +100,10 @@ class SSEClient:
         elif since:
             params["since"] = since
         timeout = httpx.Timeout(self.read_timeout_s, connect=self.connect_timeout_s)
-        with httpx.Client(timeout=timeout, follow_redirects=True) as client, connect_sse(
-            client, "GET", self.url, headers=headers, params=params
-        ) as source:
+        with (
+            httpx.Client(timeout=timeout, follow_redirects=True) as client,
+            connect_sse(client, "GET", self.url, headers=headers, params=params) as source,
+        ):
             status = source.response.status_code
             if status == 429 or status >= 500:
                 retry_after = source.response.headers.get("retry-after", "")

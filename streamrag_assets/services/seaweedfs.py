@@ -78,8 +78,9 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         prepare=prepare,
         address=settings.s3_endpoint,
         ports=[
-            PortClaim(port, f"SeaweedFS {name}",
-                      "STREAMRAG_S3_PORT" if name == "s3" else "STREAMRAG_SEAWEEDFS_PORT_BASE")
+            PortClaim(
+                port, f"SeaweedFS {name}", "STREAMRAG_S3_PORT" if name == "s3" else "STREAMRAG_SEAWEEDFS_PORT_BASE"
+            )
             for name, port in ports.items()
         ],
         bind_host=settings.bind_host,

@@ -12,9 +12,22 @@ from streamrag_assets.settings import Settings
 
 def sse_source_process(settings: Settings, source: str, count: int | None = None) -> ManagedProcess:
     port = settings.replay_port
-    argv = [sys.executable, "-m", "streamrag_assets.cli", "sse-server", "--source", source, "--port", str(port),
-            "--rate", str(settings.ingest_rate), "--seed", str(settings.ingest_seed),
-            "--malformed-fraction", str(settings.ingest_malformed_fraction)]
+    argv = [
+        sys.executable,
+        "-m",
+        "streamrag_assets.cli",
+        "sse-server",
+        "--source",
+        source,
+        "--port",
+        str(port),
+        "--rate",
+        str(settings.ingest_rate),
+        "--seed",
+        str(settings.ingest_seed),
+        "--malformed-fraction",
+        str(settings.ingest_malformed_fraction),
+    ]
     if count is not None:
         argv += ["--count", str(count)]
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import ArgumentError
 from streamrag_assets.services.api import api_process
 from streamrag_assets.services.broker import broker_process
 from streamrag_assets.services.dagster import dagster_daemon_process, dagster_webserver_process
+from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.postgres import postgres_process
 from streamrag_assets.services.process import ManagedProcess, ServiceError, pid_alive, port_is_open
 from streamrag_assets.services.seaweedfs import seaweedfs_process
@@ -42,7 +43,12 @@ def build_stack(settings: Settings) -> list[ManagedProcess]:
         stack.append(broker_process(settings))
     if settings.embedded_postgres:
         stack.append(postgres_process(settings))
-    stack += [dagster_webserver_process(settings), dagster_daemon_process(settings), api_process(settings)]
+    stack += [
+        ingest_process(settings),
+        dagster_webserver_process(settings),
+        dagster_daemon_process(settings),
+        api_process(settings),
+    ]
     env = settings.to_env()
     for proc in stack:
         proc.env = {**env, **proc.env}
@@ -90,9 +96,7 @@ def check_external(settings: Settings) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError:
-            raise ServiceError(
-                f"STREAMRAG_{setting} is not a database URL: expected postgresql+psycopg://…"
-            ) from None
+            raise ServiceError(f"STREAMRAG_{setting} is not a database URL: expected postgresql+psycopg://…") from None
         try:
             psycopg.connect(
                 parsed.set(drivername="postgresql").render_as_string(hide_password=False), connect_timeout=3
@@ -182,9 +186,7 @@ class Supervisor:
                         proc.log_path,
                     )
                     continue
-                log.warning(
-                    "%s exited (code %s); restarting (%d/%d)", proc.name, code, count, self.restart_limit
-                )
+                log.warning("%s exited (code %s); restarting (%d/%d)", proc.name, code, count, self.restart_limit)
                 try:
                     proc.start()
                     proc.wait_ready(self.settings.startup_timeout_s)
@@ -268,9 +270,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
             with contextlib.suppress(Exception):
                 is_up = bool(proc.ready())
         rows.append(
-            ServiceStatus(
-                proc.name, is_up, proc.address, pid if alive else None, data_size_bytes(proc.data_dir)
-            )
+            ServiceStatus(proc.name, is_up, proc.address, pid if alive else None, data_size_bytes(proc.data_dir))
         )
     for name, external in (
         ("kafka (external)", settings.kafka_bootstrap_servers),

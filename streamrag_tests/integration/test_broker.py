@@ -76,7 +76,10 @@ def test_group_resumes_exactly_at_its_commits_after_broker_sigkill(stack) -> Non
     assert sorted(values) == list(range(MESSAGES)), "every message exactly once"
     # Each partition resumed exactly where the group committed.
     for tp, meta in committed.items():
-        first_after = min(r.offset for r in rest if r.partition == tp.partition) if any(
-            r.partition == tp.partition for r in rest) else None
+        first_after = (
+            min(r.offset for r in rest if r.partition == tp.partition)
+            if any(r.partition == tp.partition for r in rest)
+            else None
+        )
         if first_after is not None:
             assert first_after == meta.offset

@@ -26,8 +26,11 @@ pytestmark = pytest.mark.integration
 def _start_up(settings) -> subprocess.Popen:
     proc = subprocess.Popen(
         [str(VENV_BIN / "streamrag"), "up"],
-        env={**_clean_env(), **settings.to_env()}, cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**_clean_env(), **settings.to_env()},
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 240
     lines = []
@@ -51,9 +54,8 @@ def _our_processes(home: Path) -> list[psutil.Process]:
             environ = proc.info["environ"] or {}
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if str(home) in cmdline or environ.get("STREAMRAG_HOME") == str(home):
-            if proc.pid != os.getpid():
-                found.append(proc)
+        if (str(home) in cmdline or environ.get("STREAMRAG_HOME") == str(home)) and proc.pid != os.getpid():
+            found.append(proc)
     return found
 
 
@@ -70,10 +72,31 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
         status = run_cli("status", "--json", settings=settings)
         assert status.returncode == 0, status.stdout + status.stderr
         rows = json.loads(status.stdout)
-        assert {r["name"] for r in rows} == {"seaweedfs", "kafka", "postgres", "dagster-webserver",
-                                              "dagster-daemon", "api"}
+        assert {r["name"] for r in rows} == {
+            "seaweedfs",
+            "kafka",
+            "postgres",
+            "ingest",
+            "dagster-webserver",
+            "dagster-daemon",
+            "api",
+        }
         assert all(r["up"] for r in rows), rows
         assert next(r for r in rows if r["name"] == "postgres")["data_bytes"] > 1_000_000
+
+        # `up` ingests: the replay source's events reach the raw topic.
+        deadline = time.monotonic() + 60
+        raw = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+        while time.monotonic() < deadline and settings.topic not in raw.topics():
+            time.sleep(0.5)
+        raw.assign([TopicPartition(settings.topic, p) for p in range(settings.topic_partitions)])
+        raw.seek_to_beginning()
+        ingested = []
+        while time.monotonic() < deadline and len(ingested) < 20:
+            for batch in raw.poll(500).values():
+                ingested += batch
+        raw.close()
+        assert len(ingested) >= 20 and all(dict(r.headers).get("sse_id") for r in ingested)
 
         # Leave state behind: messages, a group's committed offsets, a table.
         topic, group = f"keep-{uuid.uuid4().hex[:6]}", "keeper"
@@ -85,10 +108,18 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
             producer.send(topic, key=str(i % 2).encode(), value=str(i).encode(), partition=i % 2)
         producer.flush()
         producer.close()
-        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
-                                 enable_auto_commit=False, session_timeout_ms=6000)
-        consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(20, "", -1),
-                         TopicPartition(topic, 1): OffsetAndMetadata(30, "", -1)})
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+        )
+        consumer.commit(
+            {
+                TopicPartition(topic, 0): OffsetAndMetadata(20, "", -1),
+                TopicPartition(topic, 1): OffsetAndMetadata(30, "", -1),
+            }
+        )
         consumer.close(autocommit=False)
         with admin_connect(settings, settings.postgres_db) as conn:
             conn.execute("CREATE TABLE kept (id int)")
@@ -101,8 +132,12 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
 
     up = _start_up(settings)
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
-                                 enable_auto_commit=False, session_timeout_ms=6000)
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=group,
+            enable_auto_commit=False,
+            session_timeout_ms=6000,
+        )
         tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
         assert [consumer.committed(tp) for tp in tps] == [20, 30]
         consumer.assign(tps)
@@ -158,13 +193,17 @@ def test_state_directory_postgres_user_cannot_reach_is_a_one_line_error(state_ho
 
 def test_wrong_external_urls_are_one_line_errors(state_home: Path) -> None:
     closed = isolated_settings(state_home).kafka_port  # a free port: nothing listens there
-    message = _one_line_error(run_cli(
-        "up", settings=isolated_settings(state_home, kafka_bootstrap_servers=f"127.0.0.1:{closed}")))
+    message = _one_line_error(
+        run_cli("up", settings=isolated_settings(state_home, kafka_bootstrap_servers=f"127.0.0.1:{closed}"))
+    )
     assert "not reachable" in message and "STREAMRAG_KAFKA_BOOTSTRAP_SERVERS" in message
 
     message = _one_line_error(run_cli("up", settings=isolated_settings(state_home, database_url="not-a-url")))
     assert "STREAMRAG_DATABASE_URL" in message
 
-    message = _one_line_error(run_cli("up", settings=isolated_settings(
-        state_home, database_url=f"postgresql+psycopg://u:p@127.0.0.1:{closed}/db")))
+    message = _one_line_error(
+        run_cli(
+            "up", settings=isolated_settings(state_home, database_url=f"postgresql+psycopg://u:p@127.0.0.1:{closed}/db")
+        )
+    )
     assert "not reachable" in message and "STREAMRAG_DATABASE_URL" in message

@@ -25,7 +25,10 @@ def test_dagster_definitions_validate(stack) -> None:
     result = subprocess.run(
         [str(VENV_BIN / "dagster"), "definitions", "validate", "-w", str(PROJECT_ROOT / "workspace.yaml")],
         env={**dagster_env(stack.settings), "PATH": str(VENV_BIN) + ":/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=180, cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=PROJECT_ROOT,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "streamrag" in result.stdout + result.stderr

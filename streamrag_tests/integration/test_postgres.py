@@ -30,8 +30,10 @@ def test_hnsw_cosine_neighbours_survive_restart(stack) -> None:
     def neighbours() -> list[str]:
         with admin_connect(stack.settings, db) as conn:
             conn.execute("SET enable_seqscan = off")  # make the planner use the HNSW index
-            plan = " ".join(r[0] for r in conn.execute(
-                "EXPLAIN SELECT name FROM compass ORDER BY embedding <=> '[0.1, 0.9, 0]' LIMIT 3"))
+            plan = " ".join(
+                r[0]
+                for r in conn.execute("EXPLAIN SELECT name FROM compass ORDER BY embedding <=> '[0.1, 0.9, 0]' LIMIT 3")
+            )
             assert "compass_embedding_idx" in plan
             rows = conn.execute("SELECT name FROM compass ORDER BY embedding <=> '[0.1, 0.9, 0]' LIMIT 3")
             return [r[0] for r in rows]

@@ -30,8 +30,7 @@ def test_spark_reads_topic_through_python_data_source(stack) -> None:
     workers = spark.sparkContext.parallelize([0, 1], 2).map(lambda _: __import__("sys").executable).collect()
     assert set(workers) == {sys.executable}
 
-    rows = (spark.read.format("streamrag_kafka").option("bootstrap_servers", bootstrap).option("topic", topic)
-            .load())
+    rows = spark.read.format("streamrag_kafka").option("bootstrap_servers", bootstrap).option("topic", topic).load()
     assert rows.count() == 500
     assert rows.select("partition", "offset").distinct().count() == 500
     values = {r.value.decode() for r in rows.select("value").collect()}

@@ -24,16 +24,29 @@ def _compose() -> dict:
 
 def test_compose_file_validates_against_compose_spec() -> None:
     assert shutil.which("docker-compose"), "Debian's docker-compose is installed by `make test`"
-    result = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     jsonschema.validate(_compose(), json.loads(COMPOSE_SCHEMA.read_text()))
 
 
 def test_compose_has_the_production_shape() -> None:
     services = _compose()["services"]
-    for name in ("redpanda", "postgres", "dagster-webserver", "dagster-daemon", "dagster-code", "api",
-                 "prometheus", "alertmanager", "grafana"):
+    for name in (
+        "redpanda",
+        "postgres",
+        "dagster-webserver",
+        "dagster-daemon",
+        "dagster-code",
+        "api",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    ):
         assert name in services, f"{name} missing from docker-compose.yml"
     assert "pgvector" in services["postgres"]["image"]
 

@@ -13,14 +13,15 @@ from streamrag_assets.settings import Settings
 def test_defaults_start_every_embedded_service(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     names = [p.name for p in build_stack(settings)]
-    assert names == ["seaweedfs", "kafka", "postgres", "dagster-webserver", "dagster-daemon", "api"]
+    assert names == ["seaweedfs", "kafka", "postgres", "ingest", "dagster-webserver", "dagster-daemon", "api"]
     assert settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.app_database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:5432/")
 
 
 def test_external_addresses_replace_embedded_services(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, kafka_bootstrap_servers="kafka-1:9092",
-                        database_url="postgresql+psycopg://u:p@db:5432/rag")
+    settings = Settings(
+        home=tmp_path, kafka_bootstrap_servers="kafka-1:9092", database_url="postgresql+psycopg://u:p@db:5432/rag"
+    )
     names = [p.name for p in build_stack(settings)]
     assert "kafka" not in names and "seaweedfs" not in names and "postgres" not in names
     assert settings.bootstrap_servers == "kafka-1:9092"

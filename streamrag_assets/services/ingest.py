@@ -1,0 +1,37 @@
+"""The ingest process (SSE -> Kafka) as supervised by `streamrag up`."""
+
+from __future__ import annotations
+
+import sys
+
+import httpx
+
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim
+from streamrag_assets.settings import Settings
+
+
+def ingest_process(settings: Settings) -> ManagedProcess:
+    ports = []
+    if settings.ingest_metrics_port:
+        ports.append(PortClaim(settings.ingest_metrics_port, "ingest metrics", "STREAMRAG_INGEST_METRICS_PORT"))
+    if settings.ingest_source != "wikimedia":
+        ports.append(
+            PortClaim(settings.replay_port, f"the {settings.ingest_source} SSE server", "STREAMRAG_REPLAY_PORT")
+        )
+
+    def ready() -> bool:
+        if not settings.ingest_metrics_port:
+            return True  # no port to ask; the supervisor already checks that the process is alive
+        url = f"http://{LOOPBACK_HOST}:{settings.ingest_metrics_port}/metrics"
+        return "streamrag_ingest_events_received" in httpx.get(url, timeout=1).text
+
+    return ManagedProcess(
+        name="ingest",
+        argv=[sys.executable, "-m", "streamrag_assets.cli", "ingest"],
+        log_path=settings.state_dir / "logs" / "ingest.log",
+        pid_path=settings.state_dir / "run" / "ingest.pid",
+        ready=ready,
+        address=f"{settings.ingest_source} -> {settings.topic}",
+        ports=ports,
+        bind_host=settings.bind_host,
+    )
