@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     ingest_seed: int = 0
     replay_port: int = Field(8765, description="Port of the local replay/synthetic SSE server.")
     sse_read_timeout_s: float = Field(30.0, description="No bytes for this long = a stalled stream; reconnect.")
-    ingest_linger_ms: int = 20
+    ingest_linger_ms: int = Field(50, description="Producer batching delay (latency vs. broker writes).")
     ingest_compression: Literal["gzip", "none"] | None = "gzip"
     ingest_position_interval_s: float = 0.5
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")

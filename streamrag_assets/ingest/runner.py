@@ -49,11 +49,12 @@ def run_ingest(
         f"resuming after id {resume_id}" if resume_id else f"since {since}" if since else "from now",
     )
     received = skipped = 0
+    received_total = INGEST_EVENTS_RECEIVED.labels(source)
     last_save = last_progress = time.monotonic()
     try:
         for event in client.events(resume_id, since, stop):
             received += 1
-            INGEST_EVENTS_RECEIVED.labels(source).inc()
+            received_total.inc()
             where = existing.pop(event.id, None) if existing and event.id is not None else None
             if where is not None:
                 producer.mark_existing(event, *where)

@@ -135,8 +135,8 @@ def _well_formed(seq: int, seed: int, rng: random.Random) -> dict[str, Any]:
         "$schema": "/mediawiki/recentchange/1.0.0",
         "meta": {
             "uri": f"https://{domain}/wiki/{title.replace(' ', '_')}",
-            "request_id": str(uuid.uuid5(_ID_NAMESPACE, f"req:{seed}:{seq}")),
-            "id": str(uuid.uuid5(_ID_NAMESPACE, f"synthetic:{seed}:{seq}")),
+            "request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
             "dt": _iso(now),
             "domain": domain,
             "stream": "mediawiki.recentchange",
