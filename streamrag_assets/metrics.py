@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 # Latency buckets from 5 ms to 2 min: produce acks are milliseconds, source delay can be minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
@@ -33,3 +33,21 @@ INGEST_PRODUCE_LATENCY = Histogram(
     ["source"],
     buckets=LATENCY_BUCKETS,
 )
+
+# --- streaming medallion (Kafka -> Bronze/Silver/Gold) --------------------------------------------------------------
+STREAM_ROWS = Counter("streamrag_stream_rows", "Rows written per table.", ["table"])
+STREAM_DROPPED = Counter(
+    "streamrag_stream_dropped", "Rows not carried into Silver, by why (duplicate, canary).", ["reason"]
+)
+STREAM_QUARANTINED = Counter("streamrag_stream_quarantined", "Rows sent to quarantine, by reason.", ["reason"])
+STREAM_BATCH_DURATION = Histogram(
+    "streamrag_stream_batch_duration_seconds", "Micro-batch time per stage.", ["stage"], buckets=LATENCY_BUCKETS
+)
+STREAM_CONSUMER_LAG = Gauge(
+    "streamrag_stream_consumer_lag", "Records in the topic not yet processed, per partition.", ["partition"]
+)
+STREAM_PROCESSED_OFFSET = Gauge(
+    "streamrag_stream_processed_offset", "Next offset to process, per partition.", ["partition"]
+)
+STREAM_LAST_BATCH = Gauge("streamrag_stream_last_batch_timestamp_seconds", "When the last micro-batch finished.")
+STREAM_ERRORS = Counter("streamrag_stream_errors", "Failed micro-batches by stage and kind.", ["stage", "kind"])

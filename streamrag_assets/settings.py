@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     ingest_linger_ms: int = Field(50, description="Producer batching delay (latency vs. broker writes).")
     ingest_compression: Literal["gzip", "none"] | None = "gzip"
     ingest_position_interval_s: float = 0.5
+    # --- streaming (Kafka -> Bronze/Silver/Gold) -------------------------------------------------------------
+    stream_trigger_ms: int = Field(500, description="Micro-batch interval of the continuous query.")
+    stream_max_events_per_trigger: int = Field(20_000, description="Admission control per micro-batch.")
+    stream_metrics_port: int = Field(9109, description="Prometheus metrics of the streaming process (0 = off).")
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
 
     # --- derived ------------------------------------------------------------------------------------------

@@ -1,0 +1,155 @@
+"""The medallion pipeline: one Spark query from the raw topic through Bronze, Silver (+ quarantine) and Gold.
+
+The same ``process_batch`` serves the long-running query (`streamrag stream`), bounded ``availableNow`` runs
+(Dagster, tests, backfills) and replays; they share the checkpoint under <home>/checkpoints/medallion/epoch-N.
+A new epoch (fresh checkpoint) is started only by `reprocess`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from streamrag_assets.metrics import (
+    STREAM_BATCH_DURATION,
+    STREAM_CONSUMER_LAG,
+    STREAM_DROPPED,
+    STREAM_LAST_BATCH,
+    STREAM_PROCESSED_OFFSET,
+    STREAM_QUARANTINED,
+    STREAM_ROWS,
+)
+from streamrag_assets.settings import Settings
+from streamrag_assets.streaming import kafka_offsets
+from streamrag_assets.streaming.delta import DeltaTables
+from streamrag_assets.streaming.transforms import Layers, bronze_rows, refine, split_layers
+
+log = logging.getLogger(__name__)
+
+APP_ID = "streamrag-medallion"
+EPOCH_STRIDE = 1_000_000_000  # batch keys: epoch * stride + Spark batch id, unique across checkpoints
+
+
+@dataclass
+class BatchResult:
+    batch_key: int
+    counts: dict[str, int]
+    quarantine_reasons: dict[str, int]
+    offsets: dict[int, int]
+    delta_versions: dict[str, int | None]
+    seconds: float
+
+
+def checkpoint_root(settings: Settings) -> Path:
+    return settings.state_dir / "checkpoints" / "medallion"
+
+
+def current_epoch(settings: Settings) -> int:
+    root = checkpoint_root(settings)
+    epochs = [int(p.name.split("-")[1]) for p in root.glob("epoch-*")] if root.exists() else []
+    return max(epochs, default=0)
+
+
+def tables(settings: Settings) -> DeltaTables:
+    return DeltaTables(settings.state_dir / "delta")
+
+
+def write_layers(delta: DeltaTables, layers: Layers, batch_key: int) -> dict[str, int | None]:
+    for layer in ("bronze", "silver", "quarantine", "gold"):
+        with STREAM_BATCH_DURATION.labels(f"write_{layer}").time():
+            if delta.write_once(layer, getattr(layers, layer), APP_ID + "-" + layer, batch_key):
+                STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
+    return {layer: delta.version(layer) for layer in ("bronze", "silver", "quarantine", "gold")}
+
+
+def record_counts(layers: Layers) -> None:
+    for reason in ("duplicate", "canary"):
+        STREAM_DROPPED.labels(reason).inc(layers.counts[reason])
+    for reason, n in layers.quarantine_reasons.items():
+        STREAM_QUARANTINED.labels(reason.split(":")[0]).inc(n)
+
+
+class MedallionBatch:
+    """The ``foreachBatch`` function; keeps the Delta tables open between micro-batches."""
+
+    def __init__(self, settings: Settings, epoch: int, on_batch: Callable[[BatchResult], None] | None = None):
+        self.settings = settings
+        self.epoch = epoch
+        self.delta = tables(settings)
+        self.on_batch = on_batch
+        self._lag_consumer = None
+
+    def __call__(self, kafka_rows, batch_id: int) -> None:
+        began = time.perf_counter()
+        batch_key = self.epoch * EPOCH_STRIDE + batch_id
+        with STREAM_BATCH_DURATION.labels("refine").time():
+            refined: pa.Table = refine(bronze_rows(kafka_rows, batch_key)).toArrow()
+        if len(refined) == 0:
+            return
+        with STREAM_BATCH_DURATION.labels("dedupe").time():
+            # Rows this very batch wrote before a crash are not duplicates of themselves.
+            existing = self.delta.existing_event_ids(refined, exclude_batch=batch_key)
+            layers = split_layers(refined, existing, datetime.now(UTC))
+        versions = write_layers(self.delta, layers, batch_key)
+        record_counts(layers)
+        offsets = _next_offsets(refined)
+        self._report_lag(offsets)
+        seconds = time.perf_counter() - began
+        STREAM_BATCH_DURATION.labels("total").observe(seconds)
+        STREAM_LAST_BATCH.set(time.time())
+        result = BatchResult(batch_key, layers.counts, layers.quarantine_reasons, offsets, versions, seconds)
+        log.info("batch %d: %s in %.2f s", batch_key, layers.counts, seconds)
+        if self.on_batch is not None:
+            self.on_batch(result)
+
+    def _report_lag(self, offsets: dict[int, int]) -> None:
+        try:
+            if self._lag_consumer is None:
+                self._lag_consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
+            tps = kafka_offsets.topic_partitions(self._lag_consumer, self.settings.topic)
+            heads = kafka_offsets.high_watermarks(self._lag_consumer, tps, timeout_s=2)
+        except Exception as exc:  # lag is a gauge, not a reason to fail a batch
+            log.debug("lag not measured: %s", exc)
+            return
+        for partition, head in heads.items():
+            done = offsets.get(partition)
+            if done is not None:
+                STREAM_PROCESSED_OFFSET.labels(str(partition)).set(done)
+                STREAM_CONSUMER_LAG.labels(str(partition)).set(max(0, head - done))
+
+
+def _next_offsets(refined: pa.Table) -> dict[int, int]:
+    offsets: dict[int, int] = {}
+    for partition, offset in zip(refined["partition"].to_pylist(), refined["offset"].to_pylist(), strict=True):
+        offsets[partition] = max(offsets.get(partition, 0), offset + 1)
+    return offsets
+
+
+def start_query(settings: Settings, *, available_now: bool = False, starting_offsets: str = "earliest",
+                epoch: int | None = None, on_batch: Callable[[BatchResult], None] | None = None):
+    """Start the streaming query (continuous, or availableNow) and return it."""
+    from streamrag_assets.streaming.spark import get_spark
+
+    spark = get_spark(settings)
+    epoch = current_epoch(settings) if epoch is None else epoch
+    checkpoint = checkpoint_root(settings) / f"epoch-{epoch}"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    reader = (spark.readStream.format("streamrag_kafka")
+              .option("bootstrap_servers", settings.bootstrap_servers)
+              .option("topic", settings.topic)
+              .option("startingOffsets", starting_offsets)
+              .option("maxOffsetsPerTrigger", str(settings.stream_max_events_per_trigger)))
+    writer = (reader.load().writeStream.foreachBatch(MedallionBatch(settings, epoch, on_batch))
+              .option("checkpointLocation", str(checkpoint))
+              .queryName(f"medallion-epoch-{epoch}"))
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{settings.stream_trigger_ms} milliseconds")
+    return writer.start()

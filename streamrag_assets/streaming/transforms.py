@@ -1,0 +1,131 @@
+"""The medallion transforms as functions on DataFrames (Spark) and Arrow tables; no Kafka, no table I/O.
+
+One micro-batch costs one Spark action: Bronze rows are refined in a single ``mapInArrow`` pass (parse, validate,
+normalise, render) and collected as one Arrow table, which ``split_layers`` cuts into the four tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from streamrag_assets.streaming.refine import Rejected, document, is_canary, parse_event
+from streamrag_assets.streaming.schemas import TABLES, spark_schema
+
+ARROW_SCHEMAS = TABLES
+BRONZE = TABLES["bronze"].names
+SILVER = TABLES["silver"].names
+GOLD = TABLES["gold"].names
+
+_SILVER_ONLY = [c for c in SILVER if c not in BRONZE]
+_GOLD_ONLY = [c for c in GOLD if c not in BRONZE and c not in SILVER]
+
+# Bronze columns + Silver fields + the verdict + Gold-only fields: what one refine pass produces per row.
+REFINED_ARROW = pa.schema(
+    list(TABLES["bronze"])
+    + [TABLES["silver"].field(c) for c in _SILVER_ONLY]
+    + [pa.field("reject_reason", pa.string()), pa.field("canary", pa.bool_())]
+    + [TABLES["gold"].field(c) for c in _GOLD_ONLY]
+)
+
+
+def bronze_rows(kafka_rows: DataFrame, batch_id: int) -> DataFrame:
+    """Kafka records (the data source's schema) as Bronze rows: raw value kept, lineage added."""
+    headers = F.col("headers")
+    return kafka_rows.select(
+        "topic",
+        "partition",
+        "offset",
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("key").cast("string").alias("key"),
+        F.col("value").cast("string").alias("value"),
+        headers["sse_id"].alias("sse_id"),
+        F.coalesce(F.timestamp_millis(headers["ingested_at"].cast("long")), F.col("timestamp")).alias("ingested_at"),
+        F.lit(batch_id).cast("long").alias("batch_id"),
+        F.current_timestamp().alias("written_at"),
+    )
+
+
+def refine_record(row: dict) -> dict:
+    """One Bronze row with its Silver fields, Gold document and verdict (reject_reason / canary) added."""
+    try:
+        silver = parse_event(row["value"])
+    except Rejected as rejected:
+        return {**row, "reject_reason": str(rejected), "canary": False}
+    canary = is_canary(silver)
+    out = {**row, **silver, "reject_reason": None, "canary": canary}
+    doc = None if canary else document(silver)
+    if doc is not None:
+        out.update({name: doc[name] for name in _GOLD_ONLY})
+    return out
+
+
+def refine_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow`` body: Bronze record batches in, refined record batches out."""
+    for batch in batches:
+        rows = [refine_record(row) for row in batch.to_pylist()]
+        yield pa.RecordBatch.from_pylist(rows, schema=REFINED_ARROW)
+
+
+def refine(bronze: DataFrame) -> DataFrame:
+    return bronze.select(*BRONZE).mapInArrow(refine_batches, spark_schema(REFINED_ARROW))
+
+
+@dataclass
+class Layers:
+    bronze: pa.Table
+    silver: pa.Table
+    quarantine: pa.Table
+    gold: pa.Table
+    counts: dict[str, int] = field(default_factory=dict)
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def split_layers(refined: pa.Table, already_in_silver: set[str], quarantined_at) -> Layers:
+    """Cut a refined batch into the four tables. Duplicates (by event_id, against Silver and within the batch) keep
+    their first occurrence in (batch, partition, offset) order; every row is counted exactly once."""
+    refined = refined.sort_by([("batch_id", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
+    rejected = pc.is_valid(refined["reject_reason"])
+    canary = pc.fill_null(refined["canary"], False)
+    candidate = pc.and_(pc.invert(rejected), pc.invert(canary))
+    keep = []
+    seen = set(already_in_silver)
+    for event_id, is_candidate in zip(refined["event_id"].to_pylist(), candidate.to_pylist(), strict=True):
+        first = bool(is_candidate) and event_id not in seen
+        if first:
+            seen.add(event_id)
+        keep.append(first)
+    keep_mask = pa.array(keep, type=pa.bool_())
+    silver_rows = refined.filter(keep_mask)
+    quarantine_rows = refined.filter(rejected)
+    gold_rows = silver_rows.filter(pc.is_valid(silver_rows["doc_id"]))
+    quarantine = quarantine_rows.select(["partition", "offset", "value", "reject_reason", "ingested_at",
+                                         "batch_id"]).rename_columns(
+        ["partition", "offset", "value", "reason", "ingested_at", "batch_id"])
+    quarantine = quarantine.append_column(
+        "quarantined_at", pa.array([quarantined_at] * len(quarantine), type=ARROW_SCHEMAS["quarantine"]
+                                   .field("quarantined_at").type))
+    reasons: dict[str, int] = {}
+    for reason in quarantine["reason"].to_pylist():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    counts = {
+        "bronze": len(refined),
+        "silver": len(silver_rows),
+        "quarantine": len(quarantine),
+        "canary": pc.sum(canary).as_py() or 0,
+        "duplicate": pc.sum(candidate).as_py() - len(silver_rows) if len(refined) else 0,
+        "gold": len(gold_rows),
+    }
+    return Layers(
+        bronze=refined.select(BRONZE).cast(ARROW_SCHEMAS["bronze"]),
+        silver=silver_rows.select(SILVER).cast(ARROW_SCHEMAS["silver"]),
+        quarantine=quarantine.cast(ARROW_SCHEMAS["quarantine"]),
+        gold=gold_rows.select(GOLD).cast(ARROW_SCHEMAS["gold"]),
+        counts=counts,
+        quarantine_reasons=reasons,
+    )
