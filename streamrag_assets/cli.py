@@ -211,6 +211,81 @@ def sse_server_command(
     )
 
 
+def _serve_metrics(port: int, host: str) -> None:
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host)
+
+
+@app.command("stream")
+def stream_command(
+    available_now: bool = typer.Option(False, "--available-now", help="Process what is in the topic, then exit."),
+) -> None:
+    """Run the Spark query raw topic -> Bronze -> Silver (+ quarantine) -> Gold; resumes from its checkpoint."""
+    from streamrag_assets.streaming.pipeline import start_query
+
+    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
+    settings = _settings()
+    _serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    query = start_query(settings, available_now=available_now)
+    typer.echo(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.state_dir / 'delta'}")
+    try:
+        query.awaitTermination()
+    except (_Shutdown, KeyboardInterrupt):
+        query.stop()
+    if query.exception() is not None:
+        raise _fail(f"the streaming query failed: {query.exception()}")
+
+
+replay_app = typer.Typer(
+    help="Rebuild tables from Bronze, or re-read the topic from an offset or a time.", no_args_is_help=True
+)
+app.add_typer(replay_app, name="replay")
+
+
+@replay_app.command("rebuild")
+def replay_rebuild() -> None:
+    """Recompute Silver, quarantine and Gold from Bronze (new table versions; same transform code as the stream)."""
+    from streamrag_assets.streaming.replay import rebuild_from_bronze
+
+    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
+    counts = rebuild_from_bronze(_settings())
+    typer.echo(json.dumps(counts))
+
+
+@replay_app.command("reprocess")
+def replay_reprocess(
+    from_offset: list[str] = typer.Option(
+        None, "--from-offset", help="PARTITION:OFFSET (repeatable); partitions not named restart from their beginning."
+    ),
+    from_time: str = typer.Option(
+        None, "--from-time", help="ISO-8601 time: re-read from the first offset at or after it in every partition."
+    ),
+) -> None:
+    """Re-read the topic from an offset or time with a fresh checkpoint (stop `streamrag stream` first)."""
+    from datetime import datetime
+
+    from streamrag_assets.streaming.pipeline import start_query
+    from streamrag_assets.streaming.replay import prepare_reprocess, resolve_start, starting_offsets_option
+
+    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
+    settings = _settings()
+    if bool(from_offset) == bool(from_time):
+        raise _fail("give either --from-offset PARTITION:OFFSET (repeatable) or --from-time ISO-8601")
+    try:
+        offsets = {int(p): int(o) for p, o in (item.split(":", 1) for item in from_offset or [])}
+        when = datetime.fromisoformat(from_time.replace("Z", "+00:00")) if from_time else None
+    except ValueError:
+        raise _fail("--from-offset takes PARTITION:OFFSET with integers; --from-time an ISO-8601 time") from None
+    start = resolve_start(settings, offsets or None, when)
+    epoch = prepare_reprocess(settings, start)
+    query = start_query(settings, available_now=True, starting_offsets=starting_offsets_option(start), epoch=epoch)
+    query.awaitTermination()
+    typer.echo(f"reprocessed from {start} (checkpoint epoch {epoch})")
+
+
 @app.command("down")
 def down_command() -> None:
     """Stop a running `streamrag up` (and any process of ours it left behind)."""

@@ -60,6 +60,7 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
         "api_port": free_port(),
         "replay_port": free_port(),
         "ingest_metrics_port": free_port(),
+        "stream_metrics_port": free_port(),
         "ingest_source": "replay",
         "startup_timeout_s": 90,
     }

@@ -27,6 +27,7 @@ from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.postgres import postgres_process
 from streamrag_assets.services.process import ManagedProcess, ServiceError, pid_alive, port_is_open
 from streamrag_assets.services.seaweedfs import seaweedfs_process
+from streamrag_assets.services.stream import stream_process
 from streamrag_assets.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def build_stack(settings: Settings) -> list[ManagedProcess]:
         stack.append(postgres_process(settings))
     stack += [
         ingest_process(settings),
+        stream_process(settings),
         dagster_webserver_process(settings),
         dagster_daemon_process(settings),
         api_process(settings),

@@ -131,8 +131,14 @@ def _next_offsets(refined: pa.Table) -> dict[int, int]:
     return offsets
 
 
-def start_query(settings: Settings, *, available_now: bool = False, starting_offsets: str = "earliest",
-                epoch: int | None = None, on_batch: Callable[[BatchResult], None] | None = None):
+def start_query(
+    settings: Settings,
+    *,
+    available_now: bool = False,
+    starting_offsets: str = "earliest",
+    epoch: int | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+):
     """Start the streaming query (continuous, or availableNow) and return it."""
     from streamrag_assets.streaming.spark import get_spark
 
@@ -140,14 +146,19 @@ def start_query(settings: Settings, *, available_now: bool = False, starting_off
     epoch = current_epoch(settings) if epoch is None else epoch
     checkpoint = checkpoint_root(settings) / f"epoch-{epoch}"
     checkpoint.mkdir(parents=True, exist_ok=True)
-    reader = (spark.readStream.format("streamrag_kafka")
-              .option("bootstrap_servers", settings.bootstrap_servers)
-              .option("topic", settings.topic)
-              .option("startingOffsets", starting_offsets)
-              .option("maxOffsetsPerTrigger", str(settings.stream_max_events_per_trigger)))
-    writer = (reader.load().writeStream.foreachBatch(MedallionBatch(settings, epoch, on_batch))
-              .option("checkpointLocation", str(checkpoint))
-              .queryName(f"medallion-epoch-{epoch}"))
+    reader = (
+        spark.readStream.format("streamrag_kafka")
+        .option("bootstrap_servers", settings.bootstrap_servers)
+        .option("topic", settings.topic)
+        .option("startingOffsets", starting_offsets)
+        .option("maxOffsetsPerTrigger", str(settings.stream_max_events_per_trigger))
+    )
+    writer = (
+        reader.load()
+        .writeStream.foreachBatch(MedallionBatch(settings, epoch, on_batch))
+        .option("checkpointLocation", str(checkpoint))
+        .queryName(f"medallion-epoch-{epoch}")
+    )
     if available_now:
         writer = writer.trigger(availableNow=True)
     else:

@@ -18,15 +18,27 @@ from streamrag_assets.streaming.schemas import DOCUMENT_TYPES, TRANSFORM_VERSION
 
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
-_LANG = re.compile(r"^([a-z]{2,3}(?:-[a-z]+)*)\.(?:wikipedia|wiktionary|wikibooks|wikinews|wikiquote|wikisource|"
-                   r"wikiversity|wikivoyage)\.org$")
+_LANG = re.compile(
+    r"^([a-z]{2,3}(?:-[a-z]+)*)\.(?:wikipedia|wiktionary|wikibooks|wikinews|wikiquote|wikisource|"
+    r"wikiversity|wikivoyage)\.org$"
+)
 TEXT_COMMENT_LIMIT = 500
 LARGE_CHANGE_BYTES = 10_000
 NAMESPACE_RANGE = (-2, 100_000)
 
 _STR_FIELDS = ("type", "title", "wiki")
-_OPTIONAL_STR = ("title_url", "comment", "parsedcomment", "user", "server_url", "server_name", "server_script_path",
-                 "notify_url", "log_type", "log_action")
+_OPTIONAL_STR = (
+    "title_url",
+    "comment",
+    "parsedcomment",
+    "user",
+    "server_url",
+    "server_name",
+    "server_script_path",
+    "notify_url",
+    "log_type",
+    "log_action",
+)
 _OPTIONAL_BOOL = ("bot", "minor", "patrolled")
 
 
@@ -158,8 +170,11 @@ def language(domain: str | None) -> str:
 
 
 def _document_op(silver: dict[str, Any]) -> tuple[str, str | None]:
-    if silver["type"] == "log" and silver["log_type"] == "delete" and silver["log_action"] in ("delete",
-                                                                                            "delete_redir"):
+    if (
+        silver["type"] == "log"
+        and silver["log_type"] == "delete"
+        and silver["log_action"] in ("delete", "delete_redir")
+    ):
         return "delete", None
     if silver["type"] == "log" and silver["log_type"] == "move":
         params = orjson.loads(silver["log_params"]) if silver["log_params"] else {}
@@ -248,8 +263,22 @@ def document(silver: dict[str, Any]) -> dict[str, Any] | None:
         "event_id": silver["event_id"],
         "transform_version": TRANSFORM_VERSION,
     }
-    hashed = "\x1f".join(str(doc[k]) for k in ("doc_id", "op", "text", "title", "new_title", "page_url",
-                                               "diff_url", "wiki", "namespace", "type", "bot"))
+    hashed = "\x1f".join(
+        str(doc[k])
+        for k in (
+            "doc_id",
+            "op",
+            "text",
+            "title",
+            "new_title",
+            "page_url",
+            "diff_url",
+            "wiki",
+            "namespace",
+            "type",
+            "bot",
+        )
+    )
     doc["content_hash"] = hashlib.sha256(hashed.encode()).hexdigest()
     return doc
 

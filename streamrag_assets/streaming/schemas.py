@@ -11,39 +11,96 @@ TRANSFORM_VERSION = "1"
 
 _TS = pa.timestamp("us", tz="UTC")
 
-BRONZE = pa.schema([
-    ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()), ("kafka_timestamp", _TS),
-    ("key", pa.string()), ("value", pa.string()), ("sse_id", pa.string()), ("ingested_at", _TS),
-    ("batch_id", pa.int64()), ("written_at", _TS),
-])
+BRONZE = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("kafka_timestamp", _TS),
+        ("key", pa.string()),
+        ("value", pa.string()),
+        ("sse_id", pa.string()),
+        ("ingested_at", _TS),
+        ("batch_id", pa.int64()),
+        ("written_at", _TS),
+    ]
+)
 
-SILVER = pa.schema([
-    ("event_id", pa.string()), ("event_time", _TS), ("event_date", pa.date32()), ("wiki", pa.string()),
-    ("domain", pa.string()), ("type", pa.string()), ("namespace", pa.int32()), ("title", pa.string()),
-    ("page_url", pa.string()), ("comment", pa.string()), ("comment_text", pa.string()), ("user", pa.string()),
-    ("bot", pa.bool_()), ("minor", pa.bool_()), ("patrolled", pa.bool_()), ("length_old", pa.int64()),
-    ("length_new", pa.int64()), ("revision_old", pa.int64()), ("revision_new", pa.int64()), ("rc_id", pa.int64()),
-    ("log_id", pa.int64()), ("log_type", pa.string()), ("log_action", pa.string()), ("log_params", pa.string()),
-    ("server_url", pa.string()), ("notify_url", pa.string()),
-    # lineage
-    ("partition", pa.int32()), ("offset", pa.int64()), ("ingested_at", _TS), ("batch_id", pa.int64()),
-])
+SILVER = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_time", _TS),
+        ("event_date", pa.date32()),
+        ("wiki", pa.string()),
+        ("domain", pa.string()),
+        ("type", pa.string()),
+        ("namespace", pa.int32()),
+        ("title", pa.string()),
+        ("page_url", pa.string()),
+        ("comment", pa.string()),
+        ("comment_text", pa.string()),
+        ("user", pa.string()),
+        ("bot", pa.bool_()),
+        ("minor", pa.bool_()),
+        ("patrolled", pa.bool_()),
+        ("length_old", pa.int64()),
+        ("length_new", pa.int64()),
+        ("revision_old", pa.int64()),
+        ("revision_new", pa.int64()),
+        ("rc_id", pa.int64()),
+        ("log_id", pa.int64()),
+        ("log_type", pa.string()),
+        ("log_action", pa.string()),
+        ("log_params", pa.string()),
+        ("server_url", pa.string()),
+        ("notify_url", pa.string()),
+        # lineage
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("ingested_at", _TS),
+        ("batch_id", pa.int64()),
+    ]
+)
 
-QUARANTINE = pa.schema([
-    ("partition", pa.int32()), ("offset", pa.int64()), ("value", pa.string()), ("reason", pa.string()),
-    ("ingested_at", _TS), ("batch_id", pa.int64()), ("quarantined_at", _TS),
-])
+QUARANTINE = pa.schema(
+    [
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("value", pa.string()),
+        ("reason", pa.string()),
+        ("ingested_at", _TS),
+        ("batch_id", pa.int64()),
+        ("quarantined_at", _TS),
+    ]
+)
 
-GOLD = pa.schema([
-    ("doc_id", pa.string()), ("op", pa.string()), ("text", pa.string()), ("title", pa.string()),
-    ("new_title", pa.string()), ("page_url", pa.string()), ("diff_url", pa.string()), ("wiki", pa.string()),
-    ("lang", pa.string()), ("namespace", pa.int32()), ("type", pa.string()), ("event_time", _TS),
-    ("event_date", pa.date32()), ("bot", pa.bool_()), ("quality_flags", pa.list_(pa.string())),
-    ("content_hash", pa.string()),
-    # lineage
-    ("event_id", pa.string()), ("partition", pa.int32()), ("offset", pa.int64()), ("ingested_at", _TS),
-    ("transform_version", pa.string()), ("batch_id", pa.int64()),
-])
+GOLD = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("op", pa.string()),
+        ("text", pa.string()),
+        ("title", pa.string()),
+        ("new_title", pa.string()),
+        ("page_url", pa.string()),
+        ("diff_url", pa.string()),
+        ("wiki", pa.string()),
+        ("lang", pa.string()),
+        ("namespace", pa.int32()),
+        ("type", pa.string()),
+        ("event_time", _TS),
+        ("event_date", pa.date32()),
+        ("bot", pa.bool_()),
+        ("quality_flags", pa.list_(pa.string())),
+        ("content_hash", pa.string()),
+        # lineage
+        ("event_id", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("ingested_at", _TS),
+        ("transform_version", pa.string()),
+        ("batch_id", pa.int64()),
+    ]
+)
 
 TABLES = {"bronze": BRONZE, "silver": SILVER, "quarantine": QUARANTINE, "gold": GOLD}
 

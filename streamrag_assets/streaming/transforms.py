@@ -104,12 +104,13 @@ def split_layers(refined: pa.Table, already_in_silver: set[str], quarantined_at)
     silver_rows = refined.filter(keep_mask)
     quarantine_rows = refined.filter(rejected)
     gold_rows = silver_rows.filter(pc.is_valid(silver_rows["doc_id"]))
-    quarantine = quarantine_rows.select(["partition", "offset", "value", "reject_reason", "ingested_at",
-                                         "batch_id"]).rename_columns(
-        ["partition", "offset", "value", "reason", "ingested_at", "batch_id"])
+    quarantine = quarantine_rows.select(
+        ["partition", "offset", "value", "reject_reason", "ingested_at", "batch_id"]
+    ).rename_columns(["partition", "offset", "value", "reason", "ingested_at", "batch_id"])
     quarantine = quarantine.append_column(
-        "quarantined_at", pa.array([quarantined_at] * len(quarantine), type=ARROW_SCHEMAS["quarantine"]
-                                   .field("quarantined_at").type))
+        "quarantined_at",
+        pa.array([quarantined_at] * len(quarantine), type=ARROW_SCHEMAS["quarantine"].field("quarantined_at").type),
+    )
     reasons: dict[str, int] = {}
     for reason in quarantine["reason"].to_pylist():
         reasons[reason] = reasons.get(reason, 0) + 1

@@ -77,6 +77,7 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
             "kafka",
             "postgres",
             "ingest",
+            "stream",
             "dagster-webserver",
             "dagster-daemon",
             "api",
