@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
 from pyspark.sql.types import StructType
 
 from streamrag_assets.streaming import kafka_offsets
@@ -132,10 +137,16 @@ class KafkaBatchReader(DataSourceReader):
         yield from read_range(partition)
 
 
-class KafkaStreamReader(DataSourceStreamReader):
+class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def __init__(self, options: _KafkaOptions) -> None:
         self.options = options
         self._consumer = None
+        self._target: Offsets | None = None  # availableNow: the heads when the query started
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        consumer = self._admin_consumer()
+        tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
+        self._target = _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
 
     def _admin_consumer(self):  # runs on the driver only; kept open across micro-batches
         if self._consumer is None:
@@ -154,6 +165,10 @@ class KafkaStreamReader(DataSourceStreamReader):
         consumer = self._admin_consumer()
         tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
         heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+        if self._target is not None:
+            # availableNow: nothing that arrived after the query started; batches still respect the limit.
+            heads = {p: min(o, self._target.get(p, o)) for p, o in heads.items() if p in self._target}
+            heads = {p: max(o, start.get(p, 0)) for p, o in heads.items()}
         # Partitions added since the query started are read from their beginning.
         new = [tp for tp in tps if str(tp.partition) not in start]
         begin = {**_to_offsets(kafka_offsets.beginning_offsets(consumer, new)), **start} if new else dict(start)

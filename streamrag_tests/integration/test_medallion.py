@@ -1,0 +1,170 @@
+"""Kafka -> Bronze/Silver/Gold with real Spark and real Delta tables: exactly-once across SIGKILLs, quarantine,
+replay from Bronze equal to the live result, delete/move ops."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pytest
+from kafka import KafkaProducer
+
+from streamrag_assets.streaming.delta import DeltaTables
+from streamrag_assets.streaming.refine import Rejected, parse_event
+from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port
+from streamrag_tests.integration.test_ingest import _ingest, _server, _topic_records, _wait_for
+
+pytestmark = pytest.mark.integration
+
+EVENTS, DUPLICATES = 4000, 150
+
+
+def _stream(settings, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(VENV_BIN / "streamrag"), "stream", *args],
+        env={**_clean_env(), **settings.to_env()},
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=open(settings.state_dir / "stream-test.log", "ab"),  # noqa: SIM115
+    )
+
+
+def _batches_logged(settings) -> int:
+    path = settings.state_dir / "stream-test.log"
+    return path.read_text(errors="replace").count("streamrag_assets.streaming.pipeline: batch") if path.exists() else 0
+
+
+def _wait_batches(settings, at_least: int, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _batches_logged(settings) < at_least:
+        assert time.monotonic() < deadline, f"only {_batches_logged(settings)} batches"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def medallion(stack, tmp_path_factory):
+    """A topic with synthetic events (10% malformed) plus re-sent duplicates, processed by `streamrag stream`
+    that is SIGKILLed twice mid-run, then finished by an availableNow run."""
+    home = Path(tmp_path_factory.mktemp("medallion")) / ".streamrag"
+    settings = stack.settings.model_copy(
+        update={
+            "home": home,
+            "topic": f"raw-{uuid.uuid4().hex[:8]}",
+            "replay_port": free_port(),
+            "ingest_metrics_port": 0,
+            "stream_metrics_port": 0,
+            "stream_max_events_per_trigger": 250,
+            "stream_trigger_ms": 200,
+        }
+    )
+    home.mkdir(parents=True)
+    server = _server(settings, "synthetic", EVENTS, rate=0, ingest_malformed_fraction=0.1, ingest_seed=11)
+    ingest = _ingest(settings, "synthetic")
+    try:
+        _wait_for(settings, EVENTS)
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(60)
+        server.stop()
+    # The same events again, as a source that re-sends would: Silver must keep each event id once.
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    for record in _topic_records(settings)[:DUPLICATES]:
+        producer.send(settings.topic, key=record.key, value=record.value)
+    producer.flush()
+    producer.close()
+
+    stream = _stream(settings)
+    _wait_batches(settings, 2)
+    stream.send_signal(signal.SIGKILL)
+    stream.wait(30)
+    before = _batches_logged(settings)
+    stream = _stream(settings)
+    _wait_batches(settings, before + 2)
+    time.sleep(0.3)
+    stream.send_signal(signal.SIGKILL)
+    stream.wait(30)
+    finish = _stream(settings, "--available-now")
+    assert finish.wait(300) == 0, (settings.state_dir / "stream-test.log").read_text()[-3000:]
+    return settings
+
+
+def test_each_offset_once_each_event_once_and_counts_reconcile(medallion) -> None:
+    delta = DeltaTables(medallion.state_dir / "delta")
+    bronze, silver = delta.read("bronze"), delta.read("silver")
+    quarantine, gold = delta.read("quarantine"), delta.read("gold")
+    positions = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist(), strict=True))
+    assert len(bronze) == EVENTS + DUPLICATES
+    assert len(set(positions)) == len(positions), "Bronze holds each offset exactly once"
+    ids = silver["event_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "Silver holds each event id once"
+
+    valid, canary = [], 0
+    for value in bronze["value"].to_pylist():
+        try:
+            event = parse_event(value)
+        except Rejected:
+            continue
+        if event["domain"] == "canary":
+            canary += 1
+        else:
+            valid.append(event["event_id"])
+    duplicates = len(valid) - len(set(valid))
+    assert duplicates >= DUPLICATES * 0.8
+    assert len(bronze) == len(silver) + len(quarantine) + duplicates + canary
+    assert set(ids) == set(valid)
+    assert (
+        len(gold)
+        == pc.sum(pc.is_in(silver["type"], value_set=__import__("pyarrow").array(["edit", "new", "log"]))).as_py()
+    )
+    assert len(set(gold["doc_id"].to_pylist())) == len(gold)
+
+
+def test_every_malformed_line_is_quarantined_with_a_reason(medallion) -> None:
+    delta = DeltaTables(medallion.state_dir / "delta")
+    quarantine = delta.read("quarantine")
+    reasons = Counter(r.split(":")[0] for r in quarantine["reason"].to_pylist())
+    assert {"invalid_json", "missing_meta", "wrong_type", "not_an_object"} <= set(reasons)
+    assert all(quarantine["value"].to_pylist()), "the raw value is kept"
+    expected_bad = 0
+    for value in delta.read("bronze")["value"].to_pylist():
+        try:
+            parse_event(value)
+        except Rejected:
+            expected_bad += 1
+    assert len(quarantine) == expected_bad
+
+
+def test_delete_and_move_become_gold_ops(medallion) -> None:
+    gold = DeltaTables(medallion.state_dir / "delta").read("gold").to_pylist()
+    deletes = [d for d in gold if d["op"] == "delete"]
+    renames = [d for d in gold if d["op"] == "rename"]
+    assert deletes and renames
+    assert all(d["doc_id"].split(":")[1] == "log" for d in deletes + renames)
+    assert all(d["new_title"] for d in renames)
+    assert all(d["text"] and d["page_url"] for d in gold)
+
+
+def test_rebuild_from_bronze_gives_the_same_gold(medallion) -> None:
+    delta = DeltaTables(medallion.state_dir / "delta")
+    live = delta.read("gold").sort_by("doc_id")
+    live_silver_version = delta.version("silver")
+    result = subprocess.run(
+        [str(VENV_BIN / "streamrag"), "replay", "rebuild"],
+        env={**_clean_env(), **medallion.to_env()},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert delta.version("silver") > live_silver_version, "a new table version"
+    rebuilt = DeltaTables(medallion.state_dir / "delta").read("gold").sort_by("doc_id")
+    assert counts["gold"] == len(rebuilt) == len(live)
+    assert rebuilt.to_pylist() == live.to_pylist()
