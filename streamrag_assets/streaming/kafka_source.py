@@ -37,12 +37,20 @@ Offsets = dict[str, int]
 
 
 @dataclass(frozen=True)
-class KafkaRange(InputPartition):
+class KafkaRange:
     bootstrap_servers: str
     topic: str
     partition: int
     start: int
     end: int
+
+
+@dataclass(frozen=True)
+class KafkaSplit(InputPartition):
+    """One Spark task's share of a micro-batch: several partitions' ranges read with one consumer (a consumer's
+    connect costs more than reading a thousand records, so tasks are few: ``maxTasks``, default 2)."""
+
+    ranges: tuple[KafkaRange, ...]
 
 
 def _to_offsets(by_partition: dict[int, int]) -> Offsets:
@@ -56,6 +64,7 @@ class _KafkaOptions:
         self.starting = options.get("startingOffsets", "earliest")
         self.ending = options.get("endingOffsets", "latest")
         self.max_per_trigger = int(options["maxOffsetsPerTrigger"]) if "maxOffsetsPerTrigger" in options else None
+        self.max_tasks = int(options.get("maxTasks", "2"))
 
     def resolve(self, spec: str, consumer: object) -> Offsets:
         tps = kafka_offsets.topic_partitions(consumer, self.topic)
@@ -74,57 +83,70 @@ class _KafkaOptions:
         beginning = kafka_offsets.beginning_offsets(consumer, tps)
         return {str(tp.partition): given.get(str(tp.partition), beginning[tp.partition]) for tp in tps}
 
-    def ranges(self, start: Offsets, end: Offsets) -> list[KafkaRange]:
-        return [
+    def ranges(self, start: Offsets, end: Offsets) -> list[KafkaSplit]:
+        ranges = [
             KafkaRange(self.bootstrap_servers, self.topic, int(p), start.get(p, 0), end[p])
             for p in sorted(end, key=int)
             if end[p] > start.get(p, 0)
         ]
+        # Largest first onto the least loaded task, so tasks finish together.
+        tasks: list[list[KafkaRange]] = [[] for _ in range(min(self.max_tasks, len(ranges)))]
+        for item in sorted(ranges, key=lambda r: r.end - r.start, reverse=True):
+            min(tasks, key=lambda t: sum(r.end - r.start for r in t)).append(item)
+        return [KafkaSplit(tuple(task)) for task in tasks]
 
 
-def read_range(part: KafkaRange, timeout_s: float = 60.0) -> Iterator[tuple]:
+def read_split(split: KafkaSplit) -> Iterator[tuple]:
+    """Yield every record of the split's ranges as rows of KAFKA_SCHEMA, with one consumer."""
+    if not split.ranges:
+        return
+    consumer = kafka_offsets.make_consumer(split.ranges[0].bootstrap_servers, max_poll_records=5000)
+    try:
+        for part in split.ranges:
+            yield from read_range(consumer, part)
+    finally:
+        consumer.close()
+
+
+def read_range(consumer, part: KafkaRange, timeout_s: float = 60.0) -> Iterator[tuple]:
     """Yield every record of one partition in ``[start, end)`` as a row of KAFKA_SCHEMA."""
     from kafka import TopicPartition
 
-    consumer = kafka_offsets.make_consumer(part.bootstrap_servers, max_poll_records=5000)
     tp = TopicPartition(part.topic, part.partition)
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, part.start)
-        next_offset = part.start
-        deadline = time.monotonic() + timeout_s
-        while next_offset < part.end:
-            batch = consumer.poll(timeout_ms=500).get(tp, [])
-            if not batch:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{part.topic}[{part.partition}] stalled at offset {next_offset} before {part.end}"
-                    )
-                continue
-            deadline = time.monotonic() + timeout_s
-            for record in batch:
-                if record.offset >= part.end:
-                    return
-                next_offset = record.offset + 1
-                headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or []) if v is not None}
-                yield (
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
-                    record.key,
-                    record.value,
-                    headers,
+    consumer.assign([tp])
+    consumer.seek(tp, part.start)
+    next_offset = part.start
+    deadline = time.monotonic() + timeout_s
+    while next_offset < part.end:
+        batch = consumer.poll(timeout_ms=500).get(tp, [])
+        if not batch:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{part.topic}[{part.partition}] stalled at offset {next_offset} before {part.end}"
                 )
-    finally:
-        consumer.close()
+            continue
+        deadline = time.monotonic() + timeout_s
+        for record in batch:
+            if record.offset >= part.end:
+                return
+            next_offset = record.offset + 1
+            headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or []) if v is not None}
+            yield (
+                record.topic,
+                record.partition,
+                record.offset,
+                datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
+                record.key,
+                record.value,
+                headers,
+            )
 
 
 class KafkaBatchReader(DataSourceReader):
     def __init__(self, options: _KafkaOptions) -> None:
         self.options = options
 
-    def partitions(self) -> list[KafkaRange]:
+    def partitions(self) -> list[KafkaSplit]:
         consumer = kafka_offsets.make_consumer(self.options.bootstrap_servers)
         try:
             start = self.options.resolve(self.options.starting, consumer)
@@ -133,8 +155,8 @@ class KafkaBatchReader(DataSourceReader):
             consumer.close()
         return self.options.ranges(start, end)
 
-    def read(self, partition: KafkaRange) -> Iterator[tuple]:  # type: ignore[override]
-        yield from read_range(partition)
+    def read(self, partition: KafkaSplit) -> Iterator[tuple]:  # type: ignore[override]
+        yield from read_split(partition)
 
 
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
@@ -181,11 +203,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
         return _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
 
-    def partitions(self, start: Offsets, end: Offsets) -> list[KafkaRange]:
+    def partitions(self, start: Offsets, end: Offsets) -> list[KafkaSplit]:
         return self.options.ranges(start, end)
 
-    def read(self, partition: KafkaRange) -> Iterator[tuple]:  # type: ignore[override]
-        yield from read_range(partition)
+    def read(self, partition: KafkaSplit) -> Iterator[tuple]:  # type: ignore[override]
+        yield from read_split(partition)
 
     def commit(self, end: Offsets) -> None:
         """Spark's checkpoint is the source of truth for progress; nothing to commit on the broker."""

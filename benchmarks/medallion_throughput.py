@@ -1,0 +1,106 @@
+"""Benchmark: the Spark medallion (issue #4).
+
+    .venv/bin/python -m benchmarks.medallion_throughput --events 100000
+
+Fills a topic on an embedded broker with synthetic events (1% malformed), then measures in one process:
+1. warm micro-batches of 1,000 events through Bronze+Silver+Gold (maxOffsetsPerTrigger=1000; first 2 batches are
+   warm-up);
+2. sustained throughput with large batches (availableNow over the rest of the topic);
+3. rebuild of Silver+Gold from all of Bronze (`replay rebuild`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from streamrag_assets.ingest.events import event_key, try_parse
+from streamrag_assets.ingest.sources import synthetic_event
+from streamrag_assets.streaming.pipeline import BatchResult, start_query
+from streamrag_assets.streaming.replay import rebuild_from_bronze
+from streamrag_tests.conftest import EmbeddedStack, isolated_settings
+
+
+def fill_topic(settings, events: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin.create_topics([NewTopic(settings.topic, settings.topic_partitions, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=50,
+                             batch_size=512 * 1024, compression_type="gzip")
+    for seq in range(events):
+        line = synthetic_event(seq, seed=5, malformed_fraction=0.01)
+        producer.send(settings.topic, key=event_key(try_parse(line)), value=line.encode(),
+                      headers=[("sse_id", str(seq).encode()), ("ingested_at", str(int(time.time() * 1000)).encode())])
+    producer.flush()
+    producer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--warm-batches", type=int, default=12)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
+    home.chmod(0o755)
+    settings = isolated_settings(home / ".streamrag", stream_max_events_per_trigger=1000)
+    stack = EmbeddedStack(settings)
+    try:
+        for proc in (stack.seaweedfs, stack.kafka):
+            stack.start(proc)
+        began = time.monotonic()
+        fill_topic(settings, args.events)
+        print(f"topic filled with {args.events:,} events in {time.monotonic() - began:.1f} s")
+
+        results: list[BatchResult] = []
+        query = start_query(settings, on_batch=results.append)
+        while len(results) < args.warm_batches + 2:
+            time.sleep(0.2)
+        query.stop()
+        warm = [r.seconds for r in results[2:]]
+        from prometheus_client import REGISTRY
+
+        stages = {}
+        for metric in REGISTRY.collect():
+            if metric.name == "streamrag_stream_batch_duration_seconds":
+                for sample in metric.samples:
+                    key = (sample.labels["stage"], sample.name.rsplit("_", 1)[-1])
+                    stages[key] = sample.value
+        breakdown = {stage: round(stages[(stage, "sum")] / stages[(stage, "count")], 3)
+                     for stage, kind in stages if kind == "sum" and stages[(stage, "count")]}
+        print(f"mean seconds per stage during warm-up + warm batches: {breakdown}")
+        print(f"warm 1,000-event micro-batches ({len(warm)}): median {statistics.median(warm):.2f} s, "
+              f"max {max(warm):.2f} s")
+
+        big = settings.model_copy(update={"stream_max_events_per_trigger": 20_000})
+        sustained: list[BatchResult] = []
+        began = time.monotonic()
+        query = start_query(big, available_now=True, on_batch=sustained.append)
+        query.awaitTermination()
+        elapsed = time.monotonic() - began
+        rows = sum(r.counts["bronze"] for r in sustained)
+        print(f"sustained: {rows:,} events in {elapsed:.1f} s = {rows / elapsed:,.0f} events/s through "
+              f"Bronze+Silver+Gold ({len(sustained)} batches, query start included)")
+        batch_rate = rows / sum(r.seconds for r in sustained)
+        print(f"  inside micro-batches: {batch_rate:,.0f} events/s")
+
+        began = time.monotonic()
+        counts = rebuild_from_bronze(settings)
+        print(f"rebuild of Silver+Gold from {counts['bronze']:,} Bronze rows: {time.monotonic() - began:.1f} s "
+              f"({counts})")
+        print(f"load average: {psutil.getloadavg()}  cpu cores: {psutil.cpu_count()}  "
+              f"RSS of this process (driver + Python): {psutil.Process().memory_info().rss / 2**20:.0f} MiB")
+    finally:
+        stack.stop_all()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
