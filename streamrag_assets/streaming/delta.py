@@ -8,6 +8,7 @@ replayed with the same id and offsets) writes nothing twice: Kafka -> Delta is e
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -45,18 +46,27 @@ class DeltaTables:
         version = table.transaction_version(app_id) if table is not None else None
         return version is not None and version >= batch_id
 
-    def write_once(self, layer: str, rows: pa.Table, app_id: str, batch_id: int, mode: str = "append") -> bool:
+    def write_once(
+        self, layer: str, rows: pa.Table, app_id: str, batch_id: int, mode: Literal["append", "overwrite"] = "append"
+    ) -> bool:
         """Append ``rows`` unless this (app_id, batch_id) is already in the table; True when written."""
         if mode == "append" and self.committed(layer, app_id, batch_id):
             return False
-        write_deltalake(
-            self.path(layer),
-            rows.cast(ARROW_SCHEMAS[layer]),
-            mode=mode,
-            partition_by=PARTITIONS.get(layer),
-            schema_mode="overwrite" if mode == "overwrite" else None,
-            commit_properties=CommitProperties(app_transactions=[Transaction(app_id, batch_id)]),
-        )
+        data = rows.cast(ARROW_SCHEMAS[layer])
+        commit = CommitProperties(app_transactions=[Transaction(app_id, batch_id)])
+        if mode == "overwrite":
+            write_deltalake(
+                self.path(layer),
+                data,
+                mode="overwrite",
+                schema_mode="overwrite",
+                partition_by=PARTITIONS.get(layer),
+                commit_properties=commit,
+            )
+        else:
+            write_deltalake(
+                self.path(layer), data, mode="append", partition_by=PARTITIONS.get(layer), commit_properties=commit
+            )
         return True
 
     def version(self, layer: str) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -58,7 +58,7 @@ def _to_offsets(by_partition: dict[int, int]) -> Offsets:
 
 
 class _KafkaOptions:
-    def __init__(self, options: dict[str, str]) -> None:
+    def __init__(self, options: Mapping[str, str]) -> None:
         self.bootstrap_servers = options.get("bootstrap_servers", "127.0.0.1:9092")
         self.topic = options["topic"]
         self.starting = options.get("startingOffsets", "earliest")
@@ -121,9 +121,7 @@ def read_range(consumer, part: KafkaRange, timeout_s: float = 60.0) -> Iterator[
         batch = consumer.poll(timeout_ms=500).get(tp, [])
         if not batch:
             if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{part.topic}[{part.partition}] stalled at offset {next_offset} before {part.end}"
-                )
+                raise TimeoutError(f"{part.topic}[{part.partition}] stalled at offset {next_offset} before {part.end}")
             continue
         deadline = time.monotonic() + timeout_s
         for record in batch:

@@ -74,6 +74,20 @@ def _str(event: dict, field: str, required: bool = False) -> str | None:
     return value
 
 
+def _required_str(event: dict, field: str) -> str:
+    value = _str(event, field, required=True)
+    if value is None:  # _str raised already; this narrows the type
+        raise Rejected(f"missing_field:{field}")
+    return value
+
+
+def _required_int(value: Any, field: str) -> int:
+    number = _int(value, field, required=True)
+    if number is None:
+        raise Rejected(f"missing_field:{field}")
+    return number
+
+
 def _pair(event: dict, field: str) -> tuple[int | None, int | None]:
     value = event.get(field)
     if value is None:
@@ -106,10 +120,10 @@ def parse_event(value: str | bytes | None) -> dict[str, Any]:
     except ValueError:
         raise Rejected("invalid_time") from None
     event_time = (event_time if event_time.tzinfo else event_time.replace(tzinfo=UTC)).astimezone(UTC)
-    kind, title, wiki = (_str(event, f, required=True) for f in _STR_FIELDS)
+    kind, title, wiki = (_required_str(event, f) for f in _STR_FIELDS)
     if kind not in VALID_TYPES:
         raise Rejected("invalid_type")
-    namespace = _int(event.get("namespace"), "namespace", required=True)
+    namespace = _required_int(event.get("namespace"), "namespace")
     if not NAMESPACE_RANGE[0] <= namespace <= NAMESPACE_RANGE[1]:
         raise Rejected("invalid_namespace")
     length_old, length_new = _pair(event, "length")
