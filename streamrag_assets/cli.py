@@ -116,6 +116,7 @@ def api_command(
         port=port or settings.api_port,
         access_log=False,
         log_level="warning",
+        timeout_graceful_shutdown=5,  # /stream clients must not hold a shutdown open
     )
 
 
@@ -207,7 +208,13 @@ def sse_server_command(
     )
     server_app = create_app(factory, rate=settings.ingest_rate if rate is None else rate, count=count)
     uvicorn.run(
-        server_app, host=settings.bind_host, port=port or settings.replay_port, log_level="warning", access_log=False
+        server_app,
+        host=settings.bind_host,
+        port=port or settings.replay_port,
+        log_level="warning",
+        access_log=False,
+        # An SSE response never ends by itself: without a bound, SIGTERM would wait for clients forever.
+        timeout_graceful_shutdown=2,
     )
 
 

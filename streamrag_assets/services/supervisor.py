@@ -7,6 +7,7 @@ supervisor stops every child in reverse order. A child that dies while the platf
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -123,6 +124,21 @@ def _pid_file(settings: Settings) -> Path:
     return settings.state_dir / "run" / "up.pid"
 
 
+def _settings_file(settings: Settings) -> Path:
+    return settings.state_dir / "run" / "settings.json"
+
+
+def effective_settings(settings: Settings) -> Settings:
+    """The settings the running `up` was started with (ports, sources), so `status` reports what really runs."""
+    try:
+        recorded = json.loads(_settings_file(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return settings
+    if running_supervisor(settings) is None:
+        return settings
+    return Settings(**{**settings.model_dump(), **{k: v for k, v in recorded.items() if k in Settings.model_fields}})
+
+
 def running_supervisor(settings: Settings) -> int | None:
     path = _pid_file(settings)
     with contextlib.suppress(FileNotFoundError, ValueError):
@@ -157,6 +173,9 @@ class Supervisor:
         for proc in self.stack:  # every port checked before anything starts
             proc.check_ports()
         _pid_file(self.settings).write_text(str(os.getpid()))
+        # Secrets stay out of the file; everything else lets `status` describe this run.
+        public = self.settings.model_dump(mode="json", exclude={"s3_secret_key", "llm_api_key"})
+        _settings_file(self.settings).write_text(json.dumps(public))
         try:
             for proc in self.stack:
                 if self._stop:
@@ -261,6 +280,7 @@ def data_size_bytes(path: Path | None) -> int:
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
+    settings = effective_settings(settings)
     rows = []
     for proc in build_stack(settings):
         pid = None
