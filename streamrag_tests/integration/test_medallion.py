@@ -173,10 +173,14 @@ def test_rebuild_from_bronze_gives_the_same_gold(medallion) -> None:
 def test_reprocess_from_an_offset_keeps_each_offset_once(medallion) -> None:
     delta = DeltaTables(medallion.state_dir / "delta")
     before = {layer: len(delta.read(layer)) for layer in ("bronze", "silver", "quarantine", "gold")}
-    result = subprocess.run([str(VENV_BIN / "streamrag"), "replay", "reprocess", "--from-offset", "0:10",
-                             "--from-offset", "3:0"],
-                            env={**_clean_env(), **medallion.to_env()}, cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(VENV_BIN / "streamrag"), "replay", "reprocess", "--from-offset", "0:10", "--from-offset", "3:0"],
+        env={**_clean_env(), **medallion.to_env()},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "epoch 1" in result.stdout
     delta = DeltaTables(medallion.state_dir / "delta")

@@ -1,0 +1,73 @@
+"""The pgvector `documents` table (and dead letters) as SQLAlchemy models; migrations create them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import BigInteger, Boolean, Computed, DateTime, Index, Integer, String, Text, func
+from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EMBEDDING_DIM = 384
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Document(Base):
+    __tablename__ = "documents"
+
+    doc_id: Mapped[str] = mapped_column(String, primary_key=True)
+    embedding: Mapped[list[float]] = mapped_column(Vector(EMBEDDING_DIM))
+    text: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    page_url: Mapped[str | None] = mapped_column(Text)
+    diff_url: Mapped[str | None] = mapped_column(Text)
+    wiki: Mapped[str] = mapped_column(String)
+    lang: Mapped[str] = mapped_column(String)
+    namespace: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String)
+    op: Mapped[str] = mapped_column(String)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    bot: Mapped[bool] = mapped_column(Boolean)
+    quality_flags: Mapped[list[str]] = mapped_column(ARRAY(String), default=list)
+    content_hash: Mapped[str] = mapped_column(String)
+    # lineage
+    event_id: Mapped[str] = mapped_column(String)
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    ingested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    transform_version: Mapped[str] = mapped_column(String)
+    model_name: Mapped[str] = mapped_column(String)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # A deleted page's documents are tombstoned (hidden from retrieval), so a late upsert cannot resurrect them.
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    search: Mapped[str] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(text, ''))", persisted=True)
+    )
+
+    __table_args__ = (
+        Index(
+            "documents_embedding_hnsw",
+            "embedding",
+            postgresql_using="hnsw",
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+        Index("documents_search_gin", "search", postgresql_using="gin"),
+        Index("documents_wiki_title", "wiki", "title"),
+        Index("documents_event_time", "event_time"),
+        Index("documents_filters", "lang", "namespace", "type", "bot"),
+    )
+
+
+class DeadLetter(Base):
+    __tablename__ = "index_dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    doc_id: Mapped[str] = mapped_column(String)
+    payload: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,166 @@
+"""Gold documents -> the pgvector `documents` table, one transaction per batch, idempotent by doc_id.
+
+Upserts whose content_hash is unchanged are neither embedded nor written again; a delete op tombstones every
+document of the page (hidden from retrieval, and a replayed old edit cannot bring it back); a rename op re-titles
+the page's documents. Database errors are retried with backoff (tenacity); a document that cannot be embedded goes
+to `index_dead_letters` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, create_engine, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from streamrag_assets.index.embedder import Embedder
+from streamrag_assets.index.models import DeadLetter, Document
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = (
+    "text",
+    "title",
+    "page_url",
+    "diff_url",
+    "wiki",
+    "lang",
+    "namespace",
+    "type",
+    "op",
+    "event_time",
+    "bot",
+    "quality_flags",
+    "content_hash",
+    "event_id",
+    "partition",
+    "offset",
+    "ingested_at",
+    "transform_version",
+)
+
+
+@dataclass
+class IndexResult:
+    embedded: int = 0
+    upserted: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    renamed: int = 0
+    dead_letters: int = 0
+    doc_ids: list[str] = field(default_factory=list)
+
+
+class DocumentIndex:
+    def __init__(self, database_url: str, embedder: Embedder) -> None:
+        self.engine = create_engine(database_url, pool_pre_ping=True)
+        self.embedder = embedder
+
+    @retry(
+        retry=retry_if_exception_type(OperationalError),
+        wait=wait_exponential_jitter(multiplier=0.5, max=10),
+        stop=stop_after_attempt(8),
+        reraise=True,
+    )
+    def apply(self, gold_rows: list[dict[str, Any]]) -> IndexResult:
+        """Apply Gold rows (in event order) in one transaction."""
+        result = IndexResult()
+        rows = sorted(gold_rows, key=lambda r: (r["event_time"], r["partition"], r["offset"]))
+        with Session(self.engine) as session, session.begin():
+            upserts = [r for r in rows if r["op"] != "delete"]
+            known = (
+                dict(
+                    session.execute(
+                        select(Document.doc_id, Document.content_hash).where(
+                            Document.doc_id.in_([r["doc_id"] for r in upserts])
+                        )
+                    ).all()
+                )
+                if upserts
+                else {}
+            )
+            fresh = [r for r in upserts if known.get(r["doc_id"]) != r["content_hash"]]
+            result.unchanged = len(upserts) - len(fresh)
+            vectors = self._embed(session, fresh, result)
+            for row in rows:
+                if row["op"] == "delete":
+                    outcome = cast(
+                        CursorResult,
+                        session.execute(
+                            update(Document)
+                            .where(
+                                Document.wiki == row["wiki"],
+                                Document.title == row["title"],
+                                Document.deleted.is_(False),
+                            )
+                            .values(deleted=True)
+                        ),
+                    )
+                    result.deleted += outcome.rowcount or 0
+                    continue
+                if row["op"] == "rename" and row.get("new_title"):
+                    new_url = _retitled_url(row["page_url"], row["new_title"])
+                    outcome = cast(
+                        CursorResult,
+                        session.execute(
+                            update(Document)
+                            .where(Document.wiki == row["wiki"], Document.title == row["title"])
+                            .values(title=row["new_title"], page_url=new_url)
+                        ),
+                    )
+                    result.renamed += outcome.rowcount or 0
+                    row = {**row, "title": row["new_title"], "page_url": new_url}
+                vector = vectors.get(row["doc_id"])
+                if vector is None:
+                    continue
+                values = {c: row.get(c) for c in _COLUMNS} | {
+                    "doc_id": row["doc_id"],
+                    "embedding": vector,
+                    "model_name": self.embedder.model_name,
+                    "quality_flags": list(row.get("quality_flags") or []),
+                }
+                statement = insert(Document).values(**values)
+                session.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=[Document.doc_id],
+                        set_={c: statement.excluded[c] for c in (*_COLUMNS, "embedding", "model_name")}
+                        | {"indexed_at": statement.excluded.indexed_at},
+                        where=Document.content_hash != statement.excluded.content_hash,
+                    )
+                )
+                result.upserted += 1
+                result.doc_ids.append(row["doc_id"])
+        return result
+
+    def _embed(self, session: Session, rows: list[dict[str, Any]], result: IndexResult) -> dict[str, list[float]]:
+        if not rows:
+            return {}
+        try:
+            vectors = self.embedder.embed([r["text"] for r in rows])
+            result.embedded = len(rows)
+            return {r["doc_id"]: v.tolist() for r, v in zip(rows, vectors, strict=True)}
+        except Exception as batch_error:  # find the bad document(s); the rest are indexed
+            log.warning("embedding a batch failed (%s); embedding one by one", batch_error)
+        out: dict[str, list[float]] = {}
+        for row in rows:
+            try:
+                out[row["doc_id"]] = self.embedder.embed([row["text"]])[0].tolist()
+                result.embedded += 1
+            except Exception as exc:
+                session.add(
+                    DeadLetter(doc_id=row["doc_id"], payload=json.dumps(row, default=str), reason=f"embedding: {exc!r}")
+                )
+                result.dead_letters += 1
+        return out
+
+
+def _retitled_url(page_url: str | None, new_title: str) -> str | None:
+    if not page_url or "/wiki/" not in page_url:
+        return page_url
+    return page_url.split("/wiki/", 1)[0] + "/wiki/" + new_title.replace(" ", "_")

@@ -1,0 +1,117 @@
+"""Gold documents into pgvector with the real model: found by paraphrase, idempotent, deletes and moves applied.
+
+(Issue #5 groundwork: the store and migrations; the streaming hook comes next.)"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from sqlalchemy import text
+
+from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.index.migrate import upgrade
+from streamrag_assets.index.store import DocumentIndex
+from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.services.postgres import admin_connect
+from streamrag_assets.streaming.refine import document, parse_event
+
+pytestmark = pytest.mark.integration
+
+
+def _gold(seq: int, partition: int = 0, **changes) -> dict:
+    event = json.loads(replay_event(seq))
+    event.update(changes)
+    doc = document(parse_event(json.dumps(event)))
+    return doc | {"partition": partition, "offset": seq, "ingested_at": doc["event_time"]}
+
+
+@pytest.fixture(scope="module")
+def index(stack):
+    database = f"idx_{uuid.uuid4().hex[:8]}"
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE {database}")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{stack.settings.postgres_port}/{database}"
+    upgrade(url)
+    upgrade(url)  # migrations are idempotent: a second `up` changes nothing
+    return DocumentIndex(url, get_embedder())
+
+
+def _search(index: DocumentIndex, query: str, k: int = 3) -> list[tuple[str, str]]:
+    vector = index.embedder.embed([query])[0].tolist()
+    with index.engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT doc_id, title FROM documents WHERE NOT deleted ORDER BY embedding <=> CAST(:v AS vector) LIMIT :k"
+            ),
+            {"v": str(vector), "k": k},
+        )
+        return [(r.doc_id, r.title) for r in rows]
+
+
+def _snapshot(index: DocumentIndex) -> list[tuple]:
+    with index.engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                text(
+                    "SELECT doc_id, content_hash, title, deleted, indexed_at, embedding::text FROM documents ORDER BY doc_id"
+                )
+            )
+        ]
+
+
+def test_found_by_paraphrase_idempotent_and_delete_move(index) -> None:
+    docs = [_gold(seq) for seq in range(40)]
+    first = index.apply(docs)
+    assert first.upserted == first.embedded == 40
+    target = docs[0]
+    hits = _search(index, f"someone changed the Wikipedia article about {target['title']}")
+    assert target["doc_id"] in [h[0] for h in hits]
+
+    before = _snapshot(index)
+    again = index.apply(docs)
+    assert (again.embedded, again.upserted, again.unchanged) == (0, 0, 40)
+    assert _snapshot(index) == before, "replaying the same events changes nothing"
+
+    page = docs[3]
+    index.apply(
+        [
+            _gold(
+                1000,
+                type="log",
+                log_id=555,
+                log_type="delete",
+                log_action="delete",
+                title=page["title"],
+                revision=None,
+                length=None,
+            )
+        ]
+    )
+    assert page["doc_id"] not in [h[0] for h in _search(index, page["text"], k=10)]
+    index.apply([docs[3]])  # a replayed old edit does not bring the deleted page back
+    assert page["doc_id"] not in [h[0] for h in _search(index, page["text"], k=10)]
+
+    moved = docs[5]
+    index.apply(
+        [
+            _gold(
+                1001,
+                type="log",
+                log_id=556,
+                log_type="move",
+                log_action="move",
+                title=moved["title"],
+                log_params={"target": "Renamed Page"},
+                revision=None,
+                length=None,
+            )
+        ]
+    )
+    with index.engine.connect() as conn:
+        title, url = conn.execute(
+            text("SELECT title, page_url FROM documents WHERE doc_id = :d"), {"d": moved["doc_id"]}
+        ).one()
+    assert title == "Renamed Page" and url.endswith("/wiki/Renamed_Page")
