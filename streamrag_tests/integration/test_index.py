@@ -43,7 +43,8 @@ def _search(index: DocumentIndex, query: str, k: int = 3) -> list[tuple[str, str
     with index.engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT doc_id, title FROM documents WHERE NOT deleted ORDER BY embedding <=> CAST(:v AS vector) LIMIT :k"
+                "SELECT doc_id, title FROM documents WHERE NOT deleted "
+                "ORDER BY embedding <=> CAST(:v AS vector) LIMIT :k"
             ),
             {"v": str(vector), "k": k},
         )
@@ -56,7 +57,8 @@ def _snapshot(index: DocumentIndex) -> list[tuple]:
             tuple(r)
             for r in conn.execute(
                 text(
-                    "SELECT doc_id, content_hash, title, deleted, indexed_at, embedding::text FROM documents ORDER BY doc_id"
+                    "SELECT doc_id, content_hash, title, deleted, indexed_at, embedding::text "
+                    "FROM documents ORDER BY doc_id"
                 )
             )
         ]
