@@ -33,12 +33,21 @@ def fill_topic(settings, events: int) -> None:
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     admin.create_topics([NewTopic(settings.topic, settings.topic_partitions, 1)])
     admin.close()
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=50,
-                             batch_size=512 * 1024, compression_type="gzip")
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        linger_ms=50,
+        batch_size=512 * 1024,
+        compression_type="gzip",
+    )
     for seq in range(events):
         line = synthetic_event(seq, seed=5, malformed_fraction=0.01)
-        producer.send(settings.topic, key=event_key(try_parse(line)), value=line.encode(),
-                      headers=[("sse_id", str(seq).encode()), ("ingested_at", str(int(time.time() * 1000)).encode())])
+        producer.send(
+            settings.topic,
+            key=event_key(try_parse(line)),
+            value=line.encode(),
+            headers=[("sse_id", str(seq).encode()), ("ingested_at", str(int(time.time() * 1000)).encode())],
+        )
     producer.flush()
     producer.close()
 
@@ -73,11 +82,16 @@ def main() -> None:
                 for sample in metric.samples:
                     key = (sample.labels["stage"], sample.name.rsplit("_", 1)[-1])
                     stages[key] = sample.value
-        breakdown = {stage: round(stages[(stage, "sum")] / stages[(stage, "count")], 3)
-                     for stage, kind in stages if kind == "sum" and stages[(stage, "count")]}
+        breakdown = {
+            stage: round(stages[(stage, "sum")] / stages[(stage, "count")], 3)
+            for stage, kind in stages
+            if kind == "sum" and stages[(stage, "count")]
+        }
         print(f"mean seconds per stage during warm-up + warm batches: {breakdown}")
-        print(f"warm 1,000-event micro-batches ({len(warm)}): median {statistics.median(warm):.2f} s, "
-              f"max {max(warm):.2f} s")
+        print(
+            f"warm 1,000-event micro-batches ({len(warm)}): median {statistics.median(warm):.2f} s, "
+            f"max {max(warm):.2f} s"
+        )
 
         big = settings.model_copy(update={"stream_max_events_per_trigger": 20_000})
         sustained: list[BatchResult] = []
@@ -86,17 +100,22 @@ def main() -> None:
         query.awaitTermination()
         elapsed = time.monotonic() - began
         rows = sum(r.counts["bronze"] for r in sustained)
-        print(f"sustained: {rows:,} events in {elapsed:.1f} s = {rows / elapsed:,.0f} events/s through "
-              f"Bronze+Silver+Gold ({len(sustained)} batches, query start included)")
+        print(
+            f"sustained: {rows:,} events in {elapsed:.1f} s = {rows / elapsed:,.0f} events/s through "
+            f"Bronze+Silver+Gold ({len(sustained)} batches, query start included)"
+        )
         batch_rate = rows / sum(r.seconds for r in sustained)
         print(f"  inside micro-batches: {batch_rate:,.0f} events/s")
 
         began = time.monotonic()
         counts = rebuild_from_bronze(settings)
-        print(f"rebuild of Silver+Gold from {counts['bronze']:,} Bronze rows: {time.monotonic() - began:.1f} s "
-              f"({counts})")
-        print(f"load average: {psutil.getloadavg()}  cpu cores: {psutil.cpu_count()}  "
-              f"RSS of this process (driver + Python): {psutil.Process().memory_info().rss / 2**20:.0f} MiB")
+        print(
+            f"rebuild of Silver+Gold from {counts['bronze']:,} Bronze rows: {time.monotonic() - began:.1f} s ({counts})"
+        )
+        print(
+            f"load average: {psutil.getloadavg()}  cpu cores: {psutil.cpu_count()}  "
+            f"RSS of this process (driver + Python): {psutil.Process().memory_info().rss / 2**20:.0f} MiB"
+        )
     finally:
         stack.stop_all()
         shutil.rmtree(home, ignore_errors=True)

@@ -293,6 +293,30 @@ def replay_reprocess(
     typer.echo(f"reprocessed from {start} (checkpoint epoch {epoch})")
 
 
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply the documents database migrations (Alembic); `up` runs this too."""
+    from streamrag_assets.services.supervisor import migrate_documents
+
+    try:
+        migrate_documents(_settings())
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo("documents schema is at the latest revision")
+
+
+@app.command("prune")
+def prune_command(
+    older_than_days: float = typer.Option(None, help="Default: STREAMRAG_RETENTION_DAYS (7)."),
+) -> None:
+    """Delete documents whose event time is older than the retention window."""
+    from streamrag_assets.index.retention import prune
+
+    settings = _settings()
+    removed = prune(settings.app_database_url, older_than_days or settings.retention_days)
+    typer.echo(f"pruned {removed} document(s)")
+
+
 @app.command("down")
 def down_command() -> None:
     """Stop a running `streamrag up` (and any process of ours it left behind)."""

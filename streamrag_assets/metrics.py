@@ -51,3 +51,17 @@ STREAM_PROCESSED_OFFSET = Gauge(
 )
 STREAM_LAST_BATCH = Gauge("streamrag_stream_last_batch_timestamp_seconds", "When the last micro-batch finished.")
 STREAM_ERRORS = Counter("streamrag_stream_errors", "Failed micro-batches by stage and kind.", ["stage", "kind"])
+
+# --- index (Gold -> pgvector) ---------------------------------------------------------------------------------------
+INDEX_DOCS = Counter("streamrag_index_docs", "Documents by outcome (embedded, upserted, unchanged, deleted, "
+                     "renamed, dead_letter).", ["outcome"])
+INDEX_EMBED_DURATION = Histogram("streamrag_index_embed_duration_seconds", "Embedding time per batch.",
+                                 buckets=LATENCY_BUCKETS)
+INDEX_DB_DURATION = Histogram("streamrag_index_db_duration_seconds", "Database write time per batch.",
+                              buckets=LATENCY_BUCKETS)
+INGESTED_TO_INDEXED = Histogram("streamrag_ingested_to_indexed_seconds",
+                                "From the producer's ingested_at to the document committed in pgvector.",
+                                buckets=LATENCY_BUCKETS)
+EVENT_TIME_TO_INDEXED = Histogram("streamrag_event_time_to_indexed_seconds",
+                                  "From the edit's meta.dt to the document committed in pgvector.",
+                                  buckets=LATENCY_BUCKETS)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, create_engine, select, update
@@ -21,6 +23,13 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ex
 
 from streamrag_assets.index.embedder import Embedder
 from streamrag_assets.index.models import DeadLetter, Document
+from streamrag_assets.metrics import (
+    EVENT_TIME_TO_INDEXED,
+    INDEX_DB_DURATION,
+    INDEX_DOCS,
+    INDEX_EMBED_DURATION,
+    INGESTED_TO_INDEXED,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,7 @@ class IndexResult:
     deleted: int = 0
     renamed: int = 0
     dead_letters: int = 0
+    embed_seconds: float = 0.0
     doc_ids: list[str] = field(default_factory=list)
 
 
@@ -61,6 +71,24 @@ class DocumentIndex:
     def __init__(self, database_url: str, embedder: Embedder) -> None:
         self.engine = create_engine(database_url, pool_pre_ping=True)
         self.embedder = embedder
+
+    def index(self, gold_rows: list[dict[str, Any]]) -> IndexResult:
+        """``apply`` plus metrics: outcome counts and the ingested/event-time -> indexed latencies."""
+        began = time.perf_counter()
+        result = self.apply(gold_rows)
+        INDEX_DB_DURATION.observe(time.perf_counter() - began - result.embed_seconds)
+        INDEX_EMBED_DURATION.observe(result.embed_seconds)
+        for outcome in ("embedded", "upserted", "unchanged", "deleted", "renamed"):
+            INDEX_DOCS.labels(outcome).inc(getattr(result, outcome))
+        INDEX_DOCS.labels("dead_letter").inc(result.dead_letters)
+        now = datetime.now(UTC)
+        indexed = set(result.doc_ids)
+        for row in gold_rows:
+            if row["doc_id"] in indexed:
+                if row.get("ingested_at") is not None:
+                    INGESTED_TO_INDEXED.observe(max(0.0, (now - row["ingested_at"]).total_seconds()))
+                EVENT_TIME_TO_INDEXED.observe(max(0.0, (now - row["event_time"]).total_seconds()))
+        return result
 
     @retry(
         retry=retry_if_exception_type(OperationalError),
@@ -141,9 +169,11 @@ class DocumentIndex:
     def _embed(self, session: Session, rows: list[dict[str, Any]], result: IndexResult) -> dict[str, list[float]]:
         if not rows:
             return {}
+        began = time.perf_counter()
         try:
             vectors = self.embedder.embed([r["text"] for r in rows])
             result.embedded = len(rows)
+            result.embed_seconds = time.perf_counter() - began
             return {r["doc_id"]: v.tolist() for r, v in zip(rows, vectors, strict=True)}
         except Exception as batch_error:  # find the bad document(s); the rest are indexed
             log.warning("embedding a batch failed (%s); embedding one by one", batch_error)

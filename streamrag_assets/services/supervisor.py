@@ -120,6 +120,15 @@ def check_external(settings: Settings) -> None:
             ) from None
 
 
+def migrate_documents(settings: Settings) -> None:
+    from streamrag_assets.index.migrate import upgrade
+
+    try:
+        upgrade(settings.app_database_url)
+    except Exception as exc:
+        raise ServiceError(f"migrating the documents schema failed: {str(exc).splitlines()[0]}") from None
+
+
 def _pid_file(settings: Settings) -> Path:
     return settings.state_dir / "run" / "up.pid"
 
@@ -177,9 +186,14 @@ class Supervisor:
         public = self.settings.model_dump(mode="json", exclude={"s3_secret_key", "llm_api_key"})
         _settings_file(self.settings).write_text(json.dumps(public))
         try:
+            migrated = False
             for proc in self.stack:
                 if self._stop:
                     raise ServiceError("start-up interrupted")
+                if not migrated and proc.name == "ingest":
+                    self.progress("migrating the documents schema …")
+                    migrate_documents(self.settings)
+                    migrated = True
                 began = time.monotonic()
                 self.progress(f"starting {proc.name} …")
                 proc.start()

@@ -84,6 +84,14 @@ class MedallionBatch:
         self.delta = tables(settings)
         self.on_batch = on_batch
         self._lag_consumer = None
+        self.index = None
+        if settings.index_enabled:
+            from streamrag_assets.index.embedder import get_embedder
+            from streamrag_assets.index.migrate import upgrade
+            from streamrag_assets.index.store import DocumentIndex
+
+            upgrade(settings.app_database_url)  # idempotent; the stream may start before `up` migrated
+            self.index = DocumentIndex(settings.app_database_url, get_embedder(settings.embedding_model_path))
 
     def __call__(self, kafka_rows, batch_id: int) -> None:
         began = time.perf_counter()
@@ -97,6 +105,10 @@ class MedallionBatch:
             existing = self.delta.existing_event_ids(refined, exclude_batch=batch_key)
             layers = split_layers(refined, existing, datetime.now(UTC))
         versions = write_layers(self.delta, layers, batch_key)
+        if self.index is not None and len(layers.gold):
+            # Not gated on Gold's transaction: a batch re-run after a crash re-applies it (upserts are idempotent).
+            with STREAM_BATCH_DURATION.labels("index").time():
+                self.index.index(layers.gold.to_pylist())
         record_counts(layers)
         offsets = _next_offsets(refined)
         self._report_lag(offsets)

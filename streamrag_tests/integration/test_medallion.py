@@ -86,6 +86,10 @@ def medallion(stack, tmp_path_factory):
     before = _batches_logged(settings)
     stream = _stream(settings)
     _wait_batches(settings, before + 2)
+    stack.postgres.kill()  # the vector store dies mid-stream: indexing retries until it is back
+    time.sleep(3)
+    stack.start(stack.postgres)
+    _wait_batches(settings, before + 4)
     time.sleep(0.3)
     stream.send_signal(signal.SIGKILL)
     stream.wait(30)
@@ -191,3 +195,25 @@ def test_reprocess_from_an_offset_keeps_each_offset_once(medallion) -> None:
     assert after == before, "re-read rows replace the deleted ones exactly"
     ids = delta.read("silver")["event_id"].to_pylist()
     assert len(ids) == len(set(ids))
+
+
+def test_pgvector_reconciles_with_gold_and_finds_by_paraphrase(medallion) -> None:
+    from sqlalchemy import create_engine, text
+
+    from streamrag_assets.index.embedder import get_embedder
+
+    gold = DeltaTables(medallion.state_dir / "delta").read("gold").to_pylist()
+    expected = {d["doc_id"] for d in gold if d["op"] != "delete"}
+    engine = create_engine(medallion.app_database_url)
+    with engine.connect() as conn:
+        rows = {r.doc_id: r for r in conn.execute(text("SELECT doc_id, title, deleted FROM documents"))}
+        assert set(rows) == expected, "after the Postgres kill, pgvector rows = Gold documents exactly"
+        deleted_pages = {(d["wiki"], d["title"]) for d in gold if d["op"] == "delete"}
+        assert any(r.deleted for r in rows.values()) == bool(deleted_pages)
+        target = next(d for d in gold if d["op"] == "upsert" and d["type"] == "edit" and d["doc_id"] in rows
+                      and not rows[d["doc_id"]].deleted)
+        vector = get_embedder().embed([f"a change was made to the page {target['title']} by {target['text'][:20]}"])
+        hits = [r.doc_id for r in conn.execute(text(
+            "SELECT doc_id FROM documents WHERE NOT deleted ORDER BY embedding <=> CAST(:v AS vector) LIMIT 10"),
+            {"v": str(vector[0].tolist())})]
+    assert target["doc_id"] in hits

@@ -1,0 +1,21 @@
+"""Retention: documents older than the window leave the index (Dagster schedules this)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import cast
+
+from sqlalchemy import CursorResult, create_engine, delete
+
+from streamrag_assets.index.models import Document
+
+
+def prune(database_url: str, older_than_days: float) -> int:
+    cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            result = cast(CursorResult, conn.execute(delete(Document).where(Document.event_time < cutoff)))
+            return result.rowcount or 0
+    finally:
+        engine.dispose()
