@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import typer
@@ -272,8 +273,6 @@ def replay_reprocess(
     ),
 ) -> None:
     """Re-read the topic from an offset or time with a fresh checkpoint (stop `streamrag stream` first)."""
-    from datetime import datetime
-
     from streamrag_assets.streaming.pipeline import start_query
     from streamrag_assets.streaming.replay import prepare_reprocess, resolve_start, starting_offsets_option
 
@@ -303,6 +302,57 @@ def migrate_command() -> None:
     except ServiceError as exc:
         raise _fail(str(exc)) from None
     typer.echo("documents schema is at the latest revision")
+
+
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(f"{option} takes an ISO-8601 time such as 2026-11-22T08:00:00Z, not {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@app.command("index")
+def index_command(
+    since: str = typer.Option(None, "--since", help="ISO-8601 event time to start at (inclusive). Default: the start."),
+    until: str = typer.Option(None, "--until", help="ISO-8601 event time to stop before. Default: the end."),
+    retry_dead_letters: bool = typer.Option(
+        False, "--retry-dead-letters", help="Only index again the documents that failed before."
+    ),
+    batch_size: int = typer.Option(256, min=1, max=10_000, help="Documents per transaction."),
+) -> None:
+    """(Re)index Gold documents into pgvector: backfills, a model change (STREAMRAG_EMBEDDING_MODEL_PATH), failures.
+
+    Safe next to the running stream and safe to repeat: a document is embedded again only when its text or the model
+    changed.
+    """
+    from streamrag_assets.index import backfill
+    from streamrag_assets.index.embedder import get_embedder
+    from streamrag_assets.index.store import DocumentIndex
+    from streamrag_assets.streaming.delta import DeltaTables
+
+    settings = _settings()
+    start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
+    if start and end and start >= end:
+        raise _fail("--since must be before --until")
+    index = DocumentIndex(settings.app_database_url, get_embedder(settings.embedding_model_path))
+    if retry_dead_letters:
+        result, failing = backfill.retry_dead_letters(index)
+        typer.echo(json.dumps({"upserted": result.upserted, "still_failing": failing}))
+        raise typer.Exit(code=1 if failing else 0)
+
+    def progress(done: int, total: int, so_far) -> None:
+        typer.echo(
+            f"[streamrag] {done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged", err=True
+        )
+
+    result = backfill.reindex(index, DeltaTables(settings.state_dir / "delta"), start, end, batch_size, progress)
+    summary = {
+        k: getattr(result, k) for k in ("embedded", "upserted", "unchanged", "deleted", "renamed", "dead_letters")
+    }
+    typer.echo(json.dumps(summary))
 
 
 @app.command("prune")

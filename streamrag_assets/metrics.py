@@ -10,6 +10,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30,
 # --- ingest (SSE -> Kafka) ----------------------------------------------------------------------------------------
 INGEST_EVENTS_RECEIVED = Counter("streamrag_ingest_events_received", "Events read from the SSE source.", ["source"])
 INGEST_EVENTS_PRODUCED = Counter("streamrag_ingest_events_produced", "Events acknowledged by the broker.", ["source"])
+INGEST_PRODUCER_RESETS = Counter(
+    "streamrag_ingest_producer_resets",
+    "Times the Kafka client was replaced because deliveries stopped progressing.",
+)
 INGEST_EVENTS_FAILED = Counter(
     "streamrag_ingest_events_failed",
     "Produce attempts that failed (each is retried or dead-lettered).",
@@ -53,15 +57,24 @@ STREAM_LAST_BATCH = Gauge("streamrag_stream_last_batch_timestamp_seconds", "When
 STREAM_ERRORS = Counter("streamrag_stream_errors", "Failed micro-batches by stage and kind.", ["stage", "kind"])
 
 # --- index (Gold -> pgvector) ---------------------------------------------------------------------------------------
-INDEX_DOCS = Counter("streamrag_index_docs", "Documents by outcome (embedded, upserted, unchanged, deleted, "
-                     "renamed, dead_letter).", ["outcome"])
-INDEX_EMBED_DURATION = Histogram("streamrag_index_embed_duration_seconds", "Embedding time per batch.",
-                                 buckets=LATENCY_BUCKETS)
-INDEX_DB_DURATION = Histogram("streamrag_index_db_duration_seconds", "Database write time per batch.",
-                              buckets=LATENCY_BUCKETS)
-INGESTED_TO_INDEXED = Histogram("streamrag_ingested_to_indexed_seconds",
-                                "From the producer's ingested_at to the document committed in pgvector.",
-                                buckets=LATENCY_BUCKETS)
-EVENT_TIME_TO_INDEXED = Histogram("streamrag_event_time_to_indexed_seconds",
-                                  "From the edit's meta.dt to the document committed in pgvector.",
-                                  buckets=LATENCY_BUCKETS)
+INDEX_DOCS = Counter(
+    "streamrag_index_docs",
+    "Documents by outcome (embedded, upserted, unchanged, deleted, renamed, dead_letter).",
+    ["outcome"],
+)
+INDEX_EMBED_DURATION = Histogram(
+    "streamrag_index_embed_duration_seconds", "Embedding time per batch.", buckets=LATENCY_BUCKETS
+)
+INDEX_DB_DURATION = Histogram(
+    "streamrag_index_db_duration_seconds", "Database write time per batch.", buckets=LATENCY_BUCKETS
+)
+INGESTED_TO_INDEXED = Histogram(
+    "streamrag_ingested_to_indexed_seconds",
+    "From the producer's ingested_at to the document committed in pgvector.",
+    buckets=LATENCY_BUCKETS,
+)
+EVENT_TIME_TO_INDEXED = Histogram(
+    "streamrag_event_time_to_indexed_seconds",
+    "From the edit's meta.dt to the document committed in pgvector.",
+    buckets=LATENCY_BUCKETS,
+)

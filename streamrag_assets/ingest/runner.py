@@ -50,7 +50,17 @@ def run_ingest(
     )
     received = skipped = 0
     received_total = INGEST_EVENTS_RECEIVED.labels(source)
-    last_save = last_progress = time.monotonic()
+    last_progress = time.monotonic()
+    # Re-sending failed deliveries and saving the position must not wait for the next event: a quiet stream (or the
+    # end of a replay) would otherwise leave failures unsent and acknowledged events unrecorded.
+    housekeeping_stop = threading.Event()
+    housekeeping = threading.Thread(
+        target=_housekeep,
+        args=(producer, store, settings.ingest_position_interval_s, housekeeping_stop),
+        name="ingest-housekeeping",
+        daemon=True,
+    )
+    housekeeping.start()
     try:
         for event in client.events(resume_id, since, stop):
             received += 1
@@ -63,10 +73,6 @@ def run_ingest(
             else:
                 producer.send(event)
             now = time.monotonic()
-            if now - last_save >= settings.ingest_position_interval_s:
-                producer.resend_failed()
-                store.save(producer.tracker.snapshot())
-                last_save = now
             if now - last_progress >= progress_every_s:
                 log.info(
                     "%s: %d received, %d awaiting ack, %d skipped as already in the topic",
@@ -77,6 +83,8 @@ def run_ingest(
                 )
                 last_progress = now
     finally:
+        housekeeping_stop.set()
+        housekeeping.join(timeout=10)
         if not producer.flush(timeout_s=30):
             log.warning(
                 "%d event(s) not acknowledged at shutdown; the source will send them again on restart",
@@ -85,3 +93,15 @@ def run_ingest(
         store.save(producer.tracker.snapshot())
         producer.close()
         log.info("%s: stopped after %d events; position saved", source, received)
+
+
+def _housekeep(producer: EventProducer, store: PositionStore, save_every_s: float, stop: threading.Event) -> None:
+    last_save = time.monotonic()
+    while not stop.wait(0.2):
+        producer.replace_if_stalled()
+        resent = producer.resend_failed()
+        if resent:
+            log.info("re-sent %d event(s) whose delivery failed", resent)
+        if time.monotonic() - last_save >= save_every_s:
+            store.save(producer.tracker.snapshot())
+            last_save = time.monotonic()

@@ -1,6 +1,6 @@
 """Gold documents into pgvector with the real model: found by paraphrase, idempotent, deletes and moves applied.
 
-(Issue #5 groundwork: the store and migrations; the streaming hook comes next.)"""
+Dead letters: a document that cannot be embedded is kept with the reason and indexed by a later retry."""
 
 from __future__ import annotations
 
@@ -117,3 +117,43 @@ def test_found_by_paraphrase_idempotent_and_delete_move(index) -> None:
             text("SELECT title, page_url FROM documents WHERE doc_id = :d"), {"d": moved["doc_id"]}
         ).one()
     assert title == "Renamed Page" and url.endswith("/wiki/Renamed_Page")
+
+
+class _FailsOn:
+    """The real embedder, except that texts containing ``marker`` fail (a poisoned document)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker, self.real = marker, get_embedder()
+        self.model_name = self.real.model_name
+
+    def embed(self, texts: list[str]):
+        if any(self.marker in t for t in texts):
+            raise ValueError("cannot embed this text")
+        return self.real.embed(texts)
+
+
+def test_a_document_that_cannot_be_embedded_is_dead_lettered_then_retried(index) -> None:
+    from streamrag_assets.index.backfill import retry_dead_letters
+
+    docs = [_gold(seq) for seq in range(200, 210)]
+    poisoned = docs[4]["doc_id"]
+    marker = docs[4]["text"]
+    failing = DocumentIndex(str(index.engine.url.render_as_string(hide_password=False)), _FailsOn(marker))
+    result = failing.index(docs)
+    assert (result.embedded, result.dead_letters) == (9, 1), "the rest of the batch is indexed"
+    with index.engine.connect() as conn:
+        stored = {r.doc_id for r in conn.execute(text("SELECT doc_id FROM documents"))}
+        letters = conn.execute(text("SELECT doc_id, reason, attempts FROM index_dead_letters")).all()
+    assert poisoned not in stored and {d["doc_id"] for d in docs} - {poisoned} <= stored
+    assert [(r.doc_id, r.attempts) for r in letters] == [(poisoned, 1)] and "cannot embed" in letters[0].reason
+
+    _, still_failing = retry_dead_letters(failing)  # still broken: kept, attempts counted
+    assert still_failing == 1
+    with index.engine.connect() as conn:
+        assert conn.execute(text("SELECT doc_id, attempts FROM index_dead_letters")).all() == [(poisoned, 2)]
+
+    result, still_failing = retry_dead_letters(index)  # fixed (e.g. a new model): indexed, letter gone
+    assert (result.upserted, still_failing) == (1, 0)
+    assert poisoned in [h[0] for h in _search(index, docs[4]["text"], k=3)]
+    with index.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM index_dead_letters")).scalar() == 0

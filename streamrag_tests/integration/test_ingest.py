@@ -100,6 +100,21 @@ def _ingest(settings, source: str) -> subprocess.Popen:
     )
 
 
+def _log_tail(settings, chars: int = 4000) -> str:
+    return (settings.state_dir / "ingest-test.log").read_text(errors="replace")[-chars:]
+
+
+def _stop(producer: subprocess.Popen, settings) -> None:
+    """SIGTERM: the producer flushes, saves its position and exits 0 within a minute."""
+    producer.send_signal(signal.SIGTERM)
+    try:
+        code = producer.wait(60)
+    except subprocess.TimeoutExpired:
+        producer.kill()
+        raise AssertionError(f"ingest did not stop within 60 s of SIGTERM:\n{_log_tail(settings)}") from None
+    assert code == 0, f"ingest exited {code}:\n{_log_tail(settings)}"
+
+
 def test_killing_server_and_producer_loses_and_repeats_nothing(ingest_settings) -> None:
     # Positions saved only every 5 s: the SIGKILL surely leaves acknowledged events beyond the stored position.
     settings, total = ingest_settings.model_copy(update={"ingest_position_interval_s": 5.0}), 3000
@@ -122,8 +137,7 @@ def test_killing_server_and_producer_loses_and_repeats_nothing(ingest_settings) 
         server.stop()  # SIGTERM with a client still connected: must not wait for the endless response
         assert time.monotonic() - stopping < 10
     finally:
-        producer.send_signal(signal.SIGTERM)
-        assert producer.wait(60) == 0
+        _stop(producer, settings)
         server.stop()
     ids = _sse_ids(settings)
     log = (settings.state_dir / "ingest-test.log").read_text()
@@ -143,14 +157,21 @@ def test_broker_down_for_ten_seconds_loses_nothing(stack, ingest_settings) -> No
         stack.kafka.kill()
         time.sleep(10)
         stack.start(stack.kafka)
-        _wait_for(settings, total, timeout_s=180)
+        try:
+            _wait_for(settings, total, timeout_s=180)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; ingest log tail:\n{_log_tail(settings)}") from None
         time.sleep(2)
     finally:
-        producer.send_signal(signal.SIGTERM)
-        assert producer.wait(60) == 0
+        _stop(producer, settings)
         server.stop()
     ids = _sse_ids(settings)
-    assert sorted(ids) == list(range(total)), f"{len(ids)} records, {len(set(ids))} distinct"
+    problems = [
+        line
+        for line in (settings.state_dir / "ingest-test.log").read_text(errors="replace").splitlines()
+        if " ERROR " in line or "retrying" in line
+    ]
+    assert sorted(ids) == list(range(total)), f"{len(ids)} records, {len(set(ids))} distinct; {problems[:20]}"
 
 
 def test_malformed_lines_and_canaries_reach_the_topic_unchanged(ingest_settings) -> None:
@@ -161,8 +182,7 @@ def test_malformed_lines_and_canaries_reach_the_topic_unchanged(ingest_settings)
     try:
         _wait_for(settings, total)
     finally:
-        producer.send_signal(signal.SIGTERM)
-        assert producer.wait(60) == 0
+        _stop(producer, settings)
         server.stop()
 
     expected = {seq: synthetic_event(seq, seed=7, malformed_fraction=fraction) for seq in range(total)}

@@ -1,0 +1,168 @@
+"""Benchmark: the vector index stage (issue #5).
+
+    .venv/bin/python -m benchmarks.index_freshness --docs 1500 --rate 50 --seconds 120
+
+In one run, on an embedded broker, object store and Postgres:
+1. throughput: the raw model (`Embedder.embed`, batch 16) vs. the whole index stage (`DocumentIndex.index`: hash
+   lookup, embed, upsert in one transaction) on the same synthetic Gold documents, in micro-batches of
+   ``--stage-batch`` documents, into a fresh table;
+2. freshness: `streamrag ingest --source replay --rate R` and `streamrag stream` (continuous) run as `up` runs them;
+   Postgres is polled every 50 ms for new documents, and each document's ingested -> searchable delay is the time it
+   was first seen minus its `ingested_at` (the producer's timestamp). Searchable means committed and visible to a
+   vector query (the API's /search reads the same table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+from sqlalchemy import create_engine, text
+
+from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.index.migrate import upgrade
+from streamrag_assets.index.store import DocumentIndex
+from streamrag_assets.ingest.sources import synthetic_event
+from streamrag_assets.services.ingest import ingest_process
+from streamrag_assets.services.postgres import admin_connect
+from streamrag_assets.services.stream import stream_process
+from streamrag_assets.services.supervisor import migrate_documents
+from streamrag_assets.streaming.refine import Rejected, document, parse_event
+from streamrag_tests.conftest import EmbeddedStack, isolated_settings
+
+
+def gold_documents(count: int) -> list[dict]:
+    docs, seq = [], 0
+    while len(docs) < count:
+        try:
+            doc = document(parse_event(synthetic_event(seq, seed=9, canary_fraction=0)))
+        except Rejected:
+            doc = None
+        seq += 1
+        if doc is not None and doc["op"] == "upsert":
+            docs.append(doc | {"partition": 0, "offset": seq, "ingested_at": doc["event_time"]})
+    return docs
+
+
+def throughput(settings, count: int, stage_batch: int) -> dict:
+    with admin_connect(settings) as conn:
+        conn.execute("CREATE DATABASE bench_index")
+    url = settings.app_database_url.rsplit("/", 1)[0] + "/bench_index"
+    upgrade(url)
+    embedder = get_embedder()
+    docs = gold_documents(count)
+    embedder.embed([d["text"] for d in docs[:64]])  # load and warm the model
+    began = time.perf_counter()
+    embedder.embed([d["text"] for d in docs])
+    raw = len(docs) / (time.perf_counter() - began)
+    index = DocumentIndex(url, embedder)
+    began = time.perf_counter()
+    for start in range(0, len(docs), stage_batch):
+        index.index(docs[start : start + stage_batch])
+    stage = len(docs) / (time.perf_counter() - began)
+    with index.engine.connect() as conn:
+        stored = conn.execute(text("SELECT count(*) FROM documents")).scalar()
+    assert stored == len(docs), f"{stored} of {len(docs)} stored"
+    index.engine.dispose()
+    return {
+        "docs": len(docs),
+        "raw_docs_per_s": round(raw, 1),
+        "stage_docs_per_s": round(stage, 1),
+        "ratio": round(stage / raw, 3),
+        "stage_batch": stage_batch,
+    }
+
+
+def freshness(settings, seconds: float, warmup_s: float) -> dict:
+    migrate_documents(settings)
+    engine = create_engine(settings.app_database_url)
+    processes = [ingest_process(settings), stream_process(settings)]
+    for proc in processes:
+        proc.start()
+    for proc in processes:
+        proc.wait_ready(180)
+    delays: list[float] = []
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 300
+        with engine.connect() as conn:
+            while not conn.execute(text("SELECT count(*) FROM documents")).scalar():
+                assert time.monotonic() < deadline, "no document became searchable within 300 s"
+                time.sleep(0.5)
+                conn.rollback()
+        started = time.monotonic()
+        measuring_from = None
+        with engine.connect() as conn:
+            while time.monotonic() - started < warmup_s + seconds:
+                rows = conn.execute(
+                    text("SELECT doc_id, ingested_at FROM documents WHERE indexed_at > now() - interval '60 seconds'")
+                ).all()
+                conn.rollback()  # a fresh snapshot each poll
+                now = datetime.now(UTC)
+                if measuring_from is None and time.monotonic() - started >= warmup_s:
+                    measuring_from = now
+                for doc_id, ingested_at in rows:
+                    if doc_id in seen:
+                        continue
+                    seen.add(doc_id)
+                    if measuring_from is not None and ingested_at is not None and ingested_at >= measuring_from:
+                        delays.append((now - ingested_at).total_seconds())
+                time.sleep(0.05)
+        rss = {p.name: _rss_mib(p) for p in processes}
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+        engine.dispose()
+    delays.sort()
+    return {
+        "docs_measured": len(delays),
+        "docs_per_s": round(len(delays) / seconds, 1),
+        "p50_s": round(statistics.median(delays), 3),
+        "p95_s": round(delays[int(0.95 * (len(delays) - 1))], 3),
+        "p99_s": round(delays[int(0.99 * (len(delays) - 1))], 3),
+        "max_s": round(delays[-1], 3),
+        "rss_mib": rss,
+    }
+
+
+def _rss_mib(proc) -> int:
+    try:
+        root = psutil.Process(proc.pid)
+        return int(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20)
+    except psutil.Error:
+        return -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=1500, help="Documents for the throughput comparison.")
+    parser.add_argument("--stage-batch", type=int, default=64, help="Documents per index transaction.")
+    parser.add_argument("--rate", type=float, default=50, help="Replay rate (events/s) for the freshness run.")
+    parser.add_argument("--seconds", type=float, default=120, help="Measured seconds of the freshness run.")
+    parser.add_argument("--warmup", type=float, default=20, help="Seconds ignored after the first document.")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
+    home.chmod(0o755)
+    settings = isolated_settings(home / ".streamrag", ingest_source="replay", ingest_rate=args.rate)
+    stack = EmbeddedStack(settings)
+    try:
+        stack.start_all()
+        result = {"throughput": throughput(settings, args.docs, args.stage_batch)}
+        print(json.dumps(result), flush=True)
+        result["freshness"] = freshness(settings, args.seconds, args.warmup) | {"rate": args.rate}
+        result["load_avg"] = [round(x, 2) for x in psutil.getloadavg()]
+        print(json.dumps(result, indent=2))
+    finally:
+        stack.stop_all()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
