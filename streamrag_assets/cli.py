@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -127,11 +128,16 @@ class Source(StrEnum):
     synthetic = "synthetic"
 
 
-class _Shutdown(Exception):
-    """Raised in the main thread by SIGTERM/SIGINT so blocking reads unwind through `finally` blocks."""
+class _Shutdown(BaseException):
+    """Raised in the main thread by SIGTERM/SIGINT so blocking reads unwind through `finally` blocks (a
+    BaseException, like KeyboardInterrupt, so no library's `except Exception` can swallow it)."""
+
+
+_stopping = threading.Event()  # also set by the signal, for loops that poll it
 
 
 def _raise_shutdown(*_: object) -> None:
+    _stopping.set()
     raise _Shutdown
 
 
@@ -174,7 +180,7 @@ def ingest_command(
             local_server = sse_source_process(settings, chosen, count)
             local_server.start()
             local_server.wait_ready(30)
-        run_ingest(settings, chosen, url or source_url(settings, chosen), since=since)
+        run_ingest(settings, chosen, url or source_url(settings, chosen), since=since, stop=_stopping)
     except _Shutdown:
         pass
     except ServiceError as exc:
@@ -230,19 +236,32 @@ def _serve_metrics(port: int, host: str) -> None:
 def stream_command(
     available_now: bool = typer.Option(False, "--available-now", help="Process what is in the topic, then exit."),
 ) -> None:
-    """Run the Spark query raw topic -> Bronze -> Silver (+ quarantine) -> Gold; resumes from its checkpoint."""
-    from streamrag_assets.streaming.pipeline import start_query
+    """Run the Spark query raw topic -> Bronze -> Silver (+ quarantine) -> Gold -> pgvector; resumes from its
+    checkpoint. The continuous query reports what it writes to Dagster as asset materializations."""
+    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock, start_query
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     settings = _settings()
     _serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
     signal.signal(signal.SIGTERM, _raise_shutdown)
-    query = start_query(settings, available_now=available_now)
-    typer.echo(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.state_dir / 'delta'}")
+    reporter = None
+    if not available_now and settings.dagster_report_interval_s > 0:
+        from streamrag_assets.defs.reporting import DagsterReporter
+
+        reporter = DagsterReporter(settings)
     try:
-        query.awaitTermination()
-    except (_Shutdown, KeyboardInterrupt):
-        query.stop()
+        with checkpoint_lock(settings):
+            query = start_query(settings, available_now=available_now, on_batch=reporter.add if reporter else None)
+            typer.echo(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.state_dir / 'delta'}")
+            try:
+                query.awaitTermination()
+            except (_Shutdown, KeyboardInterrupt):
+                query.stop()
+    except QueryAlreadyRunning as exc:
+        raise _fail(str(exc)) from None
+    finally:
+        if reporter is not None:
+            reporter.close()
     if query.exception() is not None:
         raise _fail(f"the streaming query failed: {query.exception()}")
 
@@ -273,7 +292,7 @@ def replay_reprocess(
     ),
 ) -> None:
     """Re-read the topic from an offset or time with a fresh checkpoint (stop `streamrag stream` first)."""
-    from streamrag_assets.streaming.pipeline import start_query
+    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock, start_query
     from streamrag_assets.streaming.replay import prepare_reprocess, resolve_start, starting_offsets_option
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
@@ -286,9 +305,15 @@ def replay_reprocess(
     except ValueError:
         raise _fail("--from-offset takes PARTITION:OFFSET with integers; --from-time an ISO-8601 time") from None
     start = resolve_start(settings, offsets or None, when)
-    epoch = prepare_reprocess(settings, start)
-    query = start_query(settings, available_now=True, starting_offsets=starting_offsets_option(start), epoch=epoch)
-    query.awaitTermination()
+    try:
+        with checkpoint_lock(settings):
+            epoch = prepare_reprocess(settings, start)
+            query = start_query(
+                settings, available_now=True, starting_offsets=starting_offsets_option(start), epoch=epoch
+            )
+            query.awaitTermination()
+    except QueryAlreadyRunning as exc:
+        raise _fail(f"{exc}; stop it first") from None
     typer.echo(f"reprocessed from {start} (checkpoint epoch {epoch})")
 
 

@@ -2,6 +2,29 @@
 
 import dagster as dg
 
+from streamrag_assets.defs.alerts import freshness_alert_sensor
 from streamrag_assets.defs.ingest.assets import wikimedia_recentchange
+from streamrag_assets.defs.ingest.sensors import kafka_sensor
+from streamrag_assets.defs.ops.replay import JOBS, SPARK_TAGS
+from streamrag_assets.defs.pipeline.assets import medallion, pyspark_resource
+from streamrag_assets.defs.pipeline.checks import CHECKS
+from streamrag_assets.settings import get_settings
 
-defs = dg.Definitions(assets=[wikimedia_recentchange])
+settings = get_settings()
+medallion_job = dg.define_asset_job(
+    "medallion_job",
+    selection=dg.AssetSelection.assets(medallion),
+    tags=SPARK_TAGS,
+    description="Bronze -> Silver (+ quarantine) -> Gold -> pgvector for what the topic holds now (availableNow).",
+)
+
+defs = dg.Definitions(
+    assets=[wikimedia_recentchange, medallion],
+    asset_checks=CHECKS,
+    jobs=[medallion_job, *JOBS],
+    sensors=[
+        kafka_sensor(medallion_job, settings.sensor_interval_s),
+        freshness_alert_sensor(settings.sensor_interval_s),
+    ],
+    resources={"pyspark": pyspark_resource(settings)},
+)

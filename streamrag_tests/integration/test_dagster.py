@@ -16,8 +16,26 @@ pytestmark = pytest.mark.integration
 def test_definitions_load() -> None:
     from streamrag_assets.definitions import defs
 
-    keys = {spec.key.to_user_string() for spec in defs.resolve_all_asset_specs()}
-    assert "wikimedia_recentchange" in keys
+    specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
+    assert set(specs) == {
+        "wikimedia_recentchange",
+        "bronze_events",
+        "silver_events",
+        "silver_quarantine",
+        "gold_documents",
+        "document_embeddings",
+    }
+    for name, spec in specs.items():
+        assert spec.description and spec.owners and spec.kinds, name
+        if name != "wikimedia_recentchange":
+            assert spec.freshness_policy is not None, f"{name} has a freshness policy"
+            assert "dagster/column_schema" in spec.metadata, name
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {
+        "medallion_job",
+        "rebuild_from_bronze_job",
+        "reprocess_topic_job",
+        "reembed_job",
+    }
 
 
 def test_dagster_definitions_validate(stack) -> None:
@@ -41,11 +59,21 @@ def test_webserver_answers_with_the_asset_graph(stack) -> None:
     webserver.start()
     try:
         webserver.wait_ready(120)
-        query = "{ assetNodes { assetKey { path } } }"
+        query = "{ assetNodes { assetKey { path } dependencyKeys { path } } }"
         response = httpx.post(f"{settings.dagster_url}/graphql", json={"query": query}, timeout=30)
         assert response.status_code == 200
-        paths = [node["assetKey"]["path"] for node in response.json()["data"]["assetNodes"]]
-        assert ["wikimedia_recentchange"] in paths
+        upstream = {
+            node["assetKey"]["path"][0]: sorted(k["path"][0] for k in node["dependencyKeys"])
+            for node in response.json()["data"]["assetNodes"]
+        }
+        assert upstream == {
+            "wikimedia_recentchange": [],
+            "bronze_events": ["wikimedia_recentchange"],
+            "silver_events": ["bronze_events"],
+            "silver_quarantine": ["bronze_events"],
+            "gold_documents": ["silver_events"],
+            "document_embeddings": ["gold_documents"],
+        }, "the lineage of the asset graph"
         # The instance lives in the embedded Postgres, not in files under DAGSTER_HOME.
         with __import__("psycopg").connect(
             f"host=127.0.0.1 port={settings.postgres_port} user=postgres dbname={settings.postgres_dagster_db}"

@@ -1,0 +1,188 @@
+"""Bronze -> Silver (+ quarantine) -> Gold -> pgvector as software-defined assets.
+
+The tables are kept fresh by the continuous query (`streamrag stream`, which reports each interval's writes as
+runless materializations); materializing them here runs the same Spark code and checkpoint as a bounded
+``availableNow`` query, which is what the Kafka sensor launches when the continuous query is not running.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+from dagster_pyspark import PySparkResource
+
+from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
+from streamrag_assets.defs.reporting import materializations
+from streamrag_assets.settings import Settings, get_settings
+from streamrag_assets.streaming import schemas
+
+OWNERS = ["team:streamrag"]
+
+
+def freshness(settings: Settings) -> dg.FreshnessPolicy:
+    return dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=settings.freshness_fail_minutes),
+        warn_window=timedelta(minutes=settings.freshness_warn_minutes),
+    )
+
+
+def table_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(field.name, str(field.type)) for field in schema])
+
+
+def _lineage(upstream: dg.AssetKey, mapping: dict[str, list[str]]) -> dg.TableColumnLineage:
+    return dg.TableColumnLineage(
+        deps_by_column={
+            column: [dg.TableColumnDep(asset_key=upstream, column_name=source) for source in sources]
+            for column, sources in mapping.items()
+        }
+    )
+
+
+# Where each column comes from (the transforms in streaming/refine.py).
+COLUMN_LINEAGE = {
+    SILVER: _lineage(
+        BRONZE,
+        {
+            "event_id": ["value"],
+            "event_time": ["value"],
+            "title": ["value"],
+            "page_url": ["value"],
+            "comment_text": ["value"],
+            "partition": ["partition"],
+            "offset": ["offset"],
+            "ingested_at": ["ingested_at"],
+        },
+    ),
+    QUARANTINE: _lineage(BRONZE, {"value": ["value"], "partition": ["partition"], "offset": ["offset"]}),
+    GOLD: _lineage(
+        SILVER,
+        {
+            "text": ["title", "wiki", "user", "type", "length_old", "length_new", "comment_text", "event_time"],
+            "title": ["title"],
+            "page_url": ["page_url"],
+            "event_id": ["event_id"],
+            "partition": ["partition"],
+            "offset": ["offset"],
+        },
+    ),
+    EMBEDDINGS: _lineage(
+        GOLD, {"embedding": ["text"], "doc_id": ["doc_id"], "title": ["title"], "event_id": ["event_id"]}
+    ),
+}
+
+
+def specs(settings: Settings) -> list[dg.AssetSpec]:
+    policy = freshness(settings)
+    delta_root = settings.state_dir / "delta"
+
+    def spec(key, deps, description, kinds, schema, where) -> dg.AssetSpec:
+        return dg.AssetSpec(
+            key,
+            deps=deps,
+            description=description,
+            kinds=kinds,
+            group_name="medallion",
+            owners=OWNERS,
+            freshness_policy=policy,
+            metadata={"dagster/column_schema": table_schema(schema), "location": where},
+        )
+
+    return [
+        spec(
+            BRONZE,
+            [TOPIC],
+            "Every Kafka record, append-only and unchanged: raw value, key, partition, offset, Kafka timestamp, "
+            "sse_id, ingested_at, batch id. Exactly once per offset (Delta app transactions per micro-batch).",
+            {"spark", "delta"},
+            schemas.BRONZE,
+            str(delta_root / "bronze"),
+        ),
+        spec(
+            SILVER,
+            [BRONZE],
+            "Typed, validated, normalised events (UTC times, plain-text comments), one row per event id across "
+            "restarts; canary events dropped and counted.",
+            {"spark", "delta"},
+            schemas.SILVER,
+            str(delta_root / "silver"),
+        ),
+        spec(
+            QUARANTINE,
+            [BRONZE],
+            "Every record that failed parsing or validation, with its raw value and the reason.",
+            {"spark", "delta"},
+            schemas.QUARANTINE,
+            str(delta_root / "quarantine"),
+        ),
+        spec(
+            GOLD,
+            [SILVER],
+            "One document per change (edit, new, log): readable text, URLs, filters, quality flags, content hash, "
+            "lineage; page deletions and moves as delete/rename ops.",
+            {"spark", "delta"},
+            schemas.GOLD,
+            str(delta_root / "gold"),
+        ),
+        spec(
+            EMBEDDINGS,
+            [GOLD],
+            "The pgvector `documents` table the API searches: MiniLM embeddings (HNSW cosine), full-text column, "
+            "filters, lineage; deleted pages tombstoned.",
+            {"postgres", "pgvector"},
+            pa.schema(
+                [
+                    ("doc_id", pa.string()),
+                    ("embedding", pa.list_(pa.float32(), 384)),
+                    ("text", pa.string()),
+                    ("title", pa.string()),
+                    ("event_time", pa.timestamp("us", "UTC")),
+                    ("indexed_at", pa.timestamp("us", "UTC")),
+                    ("deleted", pa.bool_()),
+                ]
+            ),
+            "documents table in the app database",
+        ),
+    ]
+
+
+@dg.multi_asset(specs=specs(get_settings()), name="medallion_available_now", can_subset=False)
+def medallion(context: dg.AssetExecutionContext, pyspark: PySparkResource):
+    """Process what the topic holds beyond the checkpoint (availableNow), through every table, then stop."""
+    from streamrag_assets.streaming.pipeline import BatchResult, QueryAlreadyRunning, checkpoint_lock, start_query
+    from streamrag_assets.streaming.spark import prepare_environment
+
+    settings = get_settings()
+    prepare_environment(settings)
+    pyspark.spark_session  # noqa: B018 - the session dagster-pyspark made with our configuration; reused below
+    results: list[BatchResult] = []
+
+    def progress(result: BatchResult) -> None:
+        results.append(result)
+        context.log.info(f"batch {result.batch_key}: {result.counts} in {result.seconds:.2f} s")
+
+    try:
+        with checkpoint_lock(settings):
+            query = start_query(settings, available_now=True, on_batch=progress)
+            query.awaitTermination()
+    except QueryAlreadyRunning as exc:
+        raise dg.Failure(str(exc), allow_retries=False) from None
+    if query.exception() is not None:
+        raise dg.Failure(f"the streaming query failed: {query.exception()}")
+    events = {m.asset_key: m for m in materializations(results, f"run {context.run_id}")}
+    for key in (BRONZE, SILVER, QUARANTINE, GOLD, EMBEDDINGS):
+        event = events.get(key)
+        metadata: dict[str, Any] = dict(event.metadata) if event else {"rows": 0, "batches": 0}
+        if key in COLUMN_LINEAGE:
+            metadata["dagster/column_lineage"] = COLUMN_LINEAGE[key]
+        yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+
+
+def pyspark_resource(settings: Settings) -> PySparkResource:
+    from streamrag_assets.streaming.spark import prepare_environment, session_conf
+
+    # The JVM, started when a run first uses the session, must inherit PYSPARK_PYTHON: Python workers that plan the
+    # Kafka data source read the environment, not the configuration.
+    prepare_environment(settings)
+    return PySparkResource(spark_config=session_conf(settings))

@@ -1,0 +1,97 @@
+"""Asset checks: the contracts of ARCHITECTURE.md checked on the real tables after each run (and on demand)."""
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from streamrag_assets.defs.keys import EMBEDDINGS, GOLD, QUARANTINE, SILVER
+from streamrag_assets.settings import get_settings
+from streamrag_assets.streaming import schemas
+
+
+def _tables():
+    from streamrag_assets.streaming.delta import DeltaTables
+
+    return DeltaTables(get_settings().state_dir / "delta")
+
+
+@dg.asset_check(asset=SILVER, description="Silver has exactly the contract's columns and types.", blocking=True)
+def silver_schema_valid() -> dg.AssetCheckResult:
+    table = _tables().table("silver")
+    if table is None:
+        return dg.AssetCheckResult(passed=True, metadata={"note": "no Silver table yet"})
+    actual = table.schema().to_arrow()
+    expected = schemas.SILVER
+    missing = [f.name for f in expected if f.name not in actual.names]
+    wrong = [
+        f"{f.name}: {actual.field(f.name).type} != {f.type}"
+        for f in expected
+        if f.name in actual.names and not actual.field(f.name).type.equals(f.type)
+    ]
+    return dg.AssetCheckResult(passed=not missing and not wrong, metadata={"missing": missing, "wrong_types": wrong})
+
+
+@dg.asset_check(asset=SILVER, description="Each event id appears once in Silver, across restarts.")
+def silver_no_duplicate_event_ids() -> dg.AssetCheckResult:
+    ids = _tables().read("silver", columns=["event_id"])["event_id"]
+    duplicates = len(ids) - len(pc.unique(ids))
+    return dg.AssetCheckResult(passed=duplicates == 0, metadata={"rows": len(ids), "duplicates": duplicates})
+
+
+@dg.asset_check(
+    asset=QUARANTINE,
+    description="Quarantined records stay under the threshold share of Bronze (STREAMRAG_QUARANTINE_MAX_RATE).",
+)
+def quarantine_rate_under_threshold() -> dg.AssetCheckResult:
+    tables = _tables()
+    bronze = tables.read("bronze", columns=["offset"]).num_rows
+    quarantined = tables.read("quarantine", columns=["offset"]).num_rows
+    rate = quarantined / bronze if bronze else 0.0
+    limit = get_settings().quarantine_max_rate
+    return dg.AssetCheckResult(
+        passed=rate <= limit,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"bronze": bronze, "quarantined": quarantined, "rate": round(rate, 4), "limit": limit},
+    )
+
+
+@dg.asset_check(asset=GOLD, description="Every Gold document has text and a page URL.")
+def gold_documents_complete() -> dg.AssetCheckResult:
+    gold = _tables().read("gold", columns=["text", "page_url"])
+    empty = sum(
+        1 for t, u in zip(gold["text"].to_pylist(), gold["page_url"].to_pylist(), strict=True) if not t or not u
+    )
+    return dg.AssetCheckResult(passed=empty == 0, metadata={"documents": gold.num_rows, "without_text_or_url": empty})
+
+
+@dg.asset_check(asset=EMBEDDINGS, description="pgvector rows = the live (non-delete) Gold documents, exactly.")
+def embeddings_reconcile_with_gold() -> dg.AssetCheckResult:
+    from sqlalchemy import create_engine, text
+
+    gold = _tables().read("gold", columns=["doc_id", "op"])
+    expected = {d for d, op in zip(gold["doc_id"].to_pylist(), gold["op"].to_pylist(), strict=True) if op != "delete"}
+    engine = create_engine(get_settings().app_database_url)
+    try:
+        with engine.connect() as conn:
+            stored = {row[0] for row in conn.execute(text("SELECT doc_id FROM documents"))}
+    finally:
+        engine.dispose()
+    missing, extra = expected - stored, stored - expected
+    return dg.AssetCheckResult(
+        passed=not missing and not extra,
+        metadata={
+            "gold_documents": len(expected),
+            "pgvector_rows": len(stored),
+            "missing": len(missing),
+            "extra": len(extra),
+            "missing_sample": sorted(missing)[:10],
+        },
+    )
+
+
+CHECKS = [
+    silver_schema_valid,
+    silver_no_duplicate_event_ids,
+    quarantine_rate_under_threshold,
+    gold_documents_complete,
+    embeddings_reconcile_with_gold,
+]

@@ -1,0 +1,141 @@
+"""The continuous query's micro-batches reported to Dagster as runless asset materializations.
+
+Every ``dagster_report_interval_s`` the batches processed since the last report become one materialization per table
+(rows written, Delta version, offsets reached, batch ids), so the asset pages show the tables fresh without a Dagster
+run per micro-batch and the event log grows by five events per interval, not per batch. A report means "the table
+reflects the topic up to these offsets", so every table is reported whenever a batch ran, even with zero new rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import dagster as dg
+
+from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER
+from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.pipeline import BatchResult
+
+log = logging.getLogger(__name__)
+
+
+def materializations(results: Iterable[BatchResult], source: str) -> list[dg.AssetMaterialization]:
+    """One materialization per table summarising ``results`` (in batch order)."""
+    results = list(results)
+    if not results:
+        return []
+    last = results[-1]
+
+    def total(key: str, field: str = "counts") -> int:
+        return sum(getattr(r, field).get(key, 0) for r in results)
+
+    offsets: dict[int, int] = {}
+    for result in results:
+        offsets.update(result.offsets)
+    reasons: dict[str, int] = {}
+    for result in results:
+        for reason, n in result.quarantine_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    common: dict[str, Any] = {
+        "source": source,
+        "batches": len(results),
+        "first_batch_id": results[0].batch_key,
+        "last_batch_id": last.batch_key,
+    }
+
+    def version(layer: str) -> dict[str, Any]:
+        v = last.delta_versions.get(layer)
+        return {"delta_version": v} if v is not None else {}
+
+    return [
+        dg.AssetMaterialization(
+            BRONZE,
+            metadata=common
+            | version("bronze")
+            | {"rows": total("bronze"), "next_offsets": dg.MetadataValue.json({str(p): o for p, o in offsets.items()})},
+        ),
+        dg.AssetMaterialization(
+            SILVER,
+            metadata=common
+            | version("silver")
+            | {"rows": total("silver"), "duplicates_dropped": total("duplicate"), "canary_dropped": total("canary")},
+        ),
+        dg.AssetMaterialization(
+            QUARANTINE,
+            metadata=common
+            | version("quarantine")
+            | {"rows": total("quarantine"), "reasons": dg.MetadataValue.json(reasons)},
+        ),
+        dg.AssetMaterialization(GOLD, metadata=common | version("gold") | {"rows": total("gold")}),
+        dg.AssetMaterialization(
+            EMBEDDINGS,
+            metadata=common
+            | {
+                "upserted": total("upserted", "indexed"),
+                "embedded": total("embedded", "indexed"),
+                "deleted": total("deleted", "indexed"),
+                "dead_letters": total("dead_letters", "indexed"),
+            },
+        ),
+    ]
+
+
+def dagster_instance(settings: Settings) -> dg.DagsterInstance:
+    """The platform's Dagster instance (stored in Postgres), from any process."""
+    from streamrag_assets.services.dagster import dagster_env, prepare_dagster_home
+
+    prepare_dagster_home(settings)
+    for name, value in dagster_env(settings).items():
+        os.environ.setdefault(name, value)
+    return dg.DagsterInstance.get()
+
+
+class DagsterReporter:
+    """Collects batch results (``add`` is the query's ``on_batch``) and reports them from a background thread, so
+    a slow or unreachable Dagster database never delays a micro-batch."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pending: list[BatchResult] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._instance: dg.DagsterInstance | None = None
+        self._thread = threading.Thread(target=self._run, name="dagster-reporter", daemon=True)
+        self._thread.start()
+
+    def add(self, result: BatchResult) -> None:
+        with self._lock:
+            self._pending.append(result)
+
+    def flush(self) -> int:
+        """Report what is pending now; returns how many events were written."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        events = materializations(batch, "continuous query")
+        if not events:
+            return 0
+        try:
+            if self._instance is None:
+                self._instance = dagster_instance(self.settings)
+            for event in events:
+                self._instance.report_runless_asset_event(event)
+        except Exception as exc:  # Dagster down: keep the results for the next attempt, never fail the stream
+            log.warning("could not report %d batch(es) to Dagster (%s); will retry", len(batch), exc)
+            with self._lock:
+                self._pending = batch + self._pending
+            self._instance = None
+            return 0
+        return len(events)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.dagster_report_interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
