@@ -19,6 +19,11 @@ INGEST_EVENTS_FAILED = Counter(
     "Produce attempts that failed (each is retried or dead-lettered).",
     ["source", "reason"],
 )
+INGEST_UNCONFIRMED_ACKS = Counter(
+    "streamrag_ingest_unconfirmed_acks",
+    "Events the broker acknowledged without an offset (duplicate sequence), by what the topic showed: found, resent.",
+    ["source", "outcome"],
+)
 INGEST_EVENTS_SKIPPED_DUPLICATE = Counter(
     "streamrag_ingest_events_skipped_duplicate",
     "Events the source re-sent after a restart that were already in the topic.",

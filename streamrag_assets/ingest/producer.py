@@ -30,6 +30,7 @@ from streamrag_assets.metrics import (
     INGEST_PRODUCE_LATENCY,
     INGEST_PRODUCER_RESETS,
     INGEST_SOURCE_DELAY,
+    INGEST_UNCONFIRMED_ACKS,
 )
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming import kafka_offsets
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DELIVERY_TIMEOUT_MS = 30_000
 STALL_S = DELIVERY_TIMEOUT_MS / 1000 + 15
+VERIFY_LOOKBACK = 5_000
 
 # The errors that are about the record itself: sending it again cannot help, so it goes to the dead-letter file.
 RECORD_ERRORS = (
@@ -83,6 +85,9 @@ class EventProducer:
         self._produce_latency = INGEST_PRODUCE_LATENCY.labels(source)
         self._source_delay = INGEST_SOURCE_DELAY.labels(source)
         self._retry: deque[tuple[int, SourceEvent]] = deque()
+        # Acknowledged without an offset (see `_on_ack`): (when, seq, event, partition), checked against the topic.
+        self._unconfirmed: list[tuple[float, int, SourceEvent, int]] = []
+        self._unconfirmed_lock = threading.Lock()
         self._dead_letter_lock = threading.Lock()
         self.tracker = AckTracker()
 
@@ -149,12 +154,20 @@ class EventProducer:
         except KafkaTimeoutError as exc:
             self._on_error(seq, event, exc)
             return False
-        future.add_callback(self._on_ack, seq, started)
+        future.add_callback(self._on_ack, seq, event, started)
         future.add_errback(lambda exc: self._on_error(seq, event, exc))
         return True
 
-    def _on_ack(self, seq: int, started: float, metadata) -> None:
+    def _on_ack(self, seq: int, event: SourceEvent, started: float, metadata) -> None:
         self._last_progress = time.monotonic()
+        if metadata.offset < 0:
+            # DUPLICATE_SEQUENCE_NUMBER, which kafka-python reports as success: the broker says it stored this batch
+            # before. Tansu records a producer's sequence before it writes the batch, so a broker killed in between
+            # says so of a batch it never wrote. The topic decides, not the claim: see `verify_unconfirmed`.
+            log.warning("broker reported event %s as already written, without an offset; checking the topic", event.id)
+            with self._unconfirmed_lock:
+                self._unconfirmed.append((time.monotonic(), seq, event, metadata.partition))
+            return
         self._produce_latency.observe(time.perf_counter() - started)
         self._produced.inc()
         self.tracker.ack(seq, metadata.partition, metadata.offset)
@@ -186,6 +199,53 @@ class EventProducer:
             count += 1
         return count
 
+    def verify_unconfirmed(self, min_age_s: float = 2.0) -> tuple[int, int]:
+        """Look for the events acknowledged without an offset in their partitions; acknowledge those found and
+        send the others again. Returns (found, re-sent).
+
+        ``min_age_s`` lets a write that is still being completed by the broker become visible first. The search
+        starts ``VERIFY_LOOKBACK`` records before the resume position's scan: an event sits after the acknowledged
+        events sent before it, except those re-sent later than it, which a broker restart leaves only a few of.
+        Not finding an event that is there costs a duplicate (Silver drops it); the reverse would cost the event.
+        """
+        now = time.monotonic()
+        with self._unconfirmed_lock:
+            due = [entry for entry in self._unconfirmed if now - entry[0] >= min_age_s]
+            self._unconfirmed = [entry for entry in self._unconfirmed if now - entry[0] < min_age_s]
+        if not due:
+            return 0, 0
+        found = resent = 0
+        scan_from = self.tracker.snapshot().scan_from
+        consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
+        try:
+            for partition in sorted({entry[3] for entry in due}):
+                tp = TopicPartition(self.topic, partition)
+                head = kafka_offsets.high_watermarks(consumer, [tp])[partition]
+                first = kafka_offsets.beginning_offsets(consumer, [tp])[partition]
+                start = max(first, scan_from.get(partition, 0) - VERIFY_LOOKBACK)
+                in_topic = _ids_in_range(consumer, tp, start, head)
+                for _when, seq, event, _partition in (entry for entry in due if entry[3] == partition):
+                    where = in_topic.get(event.id) if event.id is not None else None
+                    if where is not None:
+                        self.tracker.ack(seq, *where)
+                        found += 1
+                    else:
+                        self._retry.append((seq, event))
+                        resent += 1
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("could not check the topic for %d event(s) (%s); trying again", len(due), exc)
+            with self._unconfirmed_lock:
+                self._unconfirmed.extend(due)
+            return found, resent
+        finally:
+            consumer.close()
+        INGEST_UNCONFIRMED_ACKS.labels(self.source, "found").inc(found)
+        INGEST_UNCONFIRMED_ACKS.labels(self.source, "resent").inc(resent)
+        log.warning(
+            "of %d event(s) acknowledged without an offset, %d are in the topic, %d sent again", len(due), found, resent
+        )
+        return found, resent
+
     def replace_if_stalled(self, stall_s: float = STALL_S) -> bool:
         """Recreate the Kafka client when events are in flight but nothing was acknowledged or failed for
         ``stall_s`` (longer than the delivery timeout, so the client had its chance to fail them itself).
@@ -194,7 +254,8 @@ class EventProducer:
         their futures, and our error handler queues them to be sent again on the new client.
         """
         now = time.monotonic()
-        if self.tracker.outstanding - len(self._retry) <= 0:
+        waiting = len(self._retry) + len(self._unconfirmed)
+        if self.tracker.outstanding - waiting <= 0:
             self._last_progress = now
             return False
         if now - self._last_progress < stall_s:
@@ -202,7 +263,7 @@ class EventProducer:
         log.warning(
             "no delivery progress for %.0f s with %d event(s) in flight; replacing the Kafka client",
             now - self._last_progress,
-            self.tracker.outstanding - len(self._retry),
+            self.tracker.outstanding - waiting,
         )
         INGEST_PRODUCER_RESETS.inc()
         stuck, self._producer = self._producer, self._new_producer()
@@ -214,6 +275,7 @@ class EventProducer:
         """Wait until everything sent is acknowledged (re-sending failures); False if time ran out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            self.verify_unconfirmed()
             self.resend_failed()
             try:
                 self._producer.flush(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
@@ -245,18 +307,8 @@ def _discard(producer: KafkaProducer) -> None:
 def _ids_in_range(consumer, tp: TopicPartition, start: int, end: int) -> dict[str, tuple[int, int]]:
     """sse_id -> (partition, offset) for the records of ``tp`` in ``[start, end)``."""
     found: dict[str, tuple[int, int]] = {}
-    consumer.assign([tp])
-    consumer.seek(tp, start)
-    deadline = time.monotonic() + 60
-    position = start
-    while position < end and time.monotonic() < deadline:
-        for record in consumer.poll(timeout_ms=500).get(tp, []):
-            if record.offset >= end:
-                return found
-            position = record.offset + 1
-            sse_id = dict(record.headers or []).get("sse_id")
-            if sse_id is not None:
-                found[sse_id.decode()] = (tp.partition, record.offset)
-    if position < end:
-        raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] offsets {position}..{end} to resume")
+    for record in kafka_offsets.read_range(consumer, tp, start, end):
+        sse_id = dict(record.headers or []).get("sse_id")
+        if sse_id is not None:
+            found[sse_id.decode()] = (tp.partition, record.offset)
     return found

@@ -99,6 +99,7 @@ def _housekeep(producer: EventProducer, store: PositionStore, save_every_s: floa
     last_save = time.monotonic()
     while not stop.wait(0.2):
         producer.replace_if_stalled()
+        producer.verify_unconfirmed()
         resent = producer.resend_failed()
         if resent:
             log.info("re-sent %d event(s) whose delivery failed", resent)

@@ -7,8 +7,10 @@ taken from the high watermark that a fetch response carries instead; this works 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 
 def make_consumer(bootstrap_servers: str, **overrides: object) -> KafkaConsumer:
@@ -70,3 +72,38 @@ def offsets_for_time(consumer: KafkaConsumer, tps: list[TopicPartition], timesta
             heads = heads or high_watermarks(consumer, tps)
             result[tp.partition] = heads[tp.partition]
     return result
+
+
+def read_range(
+    consumer: KafkaConsumer,
+    tp: TopicPartition,
+    start: int,
+    end: int,
+    idle_s: float = 5.0,
+    timeout_s: float = 120.0,
+) -> Iterator[ConsumerRecord]:
+    """The records of ``tp`` in ``[start, end)``.
+
+    An offset range may hold gaps: Tansu moves the high watermark before it writes the batch, so a broker killed in
+    between leaves offsets that no record will ever fill. Reading therefore ends at ``end`` or when nothing more
+    arrives for ``idle_s``; it fails only when records keep arriving past ``timeout_s``.
+    """
+    consumer.assign([tp])
+    consumer.seek(tp, start)
+    deadline = time.monotonic() + timeout_s
+    last_record = time.monotonic()
+    position = start
+    while position < end:
+        batch = consumer.poll(timeout_ms=500).get(tp, [])
+        now = time.monotonic()
+        for record in batch:
+            if record.offset >= end:
+                return
+            position = record.offset + 1
+            yield record
+        if batch:
+            last_record = now
+        elif now - last_record >= idle_s:
+            return
+        if now > deadline:
+            raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] offsets {position}..{end}")

@@ -27,18 +27,17 @@ pytestmark = pytest.mark.integration
 
 
 def _topic_records(settings) -> list:
+    """Every record of the topic, read up to the heads (gaps in the offsets are allowed: see `read_range`)."""
     consumer = kafka_offsets.make_consumer(settings.bootstrap_servers)
     try:
         tps = kafka_offsets.topic_partitions(consumer, settings.topic)
         heads = kafka_offsets.high_watermarks(consumer, tps)
-        consumer.assign(tps)
-        consumer.seek_to_beginning()
-        records = []
-        deadline = time.monotonic() + 60
-        while sum(1 for _ in records) < sum(heads.values()) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500, max_records=5000).values():
-                records.extend(batch)
-        return records
+        starts = kafka_offsets.beginning_offsets(consumer, tps)
+        return [
+            record
+            for tp in tps
+            for record in kafka_offsets.read_range(consumer, tp, starts[tp.partition], heads[tp.partition])
+        ]
     finally:
         consumer.close()
 
@@ -172,6 +171,38 @@ def test_broker_down_for_ten_seconds_loses_nothing(stack, ingest_settings) -> No
         if " ERROR " in line or "retrying" in line
     ]
     assert sorted(ids) == list(range(total)), f"{len(ids)} records, {len(set(ids))} distinct; {problems[:20]}"
+
+
+def test_a_duplicate_claim_for_an_unwritten_event_is_checked_and_resent(ingest_settings, tmp_path) -> None:
+    """Tansu stores a producer's sequence number before the batch: killed in between, it later answers the retry
+    with DUPLICATE_SEQUENCE_NUMBER for a batch it never wrote, and kafka-python reports that as success. Reproduced
+    here exactly, by rewinding the client's sequence so the broker answers so; the event must still be written once,
+    and a genuine duplicate must not be written twice."""
+    settings = ingest_settings
+    producer = EventProducer(settings, "test", tmp_path / "dead-letter.ndjson")
+    producer.resume(None)
+
+    def event(sse_id: str) -> SourceEvent:
+        return SourceEvent(id=sse_id, data=synthetic_event(0, seed=3).replace("\n", " "))
+
+    def rewind_sequence() -> None:
+        manager = producer._producer._transaction_manager
+        for tp in list(manager._sequence_numbers):
+            manager.set_sequence_number(tp, manager.sequence_number(tp) - 1)
+
+    try:
+        producer.send(event("a"))
+        assert producer.flush(30)
+        rewind_sequence()
+        producer.send(event("b"))  # the broker answers "already written" for b, which it never saw
+        assert producer.flush(30), "b was neither confirmed nor re-sent"
+        rewind_sequence()
+        producer.send(event("b"))  # a true duplicate: found in the topic, not written again
+        assert producer.flush(30)
+    finally:
+        producer.close()
+    ids = sorted(dict(r.headers)["sse_id"].decode() for r in _topic_records(settings))
+    assert ids == ["a", "b"]
 
 
 def test_malformed_lines_and_canaries_reach_the_topic_unchanged(ingest_settings) -> None:
