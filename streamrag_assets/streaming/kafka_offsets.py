@@ -6,11 +6,14 @@ taken from the high watermark that a fetch response carries instead; this works 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+
+log = logging.getLogger(__name__)
 
 
 def make_consumer(bootstrap_servers: str, **overrides: object) -> KafkaConsumer:
@@ -75,35 +78,37 @@ def offsets_for_time(consumer: KafkaConsumer, tps: list[TopicPartition], timesta
 
 
 def read_range(
-    consumer: KafkaConsumer,
-    tp: TopicPartition,
-    start: int,
-    end: int,
-    idle_s: float = 5.0,
-    timeout_s: float = 120.0,
+    consumer: KafkaConsumer, tp: TopicPartition, start: int, end: int, idle_s: float = 5.0
 ) -> Iterator[ConsumerRecord]:
     """The records of ``tp`` in ``[start, end)``.
 
     An offset range may hold gaps: Tansu moves the high watermark before it writes the batch, so a broker killed in
-    between leaves offsets that no record will ever fill. Reading therefore ends at ``end`` or when nothing more
-    arrives for ``idle_s``; it fails only when records keep arriving past ``timeout_s``.
+    between leaves offsets that no record will ever fill (the producer writes those events again elsewhere). A fetch
+    skips gaps in the middle; one at the end answers nothing. Reading therefore ends at ``end`` or once fetches have
+    returned nothing for ``idle_s`` (a live broker answers within ``fetch_max_wait_ms``), with a warning.
     """
     consumer.assign([tp])
     consumer.seek(tp, start)
-    deadline = time.monotonic() + timeout_s
     last_record = time.monotonic()
     position = start
     while position < end:
         batch = consumer.poll(timeout_ms=500).get(tp, [])
-        now = time.monotonic()
         for record in batch:
             if record.offset >= end:
                 return
             position = record.offset + 1
             yield record
         if batch:
-            last_record = now
-        elif now - last_record >= idle_s:
+            last_record = time.monotonic()
+        elif consumer.position(tp) >= end:  # the client stepped over records it does not hand out (markers)
             return
-        if now > deadline:
-            raise TimeoutError(f"could not read {tp.topic}[{tp.partition}] offsets {position}..{end}")
+        elif time.monotonic() - last_record >= idle_s:
+            log.warning(
+                "%s[%d] offsets %d..%d hold no records after %.0f s of fetching: a gap (e.g. from a broker crash)",
+                tp.topic,
+                tp.partition,
+                position,
+                end - 1,
+                idle_s,
+            )
+            return

@@ -10,6 +10,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
+from streamrag_assets.streaming import kafka_offsets, kafka_source
+
 pytestmark = pytest.mark.integration
 
 MESSAGES = 10_000
@@ -83,3 +85,33 @@ def test_group_resumes_exactly_at_its_commits_after_broker_sigkill(stack) -> Non
         )
         if first_after is not None:
             assert first_after == meta.offset
+
+
+def test_a_range_ending_in_offsets_without_records_is_read_to_its_end(stack) -> None:
+    """Offsets below the high watermark may hold no record: a transaction's commit marker here (which consumers
+    never see), or a batch a crashed Tansu counted but never wrote. Readers must deliver every record and stop,
+    not stall until a timeout fails the micro-batch over and over."""
+    bootstrap = stack.settings.bootstrap_servers
+    topic = f"gaps-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"txn-{topic}")
+    producer.init_transactions()
+    producer.begin_transaction()
+    for i in range(5):
+        producer.send(topic, value=str(i).encode())
+    producer.commit_transaction()
+    producer.close()
+
+    tp = TopicPartition(topic, 0)
+    consumer = kafka_offsets.make_consumer(bootstrap)
+    try:
+        head = kafka_offsets.high_watermarks(consumer, [tp])[0]
+        assert head > 5, f"the commit marker takes an offset (head {head})"
+        started = time.monotonic()
+        rows = list(kafka_source.read_range(consumer, kafka_source.KafkaRange(bootstrap, topic, 0, 0, head)))
+    finally:
+        consumer.close()
+    assert [row[5] for row in rows] == [str(i).encode() for i in range(5)]
+    assert time.monotonic() - started < kafka_source.GAP_IDLE_S + 10
