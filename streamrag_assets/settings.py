@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = Field(None, description="Slack-compatible webhook for freshness alerts.")
     quarantine_max_rate: float = Field(0.05, ge=0, le=1, description="Asset check limit: quarantine / Bronze.")
     sensor_interval_s: int = Field(30, ge=1, description="How often the Kafka and freshness-alert sensors run.")
+    partitions_start: str = Field(
+        "2025-01-01-00:00", description="First hourly partition (UTC, YYYY-MM-DD-HH:MM) of Gold and its embeddings."
+    )
+    backfill_window_hours: int = Field(
+        6, ge=1, description="The hourly schedule reconciles this many trailing hours of Gold and pgvector."
+    )
+    backfill_cron: str = Field("10 * * * *", description="When the trailing-window backfill runs (cron, UTC).")
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
 
     @model_validator(mode="after")

@@ -2,8 +2,9 @@
 
 Every ``dagster_report_interval_s`` the batches processed since the last report become one materialization per table
 (rows written, Delta version, offsets reached, batch ids), so the asset pages show the tables fresh without a Dagster
-run per micro-batch and the event log grows by five events per interval, not per batch. A report means "the table
-reflects the topic up to these offsets", so every table is reported whenever a batch ran, even with zero new rows.
+run per micro-batch and the event log grows per interval, not per batch. A report means "the table reflects the topic
+up to these offsets", so each unpartitioned table is reported whenever a batch ran, even with zero new rows; Gold and
+its embeddings (hourly partitions by event time) are reported for each hour the interval wrote documents into.
 """
 
 from __future__ import annotations
@@ -70,18 +71,27 @@ def materializations(results: Iterable[BatchResult], source: str) -> list[dg.Ass
             | version("quarantine")
             | {"rows": total("quarantine"), "reasons": dg.MetadataValue.json(reasons)},
         ),
-        dg.AssetMaterialization(GOLD, metadata=common | version("gold") | {"rows": total("gold")}),
-        dg.AssetMaterialization(
-            EMBEDDINGS,
-            metadata=common
-            | {
-                "upserted": total("upserted", "indexed"),
-                "embedded": total("embedded", "indexed"),
-                "deleted": total("deleted", "indexed"),
-                "dead_letters": total("dead_letters", "indexed"),
-            },
-        ),
-    ]
+    ] + hourly_materializations(results, common | version("gold"))
+
+
+def hourly_materializations(results: list[BatchResult], common: dict[str, Any]) -> list[dg.AssetMaterialization]:
+    """Gold and its embeddings are partitioned by hour of event time: one materialization per hour written."""
+    hours: dict[str, int] = {}
+    for result in results:
+        for hour, n in result.gold_hours.items():
+            hours[hour] = hours.get(hour, 0) + n
+    indexed = {
+        name: sum(r.indexed.get(name, 0) for r in results)
+        for name in ("upserted", "embedded", "deleted", "dead_letters")
+    }
+    events = []
+    for hour, rows in sorted(hours.items()):
+        events.append(dg.AssetMaterialization(GOLD, partition=hour, metadata=common | {"rows": rows}))
+        # The index applies a batch's documents together; its counts are per interval, reported with each hour.
+        events.append(
+            dg.AssetMaterialization(EMBEDDINGS, partition=hour, metadata=common | {"documents": rows} | indexed)
+        )
+    return events
 
 
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from streamrag_assets.metrics import (
     STREAM_BATCH_DURATION,
@@ -48,6 +49,21 @@ class BatchResult:
     delta_versions: dict[str, int | None]
     seconds: float
     indexed: dict[str, int] = field(default_factory=dict)
+    # Gold documents written per hour of event time (``HOUR_KEY_FORMAT``): the hourly partitions the batch touched.
+    gold_hours: dict[str, int] = field(default_factory=dict)
+
+
+HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
+
+
+def hour_counts(times: pa.ChunkedArray) -> dict[str, int]:
+    """How many of ``times`` fall in each hour, keyed like the hourly partitions."""
+    counts: dict[str, int] = {}
+    for hour in pc.floor_temporal(times, unit="hour").to_pylist():
+        if hour is not None:
+            key = hour.strftime(HOUR_KEY_FORMAT)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 class QueryAlreadyRunning(RuntimeError):
@@ -164,7 +180,16 @@ class MedallionBatch:
         seconds = time.perf_counter() - began
         STREAM_BATCH_DURATION.labels("total").observe(seconds)
         STREAM_LAST_BATCH.set(time.time())
-        result = BatchResult(batch_key, layers.counts, layers.quarantine_reasons, offsets, versions, seconds, indexed)
+        result = BatchResult(
+            batch_key,
+            layers.counts,
+            layers.quarantine_reasons,
+            offsets,
+            versions,
+            seconds,
+            indexed,
+            hour_counts(layers.gold["event_time"]),
+        )
         log.info("batch %d: %s in %.2f s", batch_key, layers.counts, seconds)
         if self.on_batch is not None:
             self.on_batch(result)

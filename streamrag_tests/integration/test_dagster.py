@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import dagster as dg
 import httpx
 import pytest
 
@@ -30,8 +31,14 @@ def test_definitions_load() -> None:
         if name != "wikimedia_recentchange":
             assert spec.freshness_policy is not None, f"{name} has a freshness policy"
             assert "dagster/column_schema" in spec.metadata, name
+    hourly = {name for name, spec in specs.items() if spec.partitions_def is not None}
+    assert hourly == {"gold_documents", "document_embeddings"}
+    assert specs["gold_documents"].partitions_def.get_partition_keys()[0] == "2025-01-01-00:00"
+    schedule = defs.resolve_schedule_def("trailing_window_backfill")
+    assert schedule.job_name == "hourly_reconcile_job" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert {job.name for job in defs.resolve_all_job_defs()} >= {
         "medallion_job",
+        "hourly_reconcile_job",
         "rebuild_from_bronze_job",
         "reprocess_topic_job",
         "reembed_job",

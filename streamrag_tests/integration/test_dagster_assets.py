@@ -3,10 +3,12 @@ and freshness alerts posted by the real daemon to a real local webhook."""
 
 import json
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -91,40 +93,54 @@ def _metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
     return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
 
+def _hourly(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> dict[str, dict]:
+    """The run's materializations of an hourly asset: partition -> metadata."""
+    found = {}
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
+        event = record.event_log_entry.asset_materialization
+        if event is not None and event.asset_key == key:
+            found[event.partition] = {k: v.value for k, v in event.metadata.items()}
+    return found
+
+
+def _gold_hours(delta: DeltaTables) -> dict[str, int]:
+    from streamrag_assets.streaming.pipeline import hour_counts
+
+    return hour_counts(delta.read("gold")["event_time"])
+
+
 def test_a_run_materializes_every_table_with_reconciling_counts(materialized, env) -> None:
     instance = dg.DagsterInstance.get()
-    bronze, silver = _metadata(instance, BRONZE), _metadata(instance, SILVER)
-    quarantine, gold, embeddings = (
+    bronze, silver, quarantine = (
+        _metadata(instance, BRONZE),
+        _metadata(instance, SILVER),
         _metadata(instance, QUARANTINE),
-        _metadata(instance, GOLD),
-        _metadata(instance, EMBEDDINGS),
     )
+    run_id = instance.get_latest_materialization_event(BRONZE).run_id
+    gold, embeddings = _hourly(instance, GOLD, run_id), _hourly(instance, EMBEDDINGS, run_id)
     assert bronze["rows"] == EVENTS
     assert (
         bronze["rows"] == silver["rows"] + quarantine["rows"] + silver["duplicates_dropped"] + silver["canary_dropped"]
     )
     delta = DeltaTables(env.state_dir / "delta")
-    assert gold["rows"] == len(delta.read("gold")) and gold["delta_version"] == delta.version("gold")
+    # Gold and its embeddings are hourly partitions of event time: one materialization per hour written.
+    assert {hour: m["rows"] for hour, m in gold.items()} == _gold_hours(delta)
+    assert {m["delta_version"] for m in gold.values()} == {delta.version("gold")}
+    assert {hour: m["documents"] for hour, m in embeddings.items()} == _gold_hours(delta)
     assert sum(bronze["next_offsets"].values()) == EVENTS, "the run covered the topic up to its head"
     live_docs = sum(1 for op in delta.read("gold")["op"].to_pylist() if op != "delete")
     engine = create_engine(env.app_database_url)
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT count(*) FROM documents")).scalar()
     engine.dispose()
-    assert embeddings["upserted"] == stored == live_docs
-    assert "dagster/column_lineage" in instance.get_latest_materialization_event(GOLD).asset_materialization.metadata
+    assert stored == live_docs
+    assert "dagster/column_lineage" in instance.get_latest_materialization_event(SILVER).asset_materialization.metadata
 
-    run_id = instance.get_latest_materialization_event(GOLD).run_id
     checks = [
         e.dagster_event.event_specific_data
         for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
     ]
-    assert {c.check_name for c in checks} >= {
-        "silver_no_duplicate_event_ids",
-        "gold_documents_complete",
-        "embeddings_reconcile_with_gold",
-        "silver_schema_valid",
-    }
+    assert {c.check_name for c in checks} >= {"silver_no_duplicate_event_ids", "silver_schema_valid"}
     assert all(c.passed for c in checks if c.check_name != "quarantine_rate_under_threshold"), checks
 
 
@@ -176,7 +192,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(materialized, env) -> None:
     from streamrag_assets.defs.reporting import DagsterReporter
-    from streamrag_assets.streaming.pipeline import BatchResult, checkpoint_lock
+    from streamrag_assets.streaming.pipeline import HOUR_KEY_FORMAT, BatchResult, checkpoint_lock
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -195,7 +211,8 @@ def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(m
 
     def report_fresh_gold() -> None:
         reporter = DagsterReporter(settings.model_copy(update={"dagster_report_interval_s": 3600}))
-        reporter.add(BatchResult(1, {"bronze": 1, "gold": 1}, {}, {0: 1}, {}, 0.1))
+        hour = datetime.now(UTC).strftime(HOUR_KEY_FORMAT)
+        reporter.add(BatchResult(1, {"bronze": 1, "gold": 1}, {}, {0: 1}, {}, 0.1, gold_hours={hour: 1}))
         reporter.close()
 
     with checkpoint_lock(settings):  # the Kafka sensor must not launch Spark runs meanwhile
@@ -210,3 +227,113 @@ def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(m
             server.shutdown()
     recovered = next(m for m in _Receiver.received if m["asset"] == "gold_documents" and m["state"] == "PASS")
     assert "recovered" in recovered["text"] and recovered["previous_state"] == "FAIL"
+
+
+def _lose_documents(env, fraction: int = 3) -> tuple[set[str], set[str]]:
+    """Delete every ``fraction``-th Gold document (and its vector), and the vectors of the next ones: what a lost
+    Gold write and a lost index write would leave. Returns (event ids gone from Gold, doc ids gone from pgvector)."""
+    from deltalake import DeltaTable
+
+    delta = DeltaTables(env.state_dir / "delta")
+    gold = delta.read("gold", ["event_id", "doc_id", "op"]).to_pylist()
+    upserts = [row for row in gold if row["op"] != "delete"]
+    from_gold = upserts[::fraction]
+    from_index = upserts[1::fraction]
+    ids = ", ".join(f"'{row['event_id']}'" for row in from_gold)
+    DeltaTable(delta.path("gold")).delete(f"event_id IN ({ids})")
+    docs = [row["doc_id"] for row in from_gold + from_index]
+    engine = create_engine(env.app_database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM documents WHERE doc_id = ANY(:ids)"), {"ids": docs})
+    engine.dispose()
+    return {row["event_id"] for row in from_gold}, set(docs)
+
+
+def _stored_doc_ids(env) -> set[str]:
+    engine = create_engine(env.app_database_url)
+    with engine.connect() as conn:
+        found = {row[0] for row in conn.execute(text("SELECT doc_id FROM documents"))}
+    engine.dispose()
+    return found
+
+
+def test_the_trailing_window_schedule_makes_gold_and_pgvector_whole_again(materialized, env) -> None:
+    from streamrag_assets.definitions import defs, hourly_reconcile_job
+    from streamrag_assets.defs.pipeline.assets import hourly_partitions
+    from streamrag_assets.defs.schedules.backfill import RANGE_END_TAG, RANGE_START_TAG, trailing_window_schedule
+
+    delta = DeltaTables(env.state_dir / "delta")
+    events_before = sorted(delta.read("gold", ["event_id"])["event_id"].to_pylist())
+    docs_before = _stored_doc_ids(env)
+    hours = sorted(_gold_hours(delta))
+    lost_events, lost_docs = _lose_documents(env)
+    assert lost_events and lost_docs <= docs_before and not (_stored_doc_ids(env) & lost_docs)
+
+    # The schedule's tick an hour after the last event: its window (2 hours here) covers every event hour.
+    last_hour = datetime.strptime(hours[-1], "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+    tick = last_hour + timedelta(hours=1, minutes=10)
+    schedule = trailing_window_schedule(hourly_reconcile_job, hourly_partitions(env), "10 * * * *", len(hours) + 1)
+    instance = dg.DagsterInstance.get()
+    request = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
+    [run] = request.run_requests
+    assert run.tags[RANGE_START_TAG] <= hours[0] and run.tags[RANGE_END_TAG] > hours[-1]
+
+    result = defs.resolve_job_def("hourly_reconcile_job").execute_in_process(instance=instance, tags=run.tags)
+    assert result.success
+    gold_meta = result.asset_materializations_for_node("hourly_reconcile")
+    restored = {m.partition: m.metadata["restored"].value for m in gold_meta if m.asset_key == GOLD}
+    assert set(hours) <= set(restored), "every hour of the range is materialized"
+    assert sorted(delta.read("gold", ["event_id"])["event_id"].to_pylist()) == events_before, "Gold whole, once"
+    assert _stored_doc_ids(env) == docs_before, "pgvector whole again"
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"gold_documents_complete": True, "embeddings_reconcile_with_gold": True}
+
+    again = defs.resolve_job_def("hourly_reconcile_job").execute_in_process(instance=instance, tags=run.tags)
+    embeddings = [m for m in again.asset_materializations_for_node("hourly_reconcile") if m.asset_key == EMBEDDINGS]
+    assert {m.metadata["embedded"].value for m in embeddings} == {0}, "a second pass embeds nothing"
+    assert len(delta.read("gold")) == len(events_before)
+
+
+def test_a_backfill_from_the_cli_runs_through_the_daemon_and_restores_lost_documents(materialized, env) -> None:
+    """`dagster job backfill` (what the UI's backfill dialog also creates), executed by the real daemon."""
+    from streamrag_assets.streaming.pipeline import checkpoint_lock
+
+    delta = DeltaTables(env.state_dir / "delta")
+    hours = sorted(_gold_hours(delta))
+    docs_before = _stored_doc_ids(env)
+    events_before = len(delta.read("gold"))
+    _lose_documents(env, fraction=4)
+    instance = dg.DagsterInstance.get()
+    daemon = dagster_daemon_process(env)
+    daemon.env = {**env.to_env(), **daemon.env}
+    with checkpoint_lock(env):  # the Kafka sensor must not launch Spark runs meanwhile
+        daemon.start()
+        try:
+            cli = subprocess.run(
+                [str(VENV_BIN / "dagster"), "job", "backfill", "-w", str(PROJECT_ROOT / "workspace.yaml")]
+                + ["-j", "hourly_reconcile_job", "--from", hours[0], "--to", hours[-1], "--noprompt"],
+                env={**_clean_env(), **env.to_env(), **dagster_env(env)},
+                cwd=PROJECT_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
+            deadline = time.monotonic() + 300
+            while True:
+                [backfill] = instance.get_backfills()
+                if backfill.status.value != "REQUESTED":
+                    break
+                assert time.monotonic() < deadline, f"backfill still {backfill.status}"
+                time.sleep(2)
+            runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
+            deadline = time.monotonic() + 300
+            while any(not run.is_finished for run in runs):
+                assert time.monotonic() < deadline, "backfill runs did not finish"
+                time.sleep(2)
+                runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
+        finally:
+            daemon.stop()
+    assert runs and all(run.is_success for run in runs), [(run.run_id, run.status) for run in runs]
+    assert set(hours) <= instance.get_materialized_partitions(GOLD)
+    assert len(delta.read("gold")) == events_before and _stored_doc_ids(env) == docs_before

@@ -73,9 +73,15 @@ COLUMN_LINEAGE = {
 }
 
 
+def hourly_partitions(settings: Settings) -> dg.HourlyPartitionsDefinition:
+    """Hours of event time; the current hour is included, since the stream writes into it."""
+    return dg.HourlyPartitionsDefinition(start_date=settings.partitions_start, end_offset=1)
+
+
 def specs(settings: Settings) -> list[dg.AssetSpec]:
     policy = freshness(settings)
     delta_root = settings.state_dir / "delta"
+    hourly = hourly_partitions(settings)
 
     def spec(key, deps, description, kinds, schema, where) -> dg.AssetSpec:
         return dg.AssetSpec(
@@ -87,6 +93,7 @@ def specs(settings: Settings) -> list[dg.AssetSpec]:
             owners=OWNERS,
             freshness_policy=policy,
             metadata={"dagster/column_schema": table_schema(schema), "location": where},
+            partitions_def=hourly if key in (GOLD, EMBEDDINGS) else None,
         )
 
     return [
@@ -147,9 +154,17 @@ def specs(settings: Settings) -> list[dg.AssetSpec]:
     ]
 
 
-@dg.multi_asset(specs=specs(get_settings()), name="medallion_available_now", can_subset=False)
+STREAM_TABLES = (BRONZE, SILVER, QUARANTINE)
+HOURLY_TABLES = (GOLD, EMBEDDINGS)
+SPECS = {spec.key: spec for spec in specs(get_settings())}
+
+
+@dg.multi_asset(specs=[SPECS[key] for key in STREAM_TABLES], name="medallion_available_now", can_subset=False)
 def medallion(context: dg.AssetExecutionContext, pyspark: PySparkResource):
-    """Process what the topic holds beyond the checkpoint (availableNow), through every table, then stop."""
+    """Process what the topic holds beyond the checkpoint (availableNow), through every table, then stop.
+
+    The same micro-batches write Gold and pgvector; those are partitioned by hour of event time, so their writes
+    are logged as materializations of the hours they touched."""
     from streamrag_assets.streaming.pipeline import BatchResult, QueryAlreadyRunning, checkpoint_lock, start_query
     from streamrag_assets.streaming.spark import prepare_environment
 
@@ -170,9 +185,13 @@ def medallion(context: dg.AssetExecutionContext, pyspark: PySparkResource):
         raise dg.Failure(str(exc), allow_retries=False) from None
     if query.exception() is not None:
         raise dg.Failure(f"the streaming query failed: {query.exception()}")
-    events = {m.asset_key: m for m in materializations(results, f"run {context.run_id}")}
-    for key in (BRONZE, SILVER, QUARANTINE, GOLD, EMBEDDINGS):
-        event = events.get(key)
+    events = materializations(results, f"run {context.run_id}")
+    for event in events:
+        if event.asset_key in HOURLY_TABLES:
+            context.log_event(event)
+    by_key = {m.asset_key: m for m in events if m.partition is None}
+    for key in STREAM_TABLES:
+        event = by_key.get(key)
         metadata: dict[str, Any] = dict(event.metadata) if event else {"rows": 0, "batches": 0}
         if key in COLUMN_LINEAGE:
             metadata["dagster/column_lineage"] = COLUMN_LINEAGE[key]
@@ -186,3 +205,56 @@ def pyspark_resource(settings: Settings) -> PySparkResource:
     # Kafka data source read the environment, not the configuration.
     prepare_environment(settings)
     return PySparkResource(spark_config=session_conf(settings))
+
+
+@dg.multi_asset(
+    specs=[SPECS[key] for key in HOURLY_TABLES],
+    name="hourly_reconcile",
+    can_subset=True,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)
+def hourly_reconcile(context: dg.AssetExecutionContext):
+    """Make a range of hours whole, however the stream fared: Gold gets the documents Silver's events of those hours
+    should have produced (re-derived from Bronze), pgvector gets every Gold document of those hours it lacks or
+    holds stale (embedding only what changed), dead letters are tried again and documents past retention pruned.
+    Runs of any range: the trailing-window schedule, a backfill from the UI or `dagster job backfill`."""
+    from streamrag_assets.index import backfill
+    from streamrag_assets.index.embedder import get_embedder
+    from streamrag_assets.index.retention import prune
+    from streamrag_assets.index.store import DocumentIndex
+    from streamrag_assets.streaming.gold_gaps import fill_gold_gaps
+    from streamrag_assets.streaming.pipeline import tables
+
+    settings = get_settings()
+    window = context.partition_time_window
+    hours = context.partition_keys
+    context.log.info(f"reconciling {len(hours)} hour(s): {window.start} .. {window.end}")
+    if GOLD in context.selected_asset_keys:
+        counts = fill_gold_gaps(settings, window.start, window.end)
+        context.log.info(f"Gold: {counts}")
+        yield dg.MaterializeResult(
+            asset_key=GOLD,
+            metadata={**counts, "hours": len(hours), "dagster/column_lineage": COLUMN_LINEAGE[GOLD]},
+        )
+    if EMBEDDINGS in context.selected_asset_keys:
+        index = DocumentIndex(settings.app_database_url, get_embedder(settings.embedding_model_path))
+
+        def progress(done: int, total: int, so_far) -> None:
+            context.log.info(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")
+
+        result = backfill.reindex(index, tables(settings), window.start, window.end, 256, progress)
+        _, still_failing = backfill.retry_dead_letters(index)
+        pruned = prune(settings.app_database_url, settings.retention_days)
+        yield dg.MaterializeResult(
+            asset_key=EMBEDDINGS,
+            metadata={
+                "hours": len(hours),
+                "embedded": result.embedded,
+                "upserted": result.upserted,
+                "unchanged": result.unchanged,
+                "deleted": result.deleted,
+                "dead_letters_still_failing": still_failing,
+                "pruned_past_retention": pruned,
+                "dagster/column_lineage": COLUMN_LINEAGE[EMBEDDINGS],
+            },
+        )
