@@ -85,6 +85,7 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
     engine = create_engine(settings.app_database_url)
     processes = [ingest_process(settings), stream_process(settings)]
     for proc in processes:
+        proc.env = {**settings.to_env(), **proc.env}
         proc.start()
     for proc in processes:
         proc.wait_ready(180)

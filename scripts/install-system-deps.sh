@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the tests need beyond PyPI: docker-compose (validates docker-compose.yml without an engine).
+# Debian packages the tests need beyond PyPI: docker-compose (validates docker-compose.yml without an engine),
+# chromium + its driver (UI tests in a real browser), prometheus (+ promtool; the metrics checks).
 # Idempotent; installs only what is missing. Needs root (or sudo) the first time.
 set -euo pipefail
-packages=(docker-compose)
+packages=(docker-compose chromium chromium-driver prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, create_engine, select, update
+from sqlalchemy import CursorResult, create_engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -119,7 +119,11 @@ class DocumentIndex:
             fresh = [r for r in upserts if known.get(r["doc_id"]) != (r["content_hash"], model)]
             result.unchanged = len(upserts) - len(fresh)
             vectors = self._embed(session, fresh, result, attempts or {})
+            pending: list[dict[str, Any]] = []  # upserts, written together until an op on a page needs them
             for row in rows:
+                if row["op"] in ("delete", "rename"):
+                    self._upsert(session, pending)
+                    pending = []
                 if row["op"] == "delete":
                     outcome = cast(
                         CursorResult,
@@ -150,25 +154,38 @@ class DocumentIndex:
                 vector = vectors.get(row["doc_id"])
                 if vector is None:
                     continue
-                values = {c: row.get(c) for c in _COLUMNS} | {
-                    "doc_id": row["doc_id"],
-                    "embedding": vector,
-                    "model_name": self.embedder.model_name,
-                    "quality_flags": list(row.get("quality_flags") or []),
-                }
-                statement = insert(Document).values(**values)
-                session.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[Document.doc_id],
-                        set_={c: statement.excluded[c] for c in (*_COLUMNS, "embedding", "model_name")}
-                        | {"indexed_at": statement.excluded.indexed_at},
-                        where=(Document.content_hash != statement.excluded.content_hash)
-                        | (Document.model_name != statement.excluded.model_name),
-                    )
+                pending.append(
+                    {c: row.get(c) for c in _COLUMNS}
+                    | {
+                        "doc_id": row["doc_id"],
+                        "embedding": vector,
+                        "model_name": model,
+                        "quality_flags": list(row.get("quality_flags") or []),
+                    }
                 )
                 result.upserted += 1
                 result.doc_ids.append(row["doc_id"])
+            self._upsert(session, pending)
+            _notify(session, result.doc_ids)
         return result
+
+    @staticmethod
+    def _upsert(session: Session, values: list[dict[str, Any]]) -> None:
+        """Insert or update ``values`` in one statement (a later row for the same doc_id wins)."""
+        if not values:
+            return
+        latest = {v["doc_id"]: v for v in values}  # one row per doc_id: ON CONFLICT cannot touch a row twice
+        statement = insert(Document)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[Document.doc_id],
+                set_={c: statement.excluded[c] for c in (*_COLUMNS, "embedding", "model_name")}
+                | {"indexed_at": statement.excluded.indexed_at},
+                where=(Document.content_hash != statement.excluded.content_hash)
+                | (Document.model_name != statement.excluded.model_name),
+            ),
+            list(latest.values()),
+        )
 
     def _embed(
         self, session: Session, rows: list[dict[str, Any]], result: IndexResult, attempts: dict[str, int]
@@ -200,6 +217,17 @@ class DocumentIndex:
                 )
                 result.dead_letters += 1
         return out
+
+
+NOTIFY_CHANNEL = "streamrag_documents"
+_NOTIFY_CHUNK = 150  # doc ids per notification (Postgres caps a payload at 8000 bytes)
+
+
+def _notify(session: Session, doc_ids: list[str]) -> None:
+    """Tell listeners (the API's /stream) which documents this transaction indexed; delivered on commit."""
+    for start in range(0, len(doc_ids), _NOTIFY_CHUNK):
+        payload = json.dumps(doc_ids[start : start + _NOTIFY_CHUNK])
+        session.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
 
 
 def _retitled_url(page_url: str | None, new_title: str) -> str | None:
