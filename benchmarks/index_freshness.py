@@ -135,7 +135,7 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
 
 def _rss_mib(proc) -> int:
     try:
-        root = psutil.Process(proc.pid)
+        root = psutil.Process(proc.proc.pid)
         return int(sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20)
     except psutil.Error:
         return -1

@@ -238,20 +238,32 @@ def stream_command(
 ) -> None:
     """Run the Spark query raw topic -> Bronze -> Silver (+ quarantine) -> Gold -> pgvector; resumes from its
     checkpoint. The continuous query reports what it writes to Dagster as asset materializations."""
+    from streamrag_assets.index.heartbeat import STREAM, HeartbeatThread
     from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock, start_query
+    from streamrag_assets.streaming.status import StreamStatus
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     settings = _settings()
     _serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
     signal.signal(signal.SIGTERM, _raise_shutdown)
-    reporter = None
+    reporter = heartbeat = None
+    status = StreamStatus(settings)
     if not available_now and settings.dagster_report_interval_s > 0:
         from streamrag_assets.defs.reporting import DagsterReporter
 
         reporter = DagsterReporter(settings)
+
+    def on_batch(result) -> None:
+        status.on_batch(result)
+        if reporter is not None:
+            reporter.add(result)
+
     try:
         with checkpoint_lock(settings):
-            query = start_query(settings, available_now=available_now, on_batch=reporter.add if reporter else None)
+            query = start_query(settings, available_now=available_now, on_batch=on_batch)
+            status.query = query
+            if not available_now and settings.index_enabled:  # the heartbeat lives next to the documents
+                heartbeat = HeartbeatThread(settings.app_database_url, STREAM, status.detail, interval_s=5.0)
             typer.echo(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.state_dir / 'delta'}")
             try:
                 query.awaitTermination()
@@ -260,8 +272,9 @@ def stream_command(
     except QueryAlreadyRunning as exc:
         raise _fail(str(exc)) from None
     finally:
-        if reporter is not None:
-            reporter.close()
+        for closing in (heartbeat, reporter, status):
+            if closing is not None:
+                closing.close()
     if query.exception() is not None:
         raise _fail(f"the streaming query failed: {query.exception()}")
 

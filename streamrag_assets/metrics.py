@@ -83,3 +83,25 @@ EVENT_TIME_TO_INDEXED = Histogram(
     "From the edit's meta.dt to the document committed in pgvector.",
     buckets=LATENCY_BUCKETS,
 )
+
+
+# --- API ------------------------------------------------------------------------------------------------------------
+# Finer at the low end: search targets are tens of milliseconds.
+API_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+API_REQUEST_DURATION = Histogram(
+    "streamrag_api_request_duration_seconds",
+    "HTTP request duration by route template, method and status class.",
+    ["route", "method", "status"],
+    buckets=API_BUCKETS,
+)
+API_ERRORS = Counter("streamrag_api_errors", "HTTP 4xx and 5xx responses by route and status.", ["route", "status"])
+API_SEARCH_DURATION = Histogram(
+    "streamrag_api_search_duration_seconds", "Database time of a search, by mode.", ["mode"], buckets=API_BUCKETS
+)
+API_EMBED_DURATION = Histogram("streamrag_api_embed_duration_seconds", "Embedding a query.", buckets=API_BUCKETS)
+API_LLM_DURATION = Histogram(
+    "streamrag_api_llm_duration_seconds",
+    "Answer generation by answerer (extractive, llm) and outcome (ok, fallback).",
+    ["answerer", "outcome"],
+    buckets=API_BUCKETS,
+)

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; absent = extractive answerer.")
     llm_model: str = "gpt-4o-mini"
     llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(20.0, gt=0, description="How long /answer waits for the LLM before falling back.")
+    answer_min_similarity: float = Field(
+        0.35, ge=-1, le=1, description="/answer reads only documents at least this similar to the question (cosine)."
+    )
+    stream_heartbeat_max_age_s: float = Field(
+        30.0, gt=0, description="/health reports the streaming job down when its heartbeat is older than this."
+    )
 
     # --- embedded ports (all on 127.0.0.1) ----------------------------------------------------------------
     kafka_port: int = 9092

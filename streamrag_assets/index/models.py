@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import BigInteger, Boolean, Computed, DateTime, Index, Integer, String, Text, func
-from sqlalchemy.dialects.postgresql import ARRAY, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 EMBEDDING_DIM = 384
@@ -59,6 +59,7 @@ class Document(Base):
         Index("documents_wiki_title", "wiki", "title"),
         Index("documents_event_time", "event_time"),
         Index("documents_filters", "lang", "namespace", "type", "bot"),
+        Index("documents_indexed_at", "indexed_at"),
     )
 
 
@@ -71,3 +72,13 @@ class DeadLetter(Base):
     reason: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Heartbeat(Base):
+    """A long-running component's last sign of life (the stream beats every few seconds while its query runs)."""
+
+    __tablename__ = "pipeline_heartbeats"
+
+    component: Mapped[str] = mapped_column(String, primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    detail: Mapped[dict] = mapped_column(JSONB, default=dict)

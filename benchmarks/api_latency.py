@@ -1,0 +1,555 @@
+"""Benchmark: /search and /answer latency on 100,000 documents under 8 concurrent clients (issue #7).
+
+    PYTHONPATH=/work/main .venv/bin/python -m benchmarks.api_latency --docs 100000 --clients 8 --seconds 60
+
+In one run, on an embedded Postgres (pgvector) and the API as `up` runs it (`api_process`, one uvicorn process):
+1. corpus: ``--real-docs`` synthetic Gold documents (the refine path's `document()` on synthetic events, event times
+   spread over the last 7 days) are embedded with the real model and written by `DocumentIndex.index` in batches of
+   64; the table is then filled to ``--docs`` rows with variants of them (distinct doc_id, event_id, title, sizes,
+   time and text; vector = normalise(original vector + N(0, ``--noise``) per dimension)) written with COPY. The HNSW
+   index of the migration is dropped for the bulk load and re-created from its own definition (pg_indexes), then
+   VACUUM ANALYZE; EXPLAIN checks that the vector query uses it.
+2. load: ``--clients`` closed-loop clients (threads, one httpx.Client each, no think time) send questions from a
+   fixed list of 50 (a quarter of the requests carry one filter: lang, wiki, type, exclude_bots or the last 24 h) for
+   ``--warmup`` s (not measured), then ``--seconds`` s measured, per endpoint: /search hybrid, vector, keyword, and
+   /answer (extractive). Latency is measured client-side per request (requests started inside the window).
+   The API's own Prometheus histograms (query embedding, database time) are read before and after each window.
+3. profile: /answer with "debug": true, first one client (service time without queueing), then all clients, and the
+   server's timings_ms (embed / search / llm / total) are summarised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
+
+from benchmarks.index_freshness import gold_documents
+from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.index.migrate import upgrade
+from streamrag_assets.index.models import Document
+from streamrag_assets.index.store import DocumentIndex
+from streamrag_assets.services.api import api_process
+from streamrag_tests.conftest import EmbeddedStack, isolated_settings
+
+TARGETS_MS = {"search_p95": 50, "search_p99": 100, "answer_p95": 100}
+
+QUESTIONS = [
+    "Who edited the Solar eclipse article recently?",
+    "What changed on the Berlin page on dewiki?",
+    "Which bot reverted vandalism on Tokyo Tower?",
+    "Was the Ada Lovelace article edited today?",
+    "Which pages had population figures updated from the 2020 census?",
+    "Who created new pages on frwiki this week?",
+    "Which pages did ClueBot NG revert?",
+    "What did InternetArchiveBot change on enwiki?",
+    "Edits to Mount Everest that added citations",
+    "Which pages were deleted on zhwiki?",
+    "Recent edits by Alice",
+    "What happened to the Naive Bayes classifier article?",
+    "Largest edits to the Zürich page",
+    "Has anyone fixed a typo in the History section of Łódź?",
+    "Changes to Category:Living people",
+    "Who edited File:Sunset.jpg on Commons?",
+    "Edits to Q42 on Wikidata",
+    "Protection changes on Talk:Climate change",
+    "Which pages were moved recently?",
+    "Copyedits to the C++ article",
+    "Правки статьи Москва",
+    "Who edited القاهرة on arwiki?",
+    "北京市 edits on zhwiki",
+    "Edits to ירושלים on hewiki",
+    "What did the anonymous user 203.0.113.7 edit?",
+    "Which edits were reverted because of vandalism?",
+    "Show me edits that removed content from Berlin",
+    "Who restored a deleted page?",
+    "New articles created on jawiki",
+    "Edits by Bob on the Café au lait page",
+    "What was added to the Tokyo Tower article in the last day?",
+    "Which wiki had the most edits to Solar eclipse?",
+    "Has Mount Everest been vandalised recently?",
+    "Did anyone update the census numbers for Moscow?",
+    "Edits with an empty edit summary on enwiki",
+    "Which pages did Владимир edit?",
+    "What did 编辑者 change on zhwiki?",
+    "Recent changes to the Emoji test page",
+    "Bot edits on wikidatawiki",
+    "Who added a citation to the Ada Lovelace article?",
+    "Was there an edit war on the Berlin article?",
+    "Pages created with the text x",
+    "Minor edits to Naïve Bayes classifier on frwiki",
+    "What happened on ruwiki today?",
+    "Who is editing articles about Jerusalem?",
+    "Large additions of more than 1,000 bytes to Zürich",
+    "What is the tallest mountain in the world?",
+    "How do I bake sourdough bread?",
+    "Latest edits to the Solar eclipse article on enwiki",
+    "Which user reverted edits by 203.0.113.7?",
+]
+
+
+# --- corpus ---------------------------------------------------------------------------------------------------------
+_WHEN = re.compile(r" at \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\.")
+_SIZE = re.compile(r"\(([+-][\d,]+) bytes, now ([\d,]+) bytes\)")
+_SUFFIX = re.compile(r" \(\d+\)$")
+_COPY_COLUMNS = (
+    "doc_id",
+    "embedding",
+    "text",
+    "title",
+    "page_url",
+    "diff_url",
+    "wiki",
+    "lang",
+    "namespace",
+    "type",
+    "op",
+    "event_time",
+    "bot",
+    "quality_flags",
+    "content_hash",
+    "event_id",
+    "partition",
+    "offset",
+    "ingested_at",
+    "transform_version",
+    "model_name",
+    "indexed_at",
+)
+
+
+def _retimed(text_: str, when: datetime) -> str:
+    return _WHEN.sub(when.strftime(" at %Y-%m-%d %H:%M UTC."), text_, count=1)
+
+
+def _variant(base: dict, n: int, rng: random.Random, now: datetime) -> dict:
+    """A distinct document like ``base``: another page of the same kind, another size, another time."""
+    title = f"{_SUFFIX.sub('', base['title'])} ({n})"
+    when = now - timedelta(seconds=rng.uniform(0, 7 * 86400))
+    body = base["text"].replace(f'"{base["title"]}"', f'"{title}"', 1)
+    body = _retimed(body, when)
+    if _SIZE.search(body):
+        size = rng.randint(100, 200_000)
+        delta = rng.randint(-500, 2000)
+        body = _SIZE.sub(f"({delta:+,} bytes, now {size:,} bytes)", body, count=1)
+    page_url = base["page_url"]
+    if page_url and "/wiki/" in page_url:
+        page_url = page_url.split("/wiki/", 1)[0] + "/wiki/" + title.replace(" ", "_")
+    kind = "log" if base["type"] == "log" else "rev"
+    doc_id = f"{base['wiki']}:{kind}:{9_000_000_000 + n}"
+    return {
+        "doc_id": doc_id,
+        "text": body,
+        "title": title,
+        "page_url": page_url,
+        "diff_url": base["diff_url"] and re.sub(r"diff=\d+", f"diff={9_000_000_000 + n}", base["diff_url"]),
+        "wiki": base["wiki"],
+        "lang": base["lang"],
+        "namespace": base["namespace"],
+        "type": base["type"],
+        "op": base["op"],
+        "event_time": when,
+        "bot": base["bot"],
+        "quality_flags": list(base.get("quality_flags") or []),
+        "content_hash": hashlib.sha256(f"{doc_id}\x1f{body}\x1f{title}".encode()).hexdigest(),
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        "partition": n % 6,
+        "offset": 10_000_000 + n,
+        "ingested_at": when + timedelta(seconds=rng.uniform(0.5, 5)),
+        "transform_version": base["transform_version"],
+    }
+
+
+def _vector_literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.6f}" for x in vector.tolist()) + "]"
+
+
+def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> dict:
+    url = settings.app_database_url
+    upgrade(url)
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    docs = gold_documents(real)
+    for doc in docs:  # spread over the last 7 days, the text saying the same time as the column
+        when = now - timedelta(seconds=rng.uniform(0, 7 * 86400))
+        doc["event_time"] = when
+        doc["ingested_at"] = when + timedelta(seconds=rng.uniform(0.5, 5))
+        doc["text"] = _retimed(doc["text"], when)
+    embedder = get_embedder()
+    embedder.embed(["warm-up"])
+    index = DocumentIndex(url, embedder)
+    began = time.perf_counter()
+    for start in range(0, len(docs), 64):
+        index.index(docs[start : start + 64])
+    embed_s = time.perf_counter() - began
+    with index.engine.connect() as conn:
+        stored = {
+            doc_id: np.asarray(vector, dtype=np.float64)
+            for doc_id, vector in conn.execute(select(Document.doc_id, Document.embedding)).all()
+        }
+        model_name = conn.execute(select(Document.model_name).limit(1)).scalar()
+    index.engine.dispose()
+    bases = [d for d in docs if d["doc_id"] in stored]
+    assert len(bases) == len(docs), f"{len(bases)} of {len(docs)} real documents stored"
+
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    np_rng = np.random.default_rng(seed)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        hnsw_def = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'documents' AND indexname = 'documents_embedding_hnsw'"
+        ).fetchone()[0]
+        conn.execute("DROP INDEX documents_embedding_hnsw")
+        began = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY documents ({', '.join(map(_quote, _COPY_COLUMNS))}) FROM STDIN") as copy,
+        ):
+            for i in range(total - len(bases)):
+                base = bases[i % len(bases)]
+                row = _variant(base, i, rng, now)
+                vector = stored[base["doc_id"]] + np_rng.normal(0.0, noise, stored[base["doc_id"]].shape)
+                vector /= np.linalg.norm(vector)
+                row |= {"embedding": _vector_literal(vector), "model_name": model_name, "indexed_at": now}
+                copy.write_row([row[c] for c in _COPY_COLUMNS])
+        copy_s = time.perf_counter() - began
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        began = time.perf_counter()
+        conn.execute(hnsw_def)
+        hnsw_s = time.perf_counter() - began
+        began = time.perf_counter()
+        conn.execute("VACUUM ANALYZE documents")
+        analyze_s = time.perf_counter() - began
+        count = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+        spread = conn.execute(
+            "SELECT count(DISTINCT wiki), count(DISTINCT lang), count(DISTINCT type), avg(bot::int), "
+            "min(event_time), max(event_time), pg_size_pretty(pg_total_relation_size('documents')), "
+            "pg_size_pretty(pg_relation_size('documents_embedding_hnsw')) FROM documents"
+        ).fetchone()
+        probe = _vector_literal(stored[bases[0]["doc_id"]])
+        plan = conn.execute(
+            "EXPLAIN SELECT doc_id FROM documents WHERE NOT deleted ORDER BY embedding <=> %s::vector LIMIT 40",
+            (probe,),
+        ).fetchall()
+        filtered_plan = conn.execute(
+            "EXPLAIN SELECT doc_id FROM documents WHERE NOT deleted AND lang = ANY(%s) "
+            "ORDER BY embedding <=> %s::vector LIMIT 40",
+            (["en", "de"], probe),
+        ).fetchall()
+    uses_hnsw = any("documents_embedding_hnsw" in line[0] for line in plan)
+    if not uses_hnsw:  # expected on a small table only: the planner prefers a sequential scan there
+        print(f"warning: the vector query does not use the HNSW index on {count} rows", flush=True)
+    assert count == total, f"{count} of {total} documents in the table"
+    return {
+        "documents": count,
+        "real_embedded": len(bases),
+        "variants": count - len(bases),
+        "noise_sigma": noise,
+        "embed_and_index_s": round(embed_s, 1),
+        "copy_s": round(copy_s, 1),
+        "hnsw_build_s": round(hnsw_s, 1),
+        "vacuum_analyze_s": round(analyze_s, 1),
+        "hnsw_index": hnsw_def,
+        "vector_plan_uses_hnsw": uses_hnsw,
+        "filtered_vector_plan_uses_hnsw": any("documents_embedding_hnsw" in line[0] for line in filtered_plan),
+        "wikis": spread[0],
+        "langs": spread[1],
+        "types": spread[2],
+        "bot_fraction": round(float(spread[3]), 3),
+        "event_time_range": [spread[4].isoformat(), spread[5].isoformat()],
+        "table_size": spread[6],
+        "hnsw_size": spread[7],
+    }
+
+
+def _quote(column: str) -> str:
+    return f'"{column}"' if column in ("offset", "partition") else column
+
+
+# --- load -----------------------------------------------------------------------------------------------------------
+def _filters(i: int, now: datetime) -> dict:
+    """One request in four carries one filter."""
+    choice = i % 20
+    if choice == 3:
+        return {"lang": ["en", "de"]}
+    if choice == 7:
+        return {"exclude_bots": True}
+    if choice == 11:
+        return {"since": (now - timedelta(hours=24)).isoformat()}
+    if choice == 15:
+        return {"type": ["edit"]}
+    if choice == 19:
+        return {"wiki": ["enwiki"]}
+    return {}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _summary_ms(values: list[float]) -> dict:
+    if not values:
+        return {}
+    return {
+        "p50": round(_percentile(values, 0.50), 1),
+        "p95": round(_percentile(values, 0.95), 1),
+        "p99": round(_percentile(values, 0.99), 1),
+        "max": round(max(values), 1),
+        "mean": round(statistics.fmean(values), 1),
+    }
+
+
+def _scrape(client: httpx.Client) -> dict[str, float]:
+    """Sums and counts of the API's embed and database-time histograms."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics/").text):
+        if family.name not in ("streamrag_api_embed_duration_seconds", "streamrag_api_search_duration_seconds"):
+            continue
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                base, _, kind = sample.name.rpartition("_")
+                key = base + (f"[{sample.labels['mode']}]" if "mode" in sample.labels else "") + f"_{kind}"
+                out[key] = sample.value
+    return out
+
+
+def _server_means(before: dict[str, float], after: dict[str, float], mode: str) -> dict:
+    def mean(base: str) -> float | None:
+        count = after.get(f"{base}_count", 0) - before.get(f"{base}_count", 0)
+        total = after.get(f"{base}_sum", 0) - before.get(f"{base}_sum", 0)
+        return round(total / count * 1000, 1) if count else None
+
+    return {
+        "embed_mean_ms": mean("streamrag_api_embed_duration_seconds"),
+        "db_mean_ms": mean(f"streamrag_api_search_duration_seconds[{mode}]"),
+    }
+
+
+def _own_cpu_seconds() -> float:
+    """This process alone (the API and Postgres are its children)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            for proc in [root, *root.children(recursive=True)]:
+                times = proc.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_phase(
+    base_url: str,
+    path: str,
+    make_body,
+    clients: int,
+    warmup_s: float,
+    seconds: float,
+    parse,
+    pids: dict[str, int],
+) -> tuple[dict, list[dict], dict[str, float], dict[str, float]]:
+    """``clients`` closed-loop threads; latencies of the requests started in [warm-up end, end)."""
+    start = time.monotonic()
+    measure_from = start + warmup_s
+    end = measure_from + seconds
+    lock = threading.Lock()
+    latencies: list[float] = []
+    extras: list[dict] = []
+    errors: dict[str, int] = {}
+
+    def worker(k: int) -> None:
+        i = k * 7  # each client starts elsewhere in the question list
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            while True:
+                began = time.monotonic()
+                if began >= end:
+                    return
+                body = make_body(i)
+                i += 1
+                try:
+                    response = client.post(path, json=body)
+                    elapsed = (time.monotonic() - began) * 1000
+                    ok = response.status_code == 200
+                    reason = None if ok else f"HTTP {response.status_code}"
+                    extra = parse(response.json()) if ok else None
+                except (httpx.HTTPError, ValueError) as exc:
+                    elapsed, ok, reason, extra = (time.monotonic() - began) * 1000, False, type(exc).__name__, None
+                if began < measure_from:
+                    continue
+                with lock:
+                    if ok:
+                        latencies.append(elapsed)
+                        if extra:
+                            extras.append(extra)
+                    else:
+                        errors[reason] = errors.get(reason, 0) + 1
+
+    with httpx.Client(base_url=base_url, timeout=30) as probe:
+        threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+        for thread in threads:
+            thread.start()
+        time.sleep(max(0.0, measure_from - time.monotonic()))
+        before = _scrape(probe)
+        cpu_before = {name: _cpu_seconds([pid]) for name, pid in pids.items()}
+        cpu_before["bench"] = _own_cpu_seconds()
+        time.sleep(max(0.0, end - time.monotonic()))
+        cpu_after = {name: _cpu_seconds([pid]) for name, pid in pids.items()}
+        cpu_after["bench"] = _own_cpu_seconds()
+        for thread in threads:
+            thread.join(60)
+        after = _scrape(probe)
+    result = {
+        "requests": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "rps": round(len(latencies) / seconds, 1),
+        "latency_ms": _summary_ms(latencies),
+        "cpu_s": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_after},
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    return result, extras, before, after
+
+
+def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str, int]) -> dict:
+    base_url = settings.api_url
+    now = datetime.now(UTC)
+    results: dict[str, dict] = {}
+
+    def search_body(mode: str):
+        return lambda i: {
+            "query": QUESTIONS[i % len(QUESTIONS)],
+            "top_k": 10,
+            "mode": mode,
+            "filters": _filters(i, now),
+        }
+
+    def search_parse(data: dict) -> dict:
+        return {"took_ms": data["took_ms"], "hits": len(data["hits"])}
+
+    for mode in ("hybrid", "vector", "keyword"):
+        result, extras, before, after = run_phase(
+            base_url, "/search", search_body(mode), clients, warmup_s, seconds, search_parse, pids
+        )
+        result["server_took_ms"] = _summary_ms([e["took_ms"] for e in extras])
+        result["mean_hits"] = round(statistics.fmean(e["hits"] for e in extras), 1) if extras else None
+        result |= _server_means(before, after, mode)
+        results[f"search_{mode}"] = result
+        print(json.dumps({f"search_{mode}": result}), flush=True)
+
+    def answer_body(debug: bool):
+        return lambda i: {
+            "query": QUESTIONS[i % len(QUESTIONS)],
+            "top_k": 5,
+            "filters": _filters(i, now),
+            "debug": debug,
+        }
+
+    def answer_parse(data: dict) -> dict:
+        out = {"cited": len(data["citations"]), "answerer": data["answerer"]}
+        if data.get("debug"):
+            out |= data["debug"]["timings_ms"]
+        return out
+
+    result, extras, before, after = run_phase(
+        base_url, "/answer", answer_body(False), clients, warmup_s, seconds, answer_parse, pids
+    )
+    result["answerers"] = sorted({e["answerer"] for e in extras})
+    result["dont_know_fraction"] = round(sum(1 for e in extras if not e["cited"]) / len(extras), 3) if extras else None
+    result |= _server_means(before, after, "hybrid")
+    results["answer"] = result
+    print(json.dumps({"answer": result}), flush=True)
+
+    # Where the time goes: the server's own timings, without queueing (1 client) and under load.
+    profile = {}
+    for label, n, secs in (("1_client", 1, min(seconds, 20.0)), (f"{clients}_clients", clients, min(seconds, 20.0))):
+        result, extras, _, _ = run_phase(base_url, "/answer", answer_body(True), n, 3.0, secs, answer_parse, pids)
+        profile[label] = {
+            "requests": result["requests"],
+            "client_latency_ms": result["latency_ms"],
+            **{
+                f"server_{part}_ms": _summary_ms([e[part] for e in extras])
+                for part in ("embed", "search", "llm", "total")
+            },
+        }
+    results["answer_debug_profile"] = profile
+    return results
+
+
+def _api_log_problems(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    return [line for line in lines if "Traceback" in line or "ERROR" in line or "Exception" in line][:20]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=100_000, help="Documents in the table.")
+    parser.add_argument("--real-docs", type=int, default=5000, help="Of which embedded with the real model.")
+    parser.add_argument("--noise", type=float, default=0.015, help="Per-dimension sigma of a variant's vector noise.")
+    parser.add_argument("--clients", type=int, default=8, help="Concurrent closed-loop clients.")
+    parser.add_argument("--seconds", type=float, default=60, help="Measured seconds per endpoint.")
+    parser.add_argument("--warmup", type=float, default=10, help="Unmeasured seconds before each window.")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep-state", action="store_true", help="Keep the state directory (logs, data).")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
+    home.chmod(0o755)
+    settings = isolated_settings(home / ".streamrag")
+    stack = EmbeddedStack(settings)
+    api = None
+    result: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "args": vars(args)}
+    try:
+        stack.start(stack.postgres)  # the API needs Postgres only; broker and object store stay off
+        result["corpus"] = build_corpus(settings, args.docs, args.real_docs, args.noise, args.seed)
+        print(json.dumps(result), flush=True)
+        api = api_process(settings)
+        api.env = {**settings.to_env(), **api.env}
+        began = time.perf_counter()
+        api.start()
+        api.wait_ready(120)
+        result["api_start_s"] = round(time.perf_counter() - began, 1)
+        pids = {"api": api.proc.pid, "postgres": stack.postgres.proc.pid}
+        result["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
+        result["load"] = load(settings, args.clients, args.warmup, args.seconds, pids)
+        result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        result["api_log_problems"] = _api_log_problems(settings.state_dir / "logs" / "api.log")
+        result["date_end"] = datetime.now(UTC).isoformat(timespec="seconds")
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    finally:
+        if api is not None:
+            api.stop()
+        stack.stop_all()
+        if args.keep_state:
+            print(f"state kept in {home}", flush=True)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

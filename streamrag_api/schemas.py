@@ -1,0 +1,139 @@
+"""Request and response bodies of the API: what OpenAPI shows and what input is checked against."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_QUERY_CHARS = 1000
+ChangeType = Literal["edit", "new", "log"]
+Mode = Literal["vector", "keyword", "hybrid"]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    wiki: list[str] | None = Field(None, max_length=50, description="Wiki database names, e.g. enwiki, commonswiki.")
+    lang: list[str] | None = Field(None, max_length=50, description="Language codes, e.g. en, de.")
+    namespace: list[int] | None = Field(None, max_length=50, description="MediaWiki namespace numbers (0 = articles).")
+    type: list[ChangeType] | None = Field(None, description="Kinds of change.")
+    since: datetime | None = Field(None, description="Event time from (inclusive); UTC when no zone is given.")
+    until: datetime | None = Field(None, description="Event time before (exclusive).")
+    exclude_bots: bool = Field(False, description="Leave out edits made by bots.")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _zone(cls, value: datetime | None) -> datetime | None:
+        return _utc(value)
+
+    @field_validator("wiki", "lang")
+    @classmethod
+    def _names(cls, values: list[str] | None) -> list[str] | None:
+        if values is not None and any(not v.strip() or len(v) > 64 for v in values):
+            raise ValueError("names must be non-empty and at most 64 characters")
+        return values
+
+    @model_validator(mode="after")
+    def _range(self) -> Filters:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("since must be before until")
+        return self
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")
+    top_k: int = Field(10, ge=1, le=50, description="How many hits (1-50).")
+    mode: Mode = Field("hybrid", description="vector (pgvector), keyword (full text) or hybrid (both, fused by RRF).")
+    filters: Filters = Field(default_factory=Filters)
+    recency_boost: float = Field(
+        0.0, ge=0, le=10, description="Favour recent edits: score x (1 + boost x 2^(-age / 24 h)). 0 = off."
+    )
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must contain something other than whitespace")
+        return value.strip()
+
+
+class Lineage(BaseModel):
+    event_id: str
+    partition: int
+    offset: int
+    transform_version: str | None = None
+
+
+class Document(BaseModel):
+    doc_id: str
+    title: str
+    text: str
+    wiki: str
+    lang: str
+    namespace: int
+    type: str
+    bot: bool
+    page_url: str | None
+    diff_url: str | None
+    event_time: datetime
+    ingested_at: datetime | None
+    indexed_at: datetime
+    lineage: Lineage
+
+
+class Hit(Document):
+    score: float = Field(..., description="Higher is better; cosine similarity (vector), rank (keyword), RRF (hybrid).")
+    similarity: float | None = Field(None, description="Cosine similarity of the query and the document, when known.")
+
+
+class SearchResponse(BaseModel):
+    query: str
+    mode: Mode
+    hits: list[Hit]
+    took_ms: float
+
+
+class AnswerRequest(SearchRequest):
+    top_k: int = Field(5, ge=1, le=20, description="How many documents to read (1-20).")
+    debug: bool = Field(False, description="Include timings, model and the sources' lineage.")
+
+
+class Citation(BaseModel):
+    n: int = Field(..., description="The [n] marker in the answer.")
+    doc_id: str
+    title: str
+    page_url: str | None
+    diff_url: str | None
+    event_time: datetime
+    indexed_at: datetime
+    lineage: Lineage
+
+
+class AnswerResponse(BaseModel):
+    query: str
+    answer: str
+    citations: list[Citation] = Field(..., description="Exactly the sources the answer cites, numbered as cited.")
+    answerer: Literal["extractive", "llm"]
+    fallback: str | None = Field(None, description="Why the LLM was not used, when it was configured but failed.")
+    debug: dict | None = None
+
+
+class RecentEvents(BaseModel):
+    events: list[Document]
+
+
+class Freshness(BaseModel):
+    documents: int
+    last_indexed_at: datetime | None
+    lag: int | None = Field(None, description="Records in the topic the streaming job has not processed yet.")
+    stream_heartbeat_at: datetime | None
+    ingested_to_searchable_p50_s: float | None = Field(None, description="Over the last 5 minutes' documents.")
+    ingested_to_searchable_p95_s: float | None = None

@@ -1,0 +1,144 @@
+// The live page. Everything that comes from events (titles, comments, user names) is untrusted: it is only ever
+// put into the page as text (textContent, createTextNode), never as HTML.
+"use strict";
+
+const FEED_MAX = 50;
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function link(href, text) {
+  const a = el("a", text);
+  // Only web links: a crafted "javascript:" URL must not become clickable.
+  if (typeof href === "string" && /^https?:\/\//i.test(href)) {
+    a.href = href;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+  }
+  return a;
+}
+
+function when(iso) {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  return date.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+}
+
+function secondsAgo(iso) {
+  if (!iso) return "—";
+  const s = (Date.now() - new Date(iso).getTime()) / 1000;
+  return s < 60 ? `${s.toFixed(1)} s ago` : `${Math.round(s / 60)} min ago`;
+}
+
+function showFreshness(f) {
+  if (f.error) {
+    document.getElementById("f-feed").textContent = f.error;
+    return;
+  }
+  document.getElementById("f-documents").textContent = f.documents;
+  document.getElementById("f-last").textContent = secondsAgo(f.last_indexed_at);
+  document.getElementById("f-lag").textContent = f.lag === null ? "unknown" : f.lag;
+  const p50 = f.ingested_to_searchable_p50_s, p95 = f.ingested_to_searchable_p95_s;
+  document.getElementById("f-latency").textContent =
+    p50 === null ? "no documents in the last 5 min" : `${p50.toFixed(2)} s / ${p95.toFixed(2)} s`;
+}
+
+function feedItem(doc) {
+  const item = el("li", null, "event");
+  item.dataset.docId = doc.doc_id;
+  const head = el("div", null, "event-head");
+  head.appendChild(link(doc.diff_url || doc.page_url, doc.title));
+  head.appendChild(el("span", ` ${doc.wiki} · ${doc.type}${doc.bot ? " · bot" : ""}`, "meta"));
+  item.appendChild(head);
+  item.appendChild(el("div", doc.text, "event-text"));
+  const lag = doc.ingested_at
+    ? ((new Date(doc.indexed_at) - new Date(doc.ingested_at)) / 1000).toFixed(2) + " s ingested → searchable"
+    : "";
+  item.appendChild(el("div", `edited ${when(doc.event_time)} · ${lag}`, "meta"));
+  return item;
+}
+
+function addToFeed(doc) {
+  const feed = document.getElementById("feed");
+  feed.insertBefore(feedItem(doc), feed.firstChild);
+  while (feed.children.length > FEED_MAX) feed.removeChild(feed.lastChild);
+}
+
+async function loadRecent() {
+  const response = await fetch("/events/recent?limit=20");
+  if (!response.ok) return;
+  const body = await response.json();
+  body.events.slice().reverse().forEach(addToFeed);
+}
+
+function connect() {
+  const source = new EventSource("/stream");
+  const state = document.getElementById("f-feed");
+  source.onopen = () => { state.textContent = "live"; };
+  source.onerror = () => { state.textContent = "reconnecting…"; };
+  source.addEventListener("document", (e) => addToFeed(JSON.parse(e.data)));
+  source.addEventListener("freshness", (e) => showFreshness(JSON.parse(e.data)));
+}
+
+function showAnswer(body) {
+  document.getElementById("answer").hidden = false;
+  const text = document.getElementById("answer-text");
+  text.textContent = "";
+  // The answer's [n] markers become links to the cited diff; the rest stays plain text.
+  const byNumber = new Map(body.citations.map((c) => [c.n, c]));
+  body.answer.split(/(\[\d+\])/).forEach((part) => {
+    const match = /^\[(\d+)\]$/.exec(part);
+    const citation = match && byNumber.get(Number(match[1]));
+    if (citation) {
+      const a = link(citation.diff_url || citation.page_url, part);
+      a.className = "cite";
+      text.appendChild(a);
+    } else {
+      text.appendChild(document.createTextNode(part));
+    }
+  });
+  const meta = body.fallback ? `answered by: ${body.answerer} — ${body.fallback}` : `answered by: ${body.answerer}`;
+  document.getElementById("answer-meta").textContent = meta;
+  const list = document.getElementById("citations");
+  list.textContent = "";
+  body.citations.forEach((c) => {
+    const item = el("li", null, "citation");
+    item.value = c.n;
+    item.appendChild(link(c.page_url, c.title));
+    item.appendChild(el("span", " "));
+    if (c.diff_url) item.appendChild(link(c.diff_url, "(diff)"));
+    item.appendChild(el("div",
+      `event ${c.lineage.event_id} · partition ${c.lineage.partition} offset ${c.lineage.offset} · ` +
+      `edited ${when(c.event_time)} · indexed ${when(c.indexed_at)}`, "meta provenance"));
+    list.appendChild(item);
+  });
+}
+
+document.getElementById("question-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const query = document.getElementById("question").value;
+  const status = document.getElementById("status");
+  status.textContent = "thinking…";
+  try {
+    const response = await fetch("/answer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ query }),
+    });
+    const body = await response.json();
+    if (!response.ok) {
+      status.textContent = body.message || `error ${response.status}`;
+      return;
+    }
+    status.textContent = "";
+    showAnswer(body);
+  } catch (err) {
+    status.textContent = `the service did not answer (${err})`;
+  }
+});
+
+loadRecent().finally(connect);

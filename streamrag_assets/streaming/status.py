@@ -1,0 +1,55 @@
+"""What the continuous query reports in its heartbeat: alive, batches done, the last one, and how far behind the
+topic it is (head offsets minus the offsets its checkpoint committed)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from streamrag_assets.settings import Settings
+from streamrag_assets.streaming import kafka_offsets
+from streamrag_assets.streaming.pipeline import BatchResult, committed_offsets
+
+
+class StreamStatus:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.query = None
+        self._lock = threading.Lock()
+        self._batches = 0
+        self._last: BatchResult | None = None
+        self._last_at: datetime | None = None
+        self._consumer = None
+
+    def on_batch(self, result: BatchResult) -> None:
+        with self._lock:
+            self._batches += 1
+            self._last, self._last_at = result, datetime.now(UTC)
+
+    def lag(self) -> int | None:
+        try:
+            if self._consumer is None:
+                self._consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
+            tps = kafka_offsets.topic_partitions(self._consumer, self.settings.topic, timeout_s=2)
+            heads = kafka_offsets.high_watermarks(self._consumer, tps, timeout_s=2)
+        except Exception:  # the broker is down or slow: lag unknown, the heartbeat still goes out
+            return None
+        done = committed_offsets(self.settings)
+        return sum(max(0, head - done.get(partition, 0)) for partition, head in heads.items())
+
+    def detail(self) -> dict[str, Any]:
+        with self._lock:
+            last, last_at, batches = self._last, self._last_at, self._batches
+        return {
+            "active": bool(self.query is not None and self.query.isActive),
+            "topic": self.settings.topic,
+            "batches": batches,
+            "last_batch_at": last_at.isoformat() if last_at else None,
+            "last_batch_seconds": round(last.seconds, 3) if last else None,
+            "lag": self.lag(),
+        }
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()

@@ -1,0 +1,496 @@
+"""The retrieval API against the running pipeline (replay ingest -> stream -> pgvector -> API, all real processes):
+an edit produced to the topic is found and cited, a deleted page disappears, filters and modes behave, bad input
+is a 422 that says what is wrong, and a Postgres outage is a 503 that names it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
+from kafka import KafkaProducer
+from schemathesis.checks import not_a_server_error
+
+from streamrag_assets.ingest.events import event_key, try_parse
+from streamrag_assets.services.api import api_process
+from streamrag_assets.services.ingest import ingest_process
+from streamrag_assets.services.postgres import admin_connect
+from streamrag_assets.services.stream import stream_process
+from streamrag_tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+SAMPLE = Path(__file__).parents[2] / "streamrag_assets" / "ingest" / "data" / "recentchange_sample.ndjson"
+
+
+def recentchange(title: str, comment: str, **changes) -> dict:
+    """A recentchange event like the recorded ones, for ``title``, happening now."""
+    event = json.loads(SAMPLE.read_text().splitlines()[0])
+    now = datetime.now(UTC)
+    revision = 1_500_000_000 + uuid.uuid4().int % 500_000_000  # documents are keyed by wiki and revision
+    event["meta"] |= {
+        "id": str(uuid.uuid4()),
+        "dt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "uri": f"https://en.wikipedia.org/wiki/{title.replace(' ', '_')}",
+    }
+    event |= {
+        "title": title,
+        "title_url": event["meta"]["uri"],
+        "comment": comment,
+        "parsedcomment": comment,
+        "timestamp": int(now.timestamp()),
+        "id": revision,
+        "revision": {"old": revision - 1, "new": revision},
+        "notify_url": f"https://en.wikipedia.org/w/index.php?diff={revision}&oldid={revision - 1}",
+    }
+    for key, value in changes.items():
+        event[key] = value
+    return event
+
+
+def deletion(title: str, wiki: str = "enwiki") -> dict:
+    event = recentchange(title, "Housekeeping: page created in error", type="log", wiki=wiki)
+    for key in ("length", "revision", "minor", "notify_url"):
+        event.pop(key, None)
+    event |= {
+        "log_type": "delete",
+        "log_action": "delete",
+        "log_id": uuid.uuid4().int % 1_000_000_000,
+        "log_params": [],
+        "log_action_comment": "deleted",
+    }
+    return event
+
+
+def produce(settings, *events: dict) -> list[tuple[int, int]]:
+    """Send events to the raw topic as the ingest process does; returns (partition, offset) of each."""
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    futures = []
+    for event in events:
+        line = json.dumps(event)
+        headers = [
+            ("sse_id", f"test-{uuid.uuid4().hex[:8]}".encode()),
+            ("ingested_at", str(int(time.time() * 1000)).encode()),
+        ]
+        futures.append(
+            producer.send(settings.topic, key=event_key(try_parse(line)), value=line.encode(), headers=headers)
+        )
+    producer.flush()
+    where = [(f.get(10).partition, f.get(10).offset) for f in futures]
+    producer.close()
+    return where
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack):
+    """ingest (bundled recording, replayed at 20 events/s) -> stream -> pgvector -> API, on the shared servers with
+    its own topic, state and database."""
+    home = Path(tempfile.mkdtemp(prefix="streamrag-api-"))
+    home.chmod(0o755)
+    suffix = uuid.uuid4().hex[:8]
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE app_{suffix}")
+    settings = stack.settings.model_copy(
+        update={
+            "home": home / ".streamrag",
+            "topic": f"raw-{suffix}",
+            "postgres_db": f"app_{suffix}",
+            "ingest_source": "replay",
+            "ingest_rate": 20.0,
+            "replay_port": free_port(),
+            "api_port": free_port(),
+            "ingest_metrics_port": 0,
+            "stream_metrics_port": 0,
+            "dagster_report_interval_s": 0,
+            "stream_trigger_ms": 250,
+        }
+    )
+    settings.state_dir.mkdir(parents=True)
+    processes = [ingest_process(settings), stream_process(settings), api_process(settings)]
+    try:
+        for proc in processes:
+            proc.env = {**settings.to_env(), **proc.env}
+            proc.start()
+        for proc in processes:
+            proc.wait_ready(240)
+        client = httpx.Client(base_url=settings.api_url, timeout=30)
+        deadline = time.monotonic() + 240
+        while (freshness := client.get("/freshness")).status_code != 200 or freshness.json()["documents"] < 20:
+            assert time.monotonic() < deadline, (
+                f"the replay did not become searchable: {freshness.text}\n{_logs(settings)}"
+            )
+            time.sleep(1)
+        yield settings, client
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _logs(settings, chars: int = 3000) -> str:
+    logs = settings.state_dir / "logs"
+    return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in sorted(logs.glob("*.log")))
+
+
+def search(client: httpx.Client, query: str, **body) -> list[dict]:
+    response = client.post("/search", json={"query": query, **body})
+    assert response.status_code == 200, response.text
+    return response.json()["hits"]
+
+
+def wait_for(condition, what: str, timeout_s: float = 90):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, what
+        time.sleep(0.3)
+
+
+def test_an_edit_produced_to_the_topic_is_searchable_and_cited_then_gone_when_its_page_is_deleted(pipeline) -> None:
+    settings, client = pipeline
+    title = f"Quetzalcoatlus Observatory {uuid.uuid4().hex[:6]}"
+    edit = recentchange(title, "Added the new radio telescope built on the volcano ridge in 2026")
+    [(partition, offset)] = produce(settings, edit)
+
+    def found() -> dict | None:
+        return next((h for h in search(client, f"radio telescope at the {title}") if h["title"] == title), None)
+
+    hit = wait_for(found, f"{title} never became searchable")
+    assert hit["lineage"] == {
+        "event_id": edit["meta"]["id"],
+        "partition": partition,
+        "offset": offset,
+        "transform_version": hit["lineage"]["transform_version"],
+    }
+    assert hit["diff_url"] == edit["notify_url"]
+
+    reply = client.post("/answer", json={"query": f"What was added to the {title}?", "debug": True}).json()
+    cited = {c["n"]: c for c in reply["citations"]}
+    ours = [n for n, c in cited.items() if c["doc_id"] == hit["doc_id"]]
+    assert ours, reply
+    assert f"[{ours[0]}]" in reply["answer"] and "radio telescope" in reply["answer"]
+    assert cited[ours[0]]["lineage"]["offset"] == offset and cited[ours[0]]["diff_url"] == edit["notify_url"]
+    assert set(reply["debug"]["timings_ms"]) >= {"embed", "search", "llm", "total"}
+    assert all(f"[{n}]" in reply["answer"] for n in cited), "every citation is used in the answer"
+
+    produce(settings, deletion(title))
+    wait_for(lambda: not any(h["title"] == title for h in search(client, title, mode="keyword")), "still found")
+    for mode in ("vector", "hybrid"):
+        assert not any(h["title"] == title for h in search(client, f"radio telescope {title}", mode=mode, top_k=50))
+    again = client.post("/answer", json={"query": f"What was added to the {title}?"}).json()
+    assert all(c["title"] != title for c in again["citations"])
+
+
+def test_filters_and_modes_behave(pipeline) -> None:
+    settings, client = pipeline
+    tag = uuid.uuid4().hex[:6]
+    events = [
+        recentchange(f"Xylophone Museum {tag}", "Restored the bronze xylophone collection"),
+        recentchange(f"Xylophone Museum {tag}", "Bot: fixed xylophone links", bot=True, user="LinkBot"),
+        recentchange(
+            f"Xylophone Museum {tag}", "Sammlung der Xylophone ergänzt", wiki="dewiki", server_name="de.wikipedia.org"
+        ),
+    ]
+    produce(settings, *events)
+    wait_for(lambda: len(search(client, f"xylophone museum {tag}", mode="keyword", top_k=50)) >= 3, "not indexed")
+
+    everything = search(client, f"xylophone museum {tag}", mode="keyword", top_k=50)
+    ours = [h for h in everything if tag in h["title"]]
+    assert {h["wiki"] for h in ours} == {"enwiki", "dewiki"} and any(h["bot"] for h in ours)
+
+    en_only = search(client, f"xylophone museum {tag}", mode="keyword", filters={"wiki": ["enwiki"]}, top_k=50)
+    assert en_only and all(h["wiki"] == "enwiki" for h in en_only)
+    humans = search(client, f"xylophone museum {tag}", filters={"exclude_bots": True}, top_k=50)
+    assert humans and not any(h["bot"] for h in humans)
+    edits = search(client, "xylophone", filters={"type": ["edit"], "namespace": [0]}, top_k=50)
+    assert edits and all(h["type"] == "edit" and h["namespace"] == 0 for h in edits)
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    assert search(client, "xylophone", filters={"since": future}) == []
+    window = {"since": (datetime.now(UTC) - timedelta(hours=1)).isoformat(), "until": future}
+    recent = search(client, f"xylophone museum {tag}", filters=window, top_k=50)
+    assert recent and all(h["event_time"] >= window["since"][:19] for h in recent)
+
+    # keyword needs the words; vector finds a paraphrase with none of them; hybrid has both
+    paraphrase = "percussion instruments with wooden bars on display"
+    by_keyword = search(client, paraphrase, mode="keyword", top_k=50)
+    assert not any(tag in h["title"] for h in by_keyword)
+    by_vector = search(client, paraphrase, mode="vector", top_k=10)
+    assert any(tag in h["title"] for h in by_vector)
+    by_hybrid = search(client, f"{paraphrase} {tag}", mode="hybrid", top_k=10)
+    assert any(tag in h["title"] for h in by_hybrid)
+    assert [h["score"] for h in by_vector] == sorted((h["score"] for h in by_vector), reverse=True)
+
+
+def test_an_unrelated_question_gets_i_dont_know_without_citations(pipeline) -> None:
+    _, client = pipeline
+    reply = client.post("/answer", json={"query": "How long should I boil an egg for a soft yolk?"}).json()
+    assert reply["answer"].startswith("I don't know") and reply["citations"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"query": ""}, "query"),
+        ({"query": "   "}, "query"),
+        ({"query": "x" * 1001}, "query"),
+        ({"query": "moon", "top_k": 0}, "top_k"),
+        ({"query": "moon", "top_k": 500}, "top_k"),
+        ({"query": "moon", "mode": "psychic"}, "mode"),
+        ({"query": "moon", "filters": {"type": ["poem"]}}, "filters.type"),
+        ({"query": "moon", "filters": {"namespace": ["main"]}}, "filters.namespace"),
+        ({"query": "moon", "filters": {"since": "2026-02-01", "until": "2026-01-01"}}, "filters"),
+        ({"query": "moon", "filters": {"colour": "blue"}}, "filters.colour"),
+        ({"query": "moon", "recency_boost": -1}, "recency_boost"),
+    ],
+)
+def test_bad_input_is_a_422_that_names_the_problem(pipeline, body, field) -> None:
+    _, client = pipeline
+    for route in ("/search", "/answer"):
+        response = client.post(route, json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["message"].startswith(field), response.json()["message"]
+    assert client.post("/search", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert client.get("/events/recent", params={"limit": 0}).status_code == 422
+
+
+def test_recent_events_health_and_metrics(pipeline) -> None:
+    _, client = pipeline
+    recent = client.get("/events/recent", params={"limit": 5}).json()["events"]
+    assert len(recent) == 5 and recent == sorted(recent, key=lambda e: e["indexed_at"], reverse=True)
+    health = client.get("/health")
+    body = health.json()
+    assert body["dependencies"]["postgres"]["status"] == "up" and body["dependencies"]["stream"]["status"] == "up"
+    assert body["dependencies"]["dagster"]["status"] == "down", "no Dagster webserver runs in this test"
+    assert health.status_code == 503, "200 only when every dependency is up"
+    freshness = client.get("/freshness").json()
+    assert freshness["lag"] is not None and freshness["ingested_to_searchable_p50_s"] is not None
+    metrics = client.get("/metrics/").text
+    assert 'streamrag_api_request_duration_seconds_count{method="POST",route="/search",status="2xx"}' in metrics
+    assert "streamrag_api_embed_duration_seconds_bucket" in metrics
+    assert 'streamrag_api_errors_total{route="/search",status="422"}' in metrics
+
+
+def test_the_live_stream_delivers_new_documents(pipeline) -> None:
+    settings, client = pipeline
+    title = f"Live Feed Lighthouse {uuid.uuid4().hex[:6]}"
+    seen: list[str] = []
+    with (
+        httpx.Client(base_url=settings.api_url, timeout=httpx.Timeout(5, read=90)) as sse,
+        sse.stream("GET", "/stream") as response,
+    ):
+        assert response.headers["content-type"].startswith("text/event-stream")
+        produce(settings, recentchange(title, "Lamp replaced"))
+        event = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event == "document":
+                seen.append(json.loads(line[5:])["title"])
+                if title in seen:
+                    break
+    assert title in seen
+
+
+def test_postgres_down_is_a_503_naming_it(pipeline, stack) -> None:
+    _, client = pipeline
+    stack.postgres.kill()
+    try:
+        response = client.post("/search", json={"query": "moon landing"})
+        assert response.status_code == 503, response.text
+        assert response.json()["dependency"] == "postgres"
+        health = client.get("/health").json()
+        assert health["dependencies"]["postgres"]["status"] == "down"
+    finally:
+        stack.start(stack.postgres)
+    wait_for(lambda: client.post("/search", json={"query": "moon landing"}).status_code == 200, "no recovery", 60)
+
+
+# --- the OpenAI-compatible answerer, against a real local HTTP server speaking that protocol ------------------------
+class _ChatCompletions(BaseHTTPRequestHandler):
+    mode = "ok"
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+        if self.mode == "error":
+            self.send_response(500)
+            self.end_headers()
+            return
+        if self.mode == "slow":
+            time.sleep(3)
+        reply = {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "It got a new radio telescope [1]. Also a moon base [9].",
+                    },
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def llm_client(pipeline, monkeypatch):
+    """The API in this process, configured for an OpenAI-compatible endpoint served on 127.0.0.1."""
+    from fastapi.testclient import TestClient
+
+    from streamrag_api.main import app
+    from streamrag_assets.settings import get_settings
+
+    settings, _ = pipeline
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatCompletions)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = settings.to_env() | {
+        "STREAMRAG_LLM_BASE_URL": f"http://127.0.0.1:{server.server_port}/v1",
+        "STREAMRAG_LLM_MODEL": "local-test-model",
+        "STREAMRAG_LLM_API_KEY": "sk-test",
+        "STREAMRAG_LLM_TIMEOUT_S": "1",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    _ChatCompletions.requests.clear()
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        get_settings.cache_clear()
+        server.shutdown()
+
+
+def test_an_openai_compatible_llm_answers_with_valid_citations_only(pipeline, llm_client) -> None:
+    settings, _ = pipeline
+    title = f"Quetzalcoatlus Observatory {uuid.uuid4().hex[:6]}"
+    produce(settings, recentchange(title, "Added the new radio telescope built on the volcano ridge"))
+    question = f"What was added to the {title}?"
+    wait_for(lambda: any(h["title"] == title for h in search(llm_client, question)), "not searchable")
+    _ChatCompletions.mode = "ok"
+    reply = llm_client.post("/answer", json={"query": question}).json()
+    assert reply["answerer"] == "llm" and reply["fallback"] is None
+    assert reply["answer"] == "It got a new radio telescope [1]. Also a moon base ."
+    assert [c["n"] for c in reply["citations"]] == [1], "a marker with no source behind it is dropped"
+    [sent] = _ChatCompletions.requests
+    assert sent["path"] == "/v1/chat/completions" and sent["auth"] == "Bearer sk-test"
+    assert sent["body"]["model"] == "local-test-model"
+    prompt = sent["body"]["messages"][-1]["content"]
+    assert "[1]" in prompt and title in prompt and question in prompt
+    assert reply["citations"][0]["title"] in prompt
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("error", "HTTP 500"), ("slow", "no answer within 1 s")])
+def test_a_failing_llm_falls_back_to_the_extractive_answer_and_says_so(pipeline, llm_client, mode, reason) -> None:
+    _ChatCompletions.mode = mode
+    reply = llm_client.post("/answer", json={"query": "What was edited on the EFL Championship page?"}).json()
+    assert reply["answerer"] == "extractive"
+    assert reason in reply["fallback"]
+    assert reply["citations"] and all(f"[{c['n']}]" in reply["answer"] for c in reply["citations"])
+
+
+# --- schemathesis over the OpenAPI spec ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def api_schema(pipeline):
+    settings, _ = pipeline
+    # /stream never ends by design; everything else is fuzzed.
+    return schemathesis.openapi.from_url(f"{settings.api_url}/openapi.json").exclude(path="/stream")
+
+
+openapi = schemathesis.pytest.from_fixture("api_schema")
+
+
+@openapi.parametrize()
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+def test_no_request_makes_a_server_error(case) -> None:
+    response = case.call(timeout=60)
+    case.validate_response(response, checks=[not_a_server_error])
+
+
+# --- the UI in a real headless Chromium -----------------------------------------------------------------------------
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_event_text_as_text(
+    pipeline, browser
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings, _ = pipeline
+    wait = WebDriverWait(browser, 90, poll_frequency=0.3)
+    browser.get(settings.api_url)
+    wait.until(lambda d: d.find_element(By.ID, "f-feed").text == "live")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#feed li")) > 0)
+
+    tag = uuid.uuid4().hex[:6]
+    hostile = f"<script>window.__pwned=1</script>Harbour Crane {tag}"
+    event = recentchange(hostile, '<img src=x onerror="window.__pwned=2">The crane was repainted bright orange')
+    [(_, offset)] = produce(settings, event)
+    item = wait.until(
+        lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "#feed li") if tag in li.text), None)
+    )
+    assert "<script>window.__pwned=1</script>" in item.text, "the title is shown as the text it is"
+    assert '<img src=x onerror="window.__pwned=2">' in item.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#feed script, #feed img") == []
+    assert browser.execute_script("return window.__pwned") is None
+
+    box = browser.find_element(By.ID, "question")
+    box.send_keys(f"What colour was the Harbour Crane {tag} repainted?")
+    box.submit()
+    wait.until(ec.visibility_of_element_located((By.ID, "answer")))
+    wait.until(lambda d: "[" in d.find_element(By.ID, "answer-text").text)
+    links = browser.find_elements(By.CSS_SELECTOR, "#answer-text a.cite")
+    citations = browser.find_elements(By.CSS_SELECTOR, "#citations li")
+    assert links and len(citations) >= len(links)
+    ours = [c for c in citations if tag in c.text]
+    assert ours, [c.text for c in citations]
+    assert f"offset {offset}" in ours[0].text and event["meta"]["id"] in ours[0].text
+    hrefs = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#answer-text a.cite")}
+    assert event["notify_url"] in hrefs, "the citation links to the diff of the edit"
+    assert browser.execute_script("return window.__pwned") is None
+    shot = Path(os.environ.get("STREAMRAG_UI_SCREENSHOT", settings.state_dir / "ui.png"))
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(shot))
