@@ -15,7 +15,10 @@ In one run, on an embedded Postgres (pgvector) and the API as `up` runs it (`api
    /answer (extractive). Latency is measured client-side per request (requests started inside the window).
    The API's own Prometheus histograms (query embedding, database time) are read before and after each window.
 3. profile: /answer with "debug": true, first one client (service time without queueing), then all clients, and the
-   server's timings_ms (embed / search / llm / total) are summarised.
+   server's timings_ms (embed / search / llm / total) are summarised; /search with one client per mode; then, with
+   the API idle, each question once per mode through the API's `Searcher` (database time alone), the share of the
+   table each keyword query matches, and EXPLAIN ANALYZE of the median keyword query as keyword and as hybrid mode
+   send it.
 """
 
 from __future__ import annotations
@@ -40,9 +43,11 @@ import numpy as np
 import psutil
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select
+from sqlalchemy import create_engine, select, text
 
 from benchmarks.index_freshness import gold_documents
+from streamrag_api.schemas import SearchRequest
+from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, query_terms
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.models import Document
@@ -110,6 +115,7 @@ QUESTIONS = [
 _WHEN = re.compile(r" at \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\.")
 _SIZE = re.compile(r"\(([+-][\d,]+) bytes, now ([\d,]+) bytes\)")
 _SUFFIX = re.compile(r" \(\d+\)$")
+_VECTOR_LITERAL = re.compile(r"'\[[^\]]*\]'::vector")
 _COPY_COLUMNS = (
     "doc_id",
     "embedding",
@@ -349,6 +355,12 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def _busy_cpu_seconds() -> float:
+    """All cores' non-idle time, every process of the machine."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -416,9 +428,11 @@ def run_phase(
         before = _scrape(probe)
         cpu_before = {name: _cpu_seconds([pid]) for name, pid in pids.items()}
         cpu_before["bench"] = _own_cpu_seconds()
+        cpu_before["machine"] = _busy_cpu_seconds()
         time.sleep(max(0.0, end - time.monotonic()))
         cpu_after = {name: _cpu_seconds([pid]) for name, pid in pids.items()}
         cpu_after["bench"] = _own_cpu_seconds()
+        cpu_after["machine"] = _busy_cpu_seconds()
         for thread in threads:
             thread.join(60)
         after = _scrape(probe)
@@ -429,6 +443,11 @@ def run_phase(
         "rps": round(len(latencies) / seconds, 1),
         "latency_ms": _summary_ms(latencies),
         "cpu_s": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_after},
+        "cpu_s_others": round(
+            (cpu_after["machine"] - cpu_before["machine"])
+            - sum(cpu_after[n] - cpu_before[n] for n in cpu_after if n != "machine"),
+            1,
+        ),
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
     }
     return result, extras, before, after
@@ -496,7 +515,91 @@ def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str
             },
         }
     results["answer_debug_profile"] = profile
+
+    # /search without queueing: one client.
+    for mode in ("hybrid", "vector", "keyword"):
+        result, extras, _, _ = run_phase(
+            base_url, "/search", search_body(mode), 1, 3.0, min(seconds, 20.0), search_parse, pids
+        )
+        results[f"search_{mode}_1_client"] = {
+            "requests": result["requests"],
+            "errors": result["errors"],
+            "latency_ms": result["latency_ms"],
+            "server_took_ms": _summary_ms([e["took_ms"] for e in extras]),
+            "cpu_s_others": result["cpu_s_others"],
+        }
     return results
+
+
+def db_profile(settings) -> dict:
+    """Each question once per mode through the API's own `Searcher`, one at a time on an idle API: the database
+    time alone; how much of the table each question's keyword query matches; the keyword plan of the median one."""
+    engine = create_engine(settings.app_database_url)
+    searcher = Searcher(engine, get_embedder())
+    out: dict = {}
+    for mode in ("vector", "keyword", "hybrid"):
+        times = []
+        for question in QUESTIONS:
+            timings = Timings()
+            searcher.search(SearchRequest(query=question, top_k=10, mode=mode), timings)
+            times.append(timings.search_ms)
+        out[f"{mode}_db_ms_1_client"] = _summary_ms(times)
+    with engine.connect() as conn:
+        total = conn.execute(text("SELECT count(*) FROM documents")).scalar()
+        matched = []
+        for question in QUESTIONS:
+            terms = query_terms(question)
+            count = (
+                conn.execute(
+                    text("SELECT count(*) FROM documents WHERE search @@ to_tsquery('simple', :q)"),
+                    {"q": " | ".join(terms)},
+                ).scalar()
+                if terms
+                else 0
+            )
+            matched.append((count, question, terms))
+        matched.sort()
+        fractions = [count / total for count, _, _ in matched]
+        out["keyword_match_fraction"] = {
+            "p50": round(_percentile(fractions, 0.5), 3),
+            "p95": round(_percentile(fractions, 0.95), 3),
+            "max": round(max(fractions), 3),
+        }
+        count, question, terms = matched[len(matched) // 2]
+        vector = searcher.embed(question, Timings())
+        conn.execute(text("SET LOCAL hnsw.ef_search = 100"))
+        plans = {}
+        # As /search keyword sends it (no vector), and as hybrid and /answer send it (cosine of every match).
+        for label, similarity in (("keyword", "NULL::float"), ("hybrid", "1 - (embedding <=> CAST(:q AS vector))")):
+            plans[label] = [
+                _VECTOR_LITERAL.sub("'[...]'::vector", line[0])
+                for line in conn.execute(
+                    text(
+                        f"EXPLAIN (ANALYZE, BUFFERS, VERBOSE) SELECT {DOCUMENT_COLUMNS}, "
+                        f"ts_rank_cd(search, query) AS rank, {similarity} AS similarity "
+                        "FROM documents, to_tsquery('simple', :tsquery) AS query "
+                        "WHERE search @@ query AND NOT deleted ORDER BY rank DESC, event_time DESC LIMIT 40"
+                    ),
+                    {"q": _vector_literal(np.asarray(vector)), "tsquery": " | ".join(terms)},
+                ).all()
+            ]
+        conn.rollback()
+    engine.dispose()
+    out["keyword_plan_median_question"] = {
+        "question": question,
+        "tsquery": " | ".join(terms),
+        "matches": count,
+        "execution_ms": {label: _execution_ms(plan) for label, plan in plans.items()},
+        "plans": plans,
+    }
+    return out
+
+
+def _execution_ms(plan: list[str]) -> float | None:
+    for line in plan:
+        if line.startswith("Execution Time:"):
+            return float(line.split(":")[1].split()[0])
+    return None
 
 
 def _api_log_problems(path: Path) -> list[str]:
@@ -537,6 +640,7 @@ def main() -> None:
         pids = {"api": api.proc.pid, "postgres": stack.postgres.proc.pid}
         result["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
         result["load"] = load(settings, args.clients, args.warmup, args.seconds, pids)
+        result["db_profile"] = db_profile(settings)
         result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         result["api_log_problems"] = _api_log_problems(settings.state_dir / "logs" / "api.log")
         result["date_end"] = datetime.now(UTC).isoformat(timespec="seconds")

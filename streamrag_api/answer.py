@@ -35,9 +35,15 @@ class Answer:
     llm_ms: float = 0.0
 
 
-def relevant(hits: list[Hit], min_similarity: float) -> list[Hit]:
-    """The hits close enough to the question to answer from (similarity is the query/document cosine)."""
-    return [hit for hit in hits if hit.similarity is not None and hit.similarity >= min_similarity]
+def relevant(hits: list[Hit], min_similarity: float, margin: float) -> list[Hit]:
+    """The hits close enough to the question to answer from: at least ``min_similarity`` (query/document cosine)
+    and within ``margin`` of the best one. Documents share a template ("X edited Y on wiki ..."), which lifts every
+    similarity a little; the margin keeps the answer to the documents that stand out."""
+    scored = [hit for hit in hits if hit.similarity is not None and hit.similarity >= min_similarity]
+    if not scored:
+        return []
+    best = max(hit.similarity or 0.0 for hit in scored)
+    return [hit for hit in scored if (hit.similarity or 0.0) >= best - margin]
 
 
 def _citation(n: int, hit: Hit) -> Citation:
@@ -118,7 +124,7 @@ def llm(settings: Settings, query: str, sources: list[Hit]) -> Answer:
 
 
 def answer(settings: Settings, query: str, hits: list[Hit]) -> Answer:
-    sources = relevant(hits, settings.answer_min_similarity)
+    sources = relevant(hits, settings.answer_min_similarity, settings.answer_similarity_margin)
     began = time.perf_counter()
     if not sources:
         result = Answer(DONT_KNOW, [], "llm" if settings.llm_base_url else "extractive")

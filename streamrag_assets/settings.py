@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     answer_min_similarity: float = Field(
         0.35, ge=-1, le=1, description="/answer reads only documents at least this similar to the question (cosine)."
     )
+    answer_similarity_margin: float = Field(
+        0.1, ge=0, le=2, description="/answer also drops documents this much less similar than the best one."
+    )
     stream_heartbeat_max_age_s: float = Field(
         30.0, gt=0, description="/health reports the streaming job down when its heartbeat is older than this."
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from kafka import KafkaProducer
 from schemathesis.checks import not_a_server_error
@@ -95,7 +95,7 @@ def produce(settings, *events: dict) -> list[tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def pipeline(stack):
-    """ingest (bundled recording, replayed at 20 events/s) -> stream -> pgvector -> API, on the shared servers with
+    """ingest (bundled recording, replayed at 5 events/s) -> stream -> pgvector -> API, on the shared servers with
     its own topic, state and database."""
     home = Path(tempfile.mkdtemp(prefix="streamrag-api-"))
     home.chmod(0o755)
@@ -108,7 +108,7 @@ def pipeline(stack):
             "topic": f"raw-{suffix}",
             "postgres_db": f"app_{suffix}",
             "ingest_source": "replay",
-            "ingest_rate": 20.0,
+            "ingest_rate": 5.0,
             "replay_port": free_port(),
             "api_port": free_port(),
             "ingest_metrics_port": 0,
@@ -150,7 +150,7 @@ def search(client: httpx.Client, query: str, **body) -> list[dict]:
     return response.json()["hits"]
 
 
-def wait_for(condition, what: str, timeout_s: float = 90):
+def wait_for(condition, what: str, timeout_s: float = 120):
     deadline = time.monotonic() + timeout_s
     while True:
         result = condition()
@@ -424,14 +424,22 @@ def api_schema(pipeline):
     return schemathesis.openapi.from_url(f"{settings.api_url}/openapi.json").exclude(path="/stream")
 
 
-openapi = schemathesis.pytest.from_fixture("api_schema")
+def test_no_request_makes_a_server_error(api_schema) -> None:
+    """Generated requests (valid and invalid) for every operation: none may get a 5xx."""
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/search", "/answer", "/events/recent", "/health", "/freshness"}
+    for operation in operations:
 
+        @given(case=operation.as_strategy())
+        @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def fuzz(case) -> None:
+            response = case.call(timeout=60)
+            if case.operation.path == "/health":  # its 503 means "a dependency is down" (Dagster is not running here)
+                assert response.status_code in (200, 503) and "dependencies" in response.json()
+            else:
+                case.validate_response(response, checks=[not_a_server_error])
 
-@openapi.parametrize()
-@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_request_makes_a_server_error(case) -> None:
-    response = case.call(timeout=60)
-    case.validate_response(response, checks=[not_a_server_error])
+        fuzz()
 
 
 # --- the UI in a real headless Chromium -----------------------------------------------------------------------------
@@ -460,7 +468,7 @@ def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_ev
     from selenium.webdriver.support.ui import WebDriverWait
 
     settings, _ = pipeline
-    wait = WebDriverWait(browser, 90, poll_frequency=0.3)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.3)
     browser.get(settings.api_url)
     wait.until(lambda d: d.find_element(By.ID, "f-feed").text == "live")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#feed li")) > 0)
@@ -469,11 +477,11 @@ def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_ev
     hostile = f"<script>window.__pwned=1</script>Harbour Crane {tag}"
     event = recentchange(hostile, '<img src=x onerror="window.__pwned=2">The crane was repainted bright orange')
     [(_, offset)] = produce(settings, event)
-    item = wait.until(
-        lambda d: next((li for li in d.find_elements(By.CSS_SELECTOR, "#feed li") if tag in li.text), None)
-    )
-    assert "<script>window.__pwned=1</script>" in item.text, "the title is shown as the text it is"
-    assert '<img src=x onerror="window.__pwned=2">' in item.text
+    # Read in the page: the feed keeps moving (and drops old items) while we look.
+    find = "const li = [...document.querySelectorAll('#feed li')].find(l => l.textContent.includes(arguments[0]));"
+    shown = wait.until(lambda d: d.execute_script(find + " return li ? li.innerText : null;", tag))
+    assert "<script>window.__pwned=1</script>" in shown, "the title is shown as the text it is"
+    assert "onerror" not in shown, "comments are shown as plain text: their HTML is dropped in Silver"
     assert browser.find_elements(By.CSS_SELECTOR, "#feed script, #feed img") == []
     assert browser.execute_script("return window.__pwned") is None
 
