@@ -12,6 +12,17 @@ ChangeType = Literal["edit", "new", "log"]
 Mode = Literal["vector", "keyword", "hybrid"]
 
 
+def _text(value: str) -> str:
+    """Text Postgres can hold: no NUL characters, no unpaired surrogates."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (it holds an unpaired surrogate)") from None
+    return value
+
+
 def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
@@ -37,7 +48,7 @@ class Filters(BaseModel):
     def _names(cls, values: list[str] | None) -> list[str] | None:
         if values is not None and any(not v.strip() or len(v) > 64 for v in values):
             raise ValueError("names must be non-empty and at most 64 characters")
-        return values
+        return [_text(v) for v in values] if values is not None else None
 
     @model_validator(mode="after")
     def _range(self) -> Filters:
@@ -62,7 +73,7 @@ class SearchRequest(BaseModel):
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("query must contain something other than whitespace")
-        return value.strip()
+        return _text(value.strip())
 
 
 class Lineage(BaseModel):
