@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from streamrag_api.schemas import Document
-from streamrag_api.search import DOCUMENT_COLUMNS, document_from_row
+from streamrag_api.search import DOCUMENT_COLUMNS, NOT_A_PROBE, document_from_row
 from streamrag_assets.index.store import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def load_documents(engine: Engine, doc_ids: list[str]) -> list[Document]:
     with engine.connect() as conn:
         rows = conn.execute(
             text(
-                f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE doc_id = ANY(:ids) AND NOT deleted "
+                f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE doc_id = ANY(:ids) AND NOT deleted AND {NOT_A_PROBE} "
                 "ORDER BY indexed_at, event_time"
             ),
             {"ids": doc_ids},

@@ -37,7 +37,7 @@ from streamrag_api.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, document_from_row
+from streamrag_api.search import DOCUMENT_COLUMNS, NOT_A_PROBE, Searcher, Timings, document_from_row
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.heartbeat import STREAM, latest
 from streamrag_assets.index.migrate import upgrade
@@ -195,7 +195,10 @@ def answer(body: AnswerRequest, request: Request) -> AnswerResponse:
 def _recent(svc: Services, limit: int) -> list[Document]:
     with svc.engine.connect() as conn:
         rows = conn.execute(
-            text(f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE NOT deleted ORDER BY indexed_at DESC LIMIT :n"),
+            text(
+                f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE NOT deleted AND {NOT_A_PROBE} "
+                "ORDER BY indexed_at DESC LIMIT :n"
+            ),
             {"n": limit},
         ).all()
     return [Document(**document_from_row(row)) for row in rows]

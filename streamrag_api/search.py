@@ -136,8 +136,14 @@ class Timings:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _where(filters: Filters) -> tuple[str, dict[str, Any]]:
+# The canary probe's documents are real documents, hidden from users (see `PROBE_WIKI`).
+NOT_A_PROBE = "NOT ('probe' = ANY(quality_flags))"
+
+
+def _where(filters: Filters, include_probes: bool = False) -> tuple[str, dict[str, Any]]:
     clauses, params = ["NOT deleted"], {}
+    if not include_probes:
+        clauses.append(NOT_A_PROBE)
     for name in ("wiki", "lang", "namespace", "type"):
         values = getattr(filters, name)
         if values:
@@ -172,7 +178,7 @@ class Searcher:
         timings = timings or Timings()
         vector = self.embed(request.query, timings) if request.mode != "keyword" or similarity else None
         terms = query_terms(request.query) if request.mode != "vector" else []
-        where, params = _where(request.filters)
+        where, params = _where(request.filters, request.include_probes)
         pool = request.top_k if request.mode != "hybrid" else max(40, 4 * request.top_k)
         began = time.perf_counter()
         with self.engine.connect() as conn:
@@ -180,28 +186,33 @@ class Searcher:
             conn.execute(text("SET LOCAL hnsw.ef_search = 100"))
             conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
             by_vector = self._vector(conn, vector, where, params, pool) if request.mode != "keyword" else []
-            by_keyword = self._keyword(conn, terms, vector, where, params, pool) if terms else []
+            by_keyword = self._keyword(conn, terms, where, params, pool) if terms else []
+            if request.mode == "vector":
+                scored = [(row["similarity"], row) for row in by_vector]
+            elif request.mode == "keyword":
+                scored = [(row["rank"], row) for row in by_keyword]
+            else:
+                scored = _fuse(by_vector, by_keyword)
+            if request.recency_boost:
+                now = datetime.now(UTC)
+                scored = [
+                    (score * _recency(row["event_time"], now, request.recency_boost), row) for score, row in scored
+                ]
+            scored.sort(key=lambda pair: pair[0], reverse=True)
+            scored = scored[: request.top_k]
+            if vector is not None:
+                self._similarities(conn, vector, [row for _, row in scored])
             conn.rollback()
         elapsed = time.perf_counter() - began
         API_SEARCH_DURATION.labels(request.mode).observe(elapsed)
         timings.search_ms = round(elapsed * 1000, 2)
-        if request.mode == "vector":
-            scored = [(row["similarity"], row) for row in by_vector]
-        elif request.mode == "keyword":
-            scored = [(row["rank"], row) for row in by_keyword]
-        else:
-            scored = _fuse(by_vector, by_keyword)
-        if request.recency_boost:
-            now = datetime.now(UTC)
-            scored = [(score * _recency(row["event_time"], now, request.recency_boost), row) for score, row in scored]
-        scored.sort(key=lambda pair: pair[0], reverse=True)
         return [
             Hit(
                 **{k: v for k, v in row.items() if k not in ("rank", "similarity")},
                 score=score,
                 similarity=row.get("similarity"),
             )
-            for score, row in scored[: request.top_k]
+            for score, row in scored
         ]
 
     def _vector(self, conn, vector, where: str, params: dict, limit: int) -> list[dict[str, Any]]:
@@ -214,23 +225,33 @@ class Searcher:
         found.sort(key=lambda row: row["similarity"], reverse=True)  # relaxed_order may return them slightly shuffled
         return found
 
-    def _keyword(self, conn, terms: list[str], vector, where: str, params: dict, limit: int) -> list[dict[str, Any]]:
-        similarity = "1 - (embedding <=> :q)" if vector is not None else "NULL::float"
+    def _keyword(self, conn, terms: list[str], where: str, params: dict, limit: int) -> list[dict[str, Any]]:
+        """Documents holding all the terms, ranked by cover density; when none holds them all, those holding any."""
         statement = text(
-            f"SELECT {DOCUMENT_COLUMNS}, ts_rank_cd(search, query) AS rank, {similarity} AS similarity "
+            f"SELECT {DOCUMENT_COLUMNS}, ts_rank_cd(search, query) AS rank "
             f"FROM documents, to_tsquery('simple', :tsquery) AS query "
             f"WHERE search @@ query AND {where} ORDER BY rank DESC, event_time DESC LIMIT :limit"
         )
-        values = {**params, "tsquery": " | ".join(terms), "limit": limit}
-        if vector is not None:
-            statement = statement.bindparams(bindparam("q", type_=Vector(EMBEDDING_DIM)))
-            values["q"] = vector
-        rows = conn.execute(statement, values).all()
-        return [
-            document_from_row(row)
-            | {"rank": float(row.rank), "similarity": None if row.similarity is None else float(row.similarity)}
-            for row in rows
-        ]
+        rows: list = []
+        for operator in (" & ", " | ") if len(terms) > 1 else (" & ",):
+            rows = conn.execute(statement, {**params, "tsquery": operator.join(terms), "limit": limit}).all()
+            if rows:
+                break
+        return [document_from_row(row) | {"rank": float(row.rank), "similarity": None} for row in rows]
+
+    @staticmethod
+    def _similarities(conn, vector, rows: list[dict[str, Any]]) -> None:
+        """Fill in the query/document cosine of ``rows`` that lack it (keyword hits), in one small query."""
+        missing = [row["doc_id"] for row in rows if row.get("similarity") is None]
+        if not missing:
+            return
+        statement = text(
+            "SELECT doc_id, 1 - (embedding <=> :q) AS similarity FROM documents WHERE doc_id = ANY(:ids)"
+        ).bindparams(bindparam("q", type_=Vector(EMBEDDING_DIM)))
+        found = dict(conn.execute(statement, {"q": vector, "ids": missing}).all())
+        for row in rows:
+            if row.get("similarity") is None and row["doc_id"] in found:
+                row["similarity"] = float(found[row["doc_id"]])
 
 
 def _fuse(by_vector: list[dict], by_keyword: list[dict]) -> list[tuple[float, dict]]:

@@ -68,13 +68,19 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug 
 
 
 @app.command()
-def up() -> None:
+def up(
+    with_prometheus: bool = typer.Option(
+        False, "--with-prometheus", help="Also run a real Prometheus (Debian package) scraping every process."
+    ),
+) -> None:
     """Start the whole platform on embedded defaults (broker, object store, Postgres, Dagster, API).
 
     Runs in the foreground; Ctrl-C (or `streamrag down`, or SIGTERM) stops everything cleanly.
     """
     settings = _settings()
-    supervisor = Supervisor(settings, progress=lambda msg: typer.echo(f"[streamrag] {msg}"))
+    supervisor = Supervisor(
+        settings, progress=lambda msg: typer.echo(f"[streamrag] {msg}"), with_prometheus=with_prometheus
+    )
     try:
         supervisor.start()
     except ServiceError as exc:
@@ -87,6 +93,10 @@ def up() -> None:
     typer.echo(f"  Postgres        {settings.app_database_url.split('@')[-1]}")
     typer.echo(f"  state           {settings.state_dir}")
     typer.echo(f"  ingest          {settings.ingest_source} -> {settings.topic}")
+    if with_prometheus:
+        from streamrag_assets.services.observability import prometheus_url
+
+        typer.echo(f"  Prometheus      {prometheus_url(settings)}  (alerts: {prometheus_url(settings)}/alerts)")
     typer.echo("Ctrl-C or `streamrag down` stops it.")
     if settings.ingest_source == "wikimedia" and not _reachable(settings.wikimedia_url):
         typer.secho(
@@ -101,6 +111,25 @@ def up() -> None:
     finally:
         supervisor.stop()
         typer.echo("[streamrag] stopped")
+
+
+@app.command("canary")
+def canary_command() -> None:
+    """Probe freshness end to end: inject a marked event every STREAMRAG_CANARY_INTERVAL_S, find it with /search,
+    export the delay (streamrag_canary_searchable_seconds). Canary documents never appear in user results."""
+    from streamrag_assets.probe import CanaryProbe
+
+    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
+    settings = _settings()
+    _serve_metrics(settings.canary_metrics_port, settings.bind_host)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    probe = CanaryProbe(settings)
+    try:
+        probe.run(stop)
+    finally:
+        probe.close()
 
 
 @app.command("api")

@@ -105,3 +105,15 @@ API_LLM_DURATION = Histogram(
     ["answerer", "outcome"],
     buckets=API_BUCKETS,
 )
+
+# --- canary probe ---------------------------------------------------------------------------------------------------
+CANARY_SEARCHABLE = Histogram(
+    "streamrag_canary_searchable_seconds",
+    "From producing a canary event to finding it with /search.",
+    buckets=LATENCY_BUCKETS,
+)
+CANARY_LAST_SEARCHABLE = Gauge(
+    "streamrag_canary_last_searchable_seconds", "The last canary's produce -> searchable delay."
+)
+CANARY_LAST_FOUND = Gauge("streamrag_canary_last_found_timestamp_seconds", "When a canary was last found by /search.")
+CANARY_PROBES = Counter("streamrag_canary_probes", "Canary probes by outcome (found, missing, error).", ["outcome"])

@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     )
     backfill_cron: str = Field("10 * * * *", description="When the trailing-window backfill runs (cron, UTC).")
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
+    canary_interval_s: float = Field(10.0, gt=0, description="How often the canary probe injects a marked event.")
+    canary_timeout_s: float = Field(120.0, gt=0, description="A canary not searchable by then counts as missing.")
+    canary_metrics_port: int = Field(9110, description="Prometheus metrics of the canary probe (0 = off).")
+    prometheus_port: int = Field(9090, description="`up --with-prometheus`: where Prometheus listens.")
 
     @model_validator(mode="after")
     def _fail_after_warn(self) -> Settings:

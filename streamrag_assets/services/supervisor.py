@@ -25,6 +25,7 @@ from streamrag_assets.services.api import api_process
 from streamrag_assets.services.broker import broker_process
 from streamrag_assets.services.dagster import dagster_daemon_process, dagster_webserver_process
 from streamrag_assets.services.ingest import ingest_process
+from streamrag_assets.services.observability import canary_process, prometheus_process
 from streamrag_assets.services.postgres import postgres_process
 from streamrag_assets.services.process import ManagedProcess, ServiceError, pid_alive, port_is_open
 from streamrag_assets.services.seaweedfs import seaweedfs_process
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 
-def build_stack(settings: Settings) -> list[ManagedProcess]:
+def build_stack(settings: Settings, with_prometheus: bool = False) -> list[ManagedProcess]:
     """The processes `up` runs, in start order; embedded servers only where no external address is set."""
     stack: list[ManagedProcess] = []
     if settings.embedded_kafka:
@@ -51,7 +52,10 @@ def build_stack(settings: Settings) -> list[ManagedProcess]:
         dagster_webserver_process(settings),
         dagster_daemon_process(settings),
         api_process(settings),
+        canary_process(settings),
     ]
+    if with_prometheus:
+        stack.append(prometheus_process(settings))
     env = settings.to_env()
     for proc in stack:
         proc.env = {**env, **proc.env}
@@ -162,6 +166,7 @@ class Supervisor:
     settings: Settings
     progress: Progress = print
     restart_limit: int = 5
+    with_prometheus: bool = False
 
     def __post_init__(self) -> None:
         self.stack: list[ManagedProcess] = []
@@ -178,7 +183,7 @@ class Supervisor:
         if other is not None:
             raise ServiceError(f"streamrag is already running here (pid {other}); `streamrag down` stops it")
         check_external(self.settings)
-        self.stack = build_stack(self.settings)
+        self.stack = build_stack(self.settings, self.with_prometheus)
         for proc in self.stack:  # every port checked before anything starts
             proc.check_ports()
         _pid_file(self.settings).write_text(str(os.getpid()))

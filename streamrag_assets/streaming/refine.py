@@ -174,6 +174,12 @@ def parse_event(value: str | bytes | None) -> dict[str, Any]:
     }
 
 
+# The canary probe's own events (`streamrag canary`): processed and indexed like any edit, so that the probe measures
+# the whole path, then kept out of user results by the API through their "probe" quality flag. (Wikimedia's own
+# canary events, meta.domain "canary", are dropped in Silver.)
+PROBE_WIKI = "streamrag_probe"
+
+
 def is_canary(event: dict[str, Any]) -> bool:
     return event.get("domain") == "canary"
 
@@ -258,6 +264,8 @@ def document(silver: dict[str, Any]) -> dict[str, Any] | None:
         return None
     op, new_title = _document_op(silver)
     text, flags = render_text(silver, op, new_title)
+    if silver["wiki"] == PROBE_WIKI:
+        flags.append("probe")
     doc = {
         "doc_id": doc_id(silver),
         "op": op,
@@ -297,4 +305,4 @@ def document(silver: dict[str, Any]) -> dict[str, Any] | None:
     return doc
 
 
-__all__ = ["Rejected", "document", "is_canary", "parse_event", "plain_text"]
+__all__ = ["PROBE_WIKI", "Rejected", "document", "is_canary", "parse_event", "plain_text"]

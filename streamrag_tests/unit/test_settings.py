@@ -13,7 +13,17 @@ from streamrag_assets.settings import Settings
 def test_defaults_start_every_embedded_service(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     names = [p.name for p in build_stack(settings)]
-    assert names == ["seaweedfs", "kafka", "postgres", "ingest", "stream", "dagster-webserver", "dagster-daemon", "api"]
+    assert names == [
+        "seaweedfs",
+        "kafka",
+        "postgres",
+        "ingest",
+        "stream",
+        "dagster-webserver",
+        "dagster-daemon",
+        "api",
+        "canary",
+    ]
     assert settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.app_database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:5432/")
 

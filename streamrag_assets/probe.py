@@ -1,0 +1,108 @@
+"""The canary probe: every ``canary_interval_s`` it produces a marked edit to the raw topic, then asks /search for it
+until found, and records the delay: the platform's ingested -> searchable latency measured from outside, end to end.
+Its documents carry the "probe" flag, so the API keeps them out of user results (they are found with
+``include_probes``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+import httpx
+from kafka import KafkaProducer
+
+from streamrag_assets.ingest.events import event_key, try_parse
+from streamrag_assets.metrics import CANARY_LAST_FOUND, CANARY_LAST_SEARCHABLE, CANARY_PROBES, CANARY_SEARCHABLE
+from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.refine import PROBE_WIKI
+
+log = logging.getLogger(__name__)
+PROBE_DOMAIN = "probe.streamrag.invalid"
+
+
+def canary_event(marker: str, now: datetime | None = None) -> dict:
+    """A recentchange edit on the probe wiki, findable by ``marker``."""
+    now = now or datetime.now(UTC)
+    revision = int(now.timestamp() * 1000) % 2_000_000_000  # documents are keyed by wiki and revision
+    page = f"Streamrag canary {marker}"
+    url = f"https://{PROBE_DOMAIN}/wiki/{page.replace(' ', '_')}"
+    return {
+        "$schema": "/mediawiki/recentchange/1.0.0",
+        "meta": {
+            "uri": url,
+            "id": str(uuid.uuid4()),
+            "dt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "domain": PROBE_DOMAIN,
+            "stream": "mediawiki.recentchange",
+        },
+        "id": revision,
+        "type": "edit",
+        "namespace": 0,
+        "title": page,
+        "title_url": url,
+        "comment": f"streamrag canary probe {marker}",
+        "parsedcomment": f"streamrag canary probe {marker}",
+        "timestamp": int(now.timestamp()),
+        "user": "streamrag-canary",
+        "bot": True,
+        "minor": True,
+        "length": {"old": 100, "new": 101},
+        "revision": {"old": revision - 1, "new": revision},
+        "server_url": f"https://{PROBE_DOMAIN}",
+        "server_name": PROBE_DOMAIN,
+        "server_script_path": "/w",
+        "wiki": PROBE_WIKI,
+    }
+
+
+class CanaryProbe:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0)
+        self.http = httpx.Client(base_url=settings.api_url, timeout=10)
+
+    def once(self, poll_s: float = 0.1) -> float | None:
+        """Produce one canary and wait for /search to return it; the delay in seconds, or None when missing."""
+        marker = uuid.uuid4().hex[:12]
+        line = json.dumps(canary_event(marker))
+        began = time.monotonic()
+        headers = [("sse_id", f"canary-{marker}".encode()), ("ingested_at", str(int(time.time() * 1000)).encode())]
+        self.producer.send(self.settings.topic, key=event_key(try_parse(line)), value=line.encode(), headers=headers)
+        self.producer.flush(timeout=30)
+        body = {"query": marker, "mode": "keyword", "top_k": 1, "include_probes": True}
+        deadline = began + self.settings.canary_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                hits = self.http.post("/search", json=body).json().get("hits", [])
+            except (httpx.HTTPError, ValueError):
+                hits = []
+            if any(marker in hit["title"] for hit in hits):
+                delay = time.monotonic() - began
+                CANARY_SEARCHABLE.observe(delay)
+                CANARY_LAST_SEARCHABLE.set(delay)
+                CANARY_LAST_FOUND.set(time.time())
+                CANARY_PROBES.labels("found").inc()
+                log.info("canary %s searchable after %.2f s", marker, delay)
+                return delay
+            time.sleep(poll_s)
+        CANARY_PROBES.labels("missing").inc()
+        log.warning("canary %s not searchable within %.0f s", marker, self.settings.canary_timeout_s)
+        return None
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.once()
+            except Exception as exc:  # the broker is down, say: counted, and the next probe tries again
+                CANARY_PROBES.labels("error").inc()
+                log.warning("canary probe failed: %s", exc)
+            stop.wait(max(0.0, self.settings.canary_interval_s - (time.monotonic() - started)))
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)
+        self.http.close()
