@@ -78,6 +78,9 @@ INGESTED_TO_INDEXED = Histogram(
     "From the producer's ingested_at to the document committed in pgvector.",
     buckets=LATENCY_BUCKETS,
 )
+INDEX_LAST_INDEXED = Gauge(
+    "streamrag_index_last_indexed_timestamp_seconds", "When a document was last written to pgvector."
+)
 EVENT_TIME_TO_INDEXED = Histogram(
     "streamrag_event_time_to_indexed_seconds",
     "From the edit's meta.dt to the document committed in pgvector.",
@@ -117,3 +120,8 @@ CANARY_LAST_SEARCHABLE = Gauge(
 )
 CANARY_LAST_FOUND = Gauge("streamrag_canary_last_found_timestamp_seconds", "When a canary was last found by /search.")
 CANARY_PROBES = Counter("streamrag_canary_probes", "Canary probes by outcome (found, missing, error).", ["outcome"])
+TOPIC_HEAD_OFFSET = Gauge(
+    "streamrag_topic_head_offset",
+    "Next offset of each partition of the raw topic, measured by the canary process independently of the stream.",
+    ["partition"],
+)

@@ -16,8 +16,15 @@ import httpx
 from kafka import KafkaProducer
 
 from streamrag_assets.ingest.events import event_key, try_parse
-from streamrag_assets.metrics import CANARY_LAST_FOUND, CANARY_LAST_SEARCHABLE, CANARY_PROBES, CANARY_SEARCHABLE
+from streamrag_assets.metrics import (
+    CANARY_LAST_FOUND,
+    CANARY_LAST_SEARCHABLE,
+    CANARY_PROBES,
+    CANARY_SEARCHABLE,
+    TOPIC_HEAD_OFFSET,
+)
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming import kafka_offsets
 from streamrag_assets.streaming.refine import PROBE_WIKI
 
 log = logging.getLogger(__name__)
@@ -93,10 +100,22 @@ class CanaryProbe:
         log.warning("canary %s not searchable within %.0f s", marker, self.settings.canary_timeout_s)
         return None
 
+    def measure_heads(self) -> None:
+        """Export the topic's head offsets: with the stream's processed offsets, Prometheus computes the lag even
+        when the stream is down (then it exports nothing)."""
+        consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
+        try:
+            tps = kafka_offsets.topic_partitions(consumer, self.settings.topic, timeout_s=5)
+            for partition, head in kafka_offsets.high_watermarks(consumer, tps, timeout_s=5).items():
+                TOPIC_HEAD_OFFSET.labels(str(partition)).set(head)
+        finally:
+            consumer.close()
+
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
             try:
+                self.measure_heads()
                 self.once()
             except Exception as exc:  # the broker is down, say: counted, and the next probe tries again
                 CANARY_PROBES.labels("error").inc()

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     )
     dagster_port: int = 3000
     api_port: int = 8000
+    api_base_url: str | None = Field(None, description="Where other processes (the canary) reach the API.")
     bind_host: str = Field(LOOPBACK, description="Interface the embedded services and the API listen on.")
 
     # --- embedded Postgres --------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class Settings(BaseSettings):
 
     @property
     def api_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.api_port}"
+        return self.api_base_url or f"http://{LOOPBACK}:{self.api_port}"
 
     @property
     def dagster_url(self) -> str:

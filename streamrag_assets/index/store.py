@@ -28,6 +28,7 @@ from streamrag_assets.metrics import (
     INDEX_DB_DURATION,
     INDEX_DOCS,
     INDEX_EMBED_DURATION,
+    INDEX_LAST_INDEXED,
     INGESTED_TO_INDEXED,
 )
 
@@ -81,6 +82,8 @@ class DocumentIndex:
         for outcome in ("embedded", "upserted", "unchanged", "deleted", "renamed"):
             INDEX_DOCS.labels(outcome).inc(getattr(result, outcome))
         INDEX_DOCS.labels("dead_letter").inc(result.dead_letters)
+        if result.upserted:
+            INDEX_LAST_INDEXED.set_to_current_time()
         now = datetime.now(UTC)
         indexed = set(result.doc_ids)
         for row in gold_rows:
