@@ -1,0 +1,193 @@
+"""Metrics checked against a real Prometheus (Debian's) scraping the running pipeline on replay data: every PromQL
+expression of the dashboards and recording rules returns numbers, the canary measures searchable latency, and
+stopping the stream makes the lag and no-progress alerts fire. The rules themselves pass promtool's checks and
+unit tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from streamrag_assets.services.api import api_process
+from streamrag_assets.services.ingest import ingest_process
+from streamrag_assets.services.observability import canary_process, prometheus_process, prometheus_url
+from streamrag_assets.services.postgres import admin_connect
+from streamrag_assets.services.stream import stream_process
+from streamrag_tests.conftest import PROJECT_ROOT, free_port
+
+pytestmark = pytest.mark.integration
+
+PROMETHEUS = PROJECT_ROOT / "deploy" / "prometheus"
+DASHBOARDS = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
+CANARY_TARGET_S = 4.0  # ingested -> searchable p95 target of the index issue
+
+
+def _promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, cwd=PROMETHEUS, timeout=120)
+
+
+def test_promtool_accepts_the_rules_the_config_and_the_rule_unit_tests() -> None:
+    for args in (
+        ("check", "rules", *(str(p) for p in sorted((PROMETHEUS / "rules").glob("*.yml")))),
+        ("check", "config", "prometheus.yml"),
+        ("test", "rules", *(str(p) for p in sorted((PROMETHEUS / "tests").glob("*.yml")))),
+    ):
+        result = _promtool(*args)
+        assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    tested = {
+        case["alertname"]
+        for test in yaml.safe_load((PROMETHEUS / "tests" / "streamrag_test.yml").read_text())["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert tested == set(_alerts()), "every alert fires in a unit test"
+
+
+def _rules() -> list[dict]:
+    groups = yaml.safe_load((PROMETHEUS / "rules" / "streamrag.yml").read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def _alerts() -> dict[str, str]:
+    return {rule["alert"]: rule["expr"] for rule in _rules() if "alert" in rule}
+
+
+def _dashboard_expressions() -> list[str]:
+    return [
+        target["expr"]
+        for path in sorted(DASHBOARDS.glob("*.json"))
+        for panel in json.loads(path.read_text())["panels"]
+        for target in panel["targets"]
+    ]
+
+
+@pytest.fixture(scope="module")
+def observed(stack):
+    """ingest (replay, 10 events/s) -> stream -> pgvector -> API, the canary probe every 3 s, and Prometheus scraping
+    them every second, on the shared servers with their own topic, state and database."""
+    home = Path(tempfile.mkdtemp(prefix="streamrag-prom-"))
+    home.chmod(0o755)
+    suffix = uuid.uuid4().hex[:8]
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE app_{suffix}")
+    settings = stack.settings.model_copy(
+        update={
+            "home": home / ".streamrag",
+            "topic": f"raw-{suffix}",
+            "postgres_db": f"app_{suffix}",
+            "ingest_source": "replay",
+            "ingest_rate": 10.0,
+            "replay_port": free_port(),
+            "api_port": free_port(),
+            "ingest_metrics_port": free_port(),
+            "stream_metrics_port": free_port(),
+            "canary_metrics_port": free_port(),
+            "prometheus_port": free_port(),
+            "canary_interval_s": 3.0,
+            "dagster_report_interval_s": 0,
+            "stream_trigger_ms": 250,
+        }
+    )
+    settings.state_dir.mkdir(parents=True)
+    processes = {
+        "ingest": ingest_process(settings),
+        "stream": stream_process(settings),
+        "api": api_process(settings),
+        "canary": canary_process(settings),
+        "prometheus": prometheus_process(settings, scrape_interval_s=1.0),
+    }
+    try:
+        for proc in processes.values():
+            proc.env = {**settings.to_env(), **proc.env}
+            proc.start()
+        for proc in processes.values():
+            proc.wait_ready(240)
+        yield settings, processes
+    finally:
+        for proc in reversed(processes.values()):
+            proc.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _query(settings, expr: str) -> list[dict]:
+    response = httpx.get(f"{prometheus_url(settings)}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert response["status"] == "success", (expr, response)
+    return response["data"]["result"]
+
+
+def _value(settings, expr: str) -> float | None:
+    result = _query(settings, expr)
+    return float(result[0]["value"][1]) if result else None
+
+
+def _wait(condition, what: str, timeout_s: float = 180, settings=None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            logs = ""
+            if settings is not None:
+                logs = "\n".join(
+                    f"--- {p.name}\n{p.read_text(errors='replace')[-1500:]}"
+                    for p in sorted((settings.state_dir / "logs").glob("*.log"))
+                )
+            raise AssertionError(f"{what}\n{logs}")
+        time.sleep(1)
+
+
+def test_every_dashboard_and_rule_expression_returns_numbers(observed) -> None:
+    settings, _ = observed
+    _wait(
+        lambda: (_value(settings, 'streamrag_canary_probes_total{outcome="found"}') or 0) >= 3,
+        "the canary was not found three times",
+        settings=settings,
+    )
+    api = httpx.Client(base_url=settings.api_url, timeout=30)
+    for mode in ("hybrid", "vector", "keyword"):
+        assert api.post("/search", json={"query": "football league championship", "mode": mode}).status_code == 200
+    assert api.post("/answer", json={"query": "What changed on the EFL Championship page?"}).status_code == 200
+    assert api.post("/search", json={"query": ""}).status_code == 422
+    time.sleep(8)  # a few scrapes and rule evaluations after those requests
+
+    expressions = _dashboard_expressions() + [rule["expr"] for rule in _rules() if "record" in rule]
+    recorded = [rule["record"] for rule in _rules() if "record" in rule]
+    problems = []
+    for expr in expressions + recorded:
+        result = _query(settings, expr)
+        values = [float(sample["value"][1]) for sample in result]
+        if not values or any(math.isnan(v) for v in values):
+            problems.append(f"{expr!r} -> {values or 'no data'}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_canary_measures_searchable_latency_below_the_target(observed) -> None:
+    settings, _ = observed
+    _wait(lambda: (_value(settings, 'streamrag_canary_probes_total{outcome="found"}') or 0) >= 5, "too few canaries")
+    p95 = _value(settings, "streamrag:canary_searchable_seconds:p95_5m")
+    last = _value(settings, "streamrag_canary_last_searchable_seconds")
+    assert p95 is not None and last is not None
+    assert 0 < last < CANARY_TARGET_S and p95 < CANARY_TARGET_S, (last, p95)
+    probes = httpx.post(f"{settings.api_url}/search", json={"query": "streamrag canary probe", "top_k": 50}).json()
+    assert not any(hit["wiki"] == "streamrag_probe" for hit in probes["hits"]), "canaries stay out of user results"
+
+
+def test_stopping_the_stream_makes_the_lag_and_no_progress_alerts_fire(observed) -> None:
+    settings, processes = observed
+    processes["stream"].stop()
+
+    def states() -> dict[str, str]:
+        alerts = httpx.get(f"{prometheus_url(settings)}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return {a["labels"]["alertname"]: a["state"] for a in alerts}
+
+    _wait(lambda: {"StreamragLagGrowing", "StreamragNoProgress"} <= set(states()), f"alerts: {states()}", 240)
+    assert set(states().values()) <= {"pending", "firing"}
+    assert (_value(settings, "streamrag:consumer_lag:sum") or 0) > 50
