@@ -21,7 +21,7 @@ system-deps:
 	@./scripts/install-system-deps.sh
 
 up: install
-	$(BIN)/streamrag up
+	$(BIN)/streamrag up $(ARGS)
 
 down: install
 	$(BIN)/streamrag down
