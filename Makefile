@@ -21,6 +21,7 @@ system-deps:
 	@./scripts/install-system-deps.sh
 
 up: install
+	@case "$(ARGS)" in *--with-prometheus*) ./scripts/install-system-deps.sh ;; esac
 	$(BIN)/streamrag up $(ARGS)
 
 down: install

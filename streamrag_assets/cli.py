@@ -83,7 +83,7 @@ def up(
     )
     try:
         supervisor.start()
-    except ServiceError as exc:
+    except (ServiceError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from None
     typer.echo("")
     typer.secho("streamrag is up:", bold=True)
