@@ -3,7 +3,7 @@
     .venv/bin/python -m benchmarks.index_freshness --docs 1500 --rate 50 --seconds 120
 
 In one run, on an embedded broker, object store and Postgres:
-1. throughput: the raw model (`Embedder.embed`, batch 16) vs. the whole index stage (`DocumentIndex.index`: hash
+1. throughput: the raw model (`Embedder.embed`, batch 8) vs. the whole index stage (`DocumentIndex.index`: hash
    lookup, embed, upsert in one transaction) on the same synthetic Gold documents, in micro-batches of
    ``--stage-batch`` documents, into a fresh table;
 2. freshness: `streamrag ingest --source replay --rate R` and `streamrag stream` (continuous) run as `up` runs them;

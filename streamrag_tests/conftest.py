@@ -133,3 +133,21 @@ def stack() -> Iterator[EmbeddedStack]:
     finally:
         embedded.stop_all()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium (Debian's chromium and chromedriver) driven by Selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -448,23 +448,6 @@ def test_no_request_makes_a_server_error(api_schema) -> None:
 
 
 # --- the UI in a real headless Chromium -----------------------------------------------------------------------------
-@pytest.fixture
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1100"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_event_text_as_text(
     pipeline, browser
 ) -> None:
