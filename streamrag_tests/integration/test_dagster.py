@@ -122,12 +122,13 @@ def test_webserver_answers_with_the_asset_graph(stack, browser) -> None:
         # What an operator sees: the lineage graph and an asset page with its freshness policy, in a real browser.
         docs = Path(os.environ.get("STREAMRAG_DOCS_DIR", settings.state_dir / "docs"))
         docs.mkdir(parents=True, exist_ok=True)
-        _page_shows(browser, f"{settings.dagster_url}/asset-groups/medallion", ASSETS[1:])
+        _page_shows(browser, f"{settings.dagster_url}/asset-groups~group%3A%22medallion%22", ASSETS[1:])
         time.sleep(2)  # let the graph finish its layout before the picture
         browser.save_screenshot(str(docs / "dagster-lineage.png"))
-        page = _page_shows(browser, f"{settings.dagster_url}/assets/gold_documents", ("gold_documents",))
+        page = _page_shows(
+            browser, f"{settings.dagster_url}/assets/gold_documents", ("gold_documents", "Freshness policy")
+        )
         assert "onboarding" not in page.lower(), "no first-run popup covers the page"
-        _page_shows(browser, f"{settings.dagster_url}/assets/gold_documents", ("Freshness",))
         browser.save_screenshot(str(docs / "dagster-asset-freshness.png"))
     finally:
         webserver.stop()
