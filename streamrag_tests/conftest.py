@@ -61,6 +61,8 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
         "replay_port": free_port(),
         "ingest_metrics_port": free_port(),
         "stream_metrics_port": free_port(),
+        "canary_metrics_port": free_port(),
+        "prometheus_port": free_port(),
         "ingest_source": "replay",
         "startup_timeout_s": 90,
     }

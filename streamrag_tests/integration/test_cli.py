@@ -81,6 +81,7 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
             "dagster-webserver",
             "dagster-daemon",
             "api",
+            "canary",
         }
         assert all(r["up"] for r in rows), rows
         assert next(r for r in rows if r["name"] == "postgres")["data_bytes"] > 1_000_000

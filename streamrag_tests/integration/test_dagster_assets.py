@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -337,3 +338,118 @@ def test_a_backfill_from_the_cli_runs_through_the_daemon_and_restores_lost_docum
     assert runs and all(run.is_success for run in runs), [(run.run_id, run.status) for run in runs]
     assert set(hours) <= instance.get_materialized_partitions(GOLD)
     assert len(delta.read("gold")) == events_before and _stored_doc_ids(env) == docs_before
+
+
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def test_the_daemon_runs_what_the_sensor_and_the_webserver_launch(materialized, env) -> None:
+    """With the webserver and the daemon up: new events in the topic make the Kafka sensor launch a run that brings
+    the tables up to the new head; a replay job and a partition backfill launched through the webserver's GraphQL
+    (what the UI does) complete, and Gold and pgvector reconcile."""
+    from streamrag_assets.defs.ingest.sensors import topic_heads
+    from streamrag_assets.services.dagster import dagster_webserver_process
+
+    delta = DeltaTables(env.state_dir / "delta")
+    hours = sorted(_gold_hours(delta))
+    docs_before, gold_before = _stored_doc_ids(env), len(delta.read("gold"))
+    instance = dg.DagsterInstance.get()
+    runs_before = {run.run_id for run in instance.get_runs()}
+    webserver, daemon = dagster_webserver_process(env), dagster_daemon_process(env)
+    for proc in (webserver, daemon):
+        proc.env = {**env.to_env(), **proc.env}
+
+    def graphql(query: str, variables: dict) -> dict:
+        response = httpx.post(f"{env.dagster_url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    def finished(run_ids: set[str], timeout_s: float = 420) -> list:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
+            if runs and all(run.is_finished for run in runs):
+                return runs
+            assert time.monotonic() < deadline, [(r.job_name, r.status) for r in runs]
+            time.sleep(2)
+
+    from kafka import KafkaProducer
+
+    from streamrag_assets.ingest.sources import synthetic_event
+
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap_servers, acks="all")
+    for seq in range(200):  # new events arrive
+        producer.send(env.topic, value=synthetic_event(seq, seed=99).encode())
+    producer.flush()
+    producer.close()
+    heads = topic_heads(env.bootstrap_servers, env.topic)
+    webserver.start()
+    daemon.start()
+    try:
+        webserver.wait_ready(120)
+        # 1. the sensor: a run of medallion_job for the new range, keyed by it
+        deadline = time.monotonic() + 240
+        while not (sensor_runs := [r for r in instance.get_runs() if r.run_id not in runs_before]):
+            assert time.monotonic() < deadline, "the sensor launched no run"
+            time.sleep(2)
+        [sensor_run] = finished({sensor_runs[0].run_id})
+        assert sensor_run.job_name == "medallion_job" and sensor_run.is_success, sensor_run.status
+        bronze = instance.get_latest_materialization_event(BRONZE).asset_materialization.metadata
+        assert {int(p): o for p, o in bronze["next_offsets"].value.items()} == heads, "fresh up to the new head"
+
+        # 2. a replay job, as the launchpad sends it
+        lost_events, lost_docs = _lose_documents(env, fraction=5)
+        selector = {"repositoryLocationName": "streamrag", "repositoryName": "__repository__"}
+        launched = graphql(
+            LAUNCH_RUN,
+            {
+                "params": {
+                    "selector": selector | {"jobName": "reembed_job"},
+                    "runConfigData": {"ops": {"reembed_op": {"config": {"retry_dead_letters": True}}}},
+                }
+            },
+        )["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        [replay_run] = finished({launched["run"]["runId"]})
+        assert replay_run.is_success
+        # 3. a partition backfill of the hourly assets, as the asset page's dialog sends it
+        backfill = graphql(
+            LAUNCH_BACKFILL,
+            {
+                "params": {
+                    "assetSelection": [{"path": ["gold_documents"]}, {"path": ["document_embeddings"]}],
+                    "partitionNames": hours,
+                    "fromFailure": False,
+                }
+            },
+        )["launchPartitionBackfill"]
+        assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
+        deadline = time.monotonic() + 300
+        while not (
+            backfill_runs := instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill["backfillId"]}))
+        ):
+            assert time.monotonic() < deadline, "the backfill launched no run"
+            time.sleep(2)
+        assert all(run.is_success for run in finished({run.run_id for run in backfill_runs}))
+    finally:
+        daemon.stop()
+        webserver.stop()
+    assert lost_events and lost_docs
+    assert _stored_doc_ids(env) >= docs_before, "the replay job re-embedded the lost documents"
+    assert len(delta.read("gold")) >= gold_before, "the backfill restored Gold"
