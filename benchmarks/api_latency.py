@@ -51,7 +51,7 @@ from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, query_term
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.models import Document
-from streamrag_assets.index.store import DocumentIndex
+from streamrag_assets.index.store import DOCUMENT_FIELDS, DocumentIndex
 from streamrag_assets.services.api import api_process
 from streamrag_tests.conftest import EmbeddedStack, isolated_settings
 
@@ -116,30 +116,7 @@ _WHEN = re.compile(r" at \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\.")
 _SIZE = re.compile(r"\(([+-][\d,]+) bytes, now ([\d,]+) bytes\)")
 _SUFFIX = re.compile(r" \(\d+\)$")
 _VECTOR_LITERAL = re.compile(r"'\[[^\]]*\]'::vector")
-_COPY_COLUMNS = (
-    "doc_id",
-    "embedding",
-    "text",
-    "title",
-    "page_url",
-    "diff_url",
-    "wiki",
-    "lang",
-    "namespace",
-    "type",
-    "op",
-    "event_time",
-    "bot",
-    "quality_flags",
-    "content_hash",
-    "event_id",
-    "partition",
-    "offset",
-    "ingested_at",
-    "transform_version",
-    "model_name",
-    "indexed_at",
-)
+_COPY_COLUMNS = ("doc_id", "embedding", *DOCUMENT_FIELDS, "model_name", "indexed_at")
 
 
 def _retimed(text_: str, when: datetime) -> str:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +69,26 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def separate_platform(stack, prefix: str, dagster_db: bool = False, **overrides: object) -> Settings:
+    """Settings of a platform of its own on the shared test servers: its own state directory (under a fresh
+    temporary directory: remove ``settings.home.parent`` when done), topic and app database (and Dagster database)."""
+    home = Path(tempfile.mkdtemp(prefix=f"streamrag-{prefix}-"))
+    home.chmod(0o755)
+    suffix = uuid.uuid4().hex[:8]
+    from streamrag_assets.services.postgres import admin_connect
+
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE app_{suffix}")
+        if dagster_db:
+            conn.execute(f"CREATE DATABASE dagster_{suffix}")
+    names = {"home": home / ".streamrag", "topic": f"raw-{suffix}", "postgres_db": f"app_{suffix}"}
+    if dagster_db:
+        names["postgres_dagster_db"] = f"dagster_{suffix}"
+    settings = stack.settings.model_copy(update=names | overrides)
+    settings.state_dir.mkdir(parents=True)
+    return settings
 
 
 def run_cli(

@@ -34,7 +34,8 @@ from streamrag_assets.metrics import (
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = (
+# The Gold fields stored with each document (besides doc_id, the embedding and the model name).
+DOCUMENT_FIELDS = (
     "text",
     "title",
     "page_url",
@@ -158,7 +159,7 @@ class DocumentIndex:
                 if vector is None:
                     continue
                 pending.append(
-                    {c: row.get(c) for c in _COLUMNS}
+                    {c: row.get(c) for c in DOCUMENT_FIELDS}
                     | {
                         "doc_id": row["doc_id"],
                         "embedding": vector,
@@ -182,7 +183,7 @@ class DocumentIndex:
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=[Document.doc_id],
-                set_={c: statement.excluded[c] for c in (*_COLUMNS, "embedding", "model_name")}
+                set_={c: statement.excluded[c] for c in (*DOCUMENT_FIELDS, "embedding", "model_name")}
                 | {"indexed_at": statement.excluded.indexed_at},
                 where=(Document.content_hash != statement.excluded.content_hash)
                 | (Document.model_name != statement.excluded.model_name),

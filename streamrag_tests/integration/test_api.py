@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -26,9 +25,8 @@ from schemathesis.checks import not_a_server_error
 from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.services.api import api_process
 from streamrag_assets.services.ingest import ingest_process
-from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
-from streamrag_tests.conftest import free_port
+from streamrag_tests.conftest import free_port, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -97,27 +95,18 @@ def produce(settings, *events: dict) -> list[tuple[int, int]]:
 def pipeline(stack):
     """ingest (bundled recording, replayed at 5 events/s) -> stream -> pgvector -> API, on the shared servers with
     its own topic, state and database."""
-    home = Path(tempfile.mkdtemp(prefix="streamrag-api-"))
-    home.chmod(0o755)
-    suffix = uuid.uuid4().hex[:8]
-    with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE app_{suffix}")
-    settings = stack.settings.model_copy(
-        update={
-            "home": home / ".streamrag",
-            "topic": f"raw-{suffix}",
-            "postgres_db": f"app_{suffix}",
-            "ingest_source": "replay",
-            "ingest_rate": 5.0,
-            "replay_port": free_port(),
-            "api_port": free_port(),
-            "ingest_metrics_port": 0,
-            "stream_metrics_port": 0,
-            "dagster_report_interval_s": 0,
-            "stream_trigger_ms": 250,
-        }
+    settings = separate_platform(
+        stack,
+        "api",
+        ingest_source="replay",
+        ingest_rate=5.0,
+        replay_port=free_port(),
+        api_port=free_port(),
+        ingest_metrics_port=0,
+        stream_metrics_port=0,
+        dagster_report_interval_s=0,
+        stream_trigger_ms=250,
     )
-    settings.state_dir.mkdir(parents=True)
     processes = [ingest_process(settings), stream_process(settings), api_process(settings)]
     try:
         for proc in processes:
@@ -136,7 +125,7 @@ def pipeline(stack):
     finally:
         for proc in reversed(processes):
             proc.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(settings.home.parent, ignore_errors=True)
 
 
 def _logs(settings, chars: int = 3000) -> str:

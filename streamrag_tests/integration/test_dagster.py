@@ -16,19 +16,21 @@ from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
 
+ASSETS = (
+    "wikimedia_recentchange",
+    "bronze_events",
+    "silver_events",
+    "silver_quarantine",
+    "gold_documents",
+    "document_embeddings",
+)
+
 
 def test_definitions_load() -> None:
     from streamrag_assets.definitions import defs
 
     specs = {spec.key.to_user_string(): spec for spec in defs.resolve_all_asset_specs()}
-    assert set(specs) == {
-        "wikimedia_recentchange",
-        "bronze_events",
-        "silver_events",
-        "silver_quarantine",
-        "gold_documents",
-        "document_embeddings",
-    }
+    assert set(specs) == set(ASSETS)
     for name, spec in specs.items():
         assert spec.description and spec.owners and spec.kinds, name
         if name != "wikimedia_recentchange":
@@ -60,16 +62,6 @@ def test_dagster_definitions_validate(stack) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "streamrag" in result.stdout + result.stderr
-
-
-ASSETS = (
-    "wikimedia_recentchange",
-    "bronze_events",
-    "silver_events",
-    "silver_quarantine",
-    "gold_documents",
-    "document_embeddings",
-)
 
 
 def _page_shows(browser, url: str, texts: tuple[str, ...], timeout_s: float = 90) -> str:

@@ -4,13 +4,10 @@ and freshness alerts posted by the real daemon to a real local webhook."""
 import json
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import dagster as dg
 import httpx
@@ -20,9 +17,8 @@ from sqlalchemy import create_engine, text
 from benchmarks.medallion_throughput import fill_topic
 from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
 from streamrag_assets.services.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
-from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.streaming.delta import DeltaTables
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port
+from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -32,30 +28,20 @@ EVENTS = 600
 @pytest.fixture(scope="module")
 def platform(stack):
     """Settings of a separate platform on the shared servers: own topic, state, app and Dagster databases."""
-    home = Path(tempfile.mkdtemp(prefix="streamrag-dagster-"))
-    home.chmod(0o755)
-    suffix = uuid.uuid4().hex[:8]
-    with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE app_{suffix}")
-        conn.execute(f"CREATE DATABASE dagster_{suffix}")
-    settings = stack.settings.model_copy(
-        update={
-            "home": home / ".streamrag",
-            "topic": f"raw-{suffix}",
-            "postgres_db": f"app_{suffix}",
-            "postgres_dagster_db": f"dagster_{suffix}",
-            "stream_metrics_port": 0,
-            "ingest_metrics_port": 0,
-            "dagster_port": free_port(),
-            "sensor_interval_s": 2,
-            "freshness_warn_minutes": 1.0,  # Dagster's shortest windows
-            "freshness_fail_minutes": 1.25,
-        }
+    settings = separate_platform(
+        stack,
+        "dagster",
+        dagster_db=True,
+        stream_metrics_port=0,
+        ingest_metrics_port=0,
+        dagster_port=free_port(),
+        sensor_interval_s=2,
+        freshness_warn_minutes=1.0,  # Dagster's shortest windows
+        freshness_fail_minutes=1.25,
     )
-    settings.state_dir.mkdir(parents=True)
     fill_topic(settings, EVENTS)
     yield settings
-    shutil.rmtree(home, ignore_errors=True)
+    shutil.rmtree(settings.home.parent, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,10 +9,7 @@ import json
 import math
 import shutil
 import subprocess
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,9 +18,8 @@ import yaml
 from streamrag_assets.services.api import api_process
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.observability import canary_process, prometheus_process, prometheus_url
-from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
-from streamrag_tests.conftest import PROJECT_ROOT, free_port
+from streamrag_tests.conftest import PROJECT_ROOT, free_port, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -74,30 +70,21 @@ def _dashboard_expressions() -> list[str]:
 def observed(stack):
     """ingest (replay, 10 events/s) -> stream -> pgvector -> API, the canary probe every 3 s, and Prometheus scraping
     them every second, on the shared servers with their own topic, state and database."""
-    home = Path(tempfile.mkdtemp(prefix="streamrag-prom-"))
-    home.chmod(0o755)
-    suffix = uuid.uuid4().hex[:8]
-    with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE app_{suffix}")
-    settings = stack.settings.model_copy(
-        update={
-            "home": home / ".streamrag",
-            "topic": f"raw-{suffix}",
-            "postgres_db": f"app_{suffix}",
-            "ingest_source": "replay",
-            "ingest_rate": 10.0,
-            "replay_port": free_port(),
-            "api_port": free_port(),
-            "ingest_metrics_port": free_port(),
-            "stream_metrics_port": free_port(),
-            "canary_metrics_port": free_port(),
-            "prometheus_port": free_port(),
-            "canary_interval_s": 3.0,
-            "dagster_report_interval_s": 0,
-            "stream_trigger_ms": 250,
-        }
+    settings = separate_platform(
+        stack,
+        "prom",
+        ingest_source="replay",
+        ingest_rate=10.0,
+        replay_port=free_port(),
+        api_port=free_port(),
+        ingest_metrics_port=free_port(),
+        stream_metrics_port=free_port(),
+        canary_metrics_port=free_port(),
+        prometheus_port=free_port(),
+        canary_interval_s=3.0,
+        dagster_report_interval_s=0,
+        stream_trigger_ms=250,
     )
-    settings.state_dir.mkdir(parents=True)
     processes = {
         "ingest": ingest_process(settings),
         "stream": stream_process(settings),
@@ -115,7 +102,7 @@ def observed(stack):
     finally:
         for proc in reversed(processes.values()):
             proc.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(settings.home.parent, ignore_errors=True)
 
 
 def _query(settings, expr: str) -> list[dict]:
