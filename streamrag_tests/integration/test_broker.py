@@ -110,7 +110,7 @@ def test_a_range_ending_in_offsets_without_records_is_read_to_its_end(stack) -> 
         head = kafka_offsets.high_watermarks(consumer, [tp])[0]
         assert head > 5, f"the commit marker takes an offset (head {head})"
         started = time.monotonic()
-        rows = list(kafka_source.read_range(consumer, kafka_source.KafkaRange(bootstrap, topic, 0, 0, head)))
+        rows = list(kafka_source.read_ranges(consumer, [kafka_source.KafkaRange(bootstrap, topic, 0, 0, head)]))
     finally:
         consumer.close()
     assert [row[5] for row in rows] == [str(i).encode() for i in range(5)]

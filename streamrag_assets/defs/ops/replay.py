@@ -77,7 +77,7 @@ def reembed_op(context: dg.OpExecutionContext, config: ReembedConfig) -> dict:
     settings = get_settings()
     since = datetime.fromisoformat(config.since.replace("Z", "+00:00")) if config.since else None
     until = datetime.fromisoformat(config.until.replace("Z", "+00:00")) if config.until else None
-    index = DocumentIndex(settings.app_database_url, get_embedder(settings.embedding_model_path))
+    index = DocumentIndex(settings.app_database_url, get_embedder(settings))
 
     def progress(done: int, total: int, so_far) -> None:
         context.log.info(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")

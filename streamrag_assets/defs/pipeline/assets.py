@@ -237,7 +237,7 @@ def hourly_reconcile(context: dg.AssetExecutionContext):
             metadata={**counts, "hours": len(hours), "dagster/column_lineage": COLUMN_LINEAGE[GOLD]},
         )
     if EMBEDDINGS in context.selected_asset_keys:
-        index = DocumentIndex(settings.app_database_url, get_embedder(settings.embedding_model_path))
+        index = DocumentIndex(settings.app_database_url, get_embedder(settings))
 
         def progress(done: int, total: int, so_far) -> None:
             context.log.info(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")
