@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 APP_ID = "streamrag-medallion"
 EPOCH_STRIDE = 1_000_000_000  # batch keys: epoch * stride + Spark batch id, unique across checkpoints
+CATCH_UP_CHUNK = 2_000  # Gold rows per index transaction when catching up after a restart
 
 
 @dataclass
@@ -223,24 +224,23 @@ class MedallionBatch:
         if last_committed is None:
             return 0
         committed_key = self.epoch * EPOCH_STRIDE + last_committed
+        # No progress yet (a first start, or an index that was disabled): every Gold batch is checked; documents
+        # already indexed with the same content cost a lookup, not an embedding.
         done = self.index.progress(self.progress_name)
-        if done is None:  # the first start that records progress: batches before it were indexed in-batch
-            self.index.set_progress(self.progress_name, committed_key)
-            return 0
+        done = -1 if done is None else done
         if done >= committed_key:
             return 0
         import pyarrow.dataset as ds
 
         gold = self.delta.read("gold", None, (ds.field("batch_id") > done) & (ds.field("batch_id") <= committed_key))
-        log.info(
-            "indexing %d Gold document(s) of batches %d..%d committed before the restart",
-            len(gold),
-            done + 1,
-            committed_key,
-        )
+        gold = gold.sort_by([("batch_id", "ascending")])
         if len(gold):
-            self.index.index(gold.to_pylist(), progress=(self.progress_name, committed_key))
-        else:
+            log.info("indexing the %d Gold document(s) of batches Spark committed before this start", len(gold))
+        for start in range(0, len(gold), CATCH_UP_CHUNK):
+            chunk = gold.slice(start, CATCH_UP_CHUNK).to_pylist()
+            last = start + CATCH_UP_CHUNK >= len(gold)
+            self.index.index(chunk, progress=(self.progress_name, committed_key) if last else None)
+        if not len(gold):
             self.index.set_progress(self.progress_name, committed_key)
         return len(gold)
 
