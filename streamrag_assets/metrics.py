@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 # Latency buckets from 5 ms to 2 min: produce acks are milliseconds, source delay can be minutes.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 15, 30, 60, 120)
 
 # --- ingest (SSE -> Kafka) ----------------------------------------------------------------------------------------
 INGEST_EVENTS_RECEIVED = Counter("streamrag_ingest_events_received", "Events read from the SSE source.", ["source"])
