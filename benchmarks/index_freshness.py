@@ -35,7 +35,7 @@ from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
 from streamrag_assets.services.supervisor import migrate_documents
 from streamrag_assets.streaming.refine import Rejected, document, parse_event
-from streamrag_tests.conftest import EmbeddedStack, isolated_settings
+from streamrag_tests.conftest import EmbeddedStack, isolated_settings, running
 
 
 def gold_documents(count: int) -> list[dict]:
@@ -84,42 +84,38 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
     migrate_documents(settings)
     engine = create_engine(settings.app_database_url)
     processes = [ingest_process(settings), stream_process(settings)]
-    for proc in processes:
-        proc.env = {**settings.to_env(), **proc.env}
-        proc.start()
-    for proc in processes:
-        proc.wait_ready(180)
     delays: list[float] = []
     seen: set[str] = set()
     try:
-        deadline = time.monotonic() + 300
-        with engine.connect() as conn:
-            while not conn.execute(text("SELECT count(*) FROM documents")).scalar():
-                assert time.monotonic() < deadline, "no document became searchable within 300 s"
-                time.sleep(0.5)
-                conn.rollback()
-        started = time.monotonic()
-        measuring_from = None
-        with engine.connect() as conn:
-            while time.monotonic() - started < warmup_s + seconds:
-                rows = conn.execute(
-                    text("SELECT doc_id, ingested_at FROM documents WHERE indexed_at > now() - interval '60 seconds'")
-                ).all()
-                conn.rollback()  # a fresh snapshot each poll
-                now = datetime.now(UTC)
-                if measuring_from is None and time.monotonic() - started >= warmup_s:
-                    measuring_from = now
-                for doc_id, ingested_at in rows:
-                    if doc_id in seen:
-                        continue
-                    seen.add(doc_id)
-                    if measuring_from is not None and ingested_at is not None and ingested_at >= measuring_from:
-                        delays.append((now - ingested_at).total_seconds())
-                time.sleep(0.05)
-        rss = {p.name: _rss_mib(p) for p in processes}
+        with running(settings, processes, timeout_s=180):
+            deadline = time.monotonic() + 300
+            with engine.connect() as conn:
+                while not conn.execute(text("SELECT count(*) FROM documents")).scalar():
+                    assert time.monotonic() < deadline, "no document became searchable within 300 s"
+                    time.sleep(0.5)
+                    conn.rollback()
+            started = time.monotonic()
+            measuring_from = None
+            with engine.connect() as conn:
+                while time.monotonic() - started < warmup_s + seconds:
+                    rows = conn.execute(
+                        text(
+                            "SELECT doc_id, ingested_at FROM documents WHERE indexed_at > now() - interval '60 seconds'"
+                        )
+                    ).all()
+                    conn.rollback()  # a fresh snapshot each poll
+                    now = datetime.now(UTC)
+                    if measuring_from is None and time.monotonic() - started >= warmup_s:
+                        measuring_from = now
+                    for doc_id, ingested_at in rows:
+                        if doc_id in seen:
+                            continue
+                        seen.add(doc_id)
+                        if measuring_from is not None and ingested_at is not None and ingested_at >= measuring_from:
+                            delays.append((now - ingested_at).total_seconds())
+                    time.sleep(0.05)
+            rss = {p.name: _rss_mib(p) for p in processes}
     finally:
-        for proc in reversed(processes):
-            proc.stop()
         engine.dispose()
     delays.sort()
     return {

@@ -64,7 +64,7 @@ class Services:
         self.engine = create_engine(
             self.settings.app_database_url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=5
         )
-        self.embedder = get_embedder(self.settings, threads=1)
+        self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
         self.searcher = Searcher(self.engine, self.embedder)
         url = make_url(self.settings.app_database_url).set(drivername="postgresql")
         self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine)
@@ -78,12 +78,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade, services.settings.app_database_url)
     except (OperationalError, DBAPIError) as exc:
         log.warning("could not migrate the documents database yet (%s); requests will say so", exc)
-    try:
-        import torch
-
-        torch.set_num_threads(1)  # many small requests at once: one core each, not two fighting over both
-    except ImportError:
-        pass
     await asyncio.to_thread(services.embedder.embed, ["warm-up"])  # load the model before the first question
     services.feed.start()
     try:

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,22 @@ def separate_platform(stack, prefix: str, dagster_db: bool = False, **overrides:
     settings = stack.settings.model_copy(update=names | overrides)
     settings.state_dir.mkdir(parents=True)
     return settings
+
+
+@contextmanager
+def running(settings: Settings, processes: list[ManagedProcess], timeout_s: float = 240) -> Iterator[None]:
+    """Start ``processes`` with ``settings`` in their environment, wait until each is ready, and stop them (the last
+    first) when the block ends, however it ends."""
+    try:
+        for proc in processes:
+            proc.env = {**settings.to_env(), **proc.env}
+            proc.start()
+        for proc in processes:
+            proc.wait_ready(timeout_s)
+        yield
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
 
 
 def run_cli(

@@ -181,8 +181,6 @@ class IndexWorker:
                 )
                 self._failure = exc
                 return
-            finally:
-                self._queue.task_done()
 
 
 class MedallionBatch:

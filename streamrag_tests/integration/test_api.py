@@ -26,7 +26,7 @@ from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.services.api import api_process
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.stream import stream_process
-from streamrag_tests.conftest import free_port, separate_platform
+from streamrag_tests.conftest import free_port, running, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -109,22 +109,16 @@ def pipeline(stack):
     )
     processes = [ingest_process(settings), stream_process(settings), api_process(settings)]
     try:
-        for proc in processes:
-            proc.env = {**settings.to_env(), **proc.env}
-            proc.start()
-        for proc in processes:
-            proc.wait_ready(240)
-        client = httpx.Client(base_url=settings.api_url, timeout=30)
-        deadline = time.monotonic() + 240
-        while (freshness := client.get("/freshness")).status_code != 200 or freshness.json()["documents"] < 20:
-            assert time.monotonic() < deadline, (
-                f"the replay did not become searchable: {freshness.text}\n{_logs(settings)}"
-            )
-            time.sleep(1)
-        yield settings, client
+        with running(settings, processes):
+            client = httpx.Client(base_url=settings.api_url, timeout=30)
+            deadline = time.monotonic() + 240
+            while (freshness := client.get("/freshness")).status_code != 200 or freshness.json()["documents"] < 20:
+                assert time.monotonic() < deadline, (
+                    f"the replay did not become searchable: {freshness.text}\n{_logs(settings)}"
+                )
+                time.sleep(1)
+            yield settings, client
     finally:
-        for proc in reversed(processes):
-            proc.stop()
         shutil.rmtree(settings.home.parent, ignore_errors=True)
 
 

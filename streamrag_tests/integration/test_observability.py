@@ -19,7 +19,7 @@ from streamrag_assets.services.api import api_process
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.observability import canary_process, prometheus_process, prometheus_url
 from streamrag_assets.services.stream import stream_process
-from streamrag_tests.conftest import PROJECT_ROOT, free_port, separate_platform
+from streamrag_tests.conftest import PROJECT_ROOT, free_port, running, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -93,15 +93,9 @@ def observed(stack):
         "prometheus": prometheus_process(settings, scrape_interval_s=1.0),
     }
     try:
-        for proc in processes.values():
-            proc.env = {**settings.to_env(), **proc.env}
-            proc.start()
-        for proc in processes.values():
-            proc.wait_ready(240)
-        yield settings, processes
+        with running(settings, list(processes.values())):
+            yield settings, processes
     finally:
-        for proc in reversed(processes.values()):
-            proc.stop()
         shutil.rmtree(settings.home.parent, ignore_errors=True)
 
 
