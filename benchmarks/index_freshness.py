@@ -23,7 +23,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from streamrag_assets.index.embedder import get_embedder
@@ -34,6 +36,7 @@ from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
 from streamrag_assets.services.supervisor import migrate_documents
+from streamrag_assets.streaming.pipeline import tables
 from streamrag_assets.streaming.refine import Rejected, document, parse_event
 from streamrag_tests.conftest import EmbeddedStack, isolated_settings, running
 
@@ -85,6 +88,7 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
     engine = create_engine(settings.app_database_url)
     processes = [ingest_process(settings), stream_process(settings)]
     delays: list[float] = []
+    measured: dict[tuple[int, int], tuple[datetime, datetime]] = {}
     seen: set[str] = set()
     try:
         with running(settings, processes, timeout_s=180):
@@ -96,25 +100,31 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
                     conn.rollback()
             started = time.monotonic()
             measuring_from = None
+            stages_before = None
             with engine.connect() as conn:
                 while time.monotonic() - started < warmup_s + seconds:
                     rows = conn.execute(
                         text(
-                            "SELECT doc_id, ingested_at FROM documents WHERE indexed_at > now() - interval '60 seconds'"
+                            'SELECT doc_id, ingested_at, "partition", "offset" FROM documents '
+                            "WHERE indexed_at > now() - interval '60 seconds'"
                         )
                     ).all()
                     conn.rollback()  # a fresh snapshot each poll
                     now = datetime.now(UTC)
                     if measuring_from is None and time.monotonic() - started >= warmup_s:
                         measuring_from = now
-                    for doc_id, ingested_at in rows:
+                        stages_before = _stage_sums(settings)
+                    for doc_id, ingested_at, partition, offset in rows:
                         if doc_id in seen:
                             continue
                         seen.add(doc_id)
                         if measuring_from is not None and ingested_at is not None and ingested_at >= measuring_from:
                             delays.append((now - ingested_at).total_seconds())
+                            measured[(partition, offset)] = (ingested_at, now)
                     time.sleep(0.05)
             rss = {p.name: _rss_mib(p) for p in processes}
+            stages = _stage_means(stages_before, _stage_sums(settings))
+            split = _split_at_batch_start(settings, measured)
     finally:
         engine.dispose()
     delays.sort()
@@ -126,7 +136,75 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
         "p99_s": round(delays[int(0.99 * (len(delays) - 1))], 3),
         "max_s": round(delays[-1], 3),
         "rss_mib": rss,
+        "split_at_batch_start": split,
+        "stream_stages": stages,
     }
+
+
+def _split_at_batch_start(settings, measured: dict[tuple[int, int], tuple[datetime, datetime]]) -> dict:
+    """Each measured document's delay cut in two at its micro-batch's start (Bronze's ``written_at`` is Spark's
+    batch timestamp): waiting to be picked up by a batch, then the batch and the index until searchable."""
+    bronze = tables(settings).read("bronze", ["partition", "offset", "written_at"])
+    started = {
+        (p, o): w
+        for p, o, w in zip(*(bronze[c].to_pylist() for c in ("partition", "offset", "written_at")), strict=True)
+    }
+    waiting, processing = [], []
+    for key, (ingested_at, seen_at) in measured.items():
+        batch_start = started.get(key)
+        if batch_start is not None:
+            batch_start = batch_start if batch_start.tzinfo else batch_start.replace(tzinfo=UTC)
+            waiting.append((batch_start - ingested_at).total_seconds())
+            processing.append((seen_at - batch_start).total_seconds())
+    if not waiting:
+        return {}
+    return {
+        "docs": len(waiting),
+        "ingested_to_batch_start_p50_s": round(statistics.median(waiting), 3),
+        "batch_start_to_searchable_p50_s": round(statistics.median(processing), 3),
+    }
+
+
+# Where a document's time goes: the producer's round trip, Spark's trigger phases, our foreachBatch stages, and the
+# index's embedding and database parts.
+STAGE_HISTOGRAMS = {
+    "ingest": ("streamrag_ingest_produce_latency_seconds",),
+    "stream": (
+        "streamrag_stream_trigger_phase_seconds",
+        "streamrag_stream_batch_duration_seconds",
+        "streamrag_index_embed_duration_seconds",
+        "streamrag_index_db_duration_seconds",
+    ),
+}
+
+
+def _stage_sums(settings) -> dict[tuple[str, str], list[float]]:
+    """[sum, count] of each stage histogram of the ingest and stream processes."""
+    ports = {"ingest": settings.ingest_metrics_port, "stream": settings.stream_metrics_port}
+    sums: dict[tuple[str, str], list[float]] = {}
+    for process, names in STAGE_HISTOGRAMS.items():
+        body = httpx.get(f"http://127.0.0.1:{ports[process]}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(body):
+            if family.name not in names:
+                continue
+            short = family.name.removeprefix("streamrag_").removesuffix("_seconds")
+            for sample in family.samples:
+                kind = sample.name.rsplit("_", 1)[-1]
+                if kind in ("sum", "count"):
+                    key = (short, next(iter(sample.labels.values()), "all"))
+                    sums.setdefault(key, [0.0, 0.0])[kind == "count"] = sample.value
+    return sums
+
+
+def _stage_means(before, after) -> dict[str, dict[str, float]]:
+    """Mean seconds and count per stage over the measured window, e.g. ``"0.176 s x 53"``."""
+    means: dict[str, dict[str, str]] = {}
+    for (family, stage), (total, count) in sorted(after.items()):
+        total0, count0 = (before or {}).get((family, stage), (0.0, 0.0))
+        if count > count0:
+            n = int(count - count0)
+            means.setdefault(family, {})[stage] = f"{(total - total0) / n:.3f} s x {n}"
+    return means
 
 
 def _rss_mib(proc) -> int:
@@ -144,6 +222,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50, help="Replay rate (events/s) for the freshness run.")
     parser.add_argument("--seconds", type=float, default=120, help="Measured seconds of the freshness run.")
     parser.add_argument("--warmup", type=float, default=20, help="Seconds ignored after the first document.")
+    parser.add_argument("--keep-logs", type=Path, help="Copy the processes' logs here before the stack is removed.")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
     home.chmod(0o755)
@@ -158,6 +237,8 @@ def main() -> None:
         print(json.dumps(result, indent=2))
     finally:
         stack.stop_all()
+        if args.keep_logs:
+            shutil.copytree(settings.state_dir / "logs", args.keep_logs, dirs_exist_ok=True)
         shutil.rmtree(home, ignore_errors=True)
 
 

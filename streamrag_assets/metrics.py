@@ -52,6 +52,12 @@ STREAM_QUARANTINED = Counter("streamrag_stream_quarantined", "Rows sent to quara
 STREAM_BATCH_DURATION = Histogram(
     "streamrag_stream_batch_duration_seconds", "Micro-batch time per stage.", ["stage"], buckets=LATENCY_BUCKETS
 )
+STREAM_TRIGGER_PHASE = Histogram(
+    "streamrag_stream_trigger_phase_seconds",
+    "Spark's own time per micro-batch trigger, by phase of its progress report (latestOffset, addBatch, ...).",
+    ["phase"],
+    buckets=LATENCY_BUCKETS,
+)
 STREAM_CONSUMER_LAG = Gauge(
     "streamrag_stream_consumer_lag", "Records in the topic not yet processed, per partition.", ["partition"]
 )

@@ -38,19 +38,32 @@ def topic_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.
         time.sleep(0.2)
 
 
-def high_watermarks(consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float = 10.0) -> dict[int, int]:
-    """Offset of the next record each partition will receive, taken from fetch responses."""
+def high_watermarks(
+    consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float = 10.0, near: dict[int, int] | None = None
+) -> dict[int, int]:
+    """Offset of the next record each partition will receive, taken from fetch responses (Tansu 0.6 answers
+    ListOffsets LATEST with the last batch's start, not the head).
+
+    A partition's mark is read only from a fetch that returned one of its records after this call's seek: the
+    consumer keeps the high watermark of whatever response it processed last, and a reused consumer's last response
+    can be seconds old (measured: heads 2.6 s behind the broker at 10 records/s). Partitions with no record at the
+    seek position take the mark of an empty response once a fetch wait has passed. The fetch starts at a
+    partition's beginning or, given the heads of an earlier call (``near``), at the last record below them, so the
+    broker answers with about one record at once instead of the partition's first batch."""
     consumer.assign(tps)
-    beginning = consumer.beginning_offsets(tps)
+    unknown = [tp for tp in tps if not near or near.get(tp.partition, 0) <= 0]
+    beginning = consumer.beginning_offsets(unknown) if unknown else {}
     for tp in tps:
-        consumer.seek(tp, beginning[tp])
-    deadline = time.monotonic() + timeout_s
+        consumer.seek(tp, beginning[tp] if tp in beginning else near[tp.partition] - 1)
+    began = time.monotonic()
+    deadline = began + timeout_s
     marks: dict[int, int] = {}
     while len(marks) < len(tps):
-        consumer.poll(timeout_ms=200, max_records=1, update_offsets=False)
+        fetched = consumer.poll(timeout_ms=200, update_offsets=False)
+        waited = time.monotonic() - began > 2 * consumer.config["fetch_max_wait_ms"] / 1000
         for tp in tps:
             mark = consumer.highwater(tp)
-            if mark is not None:
+            if tp.partition not in marks and mark is not None and (fetched.get(tp) or waited):
                 marks[tp.partition] = mark
         if time.monotonic() > deadline:
             missing = sorted({tp.partition for tp in tps} - set(marks))

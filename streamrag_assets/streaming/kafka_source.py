@@ -178,7 +178,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def latestOffset(self, start: Offsets, limit: ReadLimit) -> Offsets:
         consumer = self._admin_consumer()
         tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
-        heads = self._heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps))
+        near = {int(p): o for p, o in (self._heads or start).items()}
+        heads = self._heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps, near=near))
         if self._target is not None:
             # availableNow: nothing that arrived after the query started; batches still respect the limit.
             heads = {p: min(o, self._target.get(p, o)) for p, o in heads.items() if p in self._target}

@@ -29,8 +29,10 @@ from streamrag_assets.metrics import (
     STREAM_PROCESSED_OFFSET,
     STREAM_QUARANTINED,
     STREAM_ROWS,
+    STREAM_TRIGGER_PHASE,
 )
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.dedupe import SeenEvents
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.transforms import Layers, bronze_rows, refine, split_layers
 
@@ -197,6 +199,7 @@ class MedallionBatch:
         self.settings = settings
         self.epoch = epoch
         self.delta = tables(settings)
+        self.seen = SeenEvents(self.delta)
         self.on_batch = on_batch
         self.index = None
         self.worker: IndexWorker | None = None
@@ -251,9 +254,10 @@ class MedallionBatch:
             return
         with STREAM_BATCH_DURATION.labels("dedupe").time():
             # Rows this very batch wrote before a crash are not duplicates of themselves.
-            existing = self.delta.existing_event_ids(refined, exclude_batch=batch_key)
+            existing = self.seen.existing(refined, exclude_batch=batch_key)
             layers = split_layers(refined, existing, datetime.now(UTC))
         versions = write_layers(self.delta, layers, batch_key)
+        self.seen.add(layers.silver)
         record_counts(layers)
         offsets = _next_offsets(refined)
         for partition, done in offsets.items():  # lag itself is measured off the batch path (`StreamStatus.lag`)
@@ -307,6 +311,31 @@ def _next_offsets(refined: pa.Table) -> dict[int, int]:
     return offsets
 
 
+def _phase_listener():
+    """A listener that turns each trigger's progress report (``durationMs``: latestOffset, addBatch, walCommit, ...)
+    into `STREAM_TRIGGER_PHASE` observations: where Spark's fixed cost per micro-batch goes."""
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    class PhaseListener(StreamingQueryListener):
+        def onQueryStarted(self, event) -> None:
+            pass
+
+        def onQueryProgress(self, event) -> None:
+            for phase, ms in (event.progress.durationMs or {}).items():
+                STREAM_TRIGGER_PHASE.labels(phase).observe(ms / 1000)
+
+        def onQueryIdle(self, event) -> None:
+            pass
+
+        def onQueryTerminated(self, event) -> None:
+            pass
+
+    return PhaseListener()
+
+
+_LISTENING: set[int] = set()
+
+
 def start_query(
     settings: Settings,
     *,
@@ -319,6 +348,9 @@ def start_query(
     from streamrag_assets.streaming.spark import get_spark
 
     spark = get_spark(settings)
+    if id(spark) not in _LISTENING:
+        spark.streams.addListener(_phase_listener())
+        _LISTENING.add(id(spark))
     epoch = current_epoch(settings) if epoch is None else epoch
     checkpoint = checkpoint_root(settings) / f"epoch-{epoch}"
     checkpoint.mkdir(parents=True, exist_ok=True)

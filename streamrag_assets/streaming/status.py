@@ -23,6 +23,7 @@ class StreamStatus:
         self._last: BatchResult | None = None
         self._last_at: datetime | None = None
         self._consumer = None
+        self._heads: dict[int, int] | None = None
 
     def on_batch(self, result: BatchResult) -> None:
         with self._lock:
@@ -34,7 +35,7 @@ class StreamStatus:
             if self._consumer is None:
                 self._consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
             tps = kafka_offsets.topic_partitions(self._consumer, self.settings.topic, timeout_s=2)
-            heads = kafka_offsets.high_watermarks(self._consumer, tps, timeout_s=2)
+            heads = self._heads = kafka_offsets.high_watermarks(self._consumer, tps, timeout_s=2, near=self._heads)
         except Exception:  # the broker is down or slow: lag unknown, the heartbeat still goes out
             return None
         done = committed_offsets(self.settings)
