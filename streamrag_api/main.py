@@ -65,7 +65,7 @@ class Services:
             self.settings.app_database_url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=5
         )
         self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
-        self.searcher = Searcher(self.engine, self.embedder)
+        self.searcher = Searcher(self.engine, self.embedder, self.settings.keyword_rank_window)
         url = make_url(self.settings.app_database_url).set(drivername="postgresql")
         self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine)
 

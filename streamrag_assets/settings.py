@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     llm_model: str = "gpt-4o-mini"
     llm_api_key: SecretStr | None = None
     llm_timeout_s: float = Field(20.0, gt=0, description="How long /answer waits for the LLM before falling back.")
+    keyword_rank_window: int = Field(
+        1000,
+        ge=10,
+        description="Keyword search ranks the newest this many full-text matches (all of them when fewer match).",
+    )
     answer_min_similarity: float = Field(
         0.35, ge=-1, le=1, description="/answer reads only documents at least this similar to the question (cosine)."
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -79,10 +80,11 @@ class DocumentIndex:
         gold_rows: list[dict[str, Any]],
         attempts: dict[str, int] | None = None,
         progress: tuple[str, int] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> IndexResult:
         """``apply`` plus metrics: outcome counts and the ingested/event-time -> indexed latencies."""
         began = time.perf_counter()
-        result = self.apply(gold_rows, attempts, progress)
+        result = self.apply(gold_rows, attempts, progress, before_write)
         INDEX_DB_DURATION.observe(time.perf_counter() - began - result.embed_seconds)
         INDEX_EMBED_DURATION.observe(result.embed_seconds)
         for outcome in ("embedded", "upserted", "unchanged", "deleted", "renamed"):
@@ -110,9 +112,11 @@ class DocumentIndex:
         gold_rows: list[dict[str, Any]],
         attempts: dict[str, int] | None = None,
         progress: tuple[str, int] | None = None,
+        before_write: Callable[[], None] | None = None,
     ) -> IndexResult:
         """Apply Gold rows (in event order) in one transaction; ``attempts`` numbers re-tried dead letters;
-        ``progress`` = (stream, batch_key) is recorded in the same transaction (see `IndexProgress`)."""
+        ``progress`` = (stream, batch_key) is recorded in the same transaction (see `IndexProgress`);
+        ``before_write`` is called between embedding and the first write (the stream waits there for Gold)."""
         result = IndexResult()
         rows = sorted(gold_rows, key=lambda r: (r["event_time"], r["partition"], r["offset"]))
         with Session(self.engine) as session, session.begin():
@@ -134,6 +138,8 @@ class DocumentIndex:
             fresh = [r for r in upserts if known.get(r["doc_id"]) != (r["content_hash"], model)]
             result.unchanged = len(upserts) - len(fresh)
             vectors = self._embed(session, fresh, result, attempts or {})
+            if before_write is not None:
+                before_write()
             pending: list[dict[str, Any]] = []  # upserts, written together until an op on a page needs them
             for row in rows:
                 if row["op"] in ("delete", "rename"):

@@ -64,9 +64,8 @@ class SeenEvents:
     def existing(self, candidates: pa.Table, exclude_batch: int | None = None) -> set[str]:
         """The candidates' event_ids that Silver already holds, other than rows written by ``exclude_batch`` (the
         batch being re-run after a crash is not a duplicate of itself)."""
-        rows = candidates.select(["event_id", "event_date"]).filter(
-            pc.and_(pc.is_valid(candidates["event_id"]), pc.is_valid(candidates["event_date"]))
-        )
+        rows = pa.table({"event_id": candidates["event_id"].cast(pa.string()), "event_date": candidates["event_date"]})
+        rows = rows.filter(pc.and_(pc.is_valid(rows["event_id"]), pc.is_valid(rows["event_date"])))
         if len(rows) == 0 or self.delta.table("silver") is None:
             return set()
         ids, dates = rows["event_id"].to_pylist(), rows["event_date"].to_pylist()

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from streamrag_assets.metrics import (
 )
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.dedupe import SeenEvents
-from streamrag_assets.streaming.delta import DeltaTables
+from streamrag_assets.streaming.delta import LAYERS, DeltaTables
 from streamrag_assets.streaming.transforms import Layers, bronze_rows, refine, split_layers
 
 log = logging.getLogger(__name__)
@@ -126,12 +127,20 @@ def tables(settings: Settings) -> DeltaTables:
     return DeltaTables(settings.state_dir / "delta")
 
 
+_WRITERS = ThreadPoolExecutor(max_workers=len(LAYERS), thread_name_prefix="delta-write")
+
+
 def write_layers(delta: DeltaTables, layers: Layers, batch_key: int) -> dict[str, int | None]:
-    for layer in ("bronze", "silver", "quarantine", "gold"):
+    """Write the batch to the four tables at once (delta-rs writes outside the GIL). Each write is idempotent on its
+    own, so a crash between them leaves nothing a re-run of the batch does not complete."""
+
+    def write(layer: str) -> int | None:
         with STREAM_BATCH_DURATION.labels(f"write_{layer}").time():
             if delta.write_once(layer, getattr(layers, layer), APP_ID + "-" + layer, batch_key):
                 STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
-    return {layer: delta.version(layer) for layer in ("bronze", "silver", "quarantine", "gold")}
+            return delta.version(layer)
+
+    return dict(zip(LAYERS, _WRITERS.map(write, LAYERS), strict=True))
 
 
 def record_counts(layers: Layers) -> None:
@@ -139,6 +148,26 @@ def record_counts(layers: Layers) -> None:
         STREAM_DROPPED.labels(reason).inc(layers.counts[reason])
     for reason, n in layers.quarantine_reasons.items():
         STREAM_QUARANTINED.labels(reason.split(":")[0]).inc(n)
+
+
+class _Gate:
+    """Opened once a micro-batch's Delta writes are committed; ``wait`` raises if they failed."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._failed = False
+
+    def open(self) -> None:
+        self._event.set()
+
+    def fail(self) -> None:
+        self._failed = True
+        self._event.set()
+
+    def wait(self) -> None:
+        self._event.wait()
+        if self._failed:
+            raise RuntimeError("the micro-batch's Delta writes failed")
 
 
 class IndexWorker:
@@ -153,7 +182,11 @@ class IndexWorker:
     the restarted stream resumes from the recorded progress.
     """
 
-    def __init__(self, index_batch: Callable[[BatchResult, list[dict]], None], finish: Callable[[BatchResult], None]):
+    def __init__(
+        self,
+        index_batch: Callable[[BatchResult, list[dict], _Gate], None],
+        finish: Callable[[BatchResult], None],
+    ):
         self._index_batch = index_batch
         self._finish = finish
         self._queue: queue.Queue = queue.Queue(maxsize=1)
@@ -161,21 +194,21 @@ class IndexWorker:
         self._thread = threading.Thread(target=self._run, name="index-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, result: BatchResult, rows: list[dict]) -> None:
+    def submit(self, result: BatchResult, rows: list[dict], written: _Gate) -> None:
         while True:
             if self._failure is not None:
                 raise RuntimeError(f"indexing a previous micro-batch failed: {self._failure}") from self._failure
             try:
-                self._queue.put((result, rows), timeout=1.0)
+                self._queue.put((result, rows, written), timeout=1.0)
                 return
             except queue.Full:
                 continue
 
     def _run(self) -> None:
         while True:
-            result, rows = self._queue.get()
+            result, rows, written = self._queue.get()
             try:
-                self._index_batch(result, rows)
+                self._index_batch(result, rows, written)
                 self._finish(result)
             except BaseException as exc:
                 log.exception(
@@ -256,37 +289,47 @@ class MedallionBatch:
             # Rows this very batch wrote before a crash are not duplicates of themselves.
             existing = self.seen.existing(refined, exclude_batch=batch_key)
             layers = split_layers(refined, existing, datetime.now(UTC))
-        versions = write_layers(self.delta, layers, batch_key)
-        self.seen.add(layers.silver)
-        record_counts(layers)
         offsets = _next_offsets(refined)
-        for partition, done in offsets.items():  # lag itself is measured off the batch path (`StreamStatus.lag`)
-            STREAM_PROCESSED_OFFSET.labels(str(partition)).set(done)
         result = BatchResult(
             batch_key,
             layers.counts,
             layers.quarantine_reasons,
             offsets,
-            versions,
-            time.perf_counter() - began,
+            {},
+            0.0,
             {},
             hour_counts(layers.gold["event_time"]),
         )
-        # Not gated on Gold's transaction: a batch re-run after a crash re-applies it (upserts are idempotent).
         rows = layers.gold.to_pylist() if self.index is not None else []
+        written = _Gate()
         if self.worker is not None:
-            self.worker.submit(result, rows)
-        else:
-            self._index_batch(result, rows)
+            # The index thread embeds while the tables are written, and writes to Postgres once they are.
+            self.worker.submit(result, rows, written)
+        try:
+            result.delta_versions = write_layers(self.delta, layers, batch_key)
+        except BaseException:
+            written.fail()
+            raise
+        self.seen.add(layers.silver)
+        record_counts(layers)
+        for partition, done in offsets.items():  # lag itself is measured off the batch path (`StreamStatus.lag`)
+            STREAM_PROCESSED_OFFSET.labels(str(partition)).set(done)
+        result.seconds = time.perf_counter() - began
+        written.open()
+        if self.worker is None:
+            self._index_batch(result, rows, written)
             self._finish(result)
         STREAM_BATCH_DURATION.labels("total").observe(time.perf_counter() - began)
         STREAM_LAST_BATCH.set(time.time())
 
-    def _index_batch(self, result: BatchResult, rows: list[dict]) -> None:
+    def _index_batch(self, result: BatchResult, rows: list[dict], written: _Gate) -> None:
         if self.index is None or not rows:
+            written.wait()
             return
         with STREAM_BATCH_DURATION.labels("index").time():
-            outcome = self.index.index(rows, progress=(self.progress_name, result.batch_key))
+            # Not gated on Gold's transaction beyond this: a batch re-run after a crash re-applies it (upserts are
+            # idempotent), and the recorded progress never passes a batch whose Gold rows are not committed.
+            outcome = self.index.index(rows, progress=(self.progress_name, result.batch_key), before_write=written.wait)
         result.indexed = {
             k: getattr(outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
         }

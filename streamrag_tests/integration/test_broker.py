@@ -115,3 +115,26 @@ def test_a_range_ending_in_offsets_without_records_is_read_to_its_end(stack) -> 
         consumer.close()
     assert [row[5] for row in rows] == [str(i).encode() for i in range(5)]
     assert time.monotonic() - started < kafka_source.GAP_IDLE_S + 10
+
+
+def test_heads_read_by_a_long_lived_consumer_include_the_record_just_acknowledged(stack) -> None:
+    """The stream's source and its lag gauge ask one long-lived consumer for the heads every micro-batch. A reused
+    consumer keeps the high watermark of the last fetch response it processed, which was seconds old here: every
+    event then waited seconds before a micro-batch picked it up."""
+    bootstrap = stack.settings.bootstrap_servers
+    topic = f"heads-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    consumer = kafka_offsets.make_consumer(bootstrap)
+    try:
+        tps = kafka_offsets.topic_partitions(consumer, topic)
+        heads = None
+        for i in range(40):
+            sent = producer.send(topic, key=f"k{i}".encode(), value=b"v").get(timeout=10)
+            heads = kafka_offsets.high_watermarks(consumer, tps, near=heads if i % 2 else None)
+            assert heads[sent.partition] > sent.offset, (i, sent, heads)
+    finally:
+        consumer.close()
+        producer.close()

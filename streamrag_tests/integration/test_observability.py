@@ -151,12 +151,12 @@ def test_every_dashboard_and_rule_expression_returns_numbers(observed) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_the_canary_measures_searchable_latency(observed) -> None:
-    """The probe's delay is exported and agrees with the pipeline's own ingested -> indexed histogram. (Whether it
-    meets the freshness target is the index benchmark's question: benchmarks/RESULTS.md.)"""
+def test_the_canary_measures_searchable_latency_below_the_target(observed) -> None:
+    """The probe's delay is exported, agrees with the pipeline's own ingested -> indexed histogram, and its median
+    over a minute of the warm pipeline is within issue #5's target (p50 <= 2 s) at the replay rate (10 events/s)."""
     settings, _ = observed
     _wait(lambda: (_value(settings, 'streamrag_canary_probes_total{outcome="found"}') or 0) >= 5, "too few canaries")
-    time.sleep(20)  # canaries of a warm pipeline only, in the last minute
+    time.sleep(60)  # the last minute then holds canaries and documents of a warm pipeline only, not the start's backlog
     recent = _value(
         settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_canary_searchable_seconds_bucket[1m])))"
     )
@@ -166,9 +166,10 @@ def test_the_canary_measures_searchable_latency(observed) -> None:
     last = _value(settings, "max(streamrag_canary_last_searchable_seconds)")
     print(f"canary p50 (1 min) {recent:.2f} s, last {last:.2f} s; pipeline ingested->indexed p50 {pipeline:.2f} s")
     assert recent is not None and pipeline is not None and last is not None
-    assert 0 < last < 60 and 0 < recent < 60
+    assert 0 < last < 60
     # The canary adds the API's polling (100 ms) and the producer's send to what the index measures inside.
-    assert recent >= 0.5 * pipeline, (recent, pipeline)
+    assert 0.5 * pipeline <= recent <= 2 * pipeline + 1, (recent, pipeline)
+    assert recent <= 2.0, f"canary ingested -> searchable p50 {recent:.2f} s is over the 2 s target"
     probes = httpx.post(f"{settings.api_url}/search", json={"query": "streamrag canary probe", "top_k": 50}).json()
     assert not any(hit["wiki"] == "streamrag_probe" for hit in probes["hits"]), "canaries stay out of user results"
 

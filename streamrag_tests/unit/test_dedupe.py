@@ -39,6 +39,18 @@ def test_finds_what_silver_holds_from_earlier_processes_and_from_its_own_writes(
     assert seen.existing(silver(["new-1", "new-2"], TODAY, 3), exclude_batch=3) == set()
 
 
+def as_spark_hands_it_over(rows: pa.Table) -> pa.Table:
+    return rows.set_column(0, "event_id", rows["event_id"].cast(pa.string_view()))
+
+
+def test_string_view_ids_from_spark_are_looked_up(tmp_path) -> None:
+    delta = DeltaTables(tmp_path)
+    write(delta, as_spark_hands_it_over(silver(["a", "b"], TODAY, 1)), 1)
+    batch = as_spark_hands_it_over(silver(["a", "x"], TODAY, 2))
+    assert SeenEvents(delta).existing(batch, exclude_batch=2) == {"a"}
+    assert delta.existing_event_ids(batch, exclude_batch=2) == {"a"}
+
+
 def test_a_rerun_batch_is_not_a_duplicate_of_itself(tmp_path) -> None:
     delta = DeltaTables(tmp_path)
     write(delta, silver(["a"], TODAY, 1), 1)
