@@ -170,7 +170,7 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> di
     upgrade(url)
     rng = random.Random(seed)
     now = datetime.now(UTC)
-    docs = gold_documents(real)
+    docs = gold_documents(real, texts="synthetic")
     for doc in docs:  # spread over the last 7 days, the text saying the same time as the column
         when = now - timedelta(seconds=rng.uniform(0, 7 * 86400))
         doc["event_time"] = when

@@ -4,8 +4,9 @@
 
 In one run, on an embedded broker, object store and Postgres:
 1. throughput: the raw model (`Embedder.embed`, batch 8) vs. the whole index stage (`DocumentIndex.index`: hash
-   lookup, embed, upsert in one transaction) on the same synthetic Gold documents, in micro-batches of
-   ``--stage-batch`` documents, into a fresh table;
+   lookup, embed, upsert in one transaction) on the same Gold documents, in micro-batches of ``--stage-batch``
+   documents, into a fresh table: by default the documents of the replayed recording, as the freshness run indexes
+   them (its multilingual texts cost the model ~2x the tokens of the synthetic ones, ``--texts synthetic``);
 2. freshness: `streamrag ingest --source replay --rate R` and `streamrag stream` (continuous) run as `up` runs them;
    Postgres is polled every 50 ms for new documents, and each document's ingested -> searchable delay is the time it
    was first seen minus its `ingested_at` (the producer's timestamp). Searchable means committed and visible to a
@@ -31,7 +32,7 @@ from sqlalchemy import create_engine, text
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.store import DocumentIndex
-from streamrag_assets.ingest.sources import synthetic_event
+from streamrag_assets.ingest.sources import replay_event, synthetic_event
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
@@ -41,11 +42,12 @@ from streamrag_assets.streaming.refine import Rejected, document, parse_event
 from streamrag_tests.conftest import EmbeddedStack, isolated_settings, running
 
 
-def gold_documents(count: int) -> list[dict]:
+def gold_documents(count: int, texts: str = "replay") -> list[dict]:
     docs, seq = [], 0
     while len(docs) < count:
+        event = replay_event(seq) if texts == "replay" else synthetic_event(seq, seed=9, canary_fraction=0)
         try:
-            doc = document(parse_event(synthetic_event(seq, seed=9, canary_fraction=0)))
+            doc = document(parse_event(event))
         except Rejected:
             doc = None
         seq += 1
@@ -54,13 +56,13 @@ def gold_documents(count: int) -> list[dict]:
     return docs
 
 
-def throughput(settings, count: int, stage_batch: int) -> dict:
+def throughput(settings, count: int, stage_batch: int, texts: str) -> dict:
     with admin_connect(settings) as conn:
         conn.execute("CREATE DATABASE bench_index")
     url = settings.app_database_url.rsplit("/", 1)[0] + "/bench_index"
     upgrade(url)
     embedder = get_embedder()
-    docs = gold_documents(count)
+    docs = gold_documents(count, texts)
     embedder.embed([d["text"] for d in docs[:64]])  # load and warm the model
     began = time.perf_counter()
     embedder.embed([d["text"] for d in docs])
@@ -80,6 +82,7 @@ def throughput(settings, count: int, stage_batch: int) -> dict:
         "stage_docs_per_s": round(stage, 1),
         "ratio": round(stage / raw, 3),
         "stage_batch": stage_batch,
+        "texts": texts,
     }
 
 
@@ -218,6 +221,9 @@ def _rss_mib(proc) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1500, help="Documents for the throughput comparison.")
+    parser.add_argument(
+        "--texts", choices=["replay", "synthetic"], default="replay", help="Documents for the throughput comparison."
+    )
     parser.add_argument("--stage-batch", type=int, default=64, help="Documents per index transaction.")
     parser.add_argument("--rate", type=float, default=50, help="Replay rate (events/s) for the freshness run.")
     parser.add_argument("--seconds", type=float, default=120, help="Measured seconds of the freshness run.")
@@ -230,7 +236,7 @@ def main() -> None:
     stack = EmbeddedStack(settings)
     try:
         stack.start_all()
-        result = {"throughput": throughput(settings, args.docs, args.stage_batch)}
+        result = {"throughput": throughput(settings, args.docs, args.stage_batch, args.texts)}
         print(json.dumps(result), flush=True)
         result["freshness"] = freshness(settings, args.seconds, args.warmup) | {"rate": args.rate}
         result["load_avg"] = [round(x, 2) for x in psutil.getloadavg()]

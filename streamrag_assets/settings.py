@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         description="auto: batches on torch (bfloat16 where the CPU has it), single queries on the model exported to "
         "ONNX Runtime; torch or onnx: always that engine.",
     )
+    stream_embedding_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads the streaming job's index thread embeds with. One suits two cores: a second waits on "
+        "Spark, the broker and Postgres for the same cores. Raise it on a larger machine.",
+    )
     model_cache_dir: Path | None = Field(
         None, description="Where exported models are kept; absent = $XDG_CACHE_HOME (or ~/.cache)/streamrag/models."
     )

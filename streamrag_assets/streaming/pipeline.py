@@ -243,8 +243,8 @@ class MedallionBatch:
             from streamrag_assets.index.store import DocumentIndex
 
             upgrade(settings.app_database_url)  # idempotent; the stream may start before `up` migrated
-            # Alongside Spark, one embedding thread: two would wait on each other whenever Spark takes a core.
-            threads = 1 if asynchronous else None
+            # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.
+            threads = settings.stream_embedding_threads if asynchronous else None
             self.index = DocumentIndex(settings.app_database_url, get_embedder(settings, threads=threads))
             self.catch_up()
             if asynchronous:
