@@ -5,8 +5,8 @@
 In one run, on an embedded broker, object store and Postgres:
 1. throughput: the raw model (`Embedder.embed`, batch 8) vs. the whole index stage (`DocumentIndex.index`: hash
    lookup, embed, upsert in one transaction) on the same Gold documents, in micro-batches of ``--stage-batch``
-   documents, into a fresh table: by default the documents of the replayed recording, as the freshness run indexes
-   them (its multilingual texts cost the model ~2x the tokens of the synthetic ones, ``--texts synthetic``);
+   documents, into a fresh table: by default the replayed recording's documents, which the freshness run indexes
+   (``--texts synthetic``: generated ones; both average ~55 model tokens);
 2. freshness: `streamrag ingest --source replay --rate R` and `streamrag stream` (continuous) run as `up` runs them;
    Postgres is polled every 50 ms for new documents, and each document's ingested -> searchable delay is the time it
    was first seen minus its `ingested_at` (the producer's timestamp). Searchable means committed and visible to a

@@ -50,8 +50,8 @@ class BatchResult:
     counts: dict[str, int]
     quarantine_reasons: dict[str, int]
     offsets: dict[int, int]
-    delta_versions: dict[str, int | None]
-    seconds: float
+    delta_versions: dict[str, int | None] = field(default_factory=dict)  # set once the tables are written
+    seconds: float = 0.0
     indexed: dict[str, int] = field(default_factory=dict)
     # Gold documents written per hour of event time (``HOUR_KEY_FORMAT``): the hourly partitions the batch touched.
     gold_hours: dict[str, int] = field(default_factory=dict)
@@ -290,16 +290,8 @@ class MedallionBatch:
             existing = self.seen.existing(refined, exclude_batch=batch_key)
             layers = split_layers(refined, existing, datetime.now(UTC))
         offsets = _next_offsets(refined)
-        result = BatchResult(
-            batch_key,
-            layers.counts,
-            layers.quarantine_reasons,
-            offsets,
-            {},
-            0.0,
-            {},
-            hour_counts(layers.gold["event_time"]),
-        )
+        gold_hours = hour_counts(layers.gold["event_time"])
+        result = BatchResult(batch_key, layers.counts, layers.quarantine_reasons, offsets, gold_hours=gold_hours)
         rows = layers.gold.to_pylist() if self.index is not None else []
         written = _Gate()
         if self.worker is not None:
