@@ -30,8 +30,8 @@ def engines() -> tuple[Embedder, Embedder]:
 
 def test_int8_vectors_retrieve_what_float32_retrieves(engines) -> None:
     int8, float32 = engines
-    docs = _documents(400)
-    queries = [d["title"] for d in docs[:120]]
+    docs = _documents(300)
+    queries = [d["title"] for d in docs[:100]]
     reference = float32.embed(queries) @ float32.embed([d["text"] for d in docs]).T
     found = int8.embed(queries) @ int8.embed([d["text"] for d in docs]).T
     assert int8.model_name == "all-MiniLM-L6-v2:int8" and float32.model_name == "all-MiniLM-L6-v2"
