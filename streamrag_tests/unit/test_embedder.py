@@ -53,6 +53,15 @@ def test_int8_vectors_retrieve_what_float32_retrieves(engines) -> None:
     assert page_mrr(found) >= page_mrr(reference) - 0.03
 
 
+def test_an_int8_vector_depends_on_its_text_alone(engines) -> None:
+    """Dynamic quantisation scales a call's activations together; the embedder must not let batch mates leak in."""
+    int8, _ = engines
+    texts = [d["text"] for d in _documents(24)]
+    together = int8.embed(texts)
+    alone = np.vstack([int8.embed([t]) for t in texts[:6]])
+    assert np.abs(together[:6] - alone).max() < 1e-6
+
+
 def test_int8_model_is_prepared_once_and_shared(engines, tmp_path) -> None:
     first = Embedder(threads=1, int8=True, cache_dir=tmp_path)
     vector = first.embed(["Talk page archived by a bot"])
