@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     )
     embedding_int8: bool = Field(
         True,
-        description="Embed with int8 weights on ONNX Runtime (1.5x the documents per core of bfloat16 here, the same "
+        description="Embed with int8 weights on ONNX Runtime (~1.4x the documents per core of bfloat16 here, the same "
         "retrieval quality measured on replayed edits); false: full precision as embedding_backend says.",
     )
     stream_embedding_threads: int = Field(
