@@ -45,7 +45,6 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select, text
 
-from benchmarks.index_freshness import gold_documents
 from streamrag_api.schemas import SearchRequest
 from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, query_terms
 from streamrag_assets.index.embedder import get_embedder
@@ -53,7 +52,7 @@ from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.models import Document
 from streamrag_assets.index.store import DOCUMENT_FIELDS, DocumentIndex
 from streamrag_assets.services.api import api_process
-from streamrag_tests.conftest import EmbeddedStack, isolated_settings
+from streamrag_tests.conftest import EmbeddedStack, gold_documents, isolated_settings
 
 TARGETS_MS = {"search_p95": 50, "search_p99": 100, "answer_p95": 100}
 

@@ -32,28 +32,12 @@ from sqlalchemy import create_engine, text
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.store import DocumentIndex
-from streamrag_assets.ingest.sources import replay_event, synthetic_event
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
 from streamrag_assets.services.supervisor import migrate_documents
 from streamrag_assets.streaming.pipeline import tables
-from streamrag_assets.streaming.refine import Rejected, document, parse_event
-from streamrag_tests.conftest import EmbeddedStack, isolated_settings, running
-
-
-def gold_documents(count: int, texts: str = "replay") -> list[dict]:
-    docs, seq = [], 0
-    while len(docs) < count:
-        event = replay_event(seq) if texts == "replay" else synthetic_event(seq, seed=9, canary_fraction=0)
-        try:
-            doc = document(parse_event(event))
-        except Rejected:
-            doc = None
-        seq += 1
-        if doc is not None and doc["op"] == "upsert":
-            docs.append(doc | {"partition": 0, "offset": seq, "ingested_at": doc["event_time"]})
-    return docs
+from streamrag_tests.conftest import EmbeddedStack, gold_documents, isolated_settings, running
 
 
 def throughput(settings, count: int, stage_batch: int, texts: str) -> dict:

@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     )
     embedding_backend: Literal["auto", "onnx", "torch"] = Field(
         "auto",
-        description="auto: batches on torch (bfloat16 where the CPU has it), single queries on the model exported to "
-        "ONNX Runtime; torch or onnx: always that engine.",
+        description="With embedding_int8 off — auto: batches on torch (bfloat16 where the CPU has it), single queries "
+        "on the model exported to ONNX Runtime; torch or onnx: always that engine.",
     )
     embedding_int8: bool = Field(
         True,

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from streamrag_assets.ingest.sources import replay_event, synthetic_event
 from streamrag_assets.services.broker import broker_process
 from streamrag_assets.services.postgres import postgres_process
 from streamrag_assets.services.process import ManagedProcess
 from streamrag_assets.services.seaweedfs import seaweedfs_process
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.refine import Rejected, document, parse_event
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -48,6 +50,21 @@ def free_port_block(size: int) -> int:
         if ok:
             return base
     raise RuntimeError("no block of free ports")
+
+
+def gold_documents(count: int, texts: str = "replay") -> list[dict]:
+    """``count`` Gold upsert documents, with lineage, from the replayed recording (or the synthetic source)."""
+    docs, seq = [], 0
+    while len(docs) < count:
+        event = replay_event(seq) if texts == "replay" else synthetic_event(seq, seed=9, canary_fraction=0)
+        try:
+            doc = document(parse_event(event))
+        except Rejected:
+            doc = None
+        seq += 1
+        if doc is not None and doc["op"] == "upsert":
+            docs.append(doc | {"partition": 0, "offset": seq, "ingested_at": doc["event_time"]})
+    return docs
 
 
 def isolated_settings(home: Path, **overrides: object) -> Settings:

@@ -6,21 +6,7 @@ import numpy as np
 import pytest
 
 from streamrag_assets.index.embedder import Embedder
-from streamrag_assets.ingest.sources import replay_event
-from streamrag_assets.streaming.refine import Rejected, document, parse_event
-
-
-def _documents(count: int) -> list[dict]:
-    docs, seq = [], 0
-    while len(docs) < count:
-        try:
-            doc = document(parse_event(replay_event(seq)))
-        except Rejected:
-            doc = None
-        seq += 1
-        if doc is not None and doc["op"] == "upsert":
-            docs.append(doc)
-    return docs
+from streamrag_tests.conftest import gold_documents
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +16,7 @@ def engines() -> tuple[Embedder, Embedder]:
 
 def test_int8_vectors_retrieve_what_float32_retrieves(engines) -> None:
     int8, float32 = engines
-    docs = _documents(300)
+    docs = gold_documents(300)
     queries = [d["title"] for d in docs[:100]]
     reference = float32.embed(queries) @ float32.embed([d["text"] for d in docs]).T
     found = int8.embed(queries) @ int8.embed([d["text"] for d in docs]).T
@@ -56,13 +42,13 @@ def test_int8_vectors_retrieve_what_float32_retrieves(engines) -> None:
 def test_an_int8_vector_depends_on_its_text_alone(engines) -> None:
     """Dynamic quantisation scales a call's activations together; the embedder must not let batch mates leak in."""
     int8, _ = engines
-    texts = [d["text"] for d in _documents(24)]
+    texts = [d["text"] for d in gold_documents(24)]
     together = int8.embed(texts)
     alone = np.vstack([int8.embed([t]) for t in texts[:6]])
     assert np.abs(together[:6] - alone).max() < 1e-6
 
 
-def test_int8_model_is_prepared_once_and_shared(engines, tmp_path) -> None:
+def test_int8_model_is_prepared_once_and_shared(tmp_path) -> None:
     first = Embedder(threads=1, int8=True, cache_dir=tmp_path)
     vector = first.embed(["Talk page archived by a bot"])
     files = sorted(p.name for p in tmp_path.glob("*.onnx"))
