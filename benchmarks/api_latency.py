@@ -46,7 +46,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select, text
 
 from streamrag_api.schemas import SearchRequest
-from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, query_terms
+from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, query_terms, search_engine
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.models import Document
@@ -510,7 +510,7 @@ def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str
 def db_profile(settings) -> dict:
     """Each question once per mode through the API's own `Searcher`, one at a time on an idle API: the database
     time alone; how much of the table each question's keyword query matches; the keyword plan of the median one."""
-    engine = create_engine(settings.app_database_url)
+    engine = search_engine(settings.app_database_url)
     searcher = Searcher(engine, get_embedder())
     out: dict = {}
     for mode in ("vector", "keyword", "hybrid"):

@@ -21,10 +21,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import make_asgi_app
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sse_starlette.sse import EventSourceResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamrag_api import answer as answering
 from streamrag_api.live import LiveFeed
@@ -37,7 +38,14 @@ from streamrag_api.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from streamrag_api.search import DOCUMENT_COLUMNS, NOT_A_PROBE, Searcher, Timings, document_from_row
+from streamrag_api.search import (
+    DOCUMENT_COLUMNS,
+    NOT_A_PROBE,
+    Searcher,
+    Timings,
+    document_from_row,
+    search_engine,
+)
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.heartbeat import STREAM, latest
 from streamrag_assets.index.migrate import upgrade
@@ -61,9 +69,8 @@ class Services:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        self.engine = create_engine(
-            self.settings.app_database_url, pool_size=10, max_overflow=10, pool_pre_ping=True, pool_timeout=5
-        )
+        # No pre-ping (a round trip per request): `_database` retries once on a connection found dead instead.
+        self.engine = search_engine(self.settings.app_database_url, pool_size=10, max_overflow=10, pool_timeout=5)
         self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
         self.searcher = Searcher(self.engine, self.embedder, self.settings.keyword_rank_window)
         url = make_url(self.settings.app_database_url).set(drivername="postgresql")
@@ -116,29 +123,61 @@ async def dependency_down(request: Request, exc: DependencyDown) -> JSONResponse
     return JSONResponse({"message": str(exc), "dependency": exc.dependency}, status_code=503)
 
 
-@app.middleware("http")
-async def measure(request: Request, call_next):
-    began = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    path = getattr(route, "path", None) or ("/metrics" if request.url.path.startswith("/metrics") else "unmatched")
-    if path != "/stream":  # a stream lasts as long as its client
-        API_REQUEST_DURATION.labels(path, request.method, f"{response.status_code // 100}xx").observe(
-            time.perf_counter() - began
-        )
-    if response.status_code >= 400:
-        API_ERRORS.labels(path, str(response.status_code)).inc()
-    return response
+class RequestMetrics:
+    """Duration by route and error counts for every request (a plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware runs each request through extra tasks and streams, measurable at this request rate)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500  # unless the app starts a response
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or ("/metrics" if scope["path"].startswith("/metrics") else "unmatched")
+            if path != "/stream":  # a stream lasts as long as its client
+                API_REQUEST_DURATION.labels(path, scope["method"], f"{status // 100}xx").observe(
+                    time.perf_counter() - began
+                )
+            if status >= 400:
+                API_ERRORS.labels(path, str(status)).inc()
+
+
+app.add_middleware(RequestMetrics)
 
 
 def _database(call, *args, **kwargs):
-    """Run a database call; a connection failure becomes DependencyDown("postgres")."""
+    """Run a database call; a connection failure becomes DependencyDown("postgres"). A pooled connection that
+    turns out dead (Postgres restarted since) invalidates the pool, and the call is tried once more on a new one."""
     try:
         return call(*args, **kwargs)
-    except (OperationalError, DBAPIError) as exc:
-        if isinstance(exc, OperationalError) or exc.connection_invalidated:
-            raise DependencyDown("postgres", type(exc.orig).__name__ if exc.orig else str(exc)) from None
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            _raise_if_down(exc)
+            raise
+    try:
+        return call(*args, **kwargs)
+    except DBAPIError as exc:
+        _raise_if_down(exc)
         raise
+
+
+def _raise_if_down(exc: DBAPIError) -> None:
+    if isinstance(exc, OperationalError) or exc.connection_invalidated:
+        raise DependencyDown("postgres", type(exc.orig).__name__ if exc.orig else str(exc)) from None
 
 
 # --- retrieval ------------------------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine
 
 from streamrag_api.schemas import Filters, Hit, Lineage, SearchRequest
@@ -129,11 +129,29 @@ def document_from_row(row: Any) -> dict[str, Any]:
     return data
 
 
+class Candidate(NamedTuple):
+    """A document one retriever ranks: its id, its time (for the recency boost) and that retriever's score."""
+
+    doc_id: str
+    event_time: datetime
+    score: float
+
+
 @dataclass
 class Timings:
     embed_ms: float = 0.0
     search_ms: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+# Filtered HNSW scans keep going until enough rows pass the filter (pgvector >= 0.8); set once per connection
+# (a placeholder until pgvector loads, which adopts it) instead of two SET statements per search.
+SEARCH_CONNECT_OPTIONS = "-c hnsw.ef_search=100 -c hnsw.iterative_scan=relaxed_order"
+
+
+def search_engine(url: str, **pool: Any) -> Engine:
+    """The engine searches run on: autocommit (a read needs no BEGIN/ROLLBACK round trips) and the HNSW settings."""
+    return create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"options": SEARCH_CONNECT_OPTIONS}, **pool)
 
 
 # The canary probe's documents are real documents, hidden from users (see `PROBE_WIKI`).
@@ -161,6 +179,10 @@ def _where(filters: Filters, include_probes: bool = False) -> tuple[str, dict[st
 
 
 class Searcher:
+    """Two round trips at most per search: the candidates (ids and scores, both lists in one statement) and the
+    winners' rows. The engine should be in autocommit with the pgvector settings of `SEARCH_CONNECT_OPTIONS`
+    (see `search_engine`), so that a search is no more statements than that."""
+
     def __init__(self, engine: Engine, embedder: Embedder, keyword_window: int = 1000) -> None:
         self.engine = engine
         self.embedder = embedder
@@ -183,50 +205,37 @@ class Searcher:
         pool = request.top_k if request.mode != "hybrid" else max(40, 4 * request.top_k)
         began = time.perf_counter()
         with self.engine.connect() as conn:
-            # Filtered HNSW scans keep going until enough rows pass the filter (pgvector >= 0.8).
-            conn.execute(text("SET LOCAL hnsw.ef_search = 100"))
-            conn.execute(text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-            by_vector = self._vector(conn, vector, where, params, pool) if request.mode != "keyword" else []
+            by_vector = self._nearest(conn, vector, where, params, pool) if request.mode != "keyword" else []
             by_keyword = self._keyword(conn, terms, where, params, pool) if terms else []
             if request.mode == "vector":
-                scored = [(row["similarity"], row) for row in by_vector]
+                scored = [(c.score, c) for c in by_vector]
             elif request.mode == "keyword":
-                scored = [(row["rank"], row) for row in by_keyword]
+                scored = [(c.score, c) for c in by_keyword]
             else:
                 scored = _fuse(by_vector, by_keyword)
             if request.recency_boost:
                 now = datetime.now(UTC)
-                scored = [
-                    (score * _recency(row["event_time"], now, request.recency_boost), row) for score, row in scored
-                ]
+                scored = [(score * _recency(c.event_time, now, request.recency_boost), c) for score, c in scored]
             scored.sort(key=lambda pair: pair[0], reverse=True)
             scored = scored[: request.top_k]
-            if vector is not None:
-                self._similarities(conn, vector, [row for _, row in scored])
-            conn.rollback()
+            rows = self._rows(conn, [c.doc_id for _, c in scored], vector, where, params)
         elapsed = time.perf_counter() - began
         API_SEARCH_DURATION.labels(request.mode).observe(elapsed)
         timings.search_ms = round(elapsed * 1000, 2)
-        return [
-            Hit(
-                **{k: v for k, v in row.items() if k not in ("rank", "similarity")},
-                score=score,
-                similarity=row.get("similarity"),
-            )
-            for score, row in scored
-        ]
+        # A document tombstoned between the two statements is left out.
+        return [Hit(**rows[c.doc_id], score=score) for score, c in scored if c.doc_id in rows]
 
-    def _vector(self, conn, vector, where: str, params: dict, limit: int) -> list[dict[str, Any]]:
+    @staticmethod
+    def _nearest(conn, vector, where: str, params: dict, limit: int) -> list[Candidate]:
         statement = text(
-            f"SELECT {DOCUMENT_COLUMNS}, 1 - (embedding <=> :q) AS similarity FROM documents "
+            f"SELECT doc_id, event_time, 1 - (embedding <=> :q) AS score FROM documents "
             f"WHERE {where} ORDER BY embedding <=> :q LIMIT :limit"
         ).bindparams(bindparam("q", type_=Vector(EMBEDDING_DIM)))
-        rows = conn.execute(statement, {**params, "q": vector, "limit": limit}).all()
-        found = [document_from_row(row) | {"similarity": float(row.similarity)} for row in rows]
-        found.sort(key=lambda row: row["similarity"], reverse=True)  # relaxed_order may return them slightly shuffled
+        found = [Candidate(*row) for row in conn.execute(statement, {**params, "q": vector, "limit": limit})]
+        found.sort(key=lambda c: c.score, reverse=True)  # relaxed_order may return them slightly shuffled
         return found
 
-    def _keyword(self, conn, terms: list[str], where: str, params: dict, limit: int) -> list[dict[str, Any]]:
+    def _keyword(self, conn, terms: list[str], where: str, params: dict, limit: int) -> list[Candidate]:
         """Documents holding all the terms, ranked by cover density; when none holds them all, those holding any.
 
         Only the newest ``keyword_window`` matches are ranked: a common word matches a large share of the table,
@@ -234,12 +243,12 @@ class Searcher:
         100k documents. Newest first is the order this platform's readers want among equally good matches, and
         a query whose matches fit the window is ranked exactly as before."""
         statement = text(
-            f"SELECT {DOCUMENT_COLUMNS}, ts_rank_cd(search, query) AS rank "
-            f"FROM (SELECT {DOCUMENT_COLUMNS}, search FROM documents "
+            "SELECT doc_id, event_time, ts_rank_cd(search, query) AS rank "
+            "FROM (SELECT doc_id, event_time, search FROM documents "
             f"      WHERE search @@ to_tsquery('simple', :tsquery) AND {where} "
-            f"      ORDER BY event_time DESC LIMIT :window) AS recent, "
-            f"     to_tsquery('simple', :tsquery) AS query "
-            f"ORDER BY rank DESC, event_time DESC LIMIT :limit"
+            "      ORDER BY event_time DESC LIMIT :window) AS recent, "
+            "     to_tsquery('simple', :tsquery) AS query "
+            "ORDER BY rank DESC, event_time DESC LIMIT :limit"
         )
         rows: list = []
         for operator in (" & ", " | ") if len(terms) > 1 else (" & ",):
@@ -247,32 +256,39 @@ class Searcher:
             rows = conn.execute(statement, values).all()
             if rows:
                 break
-        return [document_from_row(row) | {"rank": float(row.rank), "similarity": None} for row in rows]
+        return [Candidate(doc_id, event_time, float(rank)) for doc_id, event_time, rank in rows]
 
     @staticmethod
-    def _similarities(conn, vector, rows: list[dict[str, Any]]) -> None:
-        """Fill in the query/document cosine of ``rows`` that lack it (keyword hits), in one small query."""
-        missing = [row["doc_id"] for row in rows if row.get("similarity") is None]
-        if not missing:
-            return
+    def _rows(conn, doc_ids: list[str], vector, where: str, params: dict) -> dict[str, dict[str, Any]]:
+        """The winners' columns (and their cosine to the query when there is one), still passing the filters."""
+        if not doc_ids:
+            return {}
+        similarity = "1 - (embedding <=> :q)" if vector is not None else "NULL::float8"
         statement = text(
-            "SELECT doc_id, 1 - (embedding <=> :q) AS similarity FROM documents WHERE doc_id = ANY(:ids)"
-        ).bindparams(bindparam("q", type_=Vector(EMBEDDING_DIM)))
-        found = dict(conn.execute(statement, {"q": vector, "ids": missing}).all())
-        for row in rows:
-            if row.get("similarity") is None and row["doc_id"] in found:
-                row["similarity"] = float(found[row["doc_id"]])
+            f"SELECT {DOCUMENT_COLUMNS}, {similarity} AS similarity FROM documents WHERE doc_id = ANY(:ids) AND {where}"
+        )
+        values = {**params, "ids": doc_ids}
+        if vector is not None:
+            statement = statement.bindparams(bindparam("q", type_=Vector(EMBEDDING_DIM)))
+            values["q"] = vector
+        out = {}
+        for row in conn.execute(statement, values):
+            document = document_from_row(row)
+            if document["similarity"] is not None:
+                document["similarity"] = float(document["similarity"])
+            out[document["doc_id"]] = document
+        return out
 
 
-def _fuse(by_vector: list[dict], by_keyword: list[dict]) -> list[tuple[float, dict]]:
+def _fuse(by_vector: list[Candidate], by_keyword: list[Candidate]) -> list[tuple[float, Candidate]]:
     """Reciprocal rank fusion: each list contributes 1 / (k + rank) for each document it holds."""
     scores: dict[str, float] = {}
-    rows: dict[str, dict] = {}
+    candidates: dict[str, Candidate] = {}
     for ranked in (by_vector, by_keyword):
-        for rank, row in enumerate(ranked, start=1):
-            scores[row["doc_id"]] = scores.get(row["doc_id"], 0.0) + 1.0 / (RRF_K + rank)
-            rows.setdefault(row["doc_id"], row)
-    return [(score, rows[doc_id]) for doc_id, score in scores.items()]
+        for rank, candidate in enumerate(ranked, start=1):
+            scores[candidate.doc_id] = scores.get(candidate.doc_id, 0.0) + 1.0 / (RRF_K + rank)
+            candidates.setdefault(candidate.doc_id, candidate)
+    return [(score, candidates[doc_id]) for doc_id, score in scores.items()]
 
 
 def _recency(event_time: datetime, now: datetime, boost: float) -> float:
