@@ -43,7 +43,7 @@ import numpy as np
 import psutil
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 
 from streamrag_api.schemas import SearchRequest
 from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, query_terms, search_engine
