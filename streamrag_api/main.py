@@ -28,6 +28,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamrag_api import answer as answering
+from streamrag_api.keyword import KeywordIndex
 from streamrag_api.live import LiveFeed
 from streamrag_api.schemas import (
     AnswerRequest,
@@ -72,7 +73,12 @@ class Services:
         # No pre-ping (a round trip per request): `_database` retries once on a connection found dead instead.
         self.engine = search_engine(self.settings.app_database_url, pool_size=10, max_overflow=10, pool_timeout=5)
         self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
-        self.searcher = Searcher(self.engine, self.embedder, self.settings.keyword_rank_window)
+        self.keyword_index = (
+            KeywordIndex(self.engine, self.settings.keyword_refresh_s) if self.settings.keyword_index else None
+        )
+        self.searcher = Searcher(
+            self.engine, self.embedder, self.settings.keyword_rank_window, keyword_index=self.keyword_index
+        )
         url = make_url(self.settings.app_database_url).set(drivername="postgresql")
         self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine)
 
@@ -87,10 +93,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("could not migrate the documents database yet (%s); requests will say so", exc)
     await asyncio.to_thread(services.embedder.embed, ["warm-up"])  # load the model before the first question
     services.feed.start()
+    if services.keyword_index is not None:
+        services.keyword_index.start()  # builds in the background; keyword search uses Postgres until then
     try:
         yield
     finally:
         await services.feed.stop()
+        if services.keyword_index is not None:
+            await asyncio.to_thread(services.keyword_index.stop)
         services.engine.dispose()
 
 

@@ -15,6 +15,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine
 
+from streamrag_api.keyword import STOP_WORDS, KeywordIndex
 from streamrag_api.schemas import Filters, Hit, Lineage, SearchRequest
 from streamrag_assets.index.embedder import Embedder
 from streamrag_assets.index.models import EMBEDDING_DIM
@@ -22,87 +23,6 @@ from streamrag_assets.metrics import API_EMBED_DURATION, API_SEARCH_DURATION
 
 RRF_K = 60  # the usual constant of reciprocal rank fusion
 RECENCY_HALF_LIFE_H = 24.0
-# Words too common to say anything about relevance; left out of keyword queries so that an OR of the question's
-# words does not match (and rank) most of the table.
-STOP_WORDS = frozenset(
-    [
-        "a",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "by",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "has",
-        "have",
-        "how",
-        "i",
-        "in",
-        "is",
-        "it",
-        "its",
-        "me",
-        "my",
-        "of",
-        "on",
-        "or",
-        "so",
-        "that",
-        "the",
-        "this",
-        "to",
-        "was",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "you",
-        "your",
-        "about",
-        "after",
-        "before",
-        "into",
-        "over",
-        "under",
-        "than",
-        "then",
-        "there",
-        "these",
-        "those",
-        "they",
-        "them",
-        "he",
-        "she",
-        "his",
-        "her",
-        "we",
-        "our",
-        "us",
-        "can",
-        "could",
-        "would",
-        "should",
-        "may",
-        "might",
-        "any",
-        "all",
-        "some",
-        "no",
-        "not",
-    ]
-)
 DOCUMENT_COLUMNS = (
     "doc_id, title, text, wiki, lang, namespace, type, bot, page_url, diff_url, event_time, ingested_at, "
     'indexed_at, event_id, "partition", "offset", transform_version'
@@ -183,10 +103,17 @@ class Searcher:
     winners' rows. The engine should be in autocommit with the pgvector settings of `SEARCH_CONNECT_OPTIONS`
     (see `search_engine`), so that a search is no more statements than that."""
 
-    def __init__(self, engine: Engine, embedder: Embedder, keyword_window: int = 1000) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        embedder: Embedder,
+        keyword_window: int = 1000,
+        keyword_index: KeywordIndex | None = None,
+    ) -> None:
         self.engine = engine
         self.embedder = embedder
         self.keyword_window = keyword_window
+        self.keyword_index = keyword_index
 
     def embed(self, query: str, timings: Timings) -> list[float]:
         began = time.perf_counter()
@@ -200,13 +127,18 @@ class Searcher:
         """The best ``top_k`` hits; ``similarity`` computes the query/document cosine in keyword mode too."""
         timings = timings or Timings()
         vector = self.embed(request.query, timings) if request.mode != "keyword" or similarity else None
-        terms = query_terms(request.query) if request.mode != "vector" else []
         where, params = _where(request.filters, request.include_probes)
         pool = request.top_k if request.mode != "hybrid" else max(40, 4 * request.top_k)
         began = time.perf_counter()
+        index = self.keyword_index if self.keyword_index is not None and self.keyword_index.ready else None
+        by_keyword: list[Candidate] = []
+        if request.mode != "vector" and index is not None:
+            hits = index.search(request.query, request.filters, pool, request.include_probes)
+            by_keyword = [Candidate(*hit) for hit in hits]
         with self.engine.connect() as conn:
             by_vector = self._nearest(conn, vector, where, params, pool) if request.mode != "keyword" else []
-            by_keyword = self._keyword(conn, terms, where, params, pool) if terms else []
+            if request.mode != "vector" and index is None:  # no keyword index (yet): Postgres' full text
+                by_keyword = self._keyword(conn, query_terms(request.query), where, params, pool)
             if request.mode == "vector":
                 scored = [(c.score, c) for c in by_vector]
             elif request.mode == "keyword":
@@ -236,7 +168,8 @@ class Searcher:
         return found
 
     def _keyword(self, conn, terms: list[str], where: str, params: dict, limit: int) -> list[Candidate]:
-        """Documents holding all the terms, ranked by cover density; when none holds them all, those holding any.
+        """Postgres' full text, while the keyword index is not there yet: documents holding all the terms, ranked
+        by cover density; when none holds them all, those holding any.
 
         Only the newest ``keyword_window`` matches are ranked: a common word matches a large share of the table,
         and ranking every match (``ts_rank_cd`` reads each one's text vector) cost ~70 ms of Postgres per query at
@@ -250,6 +183,8 @@ class Searcher:
             "     to_tsquery('simple', :tsquery) AS query "
             "ORDER BY rank DESC, event_time DESC LIMIT :limit"
         )
+        if not terms:
+            return []
         rows: list = []
         for operator in (" & ", " | ") if len(terms) > 1 else (" & ",):
             values = {**params, "tsquery": operator.join(terms), "limit": limit, "window": self.keyword_window}

@@ -105,7 +105,10 @@ API_REQUEST_DURATION = Histogram(
 )
 API_ERRORS = Counter("streamrag_api_errors", "HTTP 4xx and 5xx responses by route and status.", ["route", "status"])
 API_SEARCH_DURATION = Histogram(
-    "streamrag_api_search_duration_seconds", "Database time of a search, by mode.", ["mode"], buckets=API_BUCKETS
+    "streamrag_api_search_duration_seconds",
+    "Retrieval time of a search (database and keyword index), by mode.",
+    ["mode"],
+    buckets=API_BUCKETS,
 )
 API_EMBED_DURATION = Histogram("streamrag_api_embed_duration_seconds", "Embedding a query.", buckets=API_BUCKETS)
 API_LLM_DURATION = Histogram(
@@ -113,6 +116,20 @@ API_LLM_DURATION = Histogram(
     "Answer generation by answerer (extractive, llm) and outcome (ok, fallback).",
     ["answerer", "outcome"],
     buckets=API_BUCKETS,
+)
+KEYWORD_INDEX_DOCUMENTS = Gauge(
+    "streamrag_keyword_index_documents", "Live documents in the API's keyword (BM25) index."
+)
+KEYWORD_INDEX_CHANGES = Counter(
+    "streamrag_keyword_index_changes", "Changes the keyword index read from Postgres, by kind.", ["kind"]
+)
+KEYWORD_INDEX_REFRESH = Histogram(
+    "streamrag_keyword_index_refresh_seconds",
+    "Reading and applying what committed in Postgres since the keyword index's last snapshot.",
+    buckets=API_BUCKETS,
+)
+KEYWORD_INDEX_CAUGHT_UP = Gauge(
+    "streamrag_keyword_index_caught_up_timestamp_seconds", "When the keyword index last caught up with Postgres."
 )
 
 # --- canary probe ---------------------------------------------------------------------------------------------------

@@ -40,7 +40,16 @@ class Settings(BaseSettings):
     keyword_rank_window: int = Field(
         1000,
         ge=10,
-        description="Keyword search ranks the newest this many full-text matches (all of them when fewer match).",
+        description="Until the keyword index is built, keyword search in Postgres ranks the newest this many "
+        "full-text matches (all of them when fewer match).",
+    )
+    keyword_index: bool = Field(
+        True,
+        description="Keyword search on the API's own BM25 index (tantivy, in memory, following Postgres); "
+        "off = Postgres full text only.",
+    )
+    keyword_refresh_s: float = Field(
+        0.2, gt=0, le=60, description="How often the keyword index reads what committed in Postgres."
     )
     answer_min_similarity: float = Field(
         0.35, ge=-1, le=1, description="/answer reads only documents at least this similar to the question (cosine)."

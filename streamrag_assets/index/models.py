@@ -8,8 +8,18 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import BigInteger, Boolean, Computed, DateTime, Index, Integer, String, Text, func
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 EMBEDDING_DIM = 384
+
+
+class XID8(UserDefinedType):
+    """Postgres' 64-bit transaction id (what `pg_current_xact_id()` returns and snapshots are made of)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw) -> str:
+        return "xid8"
 
 
 class Base(DeclarativeBase):
@@ -47,6 +57,9 @@ class Document(Base):
     search: Mapped[str] = mapped_column(
         TSVECTOR, Computed("to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(text, ''))", persisted=True)
     )
+    # The transaction that last wrote the row (default on insert, a trigger on update): followers of the table
+    # read what committed since their last snapshot by it (see migration 0004).
+    written_xid: Mapped[str] = mapped_column(XID8, server_default=func.pg_current_xact_id())
 
     __table_args__ = (
         Index(
@@ -60,7 +73,20 @@ class Document(Base):
         Index("documents_event_time", "event_time"),
         Index("documents_filters", "lang", "namespace", "type", "bot"),
         Index("documents_indexed_at", "indexed_at"),
+        Index("documents_written_xid", "written_xid"),
     )
+
+
+class DocumentRemoval(Base):
+    """A document row deleted for good (retention), logged by a trigger for the followers of `documents`."""
+
+    __tablename__ = "document_removals"
+
+    doc_id: Mapped[str] = mapped_column(String, primary_key=True)  # not a key in the table; the ORM needs one
+    removed_xid: Mapped[str] = mapped_column(XID8, server_default=func.pg_current_xact_id())
+    removed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("document_removals_removed_xid", "removed_xid"),)
 
 
 class DeadLetter(Base):

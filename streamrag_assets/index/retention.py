@@ -7,7 +7,9 @@ from typing import cast
 
 from sqlalchemy import CursorResult, create_engine, delete
 
-from streamrag_assets.index.models import Document
+from streamrag_assets.index.models import Document, DocumentRemoval
+
+REMOVALS_KEPT = timedelta(days=1)
 
 
 def prune(database_url: str, older_than_days: float) -> int:
@@ -16,6 +18,8 @@ def prune(database_url: str, older_than_days: float) -> int:
     try:
         with engine.begin() as conn:
             result = cast(CursorResult, conn.execute(delete(Document).where(Document.event_time < cutoff)))
+            # The removal log only has to outlive a follower's poll; a follower that restarts reads the table anew.
+            conn.execute(delete(DocumentRemoval).where(DocumentRemoval.removed_at < datetime.now(UTC) - REMOVALS_KEPT))
             return result.rowcount or 0
     finally:
         engine.dispose()
