@@ -1,0 +1,172 @@
+"""The API's keyword (BM25) index follows the `documents` table exactly: what committed since its last snapshot,
+in any commit order; edits, page deletions, moves, retention and TRUNCATE; and it honours the search filters."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from streamrag_api.keyword import KeywordIndex
+from streamrag_api.schemas import Filters
+from streamrag_api.search import search_engine
+from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.index.migrate import upgrade
+from streamrag_assets.index.retention import prune
+from streamrag_assets.index.store import DocumentIndex
+from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.services.postgres import admin_connect
+from streamrag_assets.streaming.refine import PROBE_WIKI, document, parse_event
+
+pytestmark = pytest.mark.integration
+
+EVERYTHING = Filters()
+
+
+def _gold(seq: int, **changes) -> dict:
+    """A replayed edit (all of these are on enwiki), changed as asked, happening now."""
+    event = json.loads(replay_event(seq))
+    event.update(changes)
+    doc = document(parse_event(json.dumps(event)))
+    now = datetime.now(UTC)
+    return doc | {"partition": 0, "offset": seq, "event_time": now, "ingested_at": now}
+
+
+def _log(seq: int, action: str, title: str, **changes) -> dict:
+    kind = {"type": "log", "log_id": seq, "log_type": action, "log_action": action, "revision": None, "length": None}
+    return _gold(seq, title=title, **kind, **changes)
+
+
+@pytest.fixture
+def database(stack):
+    name = f"kw_{uuid.uuid4().hex[:8]}"
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{stack.settings.postgres_port}/{name}"
+    upgrade(url)
+    return url
+
+
+def _live(store: DocumentIndex) -> int:
+    with store.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM documents WHERE NOT deleted")).scalar_one()
+
+
+def _found(index: KeywordIndex, words: str, filters: Filters = EVERYTHING, limit: int = 50) -> list[str]:
+    return [doc_id for doc_id, _, _ in index.search(words, filters, limit)]
+
+
+def test_follows_edits_deletions_moves_retention_and_truncate(database) -> None:
+    store = DocumentIndex(database, get_embedder())
+    keyword = KeywordIndex(search_engine(database))
+    assert not keyword.ready
+    docs = [_gold(seq, title=f"Quokka habitat {seq}") for seq in range(6)]
+    store.apply(docs)
+    keyword.refresh()
+    assert keyword.ready and keyword.index.searcher().num_docs == 6
+    assert set(_found(keyword, "quokka habitat")) == {d["doc_id"] for d in docs}
+
+    late = _gold(50, title="Axolotl gills")
+    store.apply([late])
+    assert _found(keyword, "axolotl") == [], "nothing is seen before the index reads Postgres again"
+    assert keyword.refresh() == 1
+    assert _found(keyword, "axolotl") == [late["doc_id"]]
+
+    edited = _gold(50, title="Axolotl gills", user="Narwhal Tusk")  # same doc_id, new text
+    store.apply([edited])
+    keyword.refresh()
+    assert _found(keyword, "narwhal") == [late["doc_id"]]
+    assert keyword.index.searcher().num_docs == _live(store) == 7, "an edit replaces the document, adds none"
+
+    store.apply([_log(60, "delete", docs[0]["title"])])  # the page is deleted: its documents are tombstoned
+    store.apply([_log(61, "move", docs[1]["title"], log_params={"target": "Pangolin scales"})])
+    keyword.refresh()
+    assert docs[0]["doc_id"] not in _found(keyword, "quokka habitat")
+    assert docs[1]["doc_id"] in _found(keyword, "pangolin"), "a moved page's documents carry its new title"
+
+    with store.engine.begin() as conn:  # older than the retention window
+        conn.execute(
+            text("UPDATE documents SET event_time = :old WHERE doc_id = :d"),
+            {"old": datetime.now(UTC) - timedelta(days=30), "d": docs[2]["doc_id"]},
+        )
+    assert prune(database, older_than_days=7) == 1
+    keyword.refresh()
+    assert docs[2]["doc_id"] not in _found(keyword, "quokka habitat")
+    assert keyword.index.searcher().num_docs == _live(store) == 6  # 7, a tombstone, the move's log entry, a prune
+
+    with store.engine.begin() as conn:
+        conn.execute(text("TRUNCATE documents"))
+    keyword.refresh()
+    assert keyword.index.searcher().num_docs == 0 and _found(keyword, "axolotl") == []
+
+
+def test_a_transaction_that_commits_after_a_later_one_is_not_missed(database) -> None:
+    """Snapshots, not timestamps or sequence numbers: a writer that started first and commits last is still read."""
+    store = DocumentIndex(database, get_embedder())
+    first, second = _gold(1, title="Slow tortoise"), _gold(2, title="Quick hare")
+    store.apply([first, second])
+    keyword = KeywordIndex(search_engine(database))
+    keyword.refresh()
+    slow = store.engine.connect()
+    slow_tx = slow.begin()
+    slow.execute(text("UPDATE documents SET title = 'Patient heron' WHERE doc_id = :d"), {"d": first["doc_id"]})
+    with store.engine.begin() as quick:  # started later, committed first
+        quick.execute(text("UPDATE documents SET title = 'Hasty lynx' WHERE doc_id = :d"), {"d": second["doc_id"]})
+    keyword.refresh()
+    assert _found(keyword, "lynx") == [second["doc_id"]] and _found(keyword, "heron") == []
+    slow_tx.commit()
+    slow.close()
+    keyword.refresh()
+    assert _found(keyword, "heron") == [first["doc_id"]]
+    assert keyword.index.searcher().num_docs == _live(store) == 2
+
+
+def test_filters_stop_words_and_bm25_order(database) -> None:
+    store = DocumentIndex(database, get_embedder())
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = {
+        "en": _gold(1, title="Walrus colony census", wiki="enwiki", bot=False),
+        "de": _gold(2, title="Walrus colony", wiki="dewiki", server_name="de.wikipedia.org", bot=False),
+        "bot": _gold(3, title="Walrus", wiki="enwiki", bot=True),
+        "talk": _gold(4, title="Talk:Walrus", namespace=1, bot=False),
+        "old": _gold(5, title="Walrus", bot=False),
+    }
+    for key, row in rows.items():
+        row["event_time"] = now - (timedelta(days=3) if key == "old" else timedelta(minutes=5))
+    store.apply(list(rows.values()))
+    probe = _gold(6, title="Walrus probe", wiki=PROBE_WIKI)
+    store.apply([probe])
+    keyword = KeywordIndex(search_engine(database))
+    keyword.refresh()
+    ids = {key: row["doc_id"] for key, row in rows.items()}
+
+    assert _found(keyword, "walrus colony census")[0] == ids["en"], "the document with every word ranks first"
+    assert keyword.terms("Who edited the Walrus page on enwiki?") == ["edited", "walrus", "page", "enwiki"]
+    assert _found(keyword, "the of and which") == []
+    assert set(_found(keyword, "walrus", Filters(wiki=["dewiki"]))) == {ids["de"]}
+    assert ids["bot"] not in _found(keyword, "walrus", Filters(exclude_bots=True))
+    assert set(_found(keyword, "walrus", Filters(namespace=[1]))) == {ids["talk"]}
+    recent = set(_found(keyword, "walrus", Filters(since=now - timedelta(days=1))))
+    assert ids["old"] not in recent and ids["en"] in recent
+    assert set(_found(keyword, "walrus", Filters(until=now - timedelta(days=1)))) == {ids["old"]}
+    assert probe["doc_id"] not in _found(keyword, "walrus")
+    assert probe["doc_id"] in [d for d, _, _ in keyword.search("walrus", EVERYTHING, 50, include_probes=True)]
+
+
+def test_the_follower_thread_picks_new_documents_up(database) -> None:
+    keyword = KeywordIndex(search_engine(database), refresh_s=0.05)
+    store = DocumentIndex(database, get_embedder())
+    keyword.start()
+    try:
+        store.apply([_gold(7, title="Capybara swim")])
+        deadline = time.monotonic() + 10
+        while not (keyword.ready and _found(keyword, "capybara")):
+            assert time.monotonic() < deadline, "the follower did not pick the document up within 10 s"
+            time.sleep(0.05)
+    finally:
+        keyword.stop()
+    assert keyword._thread is not None and not keyword._thread.is_alive()
