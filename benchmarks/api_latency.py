@@ -12,13 +12,14 @@ In one run, on an embedded Postgres (pgvector) and the API as `up` runs it (`api
 2. load: ``--clients`` closed-loop clients (threads, one httpx.Client each, no think time) send questions from a
    fixed list of 50 (a quarter of the requests carry one filter: lang, wiki, type, exclude_bots or the last 24 h) for
    ``--warmup`` s (not measured), then ``--seconds`` s measured, per endpoint: /search hybrid, vector, keyword, and
-   /answer (extractive). Latency is measured client-side per request (requests started inside the window).
+   /answer (extractive); the load starts once the API's keyword index holds the whole table. Latency is measured
+   client-side per request (requests started inside the window).
    The API's own Prometheus histograms (query embedding, database time) are read before and after each window.
 3. profile: /answer with "debug": true, first one client (service time without queueing), then all clients, and the
    server's timings_ms (embed / search / llm / total) are summarised; /search with one client per mode; then, with
-   the API idle, each question once per mode through the API's `Searcher` (database time alone), the share of the
-   table each keyword query matches, and EXPLAIN ANALYZE of the median keyword query as keyword and as hybrid mode
-   send it.
+   the API idle, each question once per mode through the API's `Searcher` (retrieval time alone), with the keyword
+   index and with Postgres' full text instead; the index's build time; the share of the table each question's words
+   match.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, text
 
+from streamrag_api.keyword import KeywordIndex
 from streamrag_api.schemas import SearchRequest
-from streamrag_api.search import DOCUMENT_COLUMNS, Searcher, Timings, query_terms, search_engine
+from streamrag_api.search import Searcher, Timings, query_terms, search_engine
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.models import Document
@@ -114,7 +116,6 @@ QUESTIONS = [
 _WHEN = re.compile(r" at \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC\.")
 _SIZE = re.compile(r"\(([+-][\d,]+) bytes, now ([\d,]+) bytes\)")
 _SUFFIX = re.compile(r" \(\d+\)$")
-_VECTOR_LITERAL = re.compile(r"'\[[^\]]*\]'::vector")
 _COPY_COLUMNS = ("doc_id", "embedding", *DOCUMENT_FIELDS, "model_name", "indexed_at")
 
 
@@ -313,6 +314,17 @@ def _scrape(client: httpx.Client) -> dict[str, float]:
     return out
 
 
+def _keyword_index_ready(settings, documents: int, since: float, timeout_s: float = 300) -> float:
+    """Seconds from the API's start until its keyword index holds every document (the load waits for it)."""
+    with httpx.Client(base_url=settings.api_url, timeout=10) as client:
+        while time.perf_counter() - since < timeout_s:
+            for family in text_string_to_metric_families(client.get("/metrics/").text):
+                if family.name == "streamrag_keyword_index_documents" and family.samples[0].value >= documents:
+                    return round(time.perf_counter() - since, 1)
+            time.sleep(0.5)
+    raise TimeoutError(f"the API's keyword index did not reach {documents} documents in {timeout_s} s")
+
+
 def _server_means(before: dict[str, float], after: dict[str, float], mode: str) -> dict:
     def mean(base: str) -> float | None:
         count = after.get(f"{base}_count", 0) - before.get(f"{base}_count", 0)
@@ -508,21 +520,27 @@ def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str
 
 
 def db_profile(settings) -> dict:
-    """Each question once per mode through the API's own `Searcher`, one at a time on an idle API: the database
-    time alone; how much of the table each question's keyword query matches; the keyword plan of the median one."""
+    """Each question once per mode through the API's own `Searcher`, one at a time with the API idle: retrieval time
+    with the keyword index (as the API serves) and with Postgres' full text (what keyword search falls back to
+    until the index is built, or with STREAMRAG_KEYWORD_INDEX=false); how long building the index from the table
+    takes; how much of the table each question's words match."""
     engine = search_engine(settings.app_database_url)
-    searcher = Searcher(engine, get_embedder())
-    out: dict = {}
-    for mode in ("vector", "keyword", "hybrid"):
-        times = []
-        for question in QUESTIONS:
-            timings = Timings()
-            searcher.search(SearchRequest(query=question, top_k=10, mode=mode), timings)
-            times.append(timings.search_ms)
-        out[f"{mode}_db_ms_1_client"] = _summary_ms(times)
+    keyword = KeywordIndex(engine)
+    began = time.perf_counter()
+    keyword.refresh()
+    out: dict = {"keyword_index_build_s": round(time.perf_counter() - began, 2)}
+    for index in (keyword, None):
+        searcher = Searcher(engine, get_embedder(), settings.keyword_rank_window, keyword_index=index)
+        for mode in ("vector", "keyword", "hybrid") if index else ("keyword", "hybrid"):
+            times = []
+            for question in QUESTIONS:
+                timings = Timings()
+                searcher.search(SearchRequest(query=question, top_k=10, mode=mode), timings)
+                times.append(timings.search_ms)
+            out[f"{mode}_retrieval_ms_1_client" + ("" if index else "_postgres_full_text")] = _summary_ms(times)
     with engine.connect() as conn:
         total = conn.execute(text("SELECT count(*) FROM documents")).scalar()
-        matched = []
+        fractions = []
         for question in QUESTIONS:
             terms = query_terms(question)
             count = (
@@ -533,49 +551,14 @@ def db_profile(settings) -> dict:
                 if terms
                 else 0
             )
-            matched.append((count, question, terms))
-        matched.sort()
-        fractions = [count / total for count, _, _ in matched]
-        out["keyword_match_fraction"] = {
-            "p50": round(_percentile(fractions, 0.5), 3),
-            "p95": round(_percentile(fractions, 0.95), 3),
-            "max": round(max(fractions), 3),
-        }
-        count, question, terms = matched[len(matched) // 2]
-        vector = searcher.embed(question, Timings())
-        conn.execute(text("SET LOCAL hnsw.ef_search = 100"))
-        plans = {}
-        # As /search keyword sends it (no vector), and as hybrid and /answer send it (cosine of every match).
-        for label, similarity in (("keyword", "NULL::float"), ("hybrid", "1 - (embedding <=> CAST(:q AS vector))")):
-            plans[label] = [
-                _VECTOR_LITERAL.sub("'[...]'::vector", line[0])
-                for line in conn.execute(
-                    text(
-                        f"EXPLAIN (ANALYZE, BUFFERS, VERBOSE) SELECT {DOCUMENT_COLUMNS}, "
-                        f"ts_rank_cd(search, query) AS rank, {similarity} AS similarity "
-                        "FROM documents, to_tsquery('simple', :tsquery) AS query "
-                        "WHERE search @@ query AND NOT deleted ORDER BY rank DESC, event_time DESC LIMIT 40"
-                    ),
-                    {"q": _vector_literal(np.asarray(vector)), "tsquery": " | ".join(terms)},
-                ).all()
-            ]
-        conn.rollback()
+            fractions.append(count / total)
     engine.dispose()
-    out["keyword_plan_median_question"] = {
-        "question": question,
-        "tsquery": " | ".join(terms),
-        "matches": count,
-        "execution_ms": {label: _execution_ms(plan) for label, plan in plans.items()},
-        "plans": plans,
+    out["keyword_match_fraction"] = {
+        "p50": round(_percentile(fractions, 0.5), 3),
+        "p95": round(_percentile(fractions, 0.95), 3),
+        "max": round(max(fractions), 3),
     }
     return out
-
-
-def _execution_ms(plan: list[str]) -> float | None:
-    for line in plan:
-        if line.startswith("Execution Time:"):
-            return float(line.split(":")[1].split()[0])
-    return None
 
 
 def _api_log_problems(path: Path) -> list[str]:
@@ -613,9 +596,11 @@ def main() -> None:
         api.start()
         api.wait_ready(120)
         result["api_start_s"] = round(time.perf_counter() - began, 1)
+        result["keyword_index_ready_s"] = _keyword_index_ready(settings, result["corpus"]["documents"], began)
         pids = {"api": api.proc.pid, "postgres": stack.postgres.proc.pid}
         result["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
         result["load"] = load(settings, args.clients, args.warmup, args.seconds, pids)
+        result["api_rss_mb"] = round(psutil.Process(api.proc.pid).memory_info().rss / 2**20)
         result["db_profile"] = db_profile(settings)
         result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         result["api_log_problems"] = _api_log_problems(settings.state_dir / "logs" / "api.log")

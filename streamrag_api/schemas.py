@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -32,7 +32,9 @@ class Filters(BaseModel):
 
     wiki: list[str] | None = Field(None, max_length=50, description="Wiki database names, e.g. enwiki, commonswiki.")
     lang: list[str] | None = Field(None, max_length=50, description="Language codes, e.g. en, de.")
-    namespace: list[int] | None = Field(None, max_length=50, description="MediaWiki namespace numbers (0 = articles).")
+    namespace: list[Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]] | None = Field(
+        None, max_length=50, description="MediaWiki namespace numbers (0 = articles)."
+    )
     type: list[ChangeType] | None = Field(None, description="Kinds of change.")
     since: datetime | None = Field(None, description="Event time from (inclusive); UTC when no zone is given.")
     until: datetime | None = Field(None, description="Event time before (exclusive).")
@@ -62,7 +64,7 @@ class SearchRequest(BaseModel):
 
     query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS, description="What to look for.")
     top_k: int = Field(10, ge=1, le=50, description="How many hits (1-50).")
-    mode: Mode = Field("hybrid", description="vector (pgvector), keyword (full text) or hybrid (both, fused by RRF).")
+    mode: Mode = Field("hybrid", description="vector (pgvector), keyword (BM25) or hybrid (both, fused by RRF).")
     filters: Filters = Field(default_factory=Filters)
     recency_boost: float = Field(
         0.0, ge=0, le=10, description="Favour recent edits: score x (1 + boost x 2^(-age / 24 h)). 0 = off."
@@ -102,7 +104,9 @@ class Document(BaseModel):
 
 
 class Hit(Document):
-    score: float = Field(..., description="Higher is better; cosine similarity (vector), rank (keyword), RRF (hybrid).")
+    score: float = Field(
+        ..., description="Higher is better; cosine similarity (vector), text relevance (keyword), RRF (hybrid)."
+    )
     similarity: float | None = Field(None, description="Cosine similarity of the query and the document, when known.")
 
 
