@@ -16,6 +16,7 @@ from typing import Annotated
 
 import httpx
 from fastapi import FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -191,18 +192,27 @@ def _raise_if_down(exc: DBAPIError) -> None:
 
 
 # --- retrieval ------------------------------------------------------------------------------------------------------
+# The retrieval routes are coroutines that hand their blocking work to one worker thread: FastAPI runs a plain
+# `def` route in a worker thread and then validates its result in another, a second hand-over per request.
 @app.post("/search", response_model=SearchResponse, summary="Hybrid, vector or keyword search with filters")
-def search(body: SearchRequest, request: Request) -> SearchResponse:
+async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    return await run_in_threadpool(_search, services(request), body)
+
+
+def _search(svc: Services, body: SearchRequest) -> SearchResponse:
     began = time.perf_counter()
-    hits = _database(services(request).searcher.search, body)
+    hits = _database(svc.searcher.search, body)
     return SearchResponse(
         query=body.query, mode=body.mode, hits=hits, took_ms=round((time.perf_counter() - began) * 1000, 2)
     )
 
 
 @app.post("/answer", response_model=AnswerResponse, summary="An answer with numbered citations of the sources used")
-def answer(body: AnswerRequest, request: Request) -> AnswerResponse:
-    svc = services(request)
+async def answer(body: AnswerRequest, request: Request) -> AnswerResponse:
+    return await run_in_threadpool(_answer, services(request), body)
+
+
+def _answer(svc: Services, body: AnswerRequest) -> AnswerResponse:
     timings = Timings()
     began = time.perf_counter()
     hits = _database(svc.searcher.search, body, timings, similarity=True)

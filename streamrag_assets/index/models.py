@@ -57,9 +57,9 @@ class Document(Base):
     search: Mapped[str] = mapped_column(
         TSVECTOR, Computed("to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(text, ''))", persisted=True)
     )
-    # The transaction that last wrote the row (default on insert, a trigger on update): followers of the table
-    # read what committed since their last snapshot by it (see migration 0004).
-    written_xid: Mapped[str] = mapped_column(XID8, server_default=func.pg_current_xact_id())
+    # The transaction that last wrote the row (default on insert, a trigger on update; NULL for rows older than
+    # migration 0004): followers of the table read what committed since their last snapshot by it.
+    written_xid: Mapped[str | None] = mapped_column(XID8, server_default=func.pg_current_xact_id())
 
     __table_args__ = (
         Index(

@@ -15,8 +15,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Inserts take the default; updates (upserts' ON CONFLICT DO UPDATE, tombstones, renames) the trigger.
-    op.execute("ALTER TABLE documents ADD COLUMN written_xid xid8 NOT NULL DEFAULT pg_current_xact_id()")
+    # Inserts take the default; updates (upserts' ON CONFLICT DO UPDATE, tombstones, renames) the trigger. Rows
+    # already there keep NULL (adding the column with its default in one step would rewrite the table under an
+    # exclusive lock); a follower reads them in its first, full read.
+    op.execute("ALTER TABLE documents ADD COLUMN written_xid xid8")
+    op.execute("ALTER TABLE documents ALTER COLUMN written_xid SET DEFAULT pg_current_xact_id()")
     op.execute(
         "CREATE FUNCTION documents_note_writer() RETURNS trigger LANGUAGE plpgsql AS "
         "$$ BEGIN NEW.written_xid := pg_current_xact_id(); RETURN NEW; END $$"
