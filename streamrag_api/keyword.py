@@ -7,6 +7,10 @@ vector. Hits are ids: the searcher reads their rows from Postgres with the reque
 never show a deleted page. Until the first full read is done, `ready` is False and keyword search uses Postgres'
 own full text instead.
 
+Each poll reads the rows written since the oldest transaction still open at the previous snapshot (and skips those
+it has applied): a transaction left open elsewhere in the cluster makes every poll re-read what was written since it
+began. Cheap at this platform's write rate; worth knowing if one is ever left idle in a transaction for hours.
+
 Why not Postgres alone: a question's words are common across edits, and ranking full-text matches in Postgres cost
 10-35 ms of its CPU per question at 100k documents (every match is read to rank it); the index answers the same
 in well under a millisecond, with BM25 instead of cover density."""
