@@ -101,6 +101,7 @@ def llm(settings: Settings, query: str, sources: list[Hit]) -> Answer:
     headers = {}
     if settings.llm_api_key is not None:
         headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
+    assert settings.llm_base_url is not None, "llm() is called only with an endpoint configured"
     url = settings.llm_base_url.rstrip("/") + "/chat/completions"
     body = {"model": settings.llm_model, "messages": _prompt(query, sources), "temperature": 0}
     try:

@@ -82,7 +82,8 @@ NOT_A_PROBE = "NOT ('probe' = ANY(quality_flags))"
 
 
 def _where(filters: Filters, include_probes: bool = False) -> tuple[str, dict[str, Any]]:
-    clauses, params = ["NOT deleted"], {}
+    clauses: list[str] = ["NOT deleted"]
+    params: dict[str, Any] = {}
     if not include_probes:
         clauses.append(NOT_A_PROBE)
     for name in ("wiki", "lang", "namespace", "type"):

@@ -34,7 +34,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class Embedder:
 
     def __post_init__(self) -> None:
         self._model = None
-        self._session = None
+        self._session: Any = None  # onnxruntime.InferenceSession once started
         self._onnx_ready = False
         self._inputs: list[str] = []
         self._lock = threading.Lock()

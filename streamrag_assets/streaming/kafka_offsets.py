@@ -54,7 +54,7 @@ def high_watermarks(
     unknown = [tp for tp in tps if not near or near.get(tp.partition, 0) <= 0]
     beginning = consumer.beginning_offsets(unknown) if unknown else {}
     for tp in tps:
-        consumer.seek(tp, beginning[tp] if tp in beginning else near[tp.partition] - 1)
+        consumer.seek(tp, beginning[tp] if tp in beginning else (near or {})[tp.partition] - 1)
     began = time.monotonic()
     deadline = began + timeout_s
     marks: dict[int, int] = {}

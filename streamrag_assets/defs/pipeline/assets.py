@@ -191,8 +191,8 @@ def medallion(context: dg.AssetExecutionContext, pyspark: PySparkResource):
             context.log_event(event)
     by_key = {m.asset_key: m for m in events if m.partition is None}
     for key in STREAM_TABLES:
-        event = by_key.get(key)
-        metadata: dict[str, Any] = dict(event.metadata) if event else {"rows": 0, "batches": 0}
+        table_event = by_key.get(key)
+        metadata: dict[str, Any] = dict(table_event.metadata) if table_event else {"rows": 0, "batches": 0}
         if key in COLUMN_LINEAGE:
             metadata["dagster/column_lineage"] = COLUMN_LINEAGE[key]
         yield dg.MaterializeResult(asset_key=key, metadata=metadata)
