@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         description="Keyword search on the API's own BM25 index (tantivy, in memory, following Postgres); "
         "off = Postgres full text only.",
     )
+    search_concurrency: int | None = Field(
+        None, ge=1, le=256, description="Searches the API computes at once (the rest wait in order); none: cores + 1."
+    )
     keyword_refresh_s: float = Field(
         0.2, gt=0, le=60, description="How often the keyword index reads what committed in Postgres."
     )
