@@ -13,7 +13,7 @@ began. Cheap at this platform's write rate; worth knowing if one is ever left id
 
 Why not Postgres alone: a question's words are common across edits, and ranking full-text matches in Postgres cost
 10-35 ms of its CPU per question at 100k documents (every match is read to rank it); the index answers the same
-in well under a millisecond, with BM25 instead of cover density."""
+in about a millisecond (measured), with BM25 instead of cover density."""
 
 from __future__ import annotations
 
