@@ -201,19 +201,19 @@ class KeywordIndex:
     def refresh(self) -> int:
         """Apply what committed since the last snapshot (everything, the first time); the changes applied."""
         began = time.perf_counter()
+        first = self.snapshot is None
         with self.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all the reads
             try:
                 with conn.begin():
                     snapshot = conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one()
-                    changes = self._rebuild(conn) if self.snapshot is None else self._catch_up(conn)
+                    changes = self._rebuild(conn) if first else self._catch_up(conn)
             except BaseException:
                 self.writer.rollback()  # half a change set: drop it, read it again next time
                 raise
-        if changes:
+        if changes or first:  # the first commit makes even an empty table's index ready to search
             self.writer.commit()
             self.index.reload()
-        if changes or self.snapshot is None:
             KEYWORD_INDEX_DOCUMENTS.set(self.index.searcher().num_docs)
         self.snapshot = snapshot
         KEYWORD_INDEX_CAUGHT_UP.set_to_current_time()
@@ -230,7 +230,7 @@ class KeywordIndex:
             count += 1
         log.info("keyword index built from %d documents", count)
         KEYWORD_INDEX_CHANGES.labels("read").inc(count)
-        return count + 1  # commit even an empty index (the delete-all)
+        return count
 
     def _catch_up(self, conn) -> int:
         previous = {"previous": self.snapshot}

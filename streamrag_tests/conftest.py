@@ -89,6 +89,16 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
     return Settings(**values)
 
 
+def fresh_database(stack, prefix: str) -> str:
+    """The SQLAlchemy URL of a new, empty database on the shared test Postgres."""
+    from streamrag_assets.services.postgres import admin_connect
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql+psycopg://postgres@127.0.0.1:{stack.settings.postgres_port}/{name}"
+
+
 def separate_platform(stack, prefix: str, dagster_db: bool = False, **overrides: object) -> Settings:
     """Settings of a platform of its own on the shared test servers: its own state directory (under a fresh
     temporary directory: remove ``settings.home.parent`` when done), topic and app database (and Dagster database)."""

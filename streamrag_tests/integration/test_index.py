@@ -5,7 +5,6 @@ Dead letters: a document that cannot be embedded is kept with the reason and ind
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 from sqlalchemy import text
@@ -14,8 +13,8 @@ from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.store import DocumentIndex
 from streamrag_assets.ingest.sources import replay_event
-from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.streaming.refine import document, parse_event
+from streamrag_tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +28,7 @@ def _gold(seq: int, partition: int = 0, **changes) -> dict:
 
 @pytest.fixture(scope="module")
 def index(stack):
-    database = f"idx_{uuid.uuid4().hex[:8]}"
-    with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE {database}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{stack.settings.postgres_port}/{database}"
+    url = fresh_database(stack, "idx")
     upgrade(url)
     upgrade(url)  # migrations are idempotent: a second `up` changes nothing
     return DocumentIndex(url, get_embedder())

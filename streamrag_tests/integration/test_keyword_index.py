@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,8 +18,8 @@ from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.retention import prune
 from streamrag_assets.index.store import DocumentIndex
 from streamrag_assets.ingest.sources import replay_event
-from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.streaming.refine import PROBE_WIKI, document, parse_event
+from streamrag_tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +42,7 @@ def _log(seq: int, action: str, title: str, **changes) -> dict:
 
 @pytest.fixture
 def database(stack):
-    name = f"kw_{uuid.uuid4().hex[:8]}"
-    with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{stack.settings.postgres_port}/{name}"
+    url = fresh_database(stack, "kw")
     upgrade(url)
     return url
 
