@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast lint install system-deps clean
+.PHONY: up down status test test-fast lint install system-deps bench-api clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install system-deps
 
 test-fast: install
 	$(BIN)/pytest -m "not integration"
+
+# Benchmarks (not tests): figures go to benchmarks/RESULTS.md.
+bench-api: install
+	@./scripts/install-system-deps.sh wrk
+	PYTHONPATH=. $(BIN)/python -m benchmarks.api_latency $(ARGS)
 
 lint: install
 	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests

@@ -32,6 +32,7 @@ import random
 import re
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -362,6 +363,31 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+class _Window:
+    """CPU seconds of the API, Postgres, this process and the whole machine across a measured window."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before = self._sample()
+
+    def _sample(self) -> dict[str, float]:
+        out = {name: _cpu_seconds([pid]) for name, pid in self.pids.items()}
+        out["bench"] = _own_cpu_seconds()
+        out["machine"] = _busy_cpu_seconds()
+        return out
+
+    def close(self, generator_cpu_s: float | None = None) -> dict:
+        after = self._sample()
+        used = {name: after[name] - self.before[name] for name in after}
+        if generator_cpu_s is not None:
+            used["load_generator"] = generator_cpu_s
+        return {
+            "cpu_s": {name: round(value, 1) for name, value in used.items() if name != "machine"},
+            "cpu_s_others": round(used["machine"] - sum(v for n, v in used.items() if n != "machine"), 1),
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        }
+
+
 def run_phase(
     base_url: str,
     path: str,
@@ -372,7 +398,7 @@ def run_phase(
     parse,
     pids: dict[str, int],
 ) -> tuple[dict, list[dict], dict[str, float], dict[str, float]]:
-    """``clients`` closed-loop threads; latencies of the requests started in [warm-up end, end)."""
+    """``clients`` closed-loop httpx threads; latencies of the requests started in [warm-up end, end)."""
     start = time.monotonic()
     measure_from = start + warmup_s
     end = measure_from + seconds
@@ -414,34 +440,129 @@ def run_phase(
             thread.start()
         time.sleep(max(0.0, measure_from - time.monotonic()))
         before = _scrape(probe)
-        cpu_before = {name: _cpu_seconds([pid]) for name, pid in pids.items()}
-        cpu_before["bench"] = _own_cpu_seconds()
-        cpu_before["machine"] = _busy_cpu_seconds()
+        window = _Window(pids)
         time.sleep(max(0.0, end - time.monotonic()))
-        cpu_after = {name: _cpu_seconds([pid]) for name, pid in pids.items()}
-        cpu_after["bench"] = _own_cpu_seconds()
-        cpu_after["machine"] = _busy_cpu_seconds()
+        usage = window.close()
         for thread in threads:
             thread.join(60)
         after = _scrape(probe)
     result = {
+        "load_generator": "httpx",
         "requests": len(latencies),
         "errors": sum(errors.values()),
         "error_kinds": errors,
         "rps": round(len(latencies) / seconds, 1),
         "latency_ms": _summary_ms(latencies),
-        "cpu_s": {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_after},
-        "cpu_s_others": round(
-            (cpu_after["machine"] - cpu_before["machine"])
-            - sum(cpu_after[n] - cpu_before[n] for n in cpu_after if n != "machine"),
-            1,
-        ),
-        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        **usage,
     }
     return result, extras, before, after
 
 
-def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str, int]) -> dict:
+# wrk's Lua side: requests cycle through BODIES; each response's status, took_ms and hit count are kept per thread
+# and gathered by done(), which prints one JSON line.
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) counter = 0; took = {}; hits = 0; bad = 0 end
+function request()
+  counter = counter + 1
+  return wrk.format(nil, PATH, nil, BODIES[(counter % #BODIES) + 1])
+end
+function response(status, headers, body)
+  if status ~= 200 then bad = bad + 1; return end
+  local t = body:match('"took_ms":%s*([%d.]+)')
+  if t then took[#took + 1] = tonumber(t) end
+  local _, n = body:gsub('"doc_id":', "")
+  hits = hits + n
+end
+function done(summary, latency, requests)
+  local all_took, all_hits, all_bad = {}, 0, 0
+  for _, thread in ipairs(threads) do
+    for _, t in ipairs(thread:get("took")) do all_took[#all_took + 1] = t end
+    all_hits = all_hits + thread:get("hits")
+    all_bad = all_bad + thread:get("bad")
+  end
+  local e = summary.errors
+  local parts = {}
+  for _, t in ipairs(all_took) do parts[#parts + 1] = string.format("%.2f", t) end
+  io.write(string.format(
+    'WRK {"requests": %d, "duration_us": %d, "non_200": %d, "socket_errors": %d, "hits": %d, '
+    .. '"p50_us": %d, "p95_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f, "took_ms": [%s]}\\n',
+    summary.requests, summary.duration, all_bad, e.connect + e.read + e.write + e.timeout, all_hits,
+    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max, latency.mean,
+    table.concat(parts, ",")))
+end
+"""
+
+
+def _wrk_script(path: str, bodies: list[str]) -> str:
+    def literal(value: str) -> str:
+        assert "]==]" not in value
+        return f"[==[{value}]==]"
+
+    return (
+        f"PATH = {literal(path)}\nBODIES = {{\n" + ",\n".join(literal(body) for body in bodies) + "\n}\n" + _WRK_SCRIPT
+    )
+
+
+def _run_wrk(url: str, script: Path, clients: int, seconds: float) -> tuple[dict, float]:
+    """One wrk run (one thread, ``clients`` connections, each a closed loop); its summary and CPU seconds."""
+    command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script), url]
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text_out = out.read().decode()
+    if proc.returncode != 0 or "WRK " not in text_out:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {text_out[-2000:]}")
+    summary = json.loads(text_out.split("WRK ", 1)[1].splitlines()[0])
+    return summary, usage.ru_utime + usage.ru_stime
+
+
+def run_wrk_phase(
+    base_url: str,
+    path: str,
+    make_body,
+    clients: int,
+    warmup_s: float,
+    seconds: float,
+    pids: dict[str, int],
+) -> tuple[dict, list[float], dict[str, float], dict[str, float]]:
+    """``clients`` closed-loop connections from wrk (C, one thread): a warm-up run, then the measured run."""
+    bodies = [json.dumps(make_body(i)) for i in range(len(QUESTIONS) * 20)]  # every question with every filter
+    with tempfile.TemporaryDirectory() as tmp, httpx.Client(base_url=base_url, timeout=30) as probe:
+        script = Path(tmp) / "load.lua"
+        script.write_text(_wrk_script(path, bodies))
+        if warmup_s > 0:
+            _run_wrk(base_url, script, clients, warmup_s)
+        before = _scrape(probe)
+        window = _Window(pids)
+        summary, generator_cpu_s = _run_wrk(base_url, script, clients, seconds)
+        usage = window.close(generator_cpu_s)
+        after = _scrape(probe)
+    requests = summary["requests"] - summary["non_200"]
+    result = {
+        "load_generator": "wrk",
+        "requests": requests,
+        "errors": summary["non_200"] + summary["socket_errors"],
+        "rps": round(summary["requests"] / (summary["duration_us"] / 1e6), 1),
+        "latency_ms": {
+            "p50": round(summary["p50_us"] / 1000, 1),
+            "p95": round(summary["p95_us"] / 1000, 1),
+            "p99": round(summary["p99_us"] / 1000, 1),
+            "max": round(summary["max_us"] / 1000, 1),
+            "mean": round(summary["mean_us"] / 1000, 1),
+        },
+        "mean_hits": round(summary["hits"] / requests, 1) if requests else None,
+        **usage,
+    }
+    return result, summary["took_ms"], before, after
+
+
+def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str, int], generator: str) -> dict:
     base_url = settings.api_url
     now = datetime.now(UTC)
     results: dict[str, dict] = {}
@@ -458,11 +579,17 @@ def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str
         return {"took_ms": data["took_ms"], "hits": len(data["hits"])}
 
     for mode in ("hybrid", "vector", "keyword"):
-        result, extras, before, after = run_phase(
-            base_url, "/search", search_body(mode), clients, warmup_s, seconds, search_parse, pids
-        )
-        result["server_took_ms"] = _summary_ms([e["took_ms"] for e in extras])
-        result["mean_hits"] = round(statistics.fmean(e["hits"] for e in extras), 1) if extras else None
+        if generator == "wrk":
+            result, took, before, after = run_wrk_phase(
+                base_url, "/search", search_body(mode), clients, warmup_s, seconds, pids
+            )
+        else:
+            result, extras, before, after = run_phase(
+                base_url, "/search", search_body(mode), clients, warmup_s, seconds, search_parse, pids
+            )
+            took = [e["took_ms"] for e in extras]
+            result["mean_hits"] = round(statistics.fmean(e["hits"] for e in extras), 1) if extras else None
+        result["server_took_ms"] = _summary_ms(took)
         result |= _server_means(before, after, mode)
         results[f"search_{mode}"] = result
         print(json.dumps({f"search_{mode}": result}), flush=True)
@@ -481,11 +608,18 @@ def load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str
             out |= data["debug"]["timings_ms"]
         return out
 
-    result, extras, before, after = run_phase(
-        base_url, "/answer", answer_body(False), clients, warmup_s, seconds, answer_parse, pids
-    )
-    result["answerers"] = sorted({e["answerer"] for e in extras})
-    result["dont_know_fraction"] = round(sum(1 for e in extras if not e["cited"]) / len(extras), 3) if extras else None
+    if generator == "wrk":
+        result, _, before, after = run_wrk_phase(
+            base_url, "/answer", answer_body(False), clients, warmup_s, seconds, pids
+        )
+        result["mean_citations"] = result.pop("mean_hits")
+    else:
+        result, extras, before, after = run_phase(
+            base_url, "/answer", answer_body(False), clients, warmup_s, seconds, answer_parse, pids
+        )
+        result["answerers"] = sorted({e["answerer"] for e in extras})
+        cited = sum(1 for e in extras if e["cited"])
+        result["dont_know_fraction"] = round(1 - cited / len(extras), 3) if extras else None
     result |= _server_means(before, after, "hybrid")
     results["answer"] = result
     print(json.dumps({"answer": result}), flush=True)
@@ -578,8 +712,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60, help="Measured seconds per endpoint.")
     parser.add_argument("--warmup", type=float, default=10, help="Unmeasured seconds before each window.")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--load-generator",
+        choices=("wrk", "httpx"),
+        default="wrk",
+        help="wrk (C; Debian package `wrk`, `make bench-api` installs it) or httpx threads in this process, "
+        "whose own CPU (~1 ms a request) and GIL waits count in the latency on a small machine.",
+    )
     parser.add_argument("--keep-state", action="store_true", help="Keep the state directory (logs, data).")
     args = parser.parse_args()
+    if args.load_generator == "wrk" and shutil.which("wrk") is None:
+        parser.error("wrk is not installed: `make bench-api`, `apt-get install wrk`, or --load-generator httpx")
     home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
     home.chmod(0o755)
     settings = isolated_settings(home / ".streamrag")
@@ -599,7 +742,7 @@ def main() -> None:
         result["keyword_index_ready_s"] = _keyword_index_ready(settings, result["corpus"]["documents"], began)
         pids = {"api": api.proc.pid, "postgres": stack.postgres.proc.pid}
         result["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
-        result["load"] = load(settings, args.clients, args.warmup, args.seconds, pids)
+        result["load"] = load(settings, args.clients, args.warmup, args.seconds, pids, args.load_generator)
         result["api_rss_mb"] = round(psutil.Process(api.proc.pid).memory_info().rss / 2**20)
         result["db_profile"] = db_profile(settings)
         result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -2,8 +2,10 @@
 # Debian packages the tests need beyond PyPI: docker-compose (validates docker-compose.yml without an engine),
 # chromium + its driver (UI tests in a real browser), prometheus (+ promtool; the metrics checks).
 # Idempotent; installs only what is missing. Needs root (or sudo) the first time.
+# With arguments, installs those packages instead (e.g. `wrk` for the API benchmark).
 set -euo pipefail
 packages=(docker-compose chromium chromium-driver prometheus)
+[ $# -gt 0 ] && packages=("$@")
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -4,6 +4,7 @@ pages) are never returned."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
@@ -13,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from pgvector.psycopg import register_vector
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import TextClause, create_engine, event, text
 from sqlalchemy.engine import Engine
 
 from streamrag_api.keyword import STOP_WORDS, KeywordIndex
@@ -159,17 +160,39 @@ class Searcher:
                 now = datetime.now(UTC)
                 scored = [(score * _recency(c.event_time, now, request.recency_boost), c) for score, c in scored]
             scored.sort(key=lambda pair: pair[0], reverse=True)
-            scored = scored[: request.top_k]
-            if request.mode != "vector":  # the winners, whole; one tombstoned since the first statement is left out
-                documents = self._documents(conn, vector, where, params, ids=[c.doc_id for _, c in scored])
+            if request.mode == "vector":
+                scored = scored[: request.top_k]
+            else:  # the winners, whole: a keyword hit deleted or filtered out since the index saw it gives way
+                scored = self._winners(conn, vector, where, params, scored, request.top_k, documents)
         elapsed = time.perf_counter() - began
         API_SEARCH_DURATION.labels(request.mode).observe(elapsed)
         timings.search_ms = round(elapsed * 1000, 2)
-        return [Hit(**documents[c.doc_id], score=score) for score, c in scored if c.doc_id in documents]
+        return [Hit(**documents[c.doc_id], score=score) for score, c in scored]
+
+    def _winners(
+        self,
+        conn,
+        vector,
+        where: str,
+        params: dict,
+        scored: list[tuple[float, Candidate]],
+        top_k: int,
+        documents: dict[str, dict[str, Any]],
+    ) -> list[tuple[float, Candidate]]:
+        """The best ``top_k`` of ``scored`` (best first) that are still there, their rows read into ``documents``:
+        one statement, and one more for each round of candidates that went missing meanwhile (rare)."""
+        winners: list[tuple[float, Candidate]] = []
+        start = 0
+        while len(winners) < top_k and start < len(scored):
+            batch = scored[start : start + top_k - len(winners)]
+            start += len(batch)
+            documents.update(self._documents(conn, vector, where, params, ids=[c.doc_id for _, c in batch]))
+            winners += [(score, c) for score, c in batch if c.doc_id in documents]
+        return winners
 
     @staticmethod
     def _nearest(conn, vector, where: str, params: dict, limit: int) -> list[Candidate]:
-        statement = text(
+        statement = _statement(
             f"SELECT doc_id, event_time, 1 - (embedding <=> :q) AS score FROM documents "
             f"WHERE {where} ORDER BY embedding <=> :q LIMIT :limit"
         )
@@ -185,7 +208,7 @@ class Searcher:
         and ranking every match (``ts_rank_cd`` reads each one's text vector) cost ~70 ms of Postgres per query at
         100k documents. Newest first is the order this platform's readers want among equally good matches, and
         a query whose matches fit the window is ranked exactly as before."""
-        statement = text(
+        statement = _statement(
             "SELECT doc_id, event_time, ts_rank_cd(search, query) AS rank "
             "FROM (SELECT doc_id, event_time, search FROM documents "
             f"      WHERE search @@ to_tsquery('simple', :tsquery) AND {where} "
@@ -214,7 +237,7 @@ class Searcher:
         similarity = "1 - (embedding <=> :q)" if vector is not None else "NULL::float8"
         which = "doc_id = ANY(:ids)" if ids is not None else "true"
         order = "ORDER BY embedding <=> :q LIMIT :nearest" if nearest is not None else ""
-        statement = text(
+        statement = _statement(
             f"SELECT {DOCUMENT_COLUMNS}, {similarity} AS similarity FROM documents WHERE {which} AND {where} {order}"
         )
         out = {}
@@ -224,6 +247,12 @@ class Searcher:
                 document["similarity"] = float(document["similarity"])
             out[document["doc_id"]] = document
         return out
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(sql: str) -> TextClause:
+    """One SQL text construct per distinct statement (the filters vary the WHERE clause: a few dozen at most)."""
+    return text(sql)
 
 
 def _fuse(by_vector: list[Candidate], by_keyword: list[Candidate]) -> list[tuple[float, Candidate]]:

@@ -1,5 +1,6 @@
 """The API's keyword (BM25) index follows the `documents` table exactly: what committed since its last snapshot,
-in any commit order; edits, page deletions, moves, retention and TRUNCATE; and it honours the search filters."""
+in any commit order; edits, page deletions, moves, retention and TRUNCATE; and it honours the search filters.
+Hybrid search fuses its ranking with the vector one."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from sqlalchemy import text
 
 from streamrag_api.keyword import KeywordIndex
-from streamrag_api.schemas import Filters
-from streamrag_api.search import search_engine
+from streamrag_api.schemas import Filters, SearchRequest
+from streamrag_api.search import Searcher, search_engine
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.retention import prune
@@ -166,3 +167,50 @@ def test_the_follower_thread_picks_new_documents_up(database) -> None:
     finally:
         keyword.stop()
     assert keyword._thread is not None and not keyword._thread.is_alive()
+
+
+def test_hybrid_fuses_both_rankings_by_reciprocal_rank_boosts_recent_and_skips_deleted(database) -> None:
+    """Hybrid = 1 / (60 + rank) summed over the vector and the keyword ranking (each taken to 40), optionally times
+    the recency boost; a keyword hit whose page was deleted after the keyword index last read Postgres gives its
+    place to the next document instead of leaving a hole."""
+    store = DocumentIndex(database, get_embedder())
+    now = datetime.now(UTC)
+    docs = [_gold(seq) | {"event_time": now - timedelta(hours=seq)} for seq in range(60)]
+    store.apply(docs)
+    keyword = KeywordIndex(search_engine(database))
+    keyword.refresh()
+    searcher = Searcher(search_engine(database), get_embedder(), keyword_index=keyword)
+    question = docs[7]["title"] + " " + docs[30]["title"]
+
+    def request(mode: str, top_k: int, boost: float = 0.0) -> SearchRequest:
+        return SearchRequest(query=question, mode=mode, top_k=top_k, recency_boost=boost)
+
+    by_vector = [h.doc_id for h in searcher.search(request("vector", 40))]
+    by_keyword = [h.doc_id for h in searcher.search(request("keyword", 40))]
+    assert by_keyword and set(by_keyword) != set(by_vector)
+    event_times = {d["doc_id"]: d["event_time"] for d in docs}
+
+    def expected(boost: float) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        for ranking in (by_vector, by_keyword):
+            for rank, doc_id in enumerate(ranking, start=1):
+                scores[doc_id] = scores.get(doc_id, 0.0) + 1 / (60 + rank)
+        if boost:
+            for doc_id in scores:
+                age_h = (now - event_times[doc_id]).total_seconds() / 3600
+                scores[doc_id] *= 1 + boost * 2 ** (-age_h / 24)
+        return scores
+
+    for boost in (0.0, 3.0):
+        hits = searcher.search(request("hybrid", 10, boost))
+        want = sorted(expected(boost).items(), key=lambda item: item[1], reverse=True)[:10]
+        assert [h.score for h in hits] == pytest.approx([score for _, score in want], rel=1e-4)
+        assert {h.doc_id for h in hits} == {doc_id for doc_id, _ in want}  # (no ties among these scores)
+        assert all(h.similarity is not None and -1 <= h.similarity <= 1 for h in hits)
+
+    top = searcher.search(request("hybrid", 10))
+    gone = next(h for h in top if h.doc_id in by_keyword)
+    store.apply([_log(100, "delete", gone.title)])  # the keyword index has not read this yet
+    assert gone.doc_id in _found(keyword, question, limit=40)
+    after = searcher.search(request("hybrid", 10))
+    assert len(after) == 10 and all(h.title != gone.title for h in after)
