@@ -75,6 +75,7 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
     engine = create_engine(settings.app_database_url)
     processes = [ingest_process(settings), stream_process(settings)]
     delays: list[float] = []
+    by_minute: dict[int, list[float]] = {}  # a sustained rate shows no drift from one minute to the next
     measured: dict[tuple[int, int], tuple[datetime, datetime]] = {}
     seen: set[str] = set()
     try:
@@ -116,6 +117,8 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
                         if measuring_from is not None and ingested_at is not None and ingested_at >= measuring_from:
                             delays.append((now - ingested_at).total_seconds())
                             measured[(partition, offset)] = (ingested_at, now)
+                            minute = int((ingested_at - measuring_from).total_seconds() // 60)
+                            by_minute.setdefault(minute, []).append(delays[-1])
                     time.sleep(0.05)
             rss = {p.name: _rss_mib(p) for p in processes}
             stages = _stage_means(stages_before, _stage_sums(settings))
@@ -132,6 +135,10 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
         "max_s": round(delays[-1], 3),
         "rss_mib": rss,
         "split_at_batch_start": split,
+        "p50_p95_by_minute_s": [
+            [round(statistics.median(v), 2), round(sorted(v)[int(0.95 * (len(v) - 1))], 2)]
+            for _, v in sorted(by_minute.items())
+        ],
         "stream_stages": stages,
     }
 

@@ -39,7 +39,11 @@ def topic_partitions(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.
 
 
 def high_watermarks(
-    consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float = 10.0, near: dict[int, int] | None = None
+    consumer: KafkaConsumer,
+    tps: list[TopicPartition],
+    timeout_s: float = 10.0,
+    near: dict[int, int] | None = None,
+    seen: dict[int, dict[int, ConsumerRecord]] | None = None,
 ) -> dict[int, int]:
     """Offset of the next record each partition will receive, taken from fetch responses (Tansu 0.6 answers
     ListOffsets LATEST with the last batch's start, not the head).
@@ -49,7 +53,8 @@ def high_watermarks(
     can be seconds old (measured: heads 2.6 s behind the broker at 10 records/s). Partitions with no record at the
     seek position take the mark of an empty response once a fetch wait has passed. The fetch starts at a
     partition's beginning or, given the heads of an earlier call (``near``), at the last record below them, so the
-    broker answers with about one record at once instead of the partition's first batch."""
+    broker answers with about one record at once instead of the partition's first batch. The records those fetches
+    returned are put in ``seen`` (partition -> offset -> record) when it is given."""
     consumer.assign(tps)
     unknown = [tp for tp in tps if not near or near.get(tp.partition, 0) <= 0]
     beginning = consumer.beginning_offsets(unknown) if unknown else {}
@@ -61,6 +66,9 @@ def high_watermarks(
     while len(marks) < len(tps):
         fetched = consumer.poll(timeout_ms=200, update_offsets=False)
         waited = time.monotonic() - began > 2 * consumer.config["fetch_max_wait_ms"] / 1000
+        if seen is not None:
+            for tp, records in fetched.items():
+                seen.setdefault(tp.partition, {}).update((record.offset, record) for record in records)
         for tp in tps:
             mark = consumer.highwater(tp)
             if tp.partition not in marks and mark is not None and (fetched.get(tp) or waited):

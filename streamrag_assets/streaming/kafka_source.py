@@ -34,6 +34,9 @@ KAFKA_SCHEMA = (
 
 Offsets = dict[str, int]
 SINGLE_TASK_RECORDS = 2_000  # micro-batches up to this size are read by one task
+# A range up to this size whose records the heads' fetch already returned travels to its task with them instead of
+# being fetched again (on Tansu 0.6 with S3 storage each fetch lists every object of the partition).
+PREFETCHED_RECORDS = 2_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class KafkaRange:
     partition: int
     start: int
     end: int
+    rows: tuple[tuple, ...] | None = None  # the range's rows when the driver already holds them (see `prefetched`)
 
 
 @dataclass(frozen=True)
@@ -83,9 +87,16 @@ class _KafkaOptions:
         beginning = kafka_offsets.beginning_offsets(consumer, tps)
         return {str(tp.partition): given.get(str(tp.partition), beginning[tp.partition]) for tp in tps}
 
-    def ranges(self, start: Offsets, end: Offsets) -> list[KafkaSplit]:
+    def ranges(self, start: Offsets, end: Offsets, held: dict[int, dict[int, tuple]] | None = None) -> list[KafkaSplit]:
         ranges = [
-            KafkaRange(self.bootstrap_servers, self.topic, int(p), start.get(p, 0), end[p])
+            KafkaRange(
+                self.bootstrap_servers,
+                self.topic,
+                int(p),
+                start.get(p, 0),
+                end[p],
+                prefetched((held or {}).get(int(p), {}), start.get(p, 0), end[p]),
+            )
             for p in sorted(end, key=int)
             if end[p] > start.get(p, 0)
         ]
@@ -99,13 +110,25 @@ class _KafkaOptions:
         return [KafkaSplit(tuple(task)) for task in tasks]
 
 
+def prefetched(held: dict[int, tuple], start: int, end: int) -> tuple[tuple, ...] | None:
+    """The rows of ``[start, end)`` when ``held`` has every offset of it (a small range), else None."""
+    if end - start > PREFETCHED_RECORDS or any(offset not in held for offset in range(start, end)):
+        return None
+    return tuple(held[offset] for offset in range(start, end))
+
+
 def read_split(split: KafkaSplit) -> Iterator[tuple]:
-    """Yield every record of the split's ranges as rows of KAFKA_SCHEMA, with one consumer fetching them together."""
-    if not split.ranges:
+    """Yield every record of the split's ranges as rows of KAFKA_SCHEMA: the rows a range carries, and the rest
+    fetched with one consumer for them all."""
+    to_fetch = [r for r in split.ranges if r.rows is None]
+    for held in split.ranges:
+        if held.rows is not None:
+            yield from held.rows
+    if not to_fetch:
         return
-    consumer = kafka_offsets.make_consumer(split.ranges[0].bootstrap_servers, max_poll_records=5000)
+    consumer = kafka_offsets.make_consumer(to_fetch[0].bootstrap_servers, max_poll_records=5000)
     try:
-        yield from read_ranges(consumer, split.ranges)
+        yield from read_ranges(consumer, to_fetch)
     finally:
         consumer.close()
 
@@ -121,16 +144,21 @@ def read_ranges(consumer, parts: tuple[KafkaRange, ...] | list[KafkaRange]) -> I
 
     ranges = {TopicPartition(part.topic, part.partition): (part.start, part.end) for part in parts}
     for record in kafka_offsets.read_ranges(consumer, ranges, idle_s=GAP_IDLE_S):
-        headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or []) if v is not None}
-        yield (
-            record.topic,
-            record.partition,
-            record.offset,
-            datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
-            record.key,
-            record.value,
-            headers,
-        )
+        yield _row(record)
+
+
+def _row(record) -> tuple:
+    """A consumer record as a row of KAFKA_SCHEMA."""
+    headers = {k: v.decode("utf-8", "replace") for k, v in (record.headers or []) if v is not None}
+    return (
+        record.topic,
+        record.partition,
+        record.offset,
+        datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
+        record.key,
+        record.value,
+        headers,
+    )
 
 
 class KafkaBatchReader(DataSourceReader):
@@ -156,6 +184,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._consumer = None
         self._target: Offsets | None = None  # availableNow: the heads when the query started
         self._heads: Offsets | None = None  # the heads the last `latestOffset` read
+        self._held: dict[int, dict[int, tuple]] = {}  # rows its fetches returned: partition -> offset -> row
 
     def prepareForTriggerAvailableNow(self) -> None:
         consumer = self._admin_consumer()
@@ -179,7 +208,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         consumer = self._admin_consumer()
         tps = kafka_offsets.topic_partitions(consumer, self.options.topic)
         near = {int(p): o for p, o in (self._heads or start).items()}
-        heads = self._heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps, near=near))
+        seen: dict[int, dict] = {}
+        heads = self._heads = _to_offsets(kafka_offsets.high_watermarks(consumer, tps, near=near, seen=seen))
+        # The fetches that found the heads returned the records below them: kept for `partitions`, rows only.
+        self._held = {p: {o: _row(r) for o, r in records.items()} for p, records in seen.items()}
         if self._target is not None:
             # availableNow: nothing that arrived after the query started; batches still respect the limit.
             heads = {p: min(o, self._target.get(p, o)) for p, o in heads.items() if p in self._target}
@@ -200,7 +232,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return self._heads
 
     def partitions(self, start: Offsets, end: Offsets) -> list[KafkaSplit]:
-        return self.options.ranges(start, end)
+        held, self._held = self._held, {}
+        return self.options.ranges(start, end, held)
 
     def read(self, partition: KafkaSplit) -> Iterator[tuple]:  # type: ignore[override]
         yield from read_split(partition)

@@ -138,3 +138,45 @@ def test_heads_read_by_a_long_lived_consumer_include_the_record_just_acknowledge
     finally:
         consumer.close()
         producer.close()
+
+
+def test_a_micro_batch_carries_the_records_its_heads_fetch_returned(stack) -> None:
+    """The stream's source finds the heads by fetching; the records those fetches returned travel to the read task
+    with the batch's ranges instead of being fetched a second time (on Tansu with S3 storage, a fetch lists every
+    object of the partition). They are exactly what the broker holds for each range: every offset, in order."""
+    from dataclasses import replace
+
+    from pyspark.sql.streaming.datasource import ReadAllAvailable
+
+    bootstrap = stack.settings.bootstrap_servers
+    topic = f"held-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    reader = kafka_source.KafkaStreamReader(
+        kafka_source._KafkaOptions({"bootstrap_servers": bootstrap, "topic": topic})
+    )
+    consumer = kafka_offsets.make_consumer(bootstrap)
+    try:
+        start = reader.initialOffset()
+        for round_ in range(3):  # the first batch from the beginning, then from the last heads
+            for i in range(30):
+                producer.send(topic, key=f"k{i}".encode(), value=f"{round_}:{i}".encode())
+            producer.flush()
+            end = reader.latestOffset(start, ReadAllAvailable())
+            assert sum(end.values()) - sum(start.values()) == 30
+            splits = reader.partitions(start, end)
+            ranges = [r for split in splits for r in split.ranges]
+            assert ranges and all(r.rows is not None for r in ranges), "every range of a small batch is carried"
+            carried = [row for split in splits for row in kafka_source.read_split(split)]
+            fetched = list(kafka_source.read_ranges(consumer, [replace(r, rows=None) for r in ranges]))
+            assert sorted(carried, key=lambda r: (r[1], r[2])) == sorted(fetched, key=lambda r: (r[1], r[2]))
+            assert sorted(row[5] for row in carried) == sorted(f"{round_}:{i}".encode() for i in range(30))
+            start = end
+        # a range whose records the heads' fetches did not all return is fetched by its task
+        assert kafka_source.prefetched({5: ("row",)}, 5, 7) is None
+    finally:
+        reader.stop()
+        consumer.close()
+        producer.close()
