@@ -1,6 +1,6 @@
 """Benchmark: /search and /answer latency on 100,000 documents under 8 concurrent clients (issue #7).
 
-    PYTHONPATH=/work/main .venv/bin/python -m benchmarks.api_latency --docs 100000 --clients 8 --seconds 60
+    make bench-api      # or: PYTHONPATH=. .venv/bin/python -m benchmarks.api_latency --docs 100000 --clients 8
 
 In one run, on an embedded Postgres (pgvector) and the API as `up` runs it (`api_process`, one uvicorn process):
 1. corpus: ``--real-docs`` synthetic Gold documents (the refine path's `document()` on synthetic events, event times
@@ -9,8 +9,9 @@ In one run, on an embedded Postgres (pgvector) and the API as `up` runs it (`api
    time and text; vector = normalise(original vector + N(0, ``--noise``) per dimension)) written with COPY. The HNSW
    index of the migration is dropped for the bulk load and re-created from its own definition (pg_indexes), then
    VACUUM ANALYZE; EXPLAIN checks that the vector query uses it.
-2. load: ``--clients`` closed-loop clients (threads, one httpx.Client each, no think time) send questions from a
-   fixed list of 50 (a quarter of the requests carry one filter: lang, wiki, type, exclude_bots or the last 24 h) for
+2. load: ``--clients`` closed-loop clients (wrk connections by default, `make bench-api` installs wrk; or, with
+   ``--load-generator httpx``, threads with one httpx.Client each; no think time) send questions from a fixed list
+   of 50 (a quarter of the requests carry one filter: lang, wiki, type, exclude_bots or the last 24 h) for
    ``--warmup`` s (not measured), then ``--seconds`` s measured, per endpoint: /search hybrid, vector, keyword, and
    /answer (extractive); the load starts once the API's keyword index holds the whole table. Latency is measured
    client-side per request (requests started inside the window).

@@ -83,7 +83,14 @@ class Settings(BaseSettings):
 
     # --- pipeline -----------------------------------------------------------------------------------------
     topic: str = "wikimedia.recentchange"
-    topic_partitions: int = 6
+    topic_partitions: int = Field(
+        0,
+        ge=0,
+        description="Partitions of the raw topic when streamrag creates it. 0 (default): 1 on the embedded broker, "
+        "6 on an external one. Tansu 0.6 on S3 stores each produced batch as one object and lists every object of a "
+        "partition on each fetch: one partition makes fewer, larger objects (measured: p50 1.2-1.7 s instead of "
+        "2.4-8.3 s at 50 events/s).",
+    )
     startup_timeout_s: float = 60.0
 
     # --- ingest (SSE -> Kafka) ----------------------------------------------------------------------------
@@ -163,6 +170,12 @@ class Settings(BaseSettings):
     def _fail_after_warn(self) -> Settings:
         if self.freshness_fail_minutes <= self.freshness_warn_minutes:
             raise ValueError("STREAMRAG_FRESHNESS_FAIL_MINUTES must be more than STREAMRAG_FRESHNESS_WARN_MINUTES")
+        return self
+
+    @model_validator(mode="after")
+    def _default_partitions(self) -> Settings:
+        if self.topic_partitions == 0:
+            self.topic_partitions = 1 if self.embedded_kafka else 6
         return self
 
     # --- derived ------------------------------------------------------------------------------------------
