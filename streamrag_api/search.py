@@ -251,7 +251,7 @@ class Searcher:
 
 @functools.lru_cache(maxsize=256)
 def _statement(sql: str) -> TextClause:
-    """One SQL text construct per distinct statement (the filters vary the WHERE clause: a few dozen at most)."""
+    """One SQL text construct per distinct statement (the filters in use vary the WHERE clause)."""
     return text(sql)
 
 
