@@ -512,13 +512,13 @@ def _run_wrk(url: str, script: Path, clients: int, seconds: float) -> tuple[dict
     """One wrk run (one thread, ``clients`` connections, each a closed loop); its summary and CPU seconds."""
     command = ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--timeout", "30s", "-s", str(script), url]
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        pid = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT).pid
+        _, status, usage = os.wait4(pid, 0)  # its exit status and its own CPU time
+        code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text_out = out.read().decode()
-    if proc.returncode != 0 or "WRK " not in text_out:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {text_out[-2000:]}")
+    if code != 0 or "WRK " not in text_out:
+        raise RuntimeError(f"wrk failed ({code}): {text_out[-2000:]}")
     summary = json.loads(text_out.split("WRK ", 1)[1].splitlines()[0])
     return summary, usage.ru_utime + usage.ru_stime
 

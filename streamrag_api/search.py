@@ -169,8 +169,8 @@ class Searcher:
         timings.search_ms = round(elapsed * 1000, 2)
         return [Hit(**documents[c.doc_id], score=score) for score, c in scored]
 
+    @staticmethod
     def _winners(
-        self,
         conn,
         vector,
         where: str,
@@ -186,7 +186,7 @@ class Searcher:
         while len(winners) < top_k and start < len(scored):
             batch = scored[start : start + top_k - len(winners)]
             start += len(batch)
-            documents.update(self._documents(conn, vector, where, params, ids=[c.doc_id for _, c in batch]))
+            documents.update(Searcher._documents(conn, vector, where, params, ids=[c.doc_id for _, c in batch]))
             winners += [(score, c) for score, c in batch if c.doc_id in documents]
         return winners
 

@@ -26,6 +26,15 @@ def _consume(consumer: KafkaConsumer, want: int, timeout_s: float = 60) -> list:
     return records
 
 
+def _new_topic(bootstrap: str, prefix: str, partitions: int) -> str:
+    """A topic of its own for one test."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin.close()
+    return topic
+
+
 def _group_consumer(bootstrap: str, topic: str, group: str) -> KafkaConsumer:
     return KafkaConsumer(
         topic,
@@ -41,11 +50,7 @@ def _group_consumer(bootstrap: str, topic: str, group: str) -> KafkaConsumer:
 
 def test_group_resumes_exactly_at_its_commits_after_broker_sigkill(stack) -> None:
     bootstrap = stack.settings.bootstrap_servers
-    topic, group = f"foundation-{uuid.uuid4().hex[:8]}", f"group-{uuid.uuid4().hex[:8]}"
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])
-    admin.close()
+    topic, group = _new_topic(bootstrap, "foundation", partitions=6), f"group-{uuid.uuid4().hex[:8]}"
 
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, retries=5)
     futures = [producer.send(topic, key=f"page-{i % 97}".encode(), value=str(i).encode()) for i in range(MESSAGES)]
@@ -92,10 +97,7 @@ def test_a_range_ending_in_offsets_without_records_is_read_to_its_end(stack) -> 
     never see), or a batch a crashed Tansu counted but never wrote. Readers must deliver every record and stop,
     not stall until a timeout fails the micro-batch over and over."""
     bootstrap = stack.settings.bootstrap_servers
-    topic = f"gaps-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    admin.close()
+    topic = _new_topic(bootstrap, "gaps", partitions=1)
     producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"txn-{topic}")
     producer.init_transactions()
     producer.begin_transaction()
@@ -122,10 +124,7 @@ def test_heads_read_by_a_long_lived_consumer_include_the_record_just_acknowledge
     consumer keeps the high watermark of the last fetch response it processed, which was seconds old here: every
     event then waited seconds before a micro-batch picked it up."""
     bootstrap = stack.settings.bootstrap_servers
-    topic = f"heads-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-    admin.close()
+    topic = _new_topic(bootstrap, "heads", partitions=3)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     consumer = kafka_offsets.make_consumer(bootstrap)
     try:
@@ -149,10 +148,7 @@ def test_a_micro_batch_carries_the_records_its_heads_fetch_returned(stack) -> No
     from pyspark.sql.streaming.datasource import ReadAllAvailable
 
     bootstrap = stack.settings.bootstrap_servers
-    topic = f"held-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
-    admin.close()
+    topic = _new_topic(bootstrap, "held", partitions=3)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     reader = kafka_source.KafkaStreamReader(
         kafka_source._KafkaOptions({"bootstrap_servers": bootstrap, "topic": topic})
