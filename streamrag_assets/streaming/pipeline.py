@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 APP_ID = "streamrag-medallion"
 EPOCH_STRIDE = 1_000_000_000  # batch keys: epoch * stride + Spark batch id, unique across checkpoints
 CATCH_UP_CHUNK = 2_000  # Gold rows per index transaction when catching up after a restart
+SLOW_BATCH_S = 5.0  # a micro-batch slower than this is logged as a warning, with its phases
 
 
 @dataclass
@@ -55,6 +56,8 @@ class BatchResult:
     indexed: dict[str, int] = field(default_factory=dict)
     # Gold documents written per hour of event time (``HOUR_KEY_FORMAT``): the hourly partitions the batch touched.
     gold_hours: dict[str, int] = field(default_factory=dict)
+    # Seconds per phase (read_refine, dedupe, queue, write_<layer>, index, ...): where a slow batch's time went.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
@@ -130,15 +133,23 @@ def tables(settings: Settings) -> DeltaTables:
 _WRITERS = ThreadPoolExecutor(max_workers=len(LAYERS), thread_name_prefix="delta-write")
 
 
-def write_layers(delta: DeltaTables, layers: Layers, batch_key: int) -> dict[str, int | None]:
+def write_layers(
+    delta: DeltaTables, layers: Layers, batch_key: int, phases: dict[str, float] | None = None
+) -> dict[str, int | None]:
     """Write the batch to the four tables at once (delta-rs writes outside the GIL). Each write is idempotent on its
-    own, so a crash between them leaves nothing a re-run of the batch does not complete."""
+    own, so a crash between them leaves nothing a re-run of the batch does not complete. Each write's seconds go in
+    ``phases`` when it is given."""
 
     def write(layer: str) -> int | None:
-        with STREAM_BATCH_DURATION.labels(f"write_{layer}").time():
-            if delta.write_once(layer, getattr(layers, layer), APP_ID + "-" + layer, batch_key):
-                STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
-            return delta.version(layer)
+        began = time.perf_counter()
+        if delta.write_once(layer, getattr(layers, layer), APP_ID + "-" + layer, batch_key):
+            STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
+        version = delta.version(layer)
+        seconds = time.perf_counter() - began
+        STREAM_BATCH_DURATION.labels(f"write_{layer}").observe(seconds)
+        if phases is not None:
+            phases[f"write_{layer}"] = round(seconds, 3)
+        return version
 
     return dict(zip(LAYERS, _WRITERS.map(write, LAYERS), strict=True))
 
@@ -281,24 +292,28 @@ class MedallionBatch:
     def __call__(self, kafka_rows, batch_id: int) -> None:
         began = time.perf_counter()
         batch_key = self.epoch * EPOCH_STRIDE + batch_id
-        with STREAM_BATCH_DURATION.labels("refine").time():
+        phases: dict[str, float] = {}
+        with _phase(phases, "read_refine"):  # Spark reads the topic here: the source is lazy
             refined: pa.Table = refine(bronze_rows(kafka_rows, batch_key)).toArrow()
         if len(refined) == 0:
             return
-        with STREAM_BATCH_DURATION.labels("dedupe").time():
+        with _phase(phases, "dedupe"):
             # Rows this very batch wrote before a crash are not duplicates of themselves.
             existing = self.seen.existing(refined, exclude_batch=batch_key)
             layers = split_layers(refined, existing, datetime.now(UTC))
         offsets = _next_offsets(refined)
         gold_hours = hour_counts(layers.gold["event_time"])
-        result = BatchResult(batch_key, layers.counts, layers.quarantine_reasons, offsets, gold_hours=gold_hours)
+        result = BatchResult(
+            batch_key, layers.counts, layers.quarantine_reasons, offsets, gold_hours=gold_hours, phases=phases
+        )
         rows = layers.gold.to_pylist() if self.index is not None else []
         written = _Gate()
         if self.worker is not None:
             # The index thread embeds while the tables are written, and writes to Postgres once they are.
-            self.worker.submit(result, rows, written)
+            with _phase(phases, "queue"):  # waiting for the index thread to take the batch
+                self.worker.submit(result, rows, written)
         try:
-            result.delta_versions = write_layers(self.delta, layers, batch_key)
+            result.delta_versions = write_layers(self.delta, layers, batch_key, phases)
         except BaseException:
             written.fail()
             raise
@@ -318,18 +333,38 @@ class MedallionBatch:
         if self.index is None or not rows:
             written.wait()
             return
-        with STREAM_BATCH_DURATION.labels("index").time():
+        with STREAM_BATCH_DURATION.labels("index").time(), _phase(result.phases, "index"):
             # Not gated on Gold's transaction beyond this: a batch re-run after a crash re-applies it (upserts are
             # idempotent), and the recorded progress never passes a batch whose Gold rows are not committed.
             outcome = self.index.index(rows, progress=(self.progress_name, result.batch_key), before_write=written.wait)
+        result.phases["embed"] = round(outcome.embed_seconds, 3)
         result.indexed = {
             k: getattr(outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
         }
 
     def _finish(self, result: BatchResult) -> None:
-        log.info("batch %d: %s in %.2f s, indexed %s", result.batch_key, result.counts, result.seconds, result.indexed)
+        # A slow batch says where its time went (read_refine includes reading the topic).
+        level = logging.WARNING if result.seconds + result.phases.get("index", 0.0) > SLOW_BATCH_S else logging.INFO
+        log.log(
+            level,
+            "batch %d: %s in %.2f s, indexed %s; seconds by phase %s",
+            result.batch_key,
+            result.counts,
+            result.seconds,
+            result.indexed,
+            result.phases,
+        )
         if self.on_batch is not None:
             self.on_batch(result)
+
+
+@contextmanager
+def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = round(time.perf_counter() - began, 3)
 
 
 def last_committed_batch(settings: Settings, epoch: int) -> int | None:
@@ -356,8 +391,11 @@ def _phase_listener():
             pass
 
         def onQueryProgress(self, event) -> None:
-            for phase, ms in (event.progress.durationMs or {}).items():
+            durations = event.progress.durationMs or {}
+            for phase, ms in durations.items():
                 STREAM_TRIGGER_PHASE.labels(phase).observe(ms / 1000)
+            if durations.get("triggerExecution", 0) > SLOW_BATCH_S * 1000:
+                log.warning("micro-batch %d: a slow trigger, ms by phase %s", event.progress.batchId, durations)
 
         def onQueryIdle(self, event) -> None:
             pass

@@ -58,3 +58,13 @@ def test_int8_model_is_prepared_once_and_shared(tmp_path) -> None:
     assert np.allclose(second.embed(["Talk page archived by a bot"]), vector)
     assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.onnx")} == stamps
     assert abs(float(np.linalg.norm(vector[0])) - 1.0) < 1e-5
+
+
+def test_int8_threads_embed_documents_at_once_with_the_same_vectors(engines) -> None:
+    """Two threads each embed their own documents: every vector is the one a single thread makes, in call order."""
+    int8, _ = engines
+    single = Embedder(threads=1, int8=True)
+    assert (int8.workers, single.workers) == (2, 1)
+    texts = [d["text"] for d in gold_documents(40)]
+    texts[7] = "Seven"  # lengths differ, so the calls finish out of order
+    assert np.abs(int8.embed(texts) - single.embed(texts)).max() < 1e-6
