@@ -56,7 +56,7 @@ class BatchResult:
     indexed: dict[str, int] = field(default_factory=dict)
     # Gold documents written per hour of event time (``HOUR_KEY_FORMAT``): the hourly partitions the batch touched.
     gold_hours: dict[str, int] = field(default_factory=dict)
-    # Seconds per phase (read_refine, dedupe, queue, write_<layer>, index, ...): where a slow batch's time went.
+    # Seconds per phase (refine, dedupe, queue, write_<layer>, index, embed): where a slow batch's time went.
     phases: dict[str, float] = field(default_factory=dict)
 
 
@@ -293,7 +293,7 @@ class MedallionBatch:
         began = time.perf_counter()
         batch_key = self.epoch * EPOCH_STRIDE + batch_id
         phases: dict[str, float] = {}
-        with _phase(phases, "read_refine"):  # Spark reads the topic here: the source is lazy
+        with _phase(phases, "refine"):  # Spark reads the topic here: the source is lazy
             refined: pa.Table = refine(bronze_rows(kafka_rows, batch_key)).toArrow()
         if len(refined) == 0:
             return
@@ -333,7 +333,7 @@ class MedallionBatch:
         if self.index is None or not rows:
             written.wait()
             return
-        with STREAM_BATCH_DURATION.labels("index").time(), _phase(result.phases, "index"):
+        with _phase(result.phases, "index"):
             # Not gated on Gold's transaction beyond this: a batch re-run after a crash re-applies it (upserts are
             # idempotent), and the recorded progress never passes a batch whose Gold rows are not committed.
             outcome = self.index.index(rows, progress=(self.progress_name, result.batch_key), before_write=written.wait)
@@ -343,7 +343,7 @@ class MedallionBatch:
         }
 
     def _finish(self, result: BatchResult) -> None:
-        # A slow batch says where its time went (read_refine includes reading the topic).
+        # A slow batch says where its time went (refine includes reading the topic).
         level = logging.WARNING if result.seconds + result.phases.get("index", 0.0) > SLOW_BATCH_S else logging.INFO
         log.log(
             level,
@@ -360,11 +360,14 @@ class MedallionBatch:
 
 @contextmanager
 def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Time a stage of the batch: into ``phases`` (the batch's log line) and `STREAM_BATCH_DURATION`."""
     began = time.perf_counter()
     try:
         yield
     finally:
-        phases[name] = round(time.perf_counter() - began, 3)
+        seconds = time.perf_counter() - began
+        STREAM_BATCH_DURATION.labels(name).observe(seconds)
+        phases[name] = round(seconds, 3)
 
 
 def last_committed_batch(settings: Settings, epoch: int) -> int | None:
