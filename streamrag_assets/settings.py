@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         description="Producer batching delay (latency vs. broker writes). -1 (default): 200 ms on the embedded "
         "broker, 50 on an external one. Tansu 0.6 on S3 makes each produced batch an object (plus a watermark "
         "write) and lists them all on each fetch: at 50 events/s, 200 ms took SeaweedFS from 0.5 to 0.08 of a core "
-        "and the broker from 0.14 to 0.02 (measured).",
+        "and the broker from 0.14 to 0.01-0.02 (measured).",
     )
     ingest_compression: Literal["gzip", "none"] | None = "gzip"
     ingest_position_interval_s: float = 0.5

@@ -133,23 +133,16 @@ def tables(settings: Settings) -> DeltaTables:
 _WRITERS = ThreadPoolExecutor(max_workers=len(LAYERS), thread_name_prefix="delta-write")
 
 
-def write_layers(
-    delta: DeltaTables, layers: Layers, batch_key: int, phases: dict[str, float] | None = None
-) -> dict[str, int | None]:
+def write_layers(delta: DeltaTables, layers: Layers, batch_key: int, phases: dict[str, float]) -> dict[str, int | None]:
     """Write the batch to the four tables at once (delta-rs writes outside the GIL). Each write is idempotent on its
-    own, so a crash between them leaves nothing a re-run of the batch does not complete. Each write's seconds go in
-    ``phases`` when it is given."""
+    own, so a crash between them leaves nothing a re-run of the batch does not complete. Each write is timed into
+    ``phases`` (see `_phase`)."""
 
     def write(layer: str) -> int | None:
-        began = time.perf_counter()
-        if delta.write_once(layer, getattr(layers, layer), APP_ID + "-" + layer, batch_key):
-            STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
-        version = delta.version(layer)
-        seconds = time.perf_counter() - began
-        STREAM_BATCH_DURATION.labels(f"write_{layer}").observe(seconds)
-        if phases is not None:
-            phases[f"write_{layer}"] = round(seconds, 3)
-        return version
+        with _phase(phases, f"write_{layer}"):
+            if delta.write_once(layer, getattr(layers, layer), APP_ID + "-" + layer, batch_key):
+                STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
+            return delta.version(layer)
 
     return dict(zip(LAYERS, _WRITERS.map(write, LAYERS), strict=True))
 
