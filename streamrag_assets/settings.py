@@ -121,6 +121,19 @@ class Settings(BaseSettings):
     # --- streaming (Kafka -> Bronze/Silver/Gold) -------------------------------------------------------------
     stream_trigger_ms: int = Field(500, description="Micro-batch interval of the continuous query.")
     stream_max_events_per_trigger: int = Field(20_000, description="Admission control per micro-batch.")
+    delta_maintain_every: int = Field(
+        100,
+        ge=0,
+        description="Compact, vacuum and checkpoint a Delta table after this many appends by the stream (0 = never): "
+        "one small file and log entry per micro-batch otherwise make each append slower and slower (CPU per Silver "
+        "append: 112 ms after 500 appends, 194 after 1,500; measured).",
+    )
+    delta_retention_minutes: int = Field(
+        10,
+        ge=1,
+        description="How long a Delta table keeps files and log entries no longer current (for readers of an older "
+        "version) before maintenance deletes them; each one kept costs every append a little.",
+    )
     stream_metrics_port: int = Field(9109, description="Prometheus metrics of the streaming process (0 = off).")
     # --- index (Gold -> pgvector) ------------------------------------------------------------------------------
     index_enabled: bool = Field(True, description="Embed and upsert Gold documents inside the stream.")

@@ -127,7 +127,7 @@ def current_epoch(settings: Settings) -> int:
 
 
 def tables(settings: Settings) -> DeltaTables:
-    return DeltaTables(settings.state_dir / "delta")
+    return DeltaTables(settings.state_dir / "delta", settings.delta_maintain_every, settings.delta_retention_minutes)
 
 
 _WRITERS = ThreadPoolExecutor(max_workers=len(LAYERS), thread_name_prefix="delta-write")
@@ -135,14 +135,18 @@ _WRITERS = ThreadPoolExecutor(max_workers=len(LAYERS), thread_name_prefix="delta
 
 def write_layers(delta: DeltaTables, layers: Layers, batch_key: int, phases: dict[str, float]) -> dict[str, int | None]:
     """Write the batch to the four tables at once (delta-rs writes outside the GIL). Each write is idempotent on its
-    own, so a crash between them leaves nothing a re-run of the batch does not complete. Each write is timed into
-    ``phases`` (see `_phase`)."""
+    own, so a crash between them leaves nothing a re-run of the batch does not complete. A table due for maintenance
+    (`DeltaTables.maintain`) gets it after its write. Each write and maintenance is timed into ``phases`` (see
+    `_phase`)."""
 
     def write(layer: str) -> int | None:
         with _phase(phases, f"write_{layer}"):
             if delta.write_once(layer, getattr(layers, layer), APP_ID + "-" + layer, batch_key):
                 STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
-            return delta.version(layer)
+        if delta.maintenance_due(layer):
+            with _phase(phases, f"maintain_{layer}"):
+                delta.maintain(layer)
+        return delta.version(layer)
 
     return dict(zip(LAYERS, _WRITERS.map(write, LAYERS), strict=True))
 
