@@ -33,7 +33,7 @@ PARTITIONS = {"silver": ["event_date"], "gold": ["event_date"]}
 
 
 class DeltaTables:
-    def __init__(self, root: Path, maintain_every: int = 100, retention_minutes: int = 60) -> None:
+    def __init__(self, root: Path, maintain_every: int = 100, retention_minutes: int = 10) -> None:
         self.root = root
         self.maintain_every = maintain_every
         self.retention = f"interval {retention_minutes} minutes"

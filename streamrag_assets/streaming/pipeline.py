@@ -232,8 +232,8 @@ class MedallionBatch:
 
     The continuous query's micro-batches are small (tens of events at 50 events/s): Spark reads them and the driver
     refines them (`refine_arrow`), which skips a Spark task through a Python worker per batch (refine 0.45 -> 0.26 s
-    per batch at 50 events/s, measured). Bounded runs (backfills, replays, catching up) refine in Spark, on every
-    core. Both run the same function (`refine_batches`) over the same Bronze rows."""
+    per batch at 50 events/s, measured); so is a backlog after a restart. Bounded runs (`--available-now`, Dagster,
+    replays) refine in Spark, on every core. Both run the same function (`refine_batches`) over the same Bronze rows."""
 
     def __init__(
         self,

@@ -10,6 +10,8 @@ from pyspark.sql import SparkSession
 from streamrag_assets.settings import Settings, get_settings
 from streamrag_assets.streaming.kafka_source import KafkaDataSource
 
+QUIET_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"
+
 
 def spark_conf(settings: Settings) -> dict[str, str]:
     return {
@@ -63,5 +65,9 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    # On two cores most micro-batches outlast the trigger interval, and Spark warns of each one; the stream logs a
+    # slow batch itself, with where its time went.
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+    log4j.core.config.Configurator.setLevel(QUIET_LOGGER, log4j.Level.ERROR)
     spark.dataSource.register(KafkaDataSource)
     return spark
