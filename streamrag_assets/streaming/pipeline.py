@@ -56,7 +56,7 @@ class BatchResult:
     indexed: dict[str, int] = field(default_factory=dict)
     # Gold documents written per hour of event time (``HOUR_KEY_FORMAT``): the hourly partitions the batch touched.
     gold_hours: dict[str, int] = field(default_factory=dict)
-    # Seconds per phase (refine, dedupe, queue, write_<layer>, index, embed): where a slow batch's time went.
+    # Seconds per phase (refine, dedupe, queue, write_/maintain_<layer>, index, embed): where a slow batch's time went.
     phases: dict[str, float] = field(default_factory=dict)
 
 
@@ -145,7 +145,10 @@ def write_layers(delta: DeltaTables, layers: Layers, batch_key: int, phases: dic
                 STREAM_ROWS.labels(layer).inc(len(getattr(layers, layer)))
         if delta.maintenance_due(layer):
             with _phase(phases, f"maintain_{layer}"):
-                delta.maintain(layer)
+                try:
+                    delta.maintain(layer)
+                except Exception:  # the batch is committed; the next due maintenance tries again
+                    log.warning("maintaining the %s table failed; the stream goes on", layer, exc_info=True)
         return delta.version(layer)
 
     return dict(zip(LAYERS, _WRITERS.map(write, LAYERS), strict=True))
