@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast lint install system-deps bench-api clean
+.PHONY: up down status test test-fast lint install system-deps bench-api bench-freshness clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -40,6 +40,10 @@ test-fast: install
 bench-api: install
 	@./scripts/install-system-deps.sh wrk
 	PYTHONPATH=. $(BIN)/python -m benchmarks.api_latency $(ARGS)
+
+# ingested -> searchable at 50 events/s for five minutes, and the index stage's throughput (~9 minutes).
+bench-freshness: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.index_freshness --docs 300 --rate 50 --seconds 300 $(ARGS)
 
 lint: install
 	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests

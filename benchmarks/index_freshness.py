@@ -8,9 +8,11 @@ In one run, on an embedded broker, object store and Postgres:
    documents, into a fresh table: by default the replayed recording's documents, which the freshness run indexes
    (``--texts synthetic``: generated ones; both average ~55 model tokens);
 2. freshness: `streamrag ingest --source replay --rate R` and `streamrag stream` (continuous) run as `up` runs them;
-   Postgres is polled every 50 ms for documents committed since the last poll, and each document's ingested ->
-   searchable delay is the time it was first seen minus its `ingested_at` (the producer's timestamp). Searchable
-   means committed and visible to a vector query (the API's /search reads the same table).
+   the producer starts once the stream's query has run its first trigger (a sustained rate; ``--cold-start`` starts
+   both at once, and the first minutes then include the events that waited for Spark to start); Postgres is polled
+   every 50 ms for documents committed since the last poll, and each document's ingested -> searchable delay is the
+   time it was first seen minus its `ingested_at` (the producer's timestamp). Searchable means committed and visible
+   to a vector query (the API's /search reads the same table).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.index.heartbeat import STREAM, latest
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.store import DocumentIndex
 from streamrag_assets.services.ingest import ingest_process
@@ -37,7 +41,7 @@ from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
 from streamrag_assets.services.supervisor import migrate_documents
 from streamrag_assets.streaming.pipeline import tables
-from streamrag_tests.conftest import EmbeddedStack, gold_documents, isolated_settings, running
+from streamrag_tests.conftest import EmbeddedStack, gold_documents, isolated_settings, running, stream_triggers
 
 
 def throughput(settings, count: int, stage_batch: int, texts: str) -> dict:
@@ -70,16 +74,26 @@ def throughput(settings, count: int, stage_batch: int, texts: str) -> dict:
     }
 
 
-def freshness(settings, seconds: float, warmup_s: float) -> dict:
+def freshness(settings, seconds: float, warmup_s: float, cold_start: bool) -> dict:
     migrate_documents(settings)
     engine = create_engine(settings.app_database_url)
-    processes = [ingest_process(settings), stream_process(settings)]
+    ingest, stream = ingest_process(settings), stream_process(settings)
+    processes = [ingest, stream]
+    query_ready_s = None
     delays: list[float] = []
     by_minute: dict[int, list[float]] = {}  # a sustained rate shows no drift from one minute to the next
     measured: dict[tuple[int, int], tuple[datetime, datetime]] = {}
     seen: set[str] = set()
     try:
-        with running(settings, processes, timeout_s=180):
+        with ExitStack() as running_processes:
+            if cold_start:  # as `up` starts them: events arrive while Spark starts, and wait for it
+                running_processes.enter_context(running(settings, processes, timeout_s=180))
+            else:  # a sustained rate: the producer starts once the continuous query runs
+                began = time.monotonic()
+                running_processes.enter_context(running(settings, [stream], timeout_s=180))
+                _wait_for_query(settings, engine)
+                query_ready_s = round(time.monotonic() - began, 1)
+                running_processes.enter_context(running(settings, [ingest], timeout_s=180))
             deadline = time.monotonic() + 300
             with engine.connect() as conn:
                 while not conn.execute(text("SELECT count(*) FROM documents")).scalar():
@@ -127,6 +141,8 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
         engine.dispose()
     delays.sort()
     return {
+        "cold_start": cold_start,
+        "stream_query_ready_s": query_ready_s,
         "docs_measured": len(delays),
         "docs_per_s": round(len(delays) / seconds, 1),
         "p50_s": round(statistics.median(delays), 3),
@@ -141,6 +157,15 @@ def freshness(settings, seconds: float, warmup_s: float) -> dict:
         ],
         "stream_stages": stages,
     }
+
+
+def _wait_for_query(settings, engine, timeout_s: float = 300) -> None:
+    """Until the stream's heartbeat says its continuous query is active (it beats once the query has started) and
+    Spark has finished the query's first trigger (its first read of the topic's offsets, seconds on a cold JVM)."""
+    deadline = time.monotonic() + timeout_s
+    while not ((beat := latest(engine, STREAM)) and beat[1].get("active")) or not stream_triggers(settings):
+        assert time.monotonic() < deadline, f"the streaming query was not running within {timeout_s:.0f} s"
+        time.sleep(0.5)
 
 
 def _split_at_batch_start(settings, measured: dict[tuple[int, int], tuple[datetime, datetime]]) -> dict:
@@ -227,6 +252,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50, help="Replay rate (events/s) for the freshness run.")
     parser.add_argument("--seconds", type=float, default=120, help="Measured seconds of the freshness run.")
     parser.add_argument("--warmup", type=float, default=20, help="Seconds ignored after the first document.")
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="Start the producer with the stream, as `up` does (its first minutes then work off the events that "
+        "arrived while Spark started); by default the producer starts once the continuous query runs.",
+    )
     parser.add_argument("--keep-logs", type=Path, help="Copy the processes' logs here before the stack is removed.")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
@@ -237,7 +268,7 @@ def main() -> None:
         stack.start_all()
         result = {"throughput": throughput(settings, args.docs, args.stage_batch, args.texts)}
         print(json.dumps(result), flush=True)
-        result["freshness"] = freshness(settings, args.seconds, args.warmup) | {"rate": args.rate}
+        result["freshness"] = freshness(settings, args.seconds, args.warmup, args.cold_start) | {"rate": args.rate}
         result["load_avg"] = [round(x, 2) for x in psutil.getloadavg()]
         print(json.dumps(result, indent=2))
     finally:

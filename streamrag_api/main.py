@@ -100,7 +100,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(upgrade, services.settings.app_database_url)
     except (OperationalError, DBAPIError) as exc:
         log.warning("could not migrate the documents database yet (%s); requests will say so", exc)
-    await asyncio.to_thread(services.embedder.embed, ["warm-up"])  # load the model before the first question
+    await asyncio.to_thread(services.embedder.warm)  # load the model before the first question
     services.feed.start()
     if services.keyword_index is not None:
         services.keyword_index.start()  # builds in the background; keyword search uses Postgres until then

@@ -64,6 +64,9 @@ STREAM_CONSUMER_LAG = Gauge(
 STREAM_PROCESSED_OFFSET = Gauge(
     "streamrag_stream_processed_offset", "Next offset to process, per partition.", ["partition"]
 )
+STREAM_IDLE_TRIGGERS = Counter(
+    "streamrag_stream_idle_triggers", "Triggers of the continuous query that found no new events in the topic."
+)
 STREAM_LAST_BATCH = Gauge("streamrag_stream_last_batch_timestamp_seconds", "When the last micro-batch finished.")
 STREAM_ERRORS = Counter("streamrag_stream_errors", "Failed micro-batches by stage and kind.", ["stage", "kind"])
 

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrag_assets.ingest.sources import replay_event, synthetic_event
 from streamrag_assets.services.broker import broker_process
@@ -133,6 +135,21 @@ def running(settings: Settings, processes: list[ManagedProcess], timeout_s: floa
     finally:
         for proc in reversed(processes):
             proc.stop()
+
+
+def stream_triggers(settings: Settings) -> int:
+    """Triggers the stream's continuous query has finished, with events (its histogram of Spark's trigger phases) or
+    without (idle): above 0 once the query runs."""
+    body = httpx.get(f"http://127.0.0.1:{settings.stream_metrics_port}/metrics", timeout=5).text
+    count = 0
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "streamrag_stream_idle_triggers_total" or (
+                sample.name == "streamrag_stream_trigger_phase_seconds_count"
+                and sample.labels.get("phase") == "triggerExecution"
+            ):
+                count += int(sample.value)
+    return count
 
 
 def run_cli(

@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -118,6 +119,13 @@ class Embedder:
     @property
     def dimension(self) -> int:
         return int(self._load().get_embedding_dimension())
+
+    def warm(self) -> float:
+        """Load the model and run one call on each of its threads, so the first real batch pays none of it (a
+        stream that loaded it on its first micro-batch started with a backlog of seconds); returns the seconds."""
+        began = time.perf_counter()
+        self.embed([f"warm-up text {n}" for n in range(max(self.workers, 1))])
+        return time.perf_counter() - began
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""

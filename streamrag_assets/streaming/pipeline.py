@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from streamrag_assets.metrics import (
     STREAM_BATCH_DURATION,
     STREAM_DROPPED,
+    STREAM_IDLE_TRIGGERS,
     STREAM_LAST_BATCH,
     STREAM_PROCESSED_OFFSET,
     STREAM_QUARANTINED,
@@ -263,6 +264,8 @@ class MedallionBatch:
             # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.
             threads = settings.stream_embedding_threads if asynchronous else None
             self.index = DocumentIndex(settings.app_database_url, get_embedder(settings, threads=threads))
+            if asynchronous:  # before the query starts: its first micro-batch would otherwise load the model
+                log.info("embedding model ready in %.1f s", self.index.embedder.warm())
             self.catch_up()
             if asynchronous:
                 self.worker = IndexWorker(self._index_batch, self._finish)
@@ -408,7 +411,7 @@ def _phase_listener():
                 log.warning("micro-batch %d: a slow trigger, ms by phase %s", event.progress.batchId, durations)
 
         def onQueryIdle(self, event) -> None:
-            pass
+            STREAM_IDLE_TRIGGERS.inc()
 
         def onQueryTerminated(self, event) -> None:
             pass
@@ -430,6 +433,10 @@ def start_query(
     """Start the streaming query (continuous, or availableNow) and return it."""
     from streamrag_assets.streaming.spark import get_spark
 
+    if not available_now:  # started before any producer, the query waits for events instead of failing
+        from streamrag_assets.ingest.producer import ensure_topic
+
+        ensure_topic(settings)
     spark = get_spark(settings)
     if id(spark) not in _LISTENING:
         spark.streams.addListener(_phase_listener())

@@ -19,7 +19,7 @@ from streamrag_assets.services.api import api_process
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.observability import canary_process, prometheus_process, prometheus_url
 from streamrag_assets.services.stream import stream_process
-from streamrag_tests.conftest import PROJECT_ROOT, free_port, running, separate_platform
+from streamrag_tests.conftest import PROJECT_ROOT, free_port, running, separate_platform, stream_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -92,9 +92,13 @@ def observed(stack):
         "canary": canary_process(settings),
         "prometheus": prometheus_process(settings, scrape_interval_s=1.0),
     }
+    producers = ("ingest", "canary")
     try:
-        with running(settings, list(processes.values())):
-            yield settings, processes
+        # The stream first, on a topic nobody created yet: its query waits for events instead of failing.
+        with running(settings, [p for name, p in processes.items() if name not in producers]):
+            _wait(lambda: stream_triggers(settings) > 0, "the stream's query never ran", settings=settings)
+            with running(settings, [processes[name] for name in producers]):
+                yield settings, processes
     finally:
         shutil.rmtree(settings.home.parent, ignore_errors=True)
 
