@@ -422,18 +422,13 @@ def _phase_listener():
 _LISTENING: set[int] = set()
 
 
-def _read_ahead(batches):
-    """``mapInArrow`` body of `_warm_python_worker`: imports what the topic's reader imports."""
-    import streamrag_assets.streaming.kafka_source  # noqa: F401
-
-    yield from batches
-
-
 def _warm_python_worker(spark) -> None:
     """Start Spark's Python worker (reused by the topic's reader) before the query does: the first micro-batch with
     events otherwise paid for it and for its imports (4-5 s here), and began the stream with a backlog."""
+    from streamrag_assets.streaming.kafka_source import pass_through
+
     began = time.perf_counter()
-    spark.range(1).mapInArrow(_read_ahead, "id long").collect()
+    spark.range(1).mapInArrow(pass_through, "id long").collect()  # the worker imports the reader's module
     log.info("Spark's Python worker ready in %.1f s", time.perf_counter() - began)
 
 
