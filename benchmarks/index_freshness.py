@@ -34,7 +34,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.index.heartbeat import STREAM, latest
 from streamrag_assets.index.migrate import upgrade
 from streamrag_assets.index.store import DocumentIndex
 from streamrag_assets.services.ingest import ingest_process
@@ -102,7 +101,7 @@ def freshness(settings, seconds: float, warmup_s: float, cold_start: bool) -> di
             else:  # a sustained rate: the producer starts once the continuous query runs
                 began = time.monotonic()
                 running_processes.enter_context(running(settings, [stream], timeout_s=180))
-                _wait_for_query(settings, engine)
+                _wait_for_query(settings)
                 query_ready_s = round(time.monotonic() - began, 1)
                 running_processes.enter_context(running(settings, [ingest], timeout_s=180))
             deadline = time.monotonic() + 300
@@ -170,11 +169,11 @@ def freshness(settings, seconds: float, warmup_s: float, cold_start: bool) -> di
     }
 
 
-def _wait_for_query(settings, engine, timeout_s: float = 300) -> None:
-    """Until the stream's heartbeat says its continuous query is active (it beats once the query has started) and
-    Spark has finished the query's first trigger (its first read of the topic's offsets, seconds on a cold JVM)."""
+def _wait_for_query(settings, timeout_s: float = 300) -> None:
+    """Until Spark has finished the continuous query's first trigger (its first read of the topic's offsets, seconds
+    on a cold JVM): with events or idle, the query then runs."""
     deadline = time.monotonic() + timeout_s
-    while not ((beat := latest(engine, STREAM)) and beat[1].get("active")) or not stream_triggers(settings):
+    while not stream_triggers(settings):
         assert time.monotonic() < deadline, f"the streaming query was not running within {timeout_s:.0f} s"
         time.sleep(0.5)
 

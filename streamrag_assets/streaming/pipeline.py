@@ -424,7 +424,7 @@ _LISTENING: set[int] = set()
 
 def _warm_python_worker(spark) -> None:
     """Start Spark's Python worker (reused by the topic's reader) before the query does: the first micro-batch with
-    events otherwise paid for it and for its imports (4-5 s here), and began the stream with a backlog."""
+    events otherwise paid for it and for its imports (3-5 s here), and began the stream with a backlog."""
     from streamrag_assets.streaming.kafka_source import pass_through
 
     began = time.perf_counter()

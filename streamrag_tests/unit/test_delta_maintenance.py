@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamrag_assets.streaming.delta import DeltaTables
+from streamrag_assets.streaming.delta import LAYERS, DeltaTables
 from streamrag_assets.streaming.pipeline import write_layers
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS, Layers
 from streamrag_tests.unit.test_dedupe import TODAY, silver
@@ -97,14 +97,14 @@ class UnreachableOnce(DeltaTables):
 def test_a_failed_maintenance_loses_no_batch_and_is_tried_again_at_the_next_due_point(tmp_path, caplog) -> None:
     delta = UnreachableOnce(tmp_path, maintain_every=3, retention_minutes=0)
     for batch in range(1, 8):
-        layers = Layers(*(layer_rows(layer, batch) for layer in ("bronze", "silver", "quarantine", "gold")))
+        layers = Layers(**{layer: layer_rows(layer, batch) for layer in LAYERS})
         phases: dict[str, float] = {}
         versions = write_layers(delta, layers, batch, phases)
         assert all(version is not None for version in versions.values()), versions
         if batch == 3:
             assert "maintain_silver" in phases  # timed although it failed
     assert "maintaining the silver table failed; the stream goes on" in caplog.text
-    for layer in ("bronze", "silver", "quarantine", "gold"):
+    for layer in LAYERS:
         assert len(delta.read(layer, ["batch_id"])) == 14, f"{layer}: every batch's rows"
     # Batch 6's maintenance ran: batches 1-6 in one file, batch 7 in its own.
     assert len(data_files(tmp_path / "silver")) == 2
