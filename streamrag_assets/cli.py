@@ -274,7 +274,8 @@ def stream_command(
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     settings = _settings()
     _serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
-    signal.signal(signal.SIGTERM, _raise_shutdown)
+    signal.signal(signal.SIGTERM, _raise_shutdown)  # until the query runs (see `_run_until_stopped`)
+    signal.signal(signal.SIGINT, _raise_shutdown)
     reporter = heartbeat = None
     status = StreamStatus(settings)
     if not available_now and settings.dagster_report_interval_s > 0:
@@ -294,10 +295,10 @@ def stream_command(
             if not available_now and settings.index_enabled:  # the heartbeat lives next to the documents
                 heartbeat = HeartbeatThread(settings.app_database_url, STREAM, status.detail, interval_s=5.0)
             typer.echo(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.state_dir / 'delta'}")
-            try:
-                query.awaitTermination()
-            except (_Shutdown, KeyboardInterrupt):
-                query.stop()
+            if _run_until_stopped(query):
+                return
+    except _Shutdown:  # stopped while the query was starting
+        return
     except QueryAlreadyRunning as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -306,6 +307,29 @@ def stream_command(
                 closing.close()
     if query.exception() is not None:
         raise _fail(f"the streaming query failed: {query.exception()}")
+
+
+def _run_until_stopped(query) -> bool:
+    """Wait until the query ends (False), or SIGTERM/SIGINT stops it (True). From here on the signals only set
+    `_stopping`: an exception raised inside a py4j call (waiting on `awaitTermination`) leaves that thread's gateway
+    connection waiting for the JVM's answer, and `query.stop()` sent on it then waits for ever (the stream ignored
+    SIGTERM and was killed after `stop_timeout_s`)."""
+    from py4j.protocol import Py4JError
+
+    signal.signal(signal.SIGTERM, _note_shutdown)
+    signal.signal(signal.SIGINT, _note_shutdown)
+    while query.isActive:
+        if _stopping.wait(1.0):
+            try:
+                query.stop()  # the micro-batch in progress finishes; the next start resumes after it
+            except Py4JError:  # signalled as a process group (`down`), the JVM stops its side itself
+                logging.getLogger(__name__).info("Spark was already stopping; the query stopped with it")
+            return True
+    return False
+
+
+def _note_shutdown(*_: object) -> None:
+    _stopping.set()
 
 
 replay_app = typer.Typer(

@@ -181,6 +181,9 @@ def test_the_canary_measures_searchable_latency_below_the_target(observed) -> No
 def test_stopping_the_stream_makes_the_lag_and_no_progress_alerts_fire(observed) -> None:
     settings, processes = observed
     processes["stream"].stop()
+    # SIGTERM stops it, not the SIGKILL after `stop_timeout_s` (a stop sent while py4j still waited on
+    # awaitTermination used to hang).
+    assert processes["stream"].proc.returncode == 0, processes["stream"].tail_log(10)
 
     def states() -> dict[str, str]:
         alerts = httpx.get(f"{prometheus_url(settings)}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
