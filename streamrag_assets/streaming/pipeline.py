@@ -447,15 +447,20 @@ def start_query(
         from streamrag_assets.ingest.producer import ensure_topic
 
         ensure_topic(settings)
-    spark = get_spark(settings)
-    if id(spark) not in _LISTENING:
-        spark.streams.addListener(_phase_listener())
-        _LISTENING.add(id(spark))
-    if not available_now:
-        _warm_python_worker(spark)
     epoch = current_epoch(settings) if epoch is None else epoch
     checkpoint = checkpoint_root(settings) / f"epoch-{epoch}"
     checkpoint.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(1, thread_name_prefix="batch-setup") as setup:
+        # The index side (migrations, the model's load and warm-up, catching up) gets ready on a thread while
+        # the JVM starts: neither needs the other, and each takes seconds.
+        batch_ready = setup.submit(MedallionBatch, settings, epoch, on_batch, asynchronous=not available_now)
+        spark = get_spark(settings)
+        if id(spark) not in _LISTENING:
+            spark.streams.addListener(_phase_listener())
+            _LISTENING.add(id(spark))
+        if not available_now:
+            _warm_python_worker(spark)
+        foreach_batch = batch_ready.result()
     reader = (
         spark.readStream.format("streamrag_kafka")
         .option("bootstrap_servers", settings.bootstrap_servers)
@@ -465,7 +470,7 @@ def start_query(
     )
     writer = (
         reader.load()
-        .writeStream.foreachBatch(MedallionBatch(settings, epoch, on_batch, asynchronous=not available_now))
+        .writeStream.foreachBatch(foreach_batch)
         .option("checkpointLocation", str(checkpoint))
         .queryName(f"medallion-epoch-{epoch}")
     )
