@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     postgres_db: str = "streamrag"
     postgres_dagster_db: str = "dagster"
     postgres_run_as: str = Field("streamrag", description="Unprivileged OS user for Postgres when started as root.")
+    postgres_shared_buffers: str = Field(
+        "512MB",
+        pattern=r"^\d+(kB|MB|GB)$",
+        description="The embedded Postgres' buffer cache (Postgres' own default is 128MB). 100k documents take "
+        "~480MB with their indexes; a search whose pages are not in it reads them from the OS cache (~25% more "
+        "Postgres CPU per hybrid search, measured).",
+    )
 
     # --- pipeline -----------------------------------------------------------------------------------------
     topic: str = "wikimedia.recentchange"

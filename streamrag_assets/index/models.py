@@ -61,6 +61,8 @@ class Document(Base):
     # migration 0004): followers of the table read what committed since their last snapshot by it.
     written_xid: Mapped[str | None] = mapped_column(XID8, server_default=func.pg_current_xact_id())
 
+    # Rows stay whole in the table's pages up to a page's size (migration 0005 sets toast_tuple_target): over
+    # Postgres' 2 kB default the vector would be kept in the TOAST table and read back from there for each hit.
     __table_args__ = (
         Index(
             "documents_embedding_hnsw",

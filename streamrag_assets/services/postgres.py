@@ -126,7 +126,7 @@ def postgres_process(settings: Settings) -> ManagedProcess:
             "-c",
             "max_connections=200",
             "-c",
-            "shared_buffers=128MB",
+            f"shared_buffers={settings.postgres_shared_buffers}",
         ],
         log_path=settings.state_dir / "logs" / "postgres.log",
         pid_path=settings.state_dir / "run" / "postgres.pid",

@@ -153,3 +153,20 @@ def test_a_document_that_cannot_be_embedded_is_dead_lettered_then_retried(index)
     assert poisoned in [h[0] for h in _search(index, docs[4]["text"], k=3)]
     with index.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM index_dead_letters")).scalar() == 0
+
+
+def test_a_document_row_keeps_its_vector_in_the_table_page(index) -> None:
+    """Rows over 2 kB (a long comment) keep their vector inline: a search computing each hit's similarity then
+    reads no TOAST pages (migration 0005; the default target moved the vector out of line)."""
+    comment = "Reverted vandalism and restored the sourced paragraph about the river's course. " * 6
+    docs = [_gold(2000 + seq, comment=comment, parsedcomment=comment) for seq in range(5)]
+    assert index.apply(docs).upserted == 5
+    ids = [d["doc_id"] for d in docs]
+    with index.engine.connect() as conn:
+        sizes = conn.execute(
+            text("SELECT pg_column_size(d.*) FROM documents d WHERE doc_id = ANY(:ids)"), {"ids": ids}
+        ).scalars()
+        assert min(sizes) > 2100, "rows big enough for Postgres' default target to move their vector out"
+        toast = conn.execute(text("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'documents'"))
+        chunks = conn.execute(text(f"SELECT count(*) FROM {toast.scalar()}")).scalar()
+    assert chunks == 0, "no document value is stored out of line"
