@@ -318,13 +318,20 @@ def _run_until_stopped(query) -> bool:
 
     signal.signal(signal.SIGTERM, _note_shutdown)
     signal.signal(signal.SIGINT, _note_shutdown)
-    while query.isActive:
-        if _stopping.wait(1.0):
-            try:
-                query.stop()  # the micro-batch in progress finishes; the next start resumes after it
-            except Py4JError:  # signalled as a process group (`down`), the JVM stops its side itself
-                logging.getLogger(__name__).info("Spark was already stopping; the query stopped with it")
-            return True
+    try:
+        while query.isActive:
+            if _stopping.wait(1.0):
+                # A micro-batch in progress is interrupted (Spark logs its stack traces): it is not committed, and
+                # runs again at the next start.
+                query.stop()
+                return True
+    except (Py4JError, OSError):  # py4j's connection errors are OSErrors
+        if not _stopping.is_set():
+            raise
+        # Signalled as a process group (`down`), the JVM stops its side itself; the batch it was in is not
+        # committed and runs again at the next start.
+        logging.getLogger(__name__).info("Spark stopped with the process; so did the query")
+        return True
     return False
 
 

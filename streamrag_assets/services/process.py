@@ -104,6 +104,9 @@ class ManagedProcess:
     user: str | None = None
     stop_signal: int = signal.SIGTERM
     stop_timeout_s: float = 20.0
+    # The stop signal goes to the whole process group, or (False) to the leader alone, which stops its children
+    # in order itself; what is left of the group is killed once the leader is gone, either way.
+    stop_group: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     def check_ports(self) -> None:
@@ -158,7 +161,11 @@ class ManagedProcess:
             return
         if self.proc.poll() is None:
             log.info("stopping %s (pid %s)", self.name, self.proc.pid)
-            _signal_group(self.proc.pid, self.stop_signal)
+            if self.stop_group:
+                _signal_group(self.proc.pid, self.stop_signal)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:

@@ -29,4 +29,7 @@ def stream_process(settings: Settings) -> ManagedProcess:
         else [],
         bind_host=settings.bind_host,
         stop_timeout_s=30.0,
+        # The driver stops the query (the micro-batch in progress finishes) before the JVM goes; signalled too,
+        # the JVM would shut Spark down under the running batch.
+        stop_group=False,
     )
