@@ -72,8 +72,9 @@ class CanaryProbe:
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0)
         self.http = httpx.Client(base_url=settings.api_url, timeout=10)
 
-    def once(self, poll_s: float = 0.1) -> float | None:
-        """Produce one canary and wait for /search to return it; the delay in seconds, or None when missing."""
+    def once(self, poll_s: float = 0.1, stop: threading.Event | None = None) -> float | None:
+        """Produce one canary and wait for /search to return it; the delay in seconds, or None when missing (or
+        ``stop`` is set meanwhile: a canary waiting on a stopped stream must not hold the probe's own stop)."""
         marker = uuid.uuid4().hex[:12]
         line = json.dumps(canary_event(marker))
         began = time.monotonic()
@@ -95,7 +96,10 @@ class CanaryProbe:
                 CANARY_PROBES.labels("found").inc()
                 log.info("canary %s searchable after %.2f s", marker, delay)
                 return delay
-            time.sleep(poll_s)
+            if stop is None:
+                time.sleep(poll_s)
+            elif stop.wait(poll_s):
+                return None
         CANARY_PROBES.labels("missing").inc()
         log.warning("canary %s not searchable within %.0f s", marker, self.settings.canary_timeout_s)
         return None
@@ -116,7 +120,7 @@ class CanaryProbe:
             started = time.monotonic()
             try:
                 self.measure_heads()
-                self.once()
+                self.once(stop=stop)
             except Exception as exc:  # the broker is down, say: counted, and the next probe tries again
                 CANARY_PROBES.labels("error").inc()
                 log.warning("canary probe failed: %s", exc)

@@ -192,3 +192,5 @@ def test_stopping_the_stream_makes_the_lag_and_no_progress_alerts_fire(observed)
     _wait(lambda: {"StreamragLagGrowing", "StreamragNoProgress"} <= set(states()), f"alerts: {states()}", 240)
     assert set(states().values()) <= {"pending", "firing"}
     assert (_value(settings, "streamrag:consumer_lag:sum") or 0) > 50
+    processes["canary"].stop()  # its probe is waiting for a canary the stopped stream will not index
+    assert processes["canary"].proc.returncode == 0, processes["canary"].tail_log(5)
