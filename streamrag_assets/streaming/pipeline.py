@@ -36,7 +36,15 @@ from streamrag_assets.metrics import (
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.dedupe import SeenEvents
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
-from streamrag_assets.streaming.transforms import Layers, bronze_rows, refine, refine_arrow, split_layers
+from streamrag_assets.streaming.transforms import (
+    Layers,
+    bronze_rows,
+    kafka_columns,
+    refine,
+    refine_arrow,
+    split_layers,
+    with_batch_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +311,11 @@ class MedallionBatch:
         batch_key = self.epoch * EPOCH_STRIDE + batch_id
         phases: dict[str, float] = {}
         with _phase(phases, "refine"):  # Spark reads the topic here: the source is lazy
-            bronze = bronze_rows(kafka_rows, batch_key)
-            refined = refine_arrow(bronze.toArrow()) if self.refine_on_driver else refine(bronze).toArrow()
+            if self.refine_on_driver:
+                kafka = kafka_columns(kafka_rows).toArrow()
+                refined = refine_arrow(with_batch_columns(kafka, batch_key, datetime.now(UTC)))
+            else:
+                refined = refine(bronze_rows(kafka_rows, batch_key)).toArrow()
         if len(refined) == 0:
             return
         with _phase(phases, "dedupe"):

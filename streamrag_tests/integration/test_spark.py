@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from kafka import KafkaProducer
@@ -43,7 +44,14 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
     topic records must come out the same either way: verdicts, quarantine reasons, Silver fields, Gold documents."""
     from streamrag_assets.ingest.sources import synthetic_event
     from streamrag_assets.streaming.spark import get_spark
-    from streamrag_assets.streaming.transforms import REFINED_ARROW, bronze_rows, refine, refine_arrow
+    from streamrag_assets.streaming.transforms import (
+        REFINED_ARROW,
+        bronze_rows,
+        kafka_columns,
+        refine,
+        refine_arrow,
+        with_batch_columns,
+    )
 
     bootstrap = stack.settings.bootstrap_servers
     topic = f"refine-{uuid.uuid4().hex[:8]}"
@@ -55,11 +63,9 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
     producer.close()
 
     spark = get_spark(stack.settings)
-    bronze = bronze_rows(
-        spark.read.format("streamrag_kafka").option("bootstrap_servers", bootstrap).option("topic", topic).load(), 7
-    )
-    by_spark = refine(bronze).toArrow().cast(REFINED_ARROW)
-    on_driver = refine_arrow(bronze.toArrow())
+    records = spark.read.format("streamrag_kafka").option("bootstrap_servers", bootstrap).option("topic", topic).load()
+    by_spark = refine(bronze_rows(records, 7)).toArrow().cast(REFINED_ARROW)
+    on_driver = refine_arrow(with_batch_columns(kafka_columns(records).toArrow(), 7, datetime.now(UTC)))
 
     def comparable(table):  # written_at is each read's own clock
         return table.drop_columns(["written_at"]).sort_by([("partition", "ascending"), ("offset", "ascending")])
