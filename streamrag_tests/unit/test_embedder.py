@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -68,3 +72,34 @@ def test_int8_threads_embed_documents_at_once_with_the_same_vectors(engines) -> 
     texts = [d["text"] for d in gold_documents(40)]
     texts[7] = "Seven"  # lengths differ, so the calls finish out of order
     assert np.abs(int8.embed(texts) - single.embed(texts)).max() < 1e-6
+
+
+def test_int8_embeds_without_torch_exactly_as_the_models_own_tokenizer_would(tmp_path) -> None:
+    """A process that embeds with int8 (the API, the stream) loads neither torch nor sentence-transformers (~500 MiB
+    a process); its vectors are exactly those of the transformers tokenizer feeding the same ONNX session."""
+    texts = [d["text"] for d in gold_documents(40)] + [
+        "",
+        "  spaces around  ",
+        "Zürich 北京市 ירושלים Łódź <script>alert(1)</script>",
+        "long " * 400,  # truncated at the model's 256 tokens
+    ]
+    reference = Embedder(threads=1, int8=True)
+    model = reference._load()  # the general path: sentence-transformers' model and its transformers tokenizer
+    assert reference._onnx(model) is not None  # also prepares the int8 file, as the first start on a machine does
+    expected = reference._onnx_encode(model, texts)
+
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = (
+        "import json, sys, numpy as np\n"
+        "from streamrag_assets.index.embedder import Embedder\n"
+        f"texts = json.loads(open({str(tmp_path / 'texts.json')!r}).read())\n"
+        "embedder = Embedder(threads=1, int8=True)\n"
+        f"np.save({str(tmp_path / 'vectors.npy')!r}, embedder.embed(texts))\n"
+        "print(json.dumps({'name': embedder.model_name, 'dimension': embedder.dimension,\n"
+        "    'loaded': [m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules]}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {"name": "all-MiniLM-L6-v2:int8", "dimension": 384, "loaded": []}
+    assert np.array_equal(np.load(tmp_path / "vectors.npy"), expected)
