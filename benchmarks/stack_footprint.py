@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from sqlalchemy import create_engine, text
 
 from streamrag_tests.conftest import isolated_settings
 
@@ -52,7 +53,7 @@ def _read_progress(stream, began: float, events: dict[str, float], lines: list[s
 
 def first_searchable(api_url: str, began: float, timeout_s: float) -> dict:
     """Seconds from `up` to the first indexed document, and to that document found by /search."""
-    out: dict = {}
+    out: dict = {"failed_polls": {}}
     deadline = began + timeout_s
     with httpx.Client(base_url=api_url, timeout=5) as client:
         document = None
@@ -60,10 +61,15 @@ def first_searchable(api_url: str, began: float, timeout_s: float) -> dict:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no document indexed within {timeout_s:.0f} s")
             try:
-                events = client.get("/events/recent", params={"limit": 1}).json().get("events") or []
+                response = client.get("/events/recent", params={"limit": 1})
+                events = response.json().get("events") or [] if response.status_code == 200 else []
                 document = events[0] if events else None
-            except (httpx.HTTPError, ValueError):
-                pass
+                if response.status_code != 200:
+                    out["failed_polls"][str(response.status_code)] = (
+                        out["failed_polls"].get(str(response.status_code), 0) + 1
+                    )
+            except (httpx.HTTPError, ValueError) as exc:
+                out["failed_polls"][type(exc).__name__] = out["failed_polls"].get(type(exc).__name__, 0) + 1
             if document is None:
                 time.sleep(0.2)
         out["first_indexed_s"] = round(time.monotonic() - began, 1)
@@ -76,6 +82,22 @@ def first_searchable(api_url: str, began: float, timeout_s: float) -> dict:
                 out["first_searchable_s"] = round(time.monotonic() - began, 1)
                 return out
             time.sleep(0.2)
+
+
+def first_rows(database_url: str, began_wall: float) -> dict:
+    """When the first document was ingested and indexed, in seconds from `up`'s start (from the table)."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            ingested, indexed = conn.execute(
+                text("SELECT min(ingested_at), min(indexed_at) FROM documents WHERE NOT ('probe' = ANY(quality_flags))")
+            ).one()
+    finally:
+        engine.dispose()
+    return {
+        "first_row_ingested_s": round(ingested.timestamp() - began_wall, 1),
+        "first_row_indexed_s": round(indexed.timestamp() - began_wall, 1),
+    }
 
 
 def services(state_dir: Path) -> dict[str, int]:
@@ -189,13 +211,13 @@ def main() -> None:
     lines: list[str] = []
     events: dict[str, float] = {}
     command = [str(Path(sys.executable).with_name("streamrag")), "up"]
-    began = time.monotonic()
+    began, began_wall = time.monotonic(), time.time()
     up = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     reader = threading.Thread(target=_read_progress, args=(up.stdout, began, events, lines), daemon=True)
     reader.start()
     try:
         result["start"] = first_searchable(settings.api_url, began, args.timeout)
-        result["start"] |= events
+        result["start"] |= events | first_rows(settings.app_database_url, began_wall)
         print(json.dumps(result), flush=True)
         time.sleep(args.settle)
         result["steady_state"] = steady_state(up.pid, settings.state_dir, args.seconds, args.every)

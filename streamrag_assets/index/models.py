@@ -51,7 +51,8 @@ class Document(Base):
     ingested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     transform_version: Mapped[str] = mapped_column(String)
     model_name: Mapped[str] = mapped_column(String)
-    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When the row was written, not when its transaction began (migration 0006).
+    indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
     # A deleted page's documents are tombstoned (hidden from retrieval), so a late upsert cannot resurrect them.
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
     search: Mapped[str] = mapped_column(

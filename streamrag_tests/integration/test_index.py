@@ -5,6 +5,8 @@ Dead letters: a document that cannot be embedded is kept with the reason and ind
 from __future__ import annotations
 
 import json
+import time
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -170,3 +172,29 @@ def test_a_document_row_keeps_its_vector_in_the_table_page(index) -> None:
         toast = conn.execute(text("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'documents'"))
         chunks = conn.execute(text(f"SELECT count(*) FROM {toast.scalar()}")).scalar()
     assert chunks == 0, "no document value is stored out of line"
+
+
+def test_indexed_at_is_when_a_document_was_written_not_when_its_batch_began(index) -> None:
+    """A micro-batch embeds, then waits for Gold (`before_write`), then writes, all in one transaction; its
+    documents' `indexed_at` (which /freshness and the UI report as ingested -> searchable) must not date from before
+    that work, or a slow batch would look fresher than it was."""
+    docs = [_gold(3000 + seq) for seq in range(3)]
+    written_after: list[datetime] = []
+
+    def slow_gold() -> None:
+        time.sleep(1.0)
+        written_after.append(datetime.now(UTC))
+
+    began = datetime.now(UTC)
+    assert index.index(docs, before_write=slow_gold).upserted == 3
+    committed = datetime.now(UTC)
+    with index.engine.connect() as conn:
+        stamps = conn.execute(
+            text("SELECT indexed_at FROM documents WHERE doc_id = ANY(:ids)"), {"ids": [d["doc_id"] for d in docs]}
+        ).scalars()
+        stamps = list(stamps)
+    assert len(stamps) == 3
+    assert all(written_after[0] <= stamp <= committed for stamp in stamps), (
+        f"batch began {began:%H:%M:%S.%f}, written after {written_after[0]:%H:%M:%S.%f}, "
+        f"committed by {committed:%H:%M:%S.%f}; indexed_at {[f'{s:%H:%M:%S.%f}' for s in stamps]}"
+    )
