@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast lint install system-deps bench-api bench-freshness clean
+.PHONY: up down status test test-fast lint install system-deps bench-api bench-freshness bench-stack clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-api: install
 # ingested -> searchable at 50 events/s for five minutes, and the index stage's throughput (~9 minutes).
 bench-freshness: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.index_freshness --docs 300 --rate 50 --seconds 300 $(ARGS)
+
+# `streamrag up` as a user runs it: first searchable event, memory per service at steady state, stop (~8 minutes).
+bench-stack: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.stack_footprint $(ARGS)
 
 lint: install
 	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests
