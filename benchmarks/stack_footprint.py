@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def _read_progress(stream, began: float, events: dict[str, float], lines: list[s
 
 def first_searchable(api_url: str, began: float, timeout_s: float) -> dict:
     """Seconds from `up` to the first indexed document, and to that document found by /search."""
-    out: dict = {"failed_polls": {}}
+    out: dict = {}
+    failed: Counter[str] = Counter()
     deadline = began + timeout_s
     with httpx.Client(base_url=api_url, timeout=5) as client:
         document = None
@@ -62,16 +64,15 @@ def first_searchable(api_url: str, began: float, timeout_s: float) -> dict:
                 raise TimeoutError(f"no document indexed within {timeout_s:.0f} s")
             try:
                 response = client.get("/events/recent", params={"limit": 1})
-                events = response.json().get("events") or [] if response.status_code == 200 else []
-                document = events[0] if events else None
-                if response.status_code != 200:
-                    out["failed_polls"][str(response.status_code)] = (
-                        out["failed_polls"].get(str(response.status_code), 0) + 1
-                    )
+                if response.status_code == 200:
+                    document = next(iter(response.json()["events"]), None)
+                else:
+                    failed[str(response.status_code)] += 1
             except (httpx.HTTPError, ValueError) as exc:
-                out["failed_polls"][type(exc).__name__] = out["failed_polls"].get(type(exc).__name__, 0) + 1
+                failed[type(exc).__name__] += 1
             if document is None:
                 time.sleep(0.2)
+        out["failed_polls"] = dict(failed)
         out["first_indexed_s"] = round(time.monotonic() - began, 1)
         out["first_document"] = {k: document[k] for k in ("doc_id", "title", "wiki", "ingested_at", "indexed_at")}
         while True:
@@ -121,40 +122,36 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def usage(processes: list[psutil.Process]) -> dict[str, float]:
+    """RSS and PSS in MiB, and CPU seconds so far, of ``processes`` together."""
+    rss = pss = cpu = 0.0
+    for proc in processes:
+        try:
+            memory = proc.memory_full_info()
+            times = proc.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        rss += memory.rss
+        pss += memory.pss
+        cpu += times.user + times.system
+    return {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20, "cpu_s": cpu}
+
+
 def sample(groups: dict[str, int]) -> dict[str, dict[str, float]]:
-    """Each service's process tree: RSS and PSS in MiB, CPU seconds so far."""
-    out = {}
-    for name, pid in groups.items():
-        rss = pss = cpu = 0.0
-        for proc in _tree(pid):
-            try:
-                memory = proc.memory_full_info()
-                times = proc.cpu_times()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            rss += memory.rss
-            pss += getattr(memory, "pss", memory.rss)
-            cpu += times.user + times.system
-        out[name] = {"rss_mib": rss / 2**20, "pss_mib": pss / 2**20, "cpu_s": cpu}
-    return out
+    """Each service's process tree, as `usage` measures it."""
+    return {name: usage(_tree(pid)) for name, pid in groups.items()}
 
 
 def steady_state(up_pid: int, state_dir: Path, seconds: float, every: float) -> dict:
     """Memory per service over the window (median and maximum), and the CPU each used in it."""
     groups = services(state_dir)
-    # The supervisor's own process, without the services it started (counted under their own names).
     children = set(groups.values())
+    up = psutil.Process(up_pid)
     samples: list[dict[str, dict[str, float]]] = []
     began = time.monotonic()
     while True:
         current = sample(groups)
-        up = psutil.Process(up_pid)
-        own = up.memory_full_info()
-        current["supervisor"] = {
-            "rss_mib": own.rss / 2**20,
-            "pss_mib": own.pss / 2**20,
-            "cpu_s": sum(up.cpu_times()[:2]),
-        }
+        current["supervisor"] = usage([up])  # its own process: the services it started count under their names
         current["_other_children"] = sample({str(c.pid): c.pid for c in up.children() if c.pid not in children})
         samples.append(current)
         print(

@@ -41,6 +41,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -169,11 +170,16 @@ class Embedder:
         if getattr(pooling, "pooling_mode", None) != "mean":
             log.warning("%s does not use mean pooling; embedding with torch", self._base_name)
             return
-        path = self._cached(self._onnx_file(), lambda partial: _export(model, partial))
+        self._session = self._inference_session(self._prepared(lambda: model))
+        self._inputs = [i.name for i in self._session.get_inputs()]
+
+    def _prepared(self, model: Callable[[], Any]) -> Path:
+        """The ONNX file this embedder runs (with int8, the quantised copy), made on first use; ``model`` gives the
+        sentence-transformers model, loaded only when the file has to be exported."""
+        path = self._cached(self._onnx_file(), lambda unfinished: _export(model(), unfinished))
         if self.int8:
             path = self._cached(self._onnx_file(int8=True), lambda target: _quantise(path, target))
-        self._session = self._inference_session(path)
-        self._inputs = [i.name for i in self._session.get_inputs()]
+        return path
 
     def _inference_session(self, path: Path):
         import onnxruntime as ort
@@ -209,10 +215,7 @@ class Embedder:
             if not self._light_ready:
                 pipeline = _mean_pooling_pipeline(Path(self._resolved_path()))
                 if pipeline is not None:
-                    target = self._onnx_file(int8=True)
-                    if not target.exists():
-                        self._onnx(self._load())  # exports and quantises, once
-                    session = self._inference_session(target)
+                    session = self._inference_session(self._prepared(self._load))
                     self._light = _LightModel(session, [i.name for i in session.get_inputs()], *pipeline)
                 self._light_ready = True
         return self._light
@@ -222,7 +225,7 @@ class Embedder:
         # One document per call (see `_onnx_encode`), tokenised on this thread; no padding.
         calls = [(np.array([i]), light.features(text)) for i, text in enumerate(texts)]
         pool = self._pool() if len(calls) > 1 else None
-        run = partial(self._run_onnx, session=light.session, inputs=light.inputs)
+        run = partial(_mean_pooled, light.session, light.inputs)
         for rows, vectors in pool.map(run, calls) if pool else map(run, calls):
             out[rows] = vectors
         return out
@@ -268,19 +271,10 @@ class Embedder:
             for rows in (order[start : start + batch] for start in range(0, len(texts), batch))
         ]
         pool = self._pool() if len(calls) > 1 else None
-        for rows, vectors in pool.map(self._run_onnx, calls) if pool else map(self._run_onnx, calls):
+        run = partial(_mean_pooled, self._session, self._inputs)
+        for rows, vectors in pool.map(run, calls) if pool else map(run, calls):
             out[rows] = vectors
         return out
-
-    def _run_onnx(
-        self, call: tuple[np.ndarray, Any], session: Any = None, inputs: list[str] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        rows, encoded = call
-        feed = {name: encoded[name].astype(np.int64) for name in inputs or self._inputs}
-        (hidden,) = (session or self._session).run(None, feed)
-        mask = encoded["attention_mask"][..., None].astype(np.float32)
-        pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
-        return rows, pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
     @property
     def workers(self) -> int:
@@ -295,6 +289,16 @@ class Embedder:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="embed")
         return self._executor
+
+
+def _mean_pooled(session: Any, inputs: list[str], call: tuple[np.ndarray, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """One ONNX Runtime call on a tokenised batch: its rows and their mean-pooled, unit-length vectors."""
+    rows, encoded = call
+    feed = {name: encoded[name].astype(np.int64) for name in inputs}
+    (hidden,) = session.run(None, feed)
+    mask = encoded["attention_mask"][..., None].astype(np.float32)
+    pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+    return rows, pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
 
 
 @dataclass
@@ -319,17 +323,14 @@ def _mean_pooling_pipeline(source: Path) -> tuple[Any, int, bool] | None:
     """(tokenizer, dimension, lower case) of a sentence-transformers model directory that is a transformer, mean
     pooling and (optionally) normalisation, read from its configuration files; None for any other model."""
     try:
-        modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((source / "modules.json").read_text())]
+        modules = {m["type"].rsplit(".", 1)[-1]: m["path"] for m in json.loads((source / "modules.json").read_text())}
+        if list(modules) not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            return None
         config = json.loads((source / "sentence_bert_config.json").read_text())
-        pooling_dir = next(
-            m["path"] for m in json.loads((source / "modules.json").read_text()) if m["type"].endswith("Pooling")
-        )
-        pooling = json.loads((source / pooling_dir / "config.json").read_text())
-    except (OSError, ValueError, KeyError, StopIteration):
+        pooling = json.loads((source / modules["Pooling"] / "config.json").read_text())
+    except (OSError, ValueError, KeyError):
         return None
     modes = {key for key, value in pooling.items() if key.startswith("pooling_mode_") and value}
-    if modules not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
-        return None
     if modes != {"pooling_mode_mean_tokens"} or not (source / "tokenizer.json").exists():
         return None
     from tokenizers import Tokenizer

@@ -189,10 +189,13 @@ def test_indexed_at_is_when_a_document_was_written_not_when_its_batch_began(inde
     assert index.index(docs, before_write=slow_gold).upserted == 3
     committed = datetime.now(UTC)
     with index.engine.connect() as conn:
-        stamps = conn.execute(
-            text("SELECT indexed_at FROM documents WHERE doc_id = ANY(:ids)"), {"ids": [d["doc_id"] for d in docs]}
-        ).scalars()
-        stamps = list(stamps)
+        stamps = (
+            conn.execute(
+                text("SELECT indexed_at FROM documents WHERE doc_id = ANY(:ids)"), {"ids": [d["doc_id"] for d in docs]}
+            )
+            .scalars()
+            .all()
+        )
     assert len(stamps) == 3
     assert all(written_after[0] <= stamp <= committed for stamp in stamps), (
         f"batch began {began:%H:%M:%S.%f}, written after {written_after[0]:%H:%M:%S.%f}, "
