@@ -114,8 +114,32 @@ def _stop(producer: subprocess.Popen, settings) -> None:
     assert code == 0, f"ingest exited {code}:\n{_log_tail(settings)}"
 
 
+def _kill_with_acks_beyond_the_saved_position(producer: subprocess.Popen, settings, save_every_s: float) -> None:
+    """SIGKILL the producer once ≥100 acknowledged events lie beyond its saved position and no save is imminent.
+
+    Killing at a random moment is not enough: a save landing between the last acknowledgement and the kill leaves
+    nothing to skip on restart, and the test would pass without exercising the skip.
+    """
+    position_file = settings.state_dir / "ingest" / "replay.position.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            saved_at = position_file.stat().st_mtime
+            saved = sum(json.loads(position_file.read_text())["scan_from"].values())
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.1)
+            continue
+        # Checked after reading the topic: the next save is still ≥1 s away when the signal goes.
+        if _count(settings) - saved >= 100 and time.time() - saved_at < save_every_s - 1.0:
+            producer.send_signal(signal.SIGKILL)
+            producer.wait(10)
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never saw 100 acknowledged events beyond a fresh saved position:\n{_log_tail(settings)}")
+
+
 def test_killing_server_and_producer_loses_and_repeats_nothing(ingest_settings) -> None:
-    # Positions saved only every 5 s: the SIGKILL surely leaves acknowledged events beyond the stored position.
+    # Positions saved only every 5 s, and the kill timed so acknowledged events lie beyond the stored position.
     settings, total = ingest_settings.model_copy(update={"ingest_position_interval_s": 5.0}), 3000
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     server = _server(settings, "replay", total, rate=400)
@@ -127,8 +151,7 @@ def test_killing_server_and_producer_loses_and_repeats_nothing(ingest_settings) 
         server.start()  # … and comes back: the client resumes with Last-Event-ID
         server.wait_ready(30)
         _wait_for(settings, 1500)
-        producer.send_signal(signal.SIGKILL)  # the producer dies with acks not yet saved as its position
-        producer.wait(10)
+        _kill_with_acks_beyond_the_saved_position(producer, settings, save_every_s=5.0)
         producer = _ingest(settings, "replay")
         _wait_for(settings, total, timeout_s=120)
         time.sleep(2)  # anything extra (a duplicate) would arrive now
