@@ -215,16 +215,13 @@ def test_pgvector_reconciles_with_gold_and_each_vector_is_its_own_text(medallion
         live = [d for d in gold if d["op"] == "upsert" and not rows[d["doc_id"]].deleted]
         # Batches written around the kill hold the vectors of their own documents, not a neighbour's.
         for target in live[:: max(1, len(live) // 8)]:
+            # Exact distance to the row itself: an approximate HNSW top-k over near-duplicates may skip it.
             vector = get_embedder().embed([target["text"]])[0]
-            nearest = conn.execute(
-                text(
-                    "SELECT doc_id, embedding <=> CAST(:v AS vector) AS distance FROM documents "
-                    "WHERE NOT deleted ORDER BY embedding <=> CAST(:v AS vector) LIMIT 3"
-                ),
-                {"v": str(vector.tolist())},
-            ).all()
-            distance = {r.doc_id: r.distance for r in nearest}
-            assert distance.get(target["doc_id"], 1.0) < 1e-3, f"{target['text']!r}: {nearest}"
+            distance = conn.execute(
+                text("SELECT embedding <=> CAST(:v AS vector) FROM documents WHERE doc_id = :doc_id"),
+                {"v": str(vector.tolist()), "doc_id": target["doc_id"]},
+            ).scalar_one()
+            assert distance < 1e-3, f"{target['doc_id']} holds another text's vector ({distance:.3f} away)"
 
 
 def test_index_command_backfills_a_lost_time_range_once(medallion) -> None:
