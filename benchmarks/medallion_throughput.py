@@ -93,7 +93,7 @@ def main() -> None:
             f"max {max(warm):.2f} s"
         )
 
-        big = settings.model_copy(update={"stream_max_events_per_trigger": 20_000})
+        big = settings.model_copy(update={"replay_max_events_per_trigger": 20_000})
         sustained: list[BatchResult] = []
         began = time.monotonic()
         query = start_query(big, available_now=True, on_batch=sustained.append)

@@ -127,7 +127,20 @@ class Settings(BaseSettings):
     ingest_position_interval_s: float = 0.5
     # --- streaming (Kafka -> Bronze/Silver/Gold) -------------------------------------------------------------
     stream_trigger_ms: int = Field(500, description="Micro-batch interval of the continuous query.")
-    stream_max_events_per_trigger: int = Field(20_000, description="Admission control per micro-batch.")
+    stream_max_events_per_trigger: int = Field(
+        500,
+        ge=1,
+        description="Admission control per micro-batch of the continuous query. A backlog (what was produced while "
+        "Spark started, or during an outage) is worked off in batches this size, so its first events are searchable "
+        "after one small batch instead of after the whole backlog is embedded; at a live stream's rate (tens of events "
+        "a second) batches are far below it.",
+    )
+    replay_max_events_per_trigger: int = Field(
+        20_000,
+        ge=1,
+        description="Admission control per micro-batch of bounded runs (`stream --available-now`, replay, "
+        "backfill), where the throughput of large batches matters more than the first event's latency.",
+    )
     delta_maintain_every: int = Field(
         100,
         ge=0,

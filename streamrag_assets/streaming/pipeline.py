@@ -506,7 +506,10 @@ def start_query(
         .option("bootstrap_servers", settings.bootstrap_servers)
         .option("topic", settings.topic)
         .option("startingOffsets", starting_offsets)
-        .option("maxOffsetsPerTrigger", str(settings.stream_max_events_per_trigger))
+        .option(
+            "maxOffsetsPerTrigger",
+            str(settings.replay_max_events_per_trigger if available_now else settings.stream_max_events_per_trigger),
+        )
     )
     writer = (
         reader.load()
