@@ -58,6 +58,11 @@ class AckTracker:
         with self._lock:
             return len(self._pending)
 
+    def awaited(self, besides: set[int] | frozenset[int] = frozenset()) -> int:
+        """How many events, ``besides`` these, are neither acknowledged nor dead-lettered yet."""
+        with self._lock:
+            return sum(1 for seq, entry in self._pending.items() if not entry[3] and seq not in besides)
+
     def snapshot(self) -> Position:
         with self._lock:
             scan_from = {p: off + 1 for p, off in self._high.items()}

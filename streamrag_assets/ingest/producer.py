@@ -89,6 +89,8 @@ class EventProducer:
         self._unconfirmed: list[tuple[float, int, SourceEvent, int]] = []
         self._unconfirmed_lock = threading.Lock()
         self._dead_letter_lock = threading.Lock()
+        # Events between `tracker.add` and their callbacks' registration (see `send`).
+        self._handing: set[int] = set()
         self.tracker = AckTracker()
 
     def _new_producer(self) -> KafkaProducer:
@@ -147,15 +149,22 @@ class EventProducer:
         if event.id is not None:
             headers.insert(0, ("sse_id", event.id.encode()))
         started = time.perf_counter()
+        # SIGTERM raises in the main thread wherever it is: interrupted here, the event may be in the client with
+        # nobody to hear its acknowledgement. It then stays in `_handing`, which `flush` does not wait for; it is
+        # never acknowledged in the tracker, so the saved position stops before it and a restart finds it in the
+        # topic (or sends it again).
+        self._handing.add(seq)
         try:
             future = self._producer.send(
                 self.topic, key=event_key(parsed), value=event.data.encode("utf-8"), headers=headers
             )
         except KafkaTimeoutError as exc:
+            self._handing.discard(seq)
             self._on_error(seq, event, exc)
             return False
         future.add_callback(self._on_ack, seq, event, started)
         future.add_errback(lambda exc: self._on_error(seq, event, exc))
+        self._handing.discard(seq)
         return True
 
     def _on_ack(self, seq: int, event: SourceEvent, started: float, metadata) -> None:
@@ -281,13 +290,17 @@ class EventProducer:
                 self._producer.flush(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
             except KafkaTimeoutError:
                 continue
-            if not self._retry and self.tracker.outstanding == 0:
+            if not self._retry and self.tracker.awaited(besides=self._handing) == 0:
                 return True
             time.sleep(0.05)
         return False
 
-    def close(self) -> None:
-        """Close the client; what it still holds is not lost: the saved position does not cover it."""
+    def close(self, wait: bool = True) -> None:
+        """Close the client (``wait``: up to 10 s for what it still sends); what it holds is not lost, the saved
+        position does not cover it."""
+        if not wait:
+            _discard(self._producer)
+            return
         try:
             self._producer.close(timeout=10)
         except KafkaError as exc:

@@ -14,6 +14,8 @@ from streamrag_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_FLUSH_S = 10.0
+
 UNREACHABLE_HINT = (
     "Without internet access, ingest the bundled recording instead: `streamrag ingest --source replay` "
     "(or STREAMRAG_INGEST_SOURCE=replay for `streamrag up`)."
@@ -85,13 +87,17 @@ def run_ingest(
     finally:
         housekeeping_stop.set()
         housekeeping.join(timeout=10)
-        if not producer.flush(timeout_s=30):
+        # Bounded so that the process exits within the supervisor's stop timeout (20 s) even with a full send
+        # buffer (a backlog read as fast as the source goes): what is not acknowledged by then is not in the saved
+        # position, so the source sends it again on restart.
+        flushed = producer.flush(timeout_s=SHUTDOWN_FLUSH_S)
+        if not flushed:
             log.warning(
                 "%d event(s) not acknowledged at shutdown; the source will send them again on restart",
                 producer.tracker.outstanding,
             )
         store.save(producer.tracker.snapshot())
-        producer.close()
+        producer.close(wait=flushed)
         log.info("%s: stopped after %d events; position saved", source, received)
 
 

@@ -38,3 +38,15 @@ def test_position_store_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     store.save(Position("42", {0: 7}))
     assert store.load() == Position("42", {0: 7})
     assert not list((tmp_path / "ingest").glob("*.tmp"))
+
+
+def test_an_event_whose_send_was_interrupted_is_not_awaited_and_holds_the_position_back() -> None:
+    tracker = AckTracker()
+    sent, interrupted, resent = tracker.add("1"), tracker.add("2"), tracker.add("3")
+    tracker.ack(sent, 0, 0)
+    tracker.ack(resent, 0, 2)
+    assert tracker.awaited() == 1
+    assert tracker.awaited(besides={interrupted}) == 0, "a shutdown's flush does not wait for it"
+    snapshot = tracker.snapshot()
+    assert snapshot.last_event_id == "1", "nothing after the interrupted event counts as stored"
+    assert snapshot.scan_from == {0: 1}, "a restart scans from it and finds what came after"
