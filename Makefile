@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast lint install system-deps bench-api bench-freshness bench-stack clean
+.PHONY: up down status test test-fast lint install system-deps bench-api bench-freshness bench-stack bench-backlog clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -48,6 +48,10 @@ bench-freshness: install
 # `streamrag up` as a user runs it: first searchable event, memory per service at steady state, stop (~8 minutes).
 bench-stack: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.stack_footprint $(ARGS)
+
+# A backlog of 10,000 events, then the stream: when its first and its last documents are searchable (~3 minutes).
+bench-backlog: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.backlog_catchup $(ARGS)
 
 lint: install
 	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests
