@@ -140,8 +140,15 @@ class EventProducer:
     def send(self, event: SourceEvent, seq: int | None = None) -> bool:
         """Hand the event to the client; False when it could not even be queued (it is queued for a retry)."""
         parsed = try_parse(event.data)
+        fresh = seq is None
         if seq is None:
             seq = self.tracker.add(event.id)
+        # SIGTERM raises in the main thread wherever it is: interrupted from here on, the event may be in the client
+        # with nobody to hear its acknowledgement. It then stays in `_handing`, which `flush` does not wait for; it
+        # is never acknowledged in the tracker, so the saved position stops before it and a restart finds it in the
+        # topic (or sends it again).
+        self._handing.add(seq)
+        if fresh:
             dt = event_time(parsed)
             if dt is not None:
                 self._source_delay.observe(max(0.0, (datetime.now(UTC) - dt).total_seconds()))
@@ -149,11 +156,6 @@ class EventProducer:
         if event.id is not None:
             headers.insert(0, ("sse_id", event.id.encode()))
         started = time.perf_counter()
-        # SIGTERM raises in the main thread wherever it is: interrupted here, the event may be in the client with
-        # nobody to hear its acknowledgement. It then stays in `_handing`, which `flush` does not wait for; it is
-        # never acknowledged in the tracker, so the saved position stops before it and a restart finds it in the
-        # topic (or sends it again).
-        self._handing.add(seq)
         try:
             future = self._producer.send(
                 self.topic, key=event_key(parsed), value=event.data.encode("utf-8"), headers=headers

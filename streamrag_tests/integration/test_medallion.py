@@ -17,7 +17,7 @@ from kafka import KafkaProducer
 
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, parse_event
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port
+from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port, run_cli
 from streamrag_tests.integration.test_ingest import _ingest, _server, _topic_records, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -158,14 +158,7 @@ def test_rebuild_from_bronze_gives_the_same_gold(medallion) -> None:
     delta = DeltaTables(medallion.state_dir / "delta")
     live = delta.read("gold").sort_by("doc_id")
     live_silver_version = delta.version("silver")
-    result = subprocess.run(
-        [str(VENV_BIN / "streamrag"), "replay", "rebuild"],
-        env={**_clean_env(), **medallion.to_env()},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("replay", "rebuild", settings=medallion, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert delta.version("silver") > live_silver_version, "a new table version"
@@ -177,13 +170,8 @@ def test_rebuild_from_bronze_gives_the_same_gold(medallion) -> None:
 def test_reprocess_from_an_offset_keeps_each_offset_once(medallion) -> None:
     delta = DeltaTables(medallion.state_dir / "delta")
     before = {layer: len(delta.read(layer)) for layer in ("bronze", "silver", "quarantine", "gold")}
-    result = subprocess.run(
-        [str(VENV_BIN / "streamrag"), "replay", "reprocess", "--from-offset", "0:10", "--from-offset", "3:0"],
-        env={**_clean_env(), **medallion.to_env()},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_cli(
+        "replay", "reprocess", "--from-offset", "0:10", "--from-offset", "3:0", settings=medallion, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "epoch 1" in result.stdout
@@ -239,13 +227,8 @@ def test_index_command_backfills_a_lost_time_range_once(medallion) -> None:
     first_time, last_time = min(d["event_time"] for d in gold), max(d["event_time"] for d in gold)
 
     def index_range(since, until) -> dict:
-        result = subprocess.run(
-            [str(VENV_BIN / "streamrag"), "index", "--since", since.isoformat(), "--until", until.isoformat()],
-            env={**_clean_env(), **medallion.to_env()},
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        result = run_cli(
+            "index", "--since", since.isoformat(), "--until", until.isoformat(), settings=medallion, timeout=300
         )
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout.strip().splitlines()[-1])
