@@ -29,18 +29,6 @@ from streamrag_tests.conftest import EmbeddedStack, isolated_settings, running
 QUIET_S = 20.0
 
 
-def topic_size(settings) -> int:
-    consumer = kafka_offsets.make_consumer(settings.bootstrap_servers)
-    try:
-        return sum(
-            kafka_offsets.high_watermarks(consumer, kafka_offsets.topic_partitions(consumer, settings.topic)).values()
-        )
-    except LookupError:
-        return 0
-    finally:
-        consumer.close()
-
-
 def catch_up(settings, timeout_s: float) -> dict:
     engine = create_engine(settings.app_database_url)
     began = time.monotonic()
@@ -88,9 +76,9 @@ def main() -> None:
         stack.start_all()
         migrate_documents(settings)
         with running(settings, [ingest_process(settings)]):
-            while topic_size(settings) < args.events:
+            while kafka_offsets.topic_size(settings.bootstrap_servers, settings.topic) < args.events:
                 time.sleep(0.5)
-        backlog = topic_size(settings)
+        backlog = kafka_offsets.topic_size(settings.bootstrap_servers, settings.topic)
         print(f"backlog of {backlog:,} events; starting the stream")
         result = {"max_events_per_trigger": args.max_events_per_trigger, "backlog": backlog}
         result |= catch_up(settings, args.timeout) | {"load_avg_end": os.getloadavg()}

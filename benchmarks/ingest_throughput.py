@@ -24,17 +24,6 @@ from streamrag_assets.streaming import kafka_offsets
 from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, EmbeddedStack, _clean_env, isolated_settings
 
 
-def topic_size(settings) -> int:
-    consumer = kafka_offsets.make_consumer(settings.bootstrap_servers)
-    try:
-        tps = kafka_offsets.topic_partitions(consumer, settings.topic, timeout_s=1)
-        return sum(kafka_offsets.high_watermarks(consumer, tps).values())
-    except LookupError:
-        return 0
-    finally:
-        consumer.close()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=60_000)
@@ -78,7 +67,7 @@ def main() -> None:
         started = first_at = None
         samples = []
         while True:
-            size = topic_size(settings)
+            size = kafka_offsets.topic_size(settings.bootstrap_servers, settings.topic, wait_for_topic_s=1)
             now = time.monotonic()
             if size and first_at is None:
                 first_at, started = now, size

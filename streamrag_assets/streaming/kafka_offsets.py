@@ -79,6 +79,17 @@ def high_watermarks(
     return marks
 
 
+def topic_size(bootstrap_servers: str, topic: str, wait_for_topic_s: float = 10.0) -> int:
+    """Records ever written to ``topic`` (the sum of its partitions' heads); 0 while it does not exist."""
+    consumer = make_consumer(bootstrap_servers)
+    try:
+        return sum(high_watermarks(consumer, topic_partitions(consumer, topic, wait_for_topic_s)).values())
+    except LookupError:
+        return 0
+    finally:
+        consumer.close()
+
+
 def beginning_offsets(consumer: KafkaConsumer, tps: list[TopicPartition]) -> dict[int, int]:
     return {tp.partition: offset for tp, offset in consumer.beginning_offsets(tps).items()}
 
