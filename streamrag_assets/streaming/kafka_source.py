@@ -154,11 +154,19 @@ def _row(record) -> tuple:
         record.topic,
         record.partition,
         record.offset,
-        datetime.fromtimestamp(record.timestamp / 1000, tz=UTC),
+        _timestamp(record.timestamp),
         record.key,
         record.value,
         headers,
     )
+
+
+def _timestamp(ms: int | None) -> datetime | None:
+    """A record's timestamp; None when the producer set one no calendar holds (it would fail the whole batch)."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms is not None and ms >= 0 else None
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 class KafkaBatchReader(DataSourceReader):
