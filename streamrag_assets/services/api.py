@@ -7,7 +7,7 @@ import sys
 import httpx
 
 from streamrag_assets.services.dagster import PROJECT_ROOT
-from streamrag_assets.services.process import ManagedProcess, PortClaim
+from streamrag_assets.services.process import ManagedProcess, PortClaim, http_answers
 from streamrag_assets.settings import Settings
 
 
@@ -22,6 +22,8 @@ def api_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "api.log",
         pid_path=settings.state_dir / "run" / "api.pid",
         ready=ready,
+        # /health waits on every dependency (up to 5 s each); liveness asks only whether the server answers.
+        live=lambda: http_answers(f"{settings.api_url}/metrics/", timeout=3),
         address=settings.api_url,
         ports=[PortClaim(settings.api_port, "the API", "STREAMRAG_API_PORT")],
         bind_host=settings.bind_host,

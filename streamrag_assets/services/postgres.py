@@ -110,6 +110,10 @@ def postgres_process(settings: Settings) -> ManagedProcess:
         with admin_connect(settings):
             return True
 
+    def live() -> bool:
+        with admin_connect(settings) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+
     return ManagedProcess(
         name="postgres",
         argv=[
@@ -131,6 +135,7 @@ def postgres_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "postgres.log",
         pid_path=settings.state_dir / "run" / "postgres.pid",
         ready=ready,
+        live=live,
         prepare=prepare,
         after_ready=lambda: create_databases(settings),
         user=run_as,

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOST = "127.0.0.1"
@@ -53,6 +55,18 @@ def ensure_port_free(host: str, port: int, what: str, setting: str) -> None:
                 f"port {port} for {what} is already in use on {host} ({exc.strerror}); "
                 f"stop whatever holds it or set {setting} to a free port"
             ) from None
+
+
+def http_answers(url: str, timeout: float = 2.0) -> bool:
+    """The server behind ``url`` answered (any status below 500): its process is neither gone nor hung."""
+    return httpx.get(url, timeout=timeout).status_code < 500
+
+
+def postgres_dsn(database_url: str) -> str:
+    """A SQLAlchemy URL (any psycopg/psycopg2 driver) as a libpq connection string."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def find_executable(name: str, *candidates: Path) -> str:
@@ -93,6 +107,11 @@ class ManagedProcess:
     log_path: Path
     pid_path: Path
     ready: Callable[[], bool]
+    # Liveness once ready: does the process still do its job, not only exist (an HTTP answer, a heartbeat's age,
+    # `select 1`)? Absent: the ready probe. A SIGSTOPped server still accepts TCP connections, so a probe must ask.
+    live: Callable[[], bool] | None = None
+    # Liveness failures are ignored this long after the process became ready (e.g. a Spark query still starting).
+    liveness_grace_s: float = 0.0
     address: str = ""
     ports: list[PortClaim] = field(default_factory=list)
     bind_host: str = LOOPBACK_HOST
@@ -155,6 +174,9 @@ class ManagedProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def is_live(self) -> bool:
+        return (self.live or self.ready)()
 
     def stop(self) -> None:
         if self.proc is None:

@@ -5,9 +5,23 @@ from __future__ import annotations
 import sys
 
 import httpx
+import psycopg
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim
+from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers, postgres_dsn
 from streamrag_assets.settings import Settings
+
+
+def heartbeat_age_s(settings: Settings) -> float | None:
+    """Seconds since the stream's last heartbeat in the app database; None when that cannot be read (no database, no
+    beat yet): a database outage is not the stream's fault, and must not get it killed."""
+    try:
+        with psycopg.connect(postgres_dsn(settings.app_database_url), connect_timeout=2) as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM now() - beat_at) FROM pipeline_heartbeats WHERE component = %s", ("stream",)
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    return float(row[0]) if row else None
 
 
 def stream_process(settings: Settings) -> ManagedProcess:
@@ -17,12 +31,27 @@ def stream_process(settings: Settings) -> ManagedProcess:
         url = f"http://{LOOPBACK_HOST}:{settings.stream_metrics_port}/metrics"
         return httpx.get(url, timeout=1).status_code == 200
 
+    def live() -> bool:
+        # The driver's metrics thread answers while the process runs; the heartbeat thread proves the query's side
+        # (it beats every 5 s once the query started, whatever a micro-batch is doing).
+        if settings.stream_metrics_port and not http_answers(
+            f"http://{LOOPBACK_HOST}:{settings.stream_metrics_port}/metrics"
+        ):
+            return False
+        if settings.index_enabled:
+            age = heartbeat_age_s(settings)
+            return age is None or age <= settings.stream_heartbeat_max_age_s
+        return True
+
     return ManagedProcess(
         name="stream",
         argv=[sys.executable, "-m", "streamrag_assets.cli", "stream"],
         log_path=settings.state_dir / "logs" / "stream.log",
         pid_path=settings.state_dir / "run" / "stream.pid",
         ready=ready,
+        live=live,
+        # Ready means the metrics port answers; the query (and its heartbeat) can take a minute more to start.
+        liveness_grace_s=settings.startup_timeout_s,
         address=f"{settings.topic} -> {settings.state_dir / 'delta'}",
         ports=[PortClaim(settings.stream_metrics_port, "stream metrics", "STREAMRAG_STREAM_METRICS_PORT")]
         if settings.stream_metrics_port
