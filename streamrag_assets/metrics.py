@@ -151,3 +151,18 @@ TOPIC_HEAD_OFFSET = Gauge(
     "Next offset of each partition of the raw topic, measured by the canary process independently of the stream.",
     ["partition"],
 )
+
+# --- supervisor (`streamrag up`) ------------------------------------------------------------------------------------
+SERVICE_RESTARTS = Counter(
+    "streamrag_service_restarts",
+    "Restarts of a supervised service, by why (exited, hung, not_ready, start_failed).",
+    ["service", "reason"],
+)
+SERVICE_UP = Gauge(
+    "streamrag_service_up", "1 while a supervised service runs and answers its probe, else 0.", ["service"]
+)
+SERVICE_CRASHING = Gauge(
+    "streamrag_service_crashing",
+    "1 while a service fails again and again (restarted with backoff, not yet up long enough to count as healed).",
+    ["service"],
+)

@@ -207,6 +207,9 @@ class Settings(BaseSettings):
     canary_timeout_s: float = Field(120.0, gt=0, description="A canary not searchable by then counts as missing.")
     canary_metrics_port: int = Field(9110, description="Prometheus metrics of the canary probe (0 = off).")
     prometheus_port: int = Field(9090, description="`up --with-prometheus`: where Prometheus listens.")
+    supervisor_metrics_port: int = Field(
+        9111, description="Prometheus metrics of the `up` supervisor: restarts, up and crashing per service (0 = off)."
+    )
 
     @model_validator(mode="after")
     def _fail_after_warn(self) -> Settings:

@@ -84,6 +84,7 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
         "stream_metrics_port": free_port(),
         "canary_metrics_port": free_port(),
         "prometheus_port": free_port(),
+        "supervisor_metrics_port": free_port(),
         "ingest_source": "replay",
         "startup_timeout_s": 90,
     }

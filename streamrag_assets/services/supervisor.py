@@ -1,7 +1,12 @@
 """The supervisor: starts the platform's processes in order, keeps them running, stops them cleanly.
 
 `streamrag up` is one supervisor process. Its pid is in <home>/run/up.pid; `streamrag down` sends it SIGTERM and the
-supervisor stops every child in reverse order. A child that dies while the platform runs is restarted.
+supervisor stops every child in reverse order. A child that dies, hangs or cannot be started while the platform runs is
+restarted with backoff, forever; what it knows of each child is in <home>/run/supervisor.json for `streamrag status`
+and in its metrics (streamrag_service_*).
+
+Embedded rather than supervisord/circus: the children are defined in Python (probes, prepare hooks, settings) and
+`up` is one foreground process that must stop them all; the backoff comes from tenacity.
 """
 
 from __future__ import annotations
@@ -13,21 +18,32 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import httpx
 import psycopg
+from prometheus_client import start_http_server
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
+from streamrag_assets.metrics import SERVICE_CRASHING, SERVICE_RESTARTS, SERVICE_UP
 from streamrag_assets.services.api import api_process
 from streamrag_assets.services.broker import broker_process
 from streamrag_assets.services.dagster import dagster_daemon_process, dagster_webserver_process
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.observability import canary_process, prometheus_process
 from streamrag_assets.services.postgres import postgres_process
-from streamrag_assets.services.process import ManagedProcess, ServiceError, pid_alive, port_is_open
+from streamrag_assets.services.process import (
+    ManagedProcess,
+    ServiceError,
+    ensure_port_free,
+    pid_alive,
+    port_is_open,
+)
 from streamrag_assets.services.seaweedfs import seaweedfs_process
 from streamrag_assets.services.stream import stream_process
 from streamrag_assets.settings import Settings
@@ -161,17 +177,90 @@ def running_supervisor(settings: Settings) -> int | None:
     return None
 
 
+# The supervisor's view of each service, for `streamrag status` in another process (written atomically).
+def _state_file(settings: Settings) -> Path:
+    return settings.state_dir / "run" / "supervisor.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not start"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+@dataclass
+class ServiceHealth:
+    """What the supervisor knows of one service. ``state``: starting, up, backing-off (failed, waiting to restart),
+    crashing (failed ``crashing_after`` times in a row), hung (killed after its liveness probe kept failing)."""
+
+    state: str = "starting"
+    restarts: int = 0
+    last_exit_code: int | None = None
+    last_exit_reason: str | None = None
+    last_exit_at: float | None = None  # Unix time
+    next_attempt_at: float | None = None  # Unix time, while waiting to restart
+    # Not persisted: monotonic clock readings and the probe in flight.
+    failures: int = 0  # failed runs in a row: the backoff's attempt number; reset once up for `stable_after_s`
+    failure_kind: str = ""
+    started: float = 0.0
+    ready_since: float | None = None
+    next_attempt: float = 0.0
+    probe: Future[bool] | None = None
+    probe_started: float = 0.0
+    last_probe: float = 0.0
+    probe_failures: list[float] = field(default_factory=list)
+    probe_error: str = ""
+
+    def public(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+            "last_exit_reason": self.last_exit_reason,
+            "last_exit_at": self.last_exit_at,
+            "next_attempt_at": self.next_attempt_at,
+        }
+
+
 @dataclass
 class Supervisor:
+    """Starts the stack (fail-fast), then heals it forever: a child that exits, hangs (its liveness probe fails
+    ``hung_after_failures`` times over at least ``hung_after_s``) or cannot be started again is restarted after an
+    exponential backoff with jitter (``backoff_base_s`` doubling up to ``backoff_cap_s``); it is never given up."""
+
     settings: Settings
     progress: Progress = print
-    restart_limit: int = 5
     with_prometheus: bool = False
+    services: list[ManagedProcess] | None = None  # what to run; absent: `build_stack(settings)`
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 60.0
+    probe_interval_s: float = 5.0
+    probe_timeout_s: float = 10.0
+    hung_after_failures: int = 3
+    hung_after_s: float = 30.0
+    stable_after_s: float = 60.0
+    crashing_after: int = 3
 
     def __post_init__(self) -> None:
         self.stack: list[ManagedProcess] = []
+        self.health: dict[str, ServiceHealth] = {}
         self._stop = False
-        self._restarts: dict[str, int] = {}
+        self._backoff = wait_exponential_jitter(
+            multiplier=self.backoff_base_s, max=self.backoff_cap_s, jitter=self.backoff_base_s
+        )
+        self._probes: ThreadPoolExecutor | None = None
+        self._metrics_server: WSGIServer | None = None
+        self._written = ""
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
@@ -183,14 +272,23 @@ class Supervisor:
         if other is not None:
             raise ServiceError(f"streamrag is already running here (pid {other}); `streamrag down` stops it")
         check_external(self.settings)
-        self.stack = build_stack(self.settings, self.with_prometheus)
+        self.stack = self.services if self.services is not None else build_stack(self.settings, self.with_prometheus)
+        self.health = {proc.name: ServiceHealth() for proc in self.stack}
         for proc in self.stack:  # every port checked before anything starts
             proc.check_ports()
+        if self.settings.supervisor_metrics_port:
+            ensure_port_free(
+                self.settings.bind_host,
+                self.settings.supervisor_metrics_port,
+                "supervisor metrics",
+                "STREAMRAG_SUPERVISOR_METRICS_PORT",
+            )
         _pid_file(self.settings).write_text(str(os.getpid()))
         # Secrets stay out of the file; everything else lets `status` describe this run.
         public = self.settings.model_dump(mode="json", exclude={"s3_secret_key", "llm_api_key"})
         _settings_file(self.settings).write_text(json.dumps(public))
         try:
+            self._serve_metrics()
             migrated = False
             for proc in self.stack:
                 if self._stop:
@@ -203,43 +301,200 @@ class Supervisor:
                 self.progress(f"starting {proc.name} …")
                 proc.start()
                 proc.wait_ready(self.settings.startup_timeout_s)
+                self._became_ready(proc, time.monotonic())
+                self._write_state()
                 self.progress(f"{proc.name} ready at {proc.address} ({time.monotonic() - began:.1f} s)")
         except BaseException:
             self.stop()
             raise
 
+    def _serve_metrics(self) -> None:
+        for proc in self.stack:  # every series exists from the start, so rate() and alerts see the first restart
+            SERVICE_UP.labels(proc.name).set(0)
+            SERVICE_CRASHING.labels(proc.name).set(0)
+            for reason in ("exited", "hung", "not_ready", "start_failed"):
+                SERVICE_RESTARTS.labels(proc.name, reason)
+        if self.settings.supervisor_metrics_port:
+            self._metrics_server, _ = start_http_server(
+                self.settings.supervisor_metrics_port, addr=self.settings.bind_host
+            )
+
     def watch(self, poll_s: float = 1.0) -> None:
-        """Block until asked to stop, restarting any child that died."""
+        """Block until asked to stop, healing every child; one service's trouble never stops the others'."""
+        self._probes = ThreadPoolExecutor(max_workers=2 * len(self.stack) + 2, thread_name_prefix="probe")
         while not self._stop:
             for proc in self.stack:
-                if self._stop or proc.running():
-                    continue
-                count = self._restarts.get(proc.name, 0) + 1
-                self._restarts[proc.name] = count
-                code = proc.proc.returncode if proc.proc else None
-                if count > self.restart_limit:
-                    log.error(
-                        "%s exited (code %s) %d times; giving up on it. Log: %s",
-                        proc.name,
-                        code,
-                        count,
-                        proc.log_path,
-                    )
-                    continue
-                log.warning("%s exited (code %s); restarting (%d/%d)", proc.name, code, count, self.restart_limit)
+                if self._stop:
+                    break
                 try:
-                    proc.start()
-                    proc.wait_ready(self.settings.startup_timeout_s)
-                except ServiceError as exc:
-                    log.error("restart of %s failed: %s", proc.name, exc)
+                    self._tend(proc, self.health[proc.name], time.monotonic())
+                except Exception:  # a bug or a surprise in one service's handling must not stop the others'
+                    log.exception("supervising %s failed; carrying on", proc.name)
+            self._write_state()
             time.sleep(poll_s)
 
+    def _tend(self, proc: ManagedProcess, health: ServiceHealth, now: float) -> None:
+        if health.state in ("backing-off", "crashing", "hung"):
+            if now >= health.next_attempt:
+                self._restart(proc, health, now)
+            return
+        if not proc.running():
+            code = proc.proc.returncode if proc.proc is not None else None
+            proc.stop()  # reaps what the leader left in its group, removes its pid file
+            self._failed(proc, health, now, "exited", code, describe_exit(code))
+            return
+        if health.state == "starting":
+            if self._probe_result(proc, health, now, proc.ready):
+                if proc.after_ready is not None:
+                    try:
+                        proc.after_ready()
+                    except Exception as exc:
+                        proc.kill()
+                        self._failed(proc, health, now, "start_failed", -signal.SIGKILL, f"after start: {exc}")
+                        return
+                self._became_ready(proc, now)
+                log.warning("%s is up again (restart %d)", proc.name, health.restarts)
+            elif now - health.started > self.settings.startup_timeout_s:
+                proc.kill()
+                self._failed(
+                    proc,
+                    health,
+                    now,
+                    "not_ready",
+                    -signal.SIGKILL,
+                    f"not ready after {self.settings.startup_timeout_s:.0f} s: killed",
+                )
+            return
+        # up
+        assert health.ready_since is not None
+        if health.failures and now - health.ready_since >= self.stable_after_s:
+            health.failures = 0  # healed: the next failure starts the backoff from the beginning
+            SERVICE_CRASHING.labels(proc.name).set(0)
+        if now - health.ready_since < proc.liveness_grace_s:
+            return
+        outcome = self._probe_result(proc, health, now, proc.is_live)
+        if outcome is None:
+            return
+        if outcome:
+            health.probe_failures.clear()
+            SERVICE_UP.labels(proc.name).set(1)
+            return
+        health.probe_failures.append(now)
+        SERVICE_UP.labels(proc.name).set(0)
+        failing_for = now - health.probe_failures[0]
+        if len(health.probe_failures) >= self.hung_after_failures and failing_for >= self.hung_after_s:
+            proc.kill()  # SIGKILL to the whole group: a stopped or deadlocked process ignores anything gentler
+            reason = (
+                f"hung: liveness probe failed {len(health.probe_failures)} times over {failing_for:.0f} s "
+                f"({health.probe_error or 'no answer'}): killed"
+            )
+            self._failed(proc, health, now, "hung", -signal.SIGKILL, reason, state="hung")
+
+    def _probe_result(
+        self, proc: ManagedProcess, health: ServiceHealth, now: float, probe: Callable[[], bool]
+    ) -> bool | None:
+        """Run ``probe`` in the background (a probe of a hung server may wait for its timeout; the others' must not
+        wait with it): True/False once it answered, False if it is overdue, None while in flight or not yet due."""
+        if health.probe is None:
+            interval = 0.0 if health.state == "starting" else self.probe_interval_s
+            if now - health.last_probe < interval:
+                return None
+            assert self._probes is not None
+            health.probe, health.probe_started, health.last_probe = self._probes.submit(probe), now, now
+            return None
+        if not health.probe.done():
+            if now - health.probe_started < self.probe_timeout_s:
+                return None
+            health.probe, health.probe_error = None, f"no answer within {self.probe_timeout_s:.0f} s"
+            return False
+        future, health.probe = health.probe, None
+        try:
+            ok = bool(future.result())
+        except Exception as exc:  # a probe failing is an answer: "not ready" or "not live"
+            ok, health.probe_error = False, f"{type(exc).__name__}: {str(exc)[:120]}".rstrip(": ")
+        else:
+            health.probe_error = "" if ok else "probe said no"
+        return ok
+
+    def _became_ready(self, proc: ManagedProcess, now: float) -> None:
+        health = self.health[proc.name]
+        health.state, health.ready_since, health.next_attempt_at = "up", now, None
+        health.probe, health.last_probe = None, now
+        health.probe_failures.clear()
+        SERVICE_UP.labels(proc.name).set(1)
+
+    def _failed(
+        self,
+        proc: ManagedProcess,
+        health: ServiceHealth,
+        now: float,
+        kind: str,
+        code: int | None,
+        reason: str,
+        state: str | None = None,
+    ) -> None:
+        health.failures += 1
+        health.failure_kind = kind
+        health.last_exit_code, health.last_exit_reason, health.last_exit_at = code, reason, time.time()
+        delay = self._backoff(_attempt(health.failures))
+        health.next_attempt = now + delay
+        health.next_attempt_at = time.time() + delay
+        crashing = health.failures >= self.crashing_after
+        health.state = state or ("crashing" if crashing else "backing-off")
+        health.probe, health.ready_since = None, None
+        health.probe_failures.clear()
+        SERVICE_UP.labels(proc.name).set(0)
+        SERVICE_CRASHING.labels(proc.name).set(1 if crashing else 0)
+        log.warning(
+            "%s %s; restarting in %.1f s (failure %d in a row). Log %s: %s",
+            proc.name,
+            reason,
+            delay,
+            health.failures,
+            proc.log_path,
+            proc.tail_log(),
+        )
+
+    def _restart(self, proc: ManagedProcess, health: ServiceHealth, now: float) -> None:
+        health.restarts += 1
+        SERVICE_RESTARTS.labels(proc.name, health.failure_kind or "exited").inc()
+        try:
+            proc.start()
+        except Exception as exc:  # ports taken, files unwritable, a bug: counted, backed off, tried again
+            with contextlib.suppress(Exception):
+                proc.stop()
+            self._failed(proc, health, now, "start_failed", None, f"could not start: {exc}")
+            return
+        health.state, health.started, health.next_attempt_at = "starting", now, None
+        health.probe, health.last_probe = None, 0.0
+
+    def _write_state(self) -> None:
+        text = json.dumps(
+            {"pid": os.getpid(), "services": {name: health.public() for name, health in self.health.items()}},
+            indent=1,
+        )
+        if text != self._written:
+            with contextlib.suppress(OSError):  # `status` shows less; supervising goes on
+                _write_atomically(_state_file(self.settings), text)
+                self._written = text
+
     def stop(self) -> None:
+        self._stop = True
+        if self._probes is not None:
+            self._probes.shutdown(wait=False, cancel_futures=True)
         for proc in reversed(self.stack):
             self.progress(f"stopping {proc.name} …")
-            proc.stop()
-        with contextlib.suppress(FileNotFoundError):
-            _pid_file(self.settings).unlink()
+            try:
+                proc.stop()
+            except Exception as exc:  # the others still have to stop
+                log.error("stopping %s failed: %s", proc.name, exc)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        for path in (_pid_file(self.settings), _state_file(self.settings)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -249,6 +504,23 @@ class Supervisor:
             self.watch()
         finally:
             self.stop()
+
+
+def _attempt(number: int) -> RetryCallState:
+    """tenacity's wait strategies read the attempt number from a retry state."""
+    state = RetryCallState(retry_object=Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = number
+    return state
+
+
+def supervisor_state(settings: Settings) -> dict[str, dict]:
+    """Per service, what the running supervisor last wrote (state, restarts, last exit, next attempt); {} if none."""
+    if running_supervisor(settings) is None:
+        return {}
+    try:
+        return json.loads(_state_file(settings).read_text()).get("services", {})
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 def down(settings: Settings, timeout_s: float = 90.0) -> bool:
@@ -285,6 +557,13 @@ class ServiceStatus:
     address: str
     pid: int | None
     data_bytes: int
+    # From the running supervisor (absent without one): starting, up, backing-off, crashing, hung.
+    state: str | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    last_exit_reason: str | None = None
+    last_exit_at: float | None = None  # Unix time
+    next_attempt_at: float | None = None  # Unix time
 
 
 def data_size_bytes(path: Path | None) -> int:
@@ -300,6 +579,7 @@ def data_size_bytes(path: Path | None) -> int:
 
 def status(settings: Settings) -> list[ServiceStatus]:
     settings = effective_settings(settings)
+    supervised = supervisor_state(settings)
     rows = []
     for proc in build_stack(settings):
         pid = None
@@ -310,8 +590,21 @@ def status(settings: Settings) -> list[ServiceStatus]:
         if alive:
             with contextlib.suppress(Exception):
                 is_up = bool(proc.ready())
+        known = supervised.get(proc.name, {})
         rows.append(
-            ServiceStatus(proc.name, is_up, proc.address, pid if alive else None, data_size_bytes(proc.data_dir))
+            ServiceStatus(
+                proc.name,
+                is_up,
+                proc.address,
+                pid if alive else None,
+                data_size_bytes(proc.data_dir),
+                state=known.get("state"),
+                restarts=int(known.get("restarts") or 0),
+                last_exit_code=known.get("last_exit_code"),
+                last_exit_reason=known.get("last_exit_reason"),
+                last_exit_at=known.get("last_exit_at"),
+                next_attempt_at=known.get("next_attempt_at"),
+            )
         )
     for name, external in (
         ("kafka (external)", settings.kafka_bootstrap_servers),
@@ -324,4 +617,4 @@ def status(settings: Settings) -> list[ServiceStatus]:
     return rows
 
 
-__all__ = ["Supervisor", "down", "status"]
+__all__ = ["Supervisor", "down", "status", "supervisor_state"]
