@@ -478,7 +478,8 @@ def down_command() -> None:
 
 @app.command("status")
 def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """Show each service: up/down, address, data size. Exit code 0 only when all are up."""
+    """Show each service: state, restarts, address, data size, and for a failing one its last exit and next
+    restart. Exit code 0 only when all are up."""
     settings = _settings()
     rows = status(settings)
     if as_json:
@@ -486,10 +487,24 @@ def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     else:
         supervisor = running_supervisor(settings)
         typer.echo(f"supervisor: {f'running (pid {supervisor})' if supervisor else 'not running'}")
-        typer.echo(f"{'service':<20} {'state':<6} {'pid':>7}  {'address':<32} data")
+        typer.echo(f"{'service':<20} {'state':<11} {'pid':>7} {'restarts':>8}  {'address':<32} data")
+        colours = {"up": "green", "starting": "yellow", "backing-off": "yellow"}
+        now = datetime.now(UTC).timestamp()
         for row in rows:
-            state = typer.style("up", fg="green") if row.up else typer.style("down", fg="red")
-            typer.echo(f"{row.name:<20} {state:<15} {row.pid or '-':>7}  {row.address:<32} {_human(row.data_bytes)}")
+            name = row.state or ("up" if row.up else "down")
+            if name == "up" and not row.up:
+                name = "down"  # the supervisor has not noticed yet; its probe will
+            state = typer.style(f"{name:<11}", fg=colours.get(name, "red"))
+            typer.echo(
+                f"{row.name:<20} {state} {row.pid or '-':>7} {row.restarts:>8}  {row.address:<32} "
+                f"{_human(row.data_bytes)}"
+            )
+            if row.last_exit_reason:
+                when = datetime.fromtimestamp(row.last_exit_at or now, UTC).astimezone().strftime("%H:%M:%S")
+                line = f"{'':<20} last exit {when}: {row.last_exit_reason}"
+                if row.next_attempt_at is not None:
+                    line += f"; next attempt in {max(0.0, row.next_attempt_at - now):.0f} s"
+                typer.echo(line)
     raise typer.Exit(code=0 if rows and all(r.up for r in rows) else 3)
 
 
