@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast lint install system-deps bench-api bench-freshness bench-stack bench-backlog clean
+.PHONY: up down status test test-fast fuzz lint install system-deps bench-api bench-freshness bench-stack bench-backlog clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ test: install system-deps
 
 test-fast: install
 	$(BIN)/pytest -m "not integration"
+
+# The refine step against 100,000 hostile events (CI runs 10,000); STREAMRAG_FUZZ_EXAMPLES sets another number.
+fuzz: install
+	STREAMRAG_FUZZ_EXAMPLES=$${STREAMRAG_FUZZ_EXAMPLES:-100000} $(BIN)/pytest -q streamrag_tests/unit/test_fuzz_refine.py
 
 # Benchmarks (not tests): figures go to benchmarks/RESULTS.md.
 bench-api: install

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +25,16 @@ _LANG = re.compile(
 TEXT_COMMENT_LIMIT = 500
 LARGE_CHANGE_BYTES = 10_000
 NAMESPACE_RANGE = (-2, 100_000)
+# Every integer is stored as int64 (Arrow, Delta, Postgres bigint); orjson hands out Python ints up to 2**64 - 1.
+INT64_RANGE = (-(2**63), 2**63 - 1)
+# Wikimedia's events cannot predate Wikipedia; a clock a week ahead is broken. Both bounds keep event times far
+# from the calendar's limits, where converting an offset to UTC overflows, and inside the hourly partitions.
+EARLIEST_EVENT_TIME = datetime(2001, 1, 1, tzinfo=UTC)
+FUTURE_TOLERANCE = timedelta(days=7)
+# Postgres text refuses NUL; a B-tree entry (documents_wiki_title) holds at most ~2.7 kB. MediaWiki's own limits
+# are far below these (titles 255 bytes, user names 255 bytes, edit summaries 1,000 characters).
+MAX_FIELD_BYTES = {"title": 1_000, "wiki": 100, "user": 1_000, "type": 20, "log_type": 100, "log_action": 100}
+MAX_ID_BYTES = 200
 
 _STR_FIELDS = ("type", "title", "wiki")
 _OPTIONAL_STR = (
@@ -60,6 +70,8 @@ def _int(value: Any, field: str, required: bool = False) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise Rejected(f"wrong_type:{field}")
+    if not INT64_RANGE[0] <= value <= INT64_RANGE[1]:
+        raise Rejected(f"out_of_range:{field}")
     return value
 
 
@@ -71,7 +83,16 @@ def _str(event: dict, field: str, required: bool = False) -> str | None:
         return None
     if not isinstance(value, str):
         raise Rejected(f"wrong_type:{field}")
+    _check_text(value, field, MAX_FIELD_BYTES.get(field))
     return value
+
+
+def _check_text(value: str, field: str, max_bytes: int | None = None) -> None:
+    """Reject text the stores cannot hold: NUL (Postgres text), and fields longer than their index allows."""
+    if "\x00" in value:
+        raise Rejected(f"invalid_text:{field}")
+    if max_bytes is not None and len(value.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise Rejected(f"too_long:{field}")
 
 
 def _required_str(event: dict, field: str) -> str:
@@ -113,13 +134,10 @@ def parse_event(value: str | bytes | None) -> dict[str, Any]:
     event_id, dt = meta.get("id"), meta.get("dt")
     if not isinstance(event_id, str) or not event_id:
         raise Rejected("missing_field:meta.id")
+    _check_text(event_id, "meta.id", MAX_ID_BYTES)
     if not isinstance(dt, str):
         raise Rejected("wrong_type:meta.dt" if dt is not None else "missing_field:meta.dt")
-    try:
-        event_time = datetime.fromisoformat(dt.replace("Z", "+00:00"))
-    except ValueError:
-        raise Rejected("invalid_time") from None
-    event_time = (event_time if event_time.tzinfo else event_time.replace(tzinfo=UTC)).astimezone(UTC)
+    event_time = _event_time(dt)
     kind, title, wiki = (_required_str(event, f) for f in _STR_FIELDS)
     if kind not in VALID_TYPES:
         raise Rejected("invalid_type")
@@ -142,6 +160,12 @@ def parse_event(value: str | bytes | None) -> dict[str, Any]:
     log_id = _int(event.get("log_id"), "log_id", required=kind == "log")
     log_params = event.get("log_params")
     domain = meta.get("domain") if isinstance(meta.get("domain"), str) else strings["server_name"]
+    if domain is not None:
+        _check_text(domain, "meta.domain", MAX_FIELD_BYTES["wiki"] * 2)
+    try:
+        log_params = orjson.dumps(log_params).decode() if log_params not in (None, [], {}) else None
+    except TypeError:  # orjson's encode error: nesting beyond its limit, or a value it cannot write
+        raise Rejected("invalid_field:log_params") from None
     server_url = strings["server_url"] or (f"https://{domain}" if domain else None)
     page_url = strings["title_url"] or (f"{server_url}/wiki/{title.replace(' ', '_')}" if server_url else None)
     return {
@@ -168,10 +192,24 @@ def parse_event(value: str | bytes | None) -> dict[str, Any]:
         "log_id": log_id,
         "log_type": strings["log_type"],
         "log_action": strings["log_action"],
-        "log_params": orjson.dumps(log_params).decode() if log_params not in (None, [], {}) else None,
+        "log_params": log_params,
         "server_url": server_url,
         "notify_url": strings["notify_url"],
     }
+
+
+def _event_time(dt: str) -> datetime:
+    """meta.dt as an aware UTC time, rejected unless it is a plausible time for an event (see EARLIEST_EVENT_TIME)."""
+    try:
+        event_time = datetime.fromisoformat(dt.replace("Z", "+00:00"))
+        event_time = (event_time if event_time.tzinfo else event_time.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):  # not ISO 8601, or an offset that carries it past the calendar's ends
+        raise Rejected("invalid_time") from None
+    if event_time < EARLIEST_EVENT_TIME:
+        raise Rejected("implausible_time:past")
+    if event_time > datetime.now(UTC) + FUTURE_TOLERANCE:
+        raise Rejected("implausible_time:future")
+    return event_time
 
 
 # The canary probe's own events (`streamrag canary`): processed and indexed like any edit, so that the probe measures
@@ -200,6 +238,7 @@ def _document_op(silver: dict[str, Any]) -> tuple[str, str | None]:
         params = orjson.loads(silver["log_params"]) if silver["log_params"] else {}
         target = params.get("target") if isinstance(params, dict) else None
         if isinstance(target, str) and target:
+            _check_text(target, "log_params.target", MAX_FIELD_BYTES["title"])
             return "rename", target
     return "upsert", None
 

@@ -23,6 +23,7 @@ BRONZE = TABLES["bronze"].names
 SILVER = TABLES["silver"].names
 GOLD = TABLES["gold"].names
 
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _SILVER_ONLY = [c for c in SILVER if c not in BRONZE]
 _GOLD_ONLY = [c for c in GOLD if c not in BRONZE and c not in SILVER]
 
@@ -38,15 +39,21 @@ REFINED_ARROW = pa.schema(
 def kafka_columns(kafka_rows: DataFrame) -> DataFrame:
     """Kafka records (the data source's schema) as Bronze's columns, all but the batch's own (`bronze_rows`)."""
     headers = F.col("headers")
+    # The header is another producer's text: not a number, or a time past year 9999, falls back to the record's
+    # timestamp (Spark's ANSI mode would fail the batch on either).
+    ingested_ms = headers["ingested_at"].try_cast("long")
+    ingested_ms = F.when(ingested_ms.between(0, MAX_TIMESTAMP_MS), ingested_ms)
     return kafka_rows.select(
         "topic",
         "partition",
         "offset",
         F.col("timestamp").alias("kafka_timestamp"),
-        F.col("key").cast("string").alias("key"),
-        F.col("value").cast("string").alias("value"),
+        # Bytes that are not UTF-8 (another producer's) become U+FFFD: Bronze holds strings, and one invalid
+        # sequence would otherwise fail the Arrow conversion and the Delta write of the whole batch, for good.
+        F.make_valid_utf8(F.col("key").cast("string")).alias("key"),
+        F.make_valid_utf8(F.col("value").cast("string")).alias("value"),
         headers["sse_id"].alias("sse_id"),
-        F.coalesce(F.timestamp_millis(headers["ingested_at"].cast("long")), F.col("timestamp")).alias("ingested_at"),
+        F.coalesce(F.timestamp_millis(ingested_ms), F.col("timestamp")).alias("ingested_at"),
     )
 
 
@@ -67,24 +74,55 @@ def with_batch_columns(kafka: pa.Table, batch_id: int, written_at: datetime) -> 
 
 
 def refine_record(row: dict) -> dict:
-    """One Bronze row with its Silver fields, Gold document and verdict (reject_reason / canary) added."""
+    """One Bronze row with its Silver fields, Gold document and verdict (reject_reason / canary) added. Whatever goes
+    wrong with the one record (a `Rejected` reason, or any other exception) makes it a quarantine row, never a
+    failed batch."""
     try:
         silver = parse_event(row["value"])
+        canary = is_canary(silver)
+        doc = None if canary else document(silver)
     except Rejected as rejected:
-        return {**row, "reject_reason": str(rejected), "canary": False}
-    canary = is_canary(silver)
+        return quarantined(row, str(rejected))
+    except Exception as exc:  # a bug or a case validation does not know: the record is kept with the reason
+        return quarantined(row, error_reason(exc))
     out = {**row, **silver, "reject_reason": None, "canary": canary}
-    doc = None if canary else document(silver)
     if doc is not None:
         out.update({name: doc[name] for name in _GOLD_ONLY})
     return out
 
 
+def quarantined(row: dict, reason: str) -> dict:
+    """The refined row of a record that goes to quarantine: its Bronze columns and the reason."""
+    return {**{name: row.get(name) for name in BRONZE}, "reject_reason": reason, "canary": False}
+
+
+def error_reason(exc: BaseException) -> str:
+    """A quarantine reason for an unexpected exception: ``error:<type>: <first line of the message>``."""
+    message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"error:{type(exc).__name__}: {message}".rstrip(": ")
+
+
 def refine_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """``mapInArrow`` body: Bronze record batches in, refined record batches out."""
     for batch in batches:
-        rows = [refine_record(row) for row in batch.to_pylist()]
-        yield pa.RecordBatch.from_pylist(rows, schema=REFINED_ARROW)
+        yield refined_batch([refine_record(row) for row in batch.to_pylist()])
+
+
+def refined_batch(rows: list[dict]) -> pa.RecordBatch:
+    """Refined rows as one record batch. A row whose values do not fit the tables' types (an integer past int64, a
+    string Arrow cannot encode) is found by converting one row at a time, and goes to quarantine with the reason."""
+    try:
+        return pa.RecordBatch.from_pylist(rows, schema=REFINED_ARROW)
+    except Exception:
+        pass
+    fitted = []
+    for row in rows:
+        try:
+            pa.RecordBatch.from_pylist([row], schema=REFINED_ARROW)
+            fitted.append(row)
+        except Exception as exc:
+            fitted.append(quarantined(row, error_reason(exc)))
+    return pa.RecordBatch.from_pylist(fitted, schema=REFINED_ARROW)
 
 
 def refine(bronze: DataFrame) -> DataFrame:

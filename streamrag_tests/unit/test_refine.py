@@ -31,9 +31,24 @@ def _event(**changes) -> dict:
         (json.dumps(_event(namespace=-7)), "invalid_namespace"),
         (json.dumps(_event(length={"old": -1, "new": 5})), "invalid_length"),
         (json.dumps(_event(bot="yes")), "wrong_type:bot"),
+        # Values that pass the schema but not the storage types (each once stopped the whole stream).
+        (json.dumps(_event(meta={"id": "a", "dt": "9999-12-31T23:59:59-05:00"})), "invalid_time"),
+        (json.dumps(_event(meta={"id": "a", "dt": "0001-01-01T00:00:00+05:00"})), "invalid_time"),
+        (json.dumps(_event(meta={"id": "a", "dt": "0001-01-01T00:00:00Z"})), "implausible_time:past"),
+        (json.dumps(_event(meta={"id": "a", "dt": "9999-12-31T23:59:59Z"})), "implausible_time:future"),
+        (json.dumps(_event(revision={"old": 1, "new": 2**63})), "out_of_range:revision.new"),
+        (json.dumps(_event(length={"old": 1, "new": 2**64 - 1})), "out_of_range:length.new"),
+        (json.dumps(_event(id=2**63)), "out_of_range:id"),
+        (json.dumps(_event(revision={"old": 1, "new": 2**64})), "wrong_type:revision.new"),  # orjson: a float
+        (json.dumps(_event(title="Main\x00Page")), "invalid_text:title"),
+        (json.dumps(_event(title="T" * 1001)), "too_long:title"),
+        (json.dumps(_event(type="log", log_id=1, log_params=[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]])), "ok"),
     ],
 )
 def test_invalid_events_are_rejected_with_a_reason(raw: str, reason: str) -> None:
+    if reason == "ok":
+        parse_event(raw)
+        return
     with pytest.raises(Rejected) as rejected:
         parse_event(raw)
     assert str(rejected.value) == reason
@@ -86,3 +101,25 @@ def test_categorize_is_silver_only() -> None:
 def test_plain_text_strips_markup_and_decodes_entities() -> None:
     assert plain_text('<a href="/x">Link</a> &amp; <b>bold</b>\n text', None) == "Link & bold text"
     assert plain_text(None, "  raw  comment ") == "raw comment"
+
+
+def test_log_params_nested_past_the_encoders_limit_are_rejected() -> None:
+    nested: object = []
+    for _ in range(300):
+        nested = [nested]
+    with pytest.raises(Rejected, match="invalid_field:log_params"):
+        parse_event(json.dumps(_event(type="log", log_id=1, log_params=nested)))
+
+
+def test_a_record_that_breaks_refine_is_quarantined_with_the_exception_and_the_batch_goes_on() -> None:
+    from streamrag_assets.streaming.transforms import error_reason, refine_record
+
+    move_to_nowhere = _event(type="log", log_id=5, log_type="move", log_action="move", log_params={"target": "\x00"})
+    good = {"value": replay_event(1), "offset": 2}
+    bad = {"value": json.dumps(move_to_nowhere), "offset": 1}
+    assert refine_record(bad)["reject_reason"] == "invalid_text:log_params.target"
+    assert refine_record(good)["reject_reason"] is None
+    assert (
+        error_reason(OverflowError("date value out of range\nmore")) == "error:OverflowError: date value out of range"
+    )
+    assert error_reason(KeyError()) == "error:KeyError"
