@@ -49,6 +49,7 @@ def scrape_targets(settings: Settings) -> dict[str, tuple[str, str]]:
         ("streamrag-ingest", settings.ingest_metrics_port),
         ("streamrag-stream", settings.stream_metrics_port),
         ("streamrag-canary", settings.canary_metrics_port),
+        ("streamrag-supervisor", settings.supervisor_metrics_port),
     ):
         if port:
             targets[job] = (f"{LOOPBACK_HOST}:{port}", "/metrics")
