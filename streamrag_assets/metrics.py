@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import logging
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Latency buckets from 5 ms to 2 min: produce acks are milliseconds, source delay can be minutes.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 15, 30, 60, 120)
@@ -69,6 +74,51 @@ STREAM_IDLE_TRIGGERS = Counter(
 )
 STREAM_LAST_BATCH = Gauge("streamrag_stream_last_batch_timestamp_seconds", "When the last micro-batch finished.")
 STREAM_ERRORS = Counter("streamrag_stream_errors", "Failed micro-batches by stage and kind.", ["stage", "kind"])
+
+
+class OffsetGapCounters(Collector):
+    """Gaps in the topic's offsets, counted from the gap ledger (streaming/offset_gaps.py): the topic is read in
+    Spark's Python workers, whose own counters no one scrapes. The ledger is durable, so these never restart at 0."""
+
+    def __init__(self, totals: Callable[[], Mapping[str, tuple[int, int]]], lost_reasons: tuple[str, ...]) -> None:
+        self.totals = totals  # reason -> (gaps, offsets)
+        self.lost_reasons = lost_reasons
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            totals = self.totals()
+        except OSError as exc:  # the scrape must still answer; the check reads the same ledger and fails loudly
+            logging.getLogger(__name__).warning("the offset gap ledger could not be read: %s", exc)
+            return
+        holes = CounterMetricFamily(
+            "streamrag_stream_offset_holes",
+            "Ranges of topic offsets that yielded no records, by reason (skipped: the broker answered past them; "
+            "no_records: none below the high watermark of a live broker; retention: removed before being read).",
+            labels=["reason"],
+        )
+        lost = CounterMetricFamily(
+            "streamrag_stream_lost_records",
+            "Topic records that never reached Bronze, by reason (retention: the broker removed them first).",
+            labels=["reason"],
+        )
+        for reason, (gaps, offsets) in sorted(totals.items()):
+            holes.add_metric([reason], gaps)
+            if reason in self.lost_reasons:
+                lost.add_metric([reason], offsets)
+        yield holes
+        yield lost
+
+
+_offset_gap_counters: OffsetGapCounters | None = None
+
+
+def expose_offset_gaps(totals: Callable[[], Mapping[str, tuple[int, int]]], lost_reasons: tuple[str, ...]) -> None:
+    """Serve the gap counters from this process's /metrics (once per process)."""
+    global _offset_gap_counters
+    if _offset_gap_counters is None:
+        _offset_gap_counters = OffsetGapCounters(totals, lost_reasons)
+        REGISTRY.register(_offset_gap_counters)
+
 
 # --- index (Gold -> pgvector) ---------------------------------------------------------------------------------------
 INDEX_DOCS = Counter(

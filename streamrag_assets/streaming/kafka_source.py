@@ -5,7 +5,9 @@ Offsets are ``{"<partition>": next_offset}`` dicts that Spark checkpoints; a mic
 ``[start, end)`` range in one task. Readers are pickled to executors, so consumers are created inside ``read()``.
 
 Options: ``bootstrap_servers``, ``topic``, ``startingOffsets`` (earliest | latest | a timestamp in ms | a JSON
-offsets dict), ``maxOffsetsPerTrigger`` (admission control), ``endingOffsets`` (batch reads: latest | JSON).
+offsets dict), ``maxOffsetsPerTrigger`` (admission control), ``endingOffsets`` (batch reads: latest | JSON),
+``gapLedger`` (the directory of the offset gap ledger; default ``<state_dir>/offset_gaps``), ``gapIdleSeconds``
+(how long a range's end may yield nothing before the broker is asked whether it is a gap; see `read_ranges`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import (
@@ -24,7 +27,9 @@ from pyspark.sql.streaming.datasource import (
 )
 from pyspark.sql.types import StructType
 
+from streamrag_assets.metrics import expose_offset_gaps
 from streamrag_assets.streaming import kafka_offsets
+from streamrag_assets.streaming.offset_gaps import LOST_REASONS, GapLedger, ledger_dir
 
 SOURCE_NAME = "streamrag_kafka"
 KAFKA_SCHEMA = (
@@ -37,6 +42,25 @@ SINGLE_TASK_RECORDS = 2_000  # micro-batches up to this size are read by one tas
 # A range up to this size whose records the heads' fetch already returned travels to its task with them instead of
 # being fetched again (on Tansu 0.6 with S3 storage each fetch lists every object of the partition).
 PREFETCHED_RECORDS = 2_000
+# A partition that answers no records for this long below its high watermark is looked at as a possible gap (see
+# `kafka_offsets.read_ranges`); the margin is wide because skipping records that are merely slow to arrive would lose
+# them.
+GAP_IDLE_S = 20.0
+
+
+def _default_ledger() -> str:
+    from streamrag_assets.settings import get_settings
+
+    return str(ledger_dir(get_settings().state_dir))
+
+
+def _ledger_totals() -> dict[str, tuple[int, int]]:
+    return GapLedger(Path(_default_ledger())).totals()
+
+
+# Gaps are found in Spark's Python workers, which nobody scrapes; the process that runs the query (it imports this
+# module to register the source) serves their counts from the ledger.
+expose_offset_gaps(_ledger_totals, LOST_REASONS)
 
 
 @dataclass(frozen=True)
@@ -47,6 +71,8 @@ class KafkaRange:
     start: int
     end: int
     rows: tuple[tuple, ...] | None = None  # the range's rows when the driver already holds them (see `prefetched`)
+    gap_idle_s: float = GAP_IDLE_S
+    gap_ledger: str | None = None  # where gaps found reading the range are kept (only logged without one)
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,8 @@ class _KafkaOptions:
         self.ending = options.get("endingOffsets", "latest")
         self.max_per_trigger = int(options["maxOffsetsPerTrigger"]) if "maxOffsetsPerTrigger" in options else None
         self.max_tasks = int(options.get("maxTasks", "2"))
+        self.gap_ledger = options.get("gapLedger") or _default_ledger()
+        self.gap_idle_s = float(options.get("gapIdleSeconds", GAP_IDLE_S))
 
     def resolve(self, spec: str, consumer: object) -> Offsets:
         tps = kafka_offsets.topic_partitions(consumer, self.topic)
@@ -96,6 +124,8 @@ class _KafkaOptions:
                 start.get(p, 0),
                 end[p],
                 prefetched((held or {}).get(int(p), {}), start.get(p, 0), end[p]),
+                self.gap_idle_s,
+                self.gap_ledger,
             )
             for p in sorted(end, key=int)
             if end[p] > start.get(p, 0)
@@ -133,17 +163,14 @@ def read_split(split: KafkaSplit) -> Iterator[tuple]:
         consumer.close()
 
 
-# A partition that answers no records for this long below its high watermark holds a gap (see `read_ranges`); the
-# margin is wide because skipping records that are merely slow to arrive would lose them.
-GAP_IDLE_S = 20.0
-
-
 def read_ranges(consumer, parts: tuple[KafkaRange, ...] | list[KafkaRange]) -> Iterator[tuple]:
     """Yield every record of the ranges (one consumer, fetched together) as rows of KAFKA_SCHEMA."""
     from kafka import TopicPartition
 
     ranges = {TopicPartition(part.topic, part.partition): (part.start, part.end) for part in parts}
-    for record in kafka_offsets.read_ranges(consumer, ranges, idle_s=GAP_IDLE_S):
+    ledger = next((GapLedger(Path(part.gap_ledger)) for part in parts if part.gap_ledger), None)
+    idle_s = max((part.gap_idle_s for part in parts), default=GAP_IDLE_S)
+    for record in kafka_offsets.read_ranges(consumer, ranges, idle_s=idle_s, ledger=ledger):
         yield _row(record)
 
 
