@@ -3,7 +3,7 @@
 import dagster as dg
 import pyarrow.compute as pc
 
-from streamrag_assets.defs.keys import EMBEDDINGS, GOLD, QUARANTINE, SILVER
+from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER
 from streamrag_assets.settings import get_settings
 from streamrag_assets.streaming import schemas
 
@@ -12,6 +12,63 @@ def _tables():
     from streamrag_assets.streaming.delta import DeltaTables
 
     return DeltaTables(get_settings().state_dir / "delta")
+
+
+@dg.asset_check(
+    asset=BRONZE,
+    description="Per partition, Bronze holds every offset from the topic's beginning to its highest one, or the gap "
+    "ledger explains the hole (transaction markers, batches a crashed broker never wrote, records lost to retention).",
+)
+def bronze_offsets_contiguous() -> dg.AssetCheckResult:
+    from streamrag_assets.streaming.offset_gaps import GapLedger, ledger_dir
+
+    settings = get_settings()
+    bronze = _tables().read("bronze", columns=["topic", "partition", "offset"])
+    beginning = _beginning_offsets(settings.bootstrap_servers, settings.topic)
+    return bronze_offsets_result(bronze, settings.topic, beginning, GapLedger(ledger_dir(settings.state_dir)))
+
+
+def bronze_offsets_result(bronze, topic: str, beginning: dict[int, int] | None, ledger) -> dg.AssetCheckResult:
+    """The check's verdict on Bronze's ``topic``/``partition``/``offset`` columns (``beginning`` None: the broker did
+    not answer, and partitions are taken to begin at 0, which can only report more holes, never fewer)."""
+    from streamrag_assets.streaming.offset_gaps import unexplained_holes
+
+    gaps = ledger.gaps(topic)
+    holes = unexplained_holes(bronze, topic, beginning or {}, gaps)
+    listed = [f"{partition}: {start}..{end - 1}" for partition, spans in holes.items() for start, end in spans]
+    explained: dict[str, int] = {}
+    for gap in gaps:
+        explained[gap.reason] = explained.get(gap.reason, 0) + gap.size
+    return dg.AssetCheckResult(
+        passed=not holes,
+        metadata={
+            "bronze_rows": len(bronze),
+            "unexplained_holes": len(listed),
+            "unexplained_offsets": sum(end - start for spans in holes.values() for start, end in spans),
+            "unexplained_sample": listed[:20],
+            "explained_offsets_by_reason": explained,
+            "beginning_offsets": "unknown: the broker did not answer" if beginning is None else str(beginning),
+            "ledger": str(ledger.path(topic)),
+        },
+    )
+
+
+def _beginning_offsets(bootstrap_servers: str, topic: str) -> dict[int, int] | None:
+    from kafka.errors import KafkaError
+
+    from streamrag_assets.streaming import kafka_offsets
+
+    try:
+        consumer = kafka_offsets.make_consumer(bootstrap_servers, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
+    except KafkaError:
+        return None
+    try:
+        tps = kafka_offsets.topic_partitions(consumer, topic, timeout_s=5)
+        return kafka_offsets.beginning_offsets(consumer, tps)
+    except (KafkaError, LookupError):
+        return None
+    finally:
+        consumer.close()
 
 
 @dg.asset_check(asset=SILVER, description="Silver has exactly the contract's columns and types.", blocking=True)
@@ -89,6 +146,7 @@ def embeddings_reconcile_with_gold() -> dg.AssetCheckResult:
 
 
 CHECKS = [
+    bronze_offsets_contiguous,
     silver_schema_valid,
     silver_no_duplicate_event_ids,
     quarantine_rate_under_threshold,
