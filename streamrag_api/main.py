@@ -29,6 +29,7 @@ from prometheus_client import make_asgi_app
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -139,7 +140,11 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
 
 @app.exception_handler(DependencyDown)
 async def dependency_down(request: Request, exc: DependencyDown) -> JSONResponse:
-    return JSONResponse({"message": str(exc), "dependency": exc.dependency}, status_code=503)
+    return JSONResponse(
+        {"message": str(exc), "dependency": exc.dependency},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 class RequestMetrics:
@@ -178,17 +183,25 @@ class RequestMetrics:
 app.add_middleware(RequestMetrics)
 
 
+RETRY_AFTER_S = 5  # what a 503 tells clients to wait: about one health probe of the supervisor
+
+
 def _database(call, *args, **kwargs):
     """Run a database call; a connection failure becomes DependencyDown("postgres"). A pooled connection that
-    turns out dead (Postgres restarted since) invalidates the pool, and the call is tried once more on a new one."""
+    turns out dead (Postgres restarted since) invalidates the pool, and the call is tried once more on a new one.
+    A pool with no connection free within its timeout is an overload, also a 503 (with Retry-After), not a 500."""
     try:
         return call(*args, **kwargs)
+    except PoolTimeout:
+        raise DependencyDown("postgres", "every connection of the pool is busy; try again shortly") from None
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             _raise_if_down(exc)
             raise
     try:
         return call(*args, **kwargs)
+    except PoolTimeout:
+        raise DependencyDown("postgres", "every connection of the pool is busy; try again shortly") from None
     except DBAPIError as exc:
         _raise_if_down(exc)
         raise

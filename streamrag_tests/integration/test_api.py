@@ -300,6 +300,7 @@ def test_postgres_down_is_a_503_naming_it(pipeline, stack) -> None:
         response = client.post("/search", json={"query": "moon landing"})
         assert response.status_code == 503, response.text
         assert response.json()["dependency"] == "postgres"
+        assert int(response.headers["retry-after"]) > 0
         health = client.get("/health").json()
         assert health["dependencies"]["postgres"]["status"] == "down"
     finally:
