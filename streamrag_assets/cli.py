@@ -9,6 +9,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 
@@ -227,21 +228,32 @@ def sse_server_command(
     count: int = typer.Option(None, help="Serve this many events, then idle."),
     seed: int = typer.Option(None, help="Seed of the sequence (same seed, same events)."),
     malformed_fraction: float = typer.Option(None, help="synthetic: fraction of malformed lines."),
+    file: Path = typer.Option(
+        None,
+        help="Serve the lines of this NDJSON file verbatim, in order, one event each, instead of --source "
+        "(your own recording, or hostile events for a test); then idle.",
+        exists=True,
+        dir_okay=False,
+    ),
 ) -> None:
     """Serve recorded or synthetic recentchange events over SSE on 127.0.0.1, like Wikimedia EventStreams."""
     import uvicorn
 
-    from streamrag_assets.ingest.sources import event_factory
+    from streamrag_assets.ingest.sources import event_factory, file_events
     from streamrag_assets.ingest.sse_server import create_app
 
-    if source == Source.wikimedia:
+    if source == Source.wikimedia and file is None:
         raise _fail("sse-server serves replay or synthetic events; wikimedia is the live stream")
     settings = _settings()
-    factory = event_factory(
-        source.value,
-        seed=settings.ingest_seed if seed is None else seed,
-        malformed_fraction=settings.ingest_malformed_fraction if malformed_fraction is None else malformed_fraction,
-    )
+    if file is not None:
+        lines = file_events(file)
+        factory, count = lines.__getitem__, len(lines) if count is None else min(count, len(lines))
+    else:
+        factory = event_factory(
+            source.value,
+            seed=settings.ingest_seed if seed is None else seed,
+            malformed_fraction=settings.ingest_malformed_fraction if malformed_fraction is None else malformed_fraction,
+        )
     server_app = create_app(factory, rate=settings.ingest_rate if rate is None else rate, count=count)
     uvicorn.run(
         server_app,

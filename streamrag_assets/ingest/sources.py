@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 EventFactory = Callable[[int], str]
@@ -200,6 +201,12 @@ def _malformed(seq: int, rng: random.Random) -> str:
             }
         )
     return json.dumps([seq, "an array, not an event"])
+
+
+def file_events(path: Path) -> list[str]:
+    """The events of an NDJSON file as the lines to send: verbatim (only LF ends a line), blank lines skipped."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return [line for line in handle.read().split("\n") if line.strip()]
 
 
 def event_factory(source: str, seed: int = 0, malformed_fraction: float = 0.0) -> EventFactory:

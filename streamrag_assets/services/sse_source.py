@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -10,7 +11,10 @@ from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, Por
 from streamrag_assets.settings import Settings
 
 
-def sse_source_process(settings: Settings, source: str, count: int | None = None) -> ManagedProcess:
+def sse_source_process(
+    settings: Settings, source: str, count: int | None = None, file: Path | None = None
+) -> ManagedProcess:
+    """The SSE server for ``source`` (replay or synthetic), or serving the lines of an NDJSON ``file``."""
     port = settings.replay_port
     argv = [
         sys.executable,
@@ -30,6 +34,8 @@ def sse_source_process(settings: Settings, source: str, count: int | None = None
     ]
     if count is not None:
         argv += ["--count", str(count)]
+    if file is not None:
+        argv += ["--file", str(file)]
 
     def ready() -> bool:
         return httpx.get(f"http://{LOOPBACK_HOST}:{port}/health", timeout=1).status_code == 200
