@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from streamrag_assets.services.process import ServiceError
+from streamrag_assets.services.process import ManagedProcess, ServiceError
 from streamrag_assets.services.supervisor import Supervisor, down, running_supervisor, status
 from streamrag_assets.settings import Settings
 
@@ -182,7 +182,9 @@ def ingest_command(
         help="Start from this ISO-8601 time (or epoch ms) when there is no stored "
         "position; the live stream keeps about 7 days.",
     ),
-    count: int = typer.Option(None, help="replay/synthetic: stop the source after this many events."),
+    count: int = typer.Option(
+        None, help="replay/synthetic: stop the source after this many events (default STREAMRAG_INGEST_COUNT)."
+    ),
     url: str = typer.Option(
         None,
         help="Read this SSE URL instead of starting a local replay/synthetic server "
@@ -207,9 +209,10 @@ def ingest_command(
     signal.signal(signal.SIGINT, _raise_shutdown)
     try:
         if chosen != "wikimedia" and url is None:
-            local_server = sse_source_process(settings, chosen, count)
+            local_server = sse_source_process(settings, chosen, settings.ingest_count if count is None else count)
             local_server.start()
             local_server.wait_ready(30)
+            threading.Thread(target=_keep_serving, args=(local_server,), name="sse-source", daemon=True).start()
         run_ingest(settings, chosen, url or source_url(settings, chosen), since=since, stop=_stopping)
     except _Shutdown:
         pass
@@ -218,6 +221,25 @@ def ingest_command(
     finally:
         if local_server is not None:
             local_server.stop()
+
+
+def _keep_serving(server: ManagedProcess) -> None:
+    """Start ingest's local SSE server again whenever it dies (killed, crashed), backing off while it cannot start;
+    the client reconnects with its Last-Event-ID, so nothing is skipped or repeated."""
+    delay = 1.0
+    while not _stopping.wait(delay):
+        if server.running():
+            delay = 1.0
+            continue
+        code = server.proc.returncode if server.proc else None
+        logging.getLogger(__name__).warning("the local %s exited (code %s); starting it again", server.name, code)
+        try:
+            server.start()
+            server.wait_ready(30)
+            delay = 1.0
+        except ServiceError as exc:
+            logging.getLogger(__name__).error("starting the local %s failed: %s", server.name, exc)
+            delay = min(delay * 2, 30.0)
 
 
 @app.command("sse-server")

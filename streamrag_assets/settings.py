@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     ingest_rate: float = Field(50.0, description="Events/s served by the replay/synthetic source (0 = unlimited).")
     ingest_malformed_fraction: float = Field(0.01, ge=0, le=1, description="Synthetic source: malformed lines.")
     ingest_seed: int = 0
+    ingest_count: int | None = Field(
+        None, ge=0, description="Replay/synthetic source: serve this many events, then idle (default: endless)."
+    )
     replay_port: int = Field(8765, description="Port of the local replay/synthetic SSE server.")
     sse_read_timeout_s: float = Field(30.0, description="No bytes for this long = a stalled stream; reconnect.")
     ingest_linger_ms: int = Field(
