@@ -140,6 +140,10 @@ INGESTED_TO_INDEXED = Histogram(
 INDEX_LAST_INDEXED = Gauge(
     "streamrag_index_last_indexed_timestamp_seconds", "When a document was last written to pgvector."
 )
+INDEX_PAUSED = Gauge(
+    "streamrag_index_paused",
+    "1 while the stream's indexing waits for Postgres (Bronze/Silver/Gold go on; the index catches up after).",
+)
 EVENT_TIME_TO_INDEXED = Histogram(
     "streamrag_event_time_to_indexed_seconds",
     "From the edit's meta.dt to the document committed in pgvector.",

@@ -195,3 +195,26 @@ def hostile_batches(draw: st.DrawFn, max_size: int = 4) -> list[str]:
     values = draw(st.lists(hostile_events(), min_size=1, max_size=max_size))
     repeats = draw(st.lists(st.sampled_from(values), max_size=2))
     return values + repeats
+
+
+def storage_poison() -> list[str]:
+    """Events that pass the schema but not the storage types, one per way each once stopped the whole stream."""
+    changes: list[tuple[str, object]] = [
+        ("meta.dt", "9999-12-31T23:59:59-05:00"),
+        ("meta.dt", "0001-01-01T00:00:00+05:00"),
+        ("revision.new", 2**63),
+        ("length.new", 2**64 - 1),
+        ("id", 2**63 + 7),
+        ("log_id", 2**64 - 1),
+        ("title", "Main\x00Page"),
+        ("title", "T" * 3000),
+        ("log_params", deeply_nested(400)),
+    ]
+    events = []
+    for n, (path, value) in enumerate(changes):
+        event = json.loads(json.dumps(recorded_events()[n]))
+        event["meta"]["id"] = f"storage-poison-{n}"
+        event["meta"]["dt"] = "2026-12-03T12:00:00Z"
+        _set(event, path, value)
+        events.append(as_topic_text(event, ensure_ascii=False))
+    return events

@@ -18,9 +18,9 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, create_engine, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
-from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from streamrag_assets.index.embedder import Embedder
 from streamrag_assets.index.models import DeadLetter, Document, IndexProgress
@@ -70,10 +70,29 @@ class IndexResult:
     doc_ids: list[str] = field(default_factory=list)
 
 
+# SQLSTATE classes of errors about the data, not the server: data exceptions (22: a value the column refuses),
+# integrity (23) and program limits (54: an index entry too large). psycopg raises the last as an OperationalError.
+_DATA_SQLSTATE_CLASSES = ("22", "23", "54")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Postgres cannot be reached or used now (down, restarting, out of connections or disk),
+    as opposed to refusing the data itself; only the former is worth waiting out."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return isinstance(exc, OperationalError) and not sqlstate.startswith(_DATA_SQLSTATE_CLASSES)
+
+
 class DocumentIndex:
-    def __init__(self, database_url: str, embedder: Embedder) -> None:
+    def __init__(self, database_url: str, embedder: Embedder, db_attempts: int = 8) -> None:
+        """``db_attempts``: tries of a batch while Postgres is unavailable (with backoff, ~35 s for 8) before the
+        error is raised; the stream tries once or twice and catches up later instead of holding Spark back."""
         self.engine = create_engine(database_url, pool_pre_ping=True)
         self.embedder = embedder
+        self.db_attempts = db_attempts
 
     def index(
         self,
@@ -82,9 +101,16 @@ class DocumentIndex:
         progress: tuple[str, int] | None = None,
         before_write: Callable[[], None] | None = None,
     ) -> IndexResult:
-        """``apply`` plus metrics: outcome counts and the ingested/event-time -> indexed latencies."""
+        """``apply`` plus metrics: outcome counts and the ingested/event-time -> indexed latencies. A batch that
+        Postgres refuses for its data (not its availability) is applied one document at a time (`apply_each`)."""
         began = time.perf_counter()
-        result = self.apply(gold_rows, attempts, progress, before_write)
+        try:
+            result = self.apply(gold_rows, attempts, progress, before_write)
+        except DBAPIError as exc:
+            if database_unavailable(exc):
+                raise
+            log.warning("Postgres refused a batch of %d documents (%s); applying them one by one", len(gold_rows), exc)
+            result = self.apply_each(gold_rows, attempts, progress, before_write)
         INDEX_DB_DURATION.observe(time.perf_counter() - began - result.embed_seconds)
         INDEX_EMBED_DURATION.observe(result.embed_seconds)
         for outcome in ("embedded", "upserted", "unchanged", "deleted", "renamed"):
@@ -101,13 +127,65 @@ class DocumentIndex:
                 EVENT_TIME_TO_INDEXED.observe(max(0.0, (now - row["event_time"]).total_seconds()))
         return result
 
-    @retry(
-        retry=retry_if_exception_type(OperationalError),
-        wait=wait_exponential_jitter(multiplier=0.5, max=10),
-        stop=stop_after_attempt(8),
-        reraise=True,
-    )
     def apply(
+        self,
+        gold_rows: list[dict[str, Any]],
+        attempts: dict[str, int] | None = None,
+        progress: tuple[str, int] | None = None,
+        before_write: Callable[[], None] | None = None,
+    ) -> IndexResult:
+        """`apply_once`, tried again with backoff while Postgres is unavailable (``db_attempts`` tries in all)."""
+        for attempt in Retrying(
+            retry=retry_if_exception(database_unavailable),
+            wait=wait_exponential_jitter(initial=0.5, max=10),
+            stop=stop_after_attempt(self.db_attempts),
+            reraise=True,
+        ):
+            with attempt:
+                return self.apply_once(gold_rows, attempts, progress, before_write)
+        raise AssertionError("unreachable: Retrying re-raises the last error")
+
+    def apply_each(
+        self,
+        gold_rows: list[dict[str, Any]],
+        attempts: dict[str, int] | None = None,
+        progress: tuple[str, int] | None = None,
+        before_write: Callable[[], None] | None = None,
+    ) -> IndexResult:
+        """Apply the rows one transaction each, in event order; a row Postgres refuses becomes a dead letter with
+        the database's reason, and the others are indexed. The progress is recorded after the last."""
+        if before_write is not None:
+            before_write()
+        total = IndexResult()
+        rows = sorted(gold_rows, key=lambda r: (r["event_time"], r["partition"], r["offset"]))
+        for row in rows:
+            try:
+                one = self.apply([row], attempts)
+            except DBAPIError as exc:
+                if database_unavailable(exc):
+                    raise
+                reason = str(exc.orig or exc).strip().splitlines()[0][:300]
+                log.error("document %s refused by Postgres (%s); kept as a dead letter", row["doc_id"], reason)
+                with Session(self.engine) as session, session.begin():
+                    session.add(
+                        DeadLetter(
+                            doc_id=str(row["doc_id"])[:500].replace("\x00", ""),
+                            payload=json.dumps(row, default=str),  # NUL is escaped in JSON
+                            reason=f"database: {reason}",
+                            attempts=(attempts or {}).get(row["doc_id"], 1),
+                        )
+                    )
+                total.dead_letters += 1
+                continue
+            for name in ("embedded", "upserted", "unchanged", "deleted", "renamed", "dead_letters"):
+                setattr(total, name, getattr(total, name) + getattr(one, name))
+            total.embed_seconds += one.embed_seconds
+            total.doc_ids += one.doc_ids
+        if progress is not None:
+            self.set_progress(*progress)
+        return total
+
+    def apply_once(
         self,
         gold_rows: list[dict[str, Any]],
         attempts: dict[str, int] | None = None,

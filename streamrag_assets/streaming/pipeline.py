@@ -23,7 +23,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamrag_assets.index.store import database_unavailable
 from streamrag_assets.metrics import (
+    INDEX_PAUSED,
     STREAM_BATCH_DURATION,
     STREAM_DROPPED,
     STREAM_IDLE_TRIGGERS,
@@ -52,6 +54,8 @@ APP_ID = "streamrag-medallion"
 EPOCH_STRIDE = 1_000_000_000  # batch keys: epoch * stride + Spark batch id, unique across checkpoints
 CATCH_UP_CHUNK = 2_000  # Gold rows per index transaction when catching up after a restart
 SLOW_BATCH_S = 5.0  # a micro-batch slower than this is logged as a warning, with its phases
+RECOVERY_PROBE_S = 5.0  # while Postgres is unavailable, how often the index tries to catch up
+STREAM_DB_ATTEMPTS = 2  # tries of an index transaction in the stream before it pauses indexing (see IndexWorker)
 
 
 @dataclass
@@ -198,21 +202,36 @@ class IndexWorker:
 
     Spark commits a batch before its documents are indexed, so each index transaction records its batch key
     (`IndexProgress`); a stream restarted after a crash first indexes the committed Gold batches beyond it
-    (`MedallionBatch.catch_up`). A failure stops the worker and fails the next micro-batch: the query stops, and
-    the restarted stream resumes from the recorded progress.
+    (`MedallionBatch.catch_up`).
+
+    One layer down at a time: when Postgres is unavailable the worker pauses indexing instead of failing the query.
+    Batches go on into Bronze, Silver and Gold; the worker notes the last one whose tables are written and every
+    ``RECOVERY_PROBE_S`` calls ``recover`` with it, which indexes the Gold batches beyond the index's durable
+    progress; once that succeeds, indexing goes on batch by batch. Any other failure stops the worker and fails the
+    next micro-batch: the query stops, and the restarted stream resumes from the recorded progress.
     """
 
     def __init__(
         self,
         index_batch: Callable[[BatchResult, list[dict], _Gate], None],
         finish: Callable[[BatchResult], None],
+        recover: Callable[[int], object],
+        behind: int | None = None,
     ):
         self._index_batch = index_batch
         self._finish = finish
+        self._recover = recover
+        self._behind = behind  # the last batch key written to Gold but not indexed; None when in step
+        self._next_probe = 0.0
+        INDEX_PAUSED.set(0 if behind is None else 1)
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="index-worker", daemon=True)
         self._thread.start()
+
+    @property
+    def paused(self) -> bool:
+        return self._behind is not None
 
     def submit(self, result: BatchResult, rows: list[dict], written: _Gate) -> None:
         while True:
@@ -226,16 +245,58 @@ class IndexWorker:
 
     def _run(self) -> None:
         while True:
-            result, rows, written = self._queue.get()
             try:
-                self._index_batch(result, rows, written)
-                self._finish(result)
+                item = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self._take(*item)
+                if self._behind is not None and time.monotonic() >= self._next_probe:
+                    self._try_recover()
             except BaseException as exc:
-                log.exception(
-                    "indexing batch %d failed; the stream stops and resumes from its progress", result.batch_key
-                )
+                key = item[0].batch_key if item is not None else self._behind
+                log.exception("indexing batch %s failed; the stream stops and resumes from its progress", key)
                 self._failure = exc
                 return
+
+    def _take(self, result: BatchResult, rows: list[dict], written: _Gate) -> None:
+        if self._behind is None:
+            try:
+                self._index_batch(result, rows, written)
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                written.wait()  # the batch's Gold rows are committed: recovery will find them
+                self._pause(result.batch_key, exc)
+        else:
+            written.wait()
+            self._behind = result.batch_key
+        self._finish(result)
+
+    def _pause(self, batch_key: int, exc: BaseException) -> None:
+        log.error(
+            "Postgres is unavailable (%s); indexing pauses at batch %d while Bronze, Silver and Gold go on, and "
+            "catches up when it returns",
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            batch_key,
+        )
+        self._behind = batch_key
+        self._next_probe = time.monotonic() + RECOVERY_PROBE_S
+        INDEX_PAUSED.set(1)
+
+    def _try_recover(self) -> None:
+        assert self._behind is not None
+        try:
+            self._recover(self._behind)
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            self._next_probe = time.monotonic() + RECOVERY_PROBE_S
+            return
+        log.info("Postgres is back: the index caught up to batch %d and goes on", self._behind)
+        self._behind = None
+        INDEX_PAUSED.set(0)
 
 
 class MedallionBatch:
@@ -265,27 +326,50 @@ class MedallionBatch:
         self.progress_name = f"medallion:{settings.topic}"
         if settings.index_enabled:
             from streamrag_assets.index.embedder import get_embedder
-            from streamrag_assets.index.migrate import upgrade
             from streamrag_assets.index.store import DocumentIndex
 
-            upgrade(settings.app_database_url)  # idempotent; the stream may start before `up` migrated
             # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.
             threads = settings.stream_embedding_threads if asynchronous else None
-            self.index = DocumentIndex(settings.app_database_url, get_embedder(settings, threads=threads))
+            self.index = DocumentIndex(
+                settings.app_database_url,
+                get_embedder(settings, threads=threads),
+                db_attempts=STREAM_DB_ATTEMPTS if asynchronous else 8,
+            )
             if asynchronous:  # before the query starts: its first micro-batch would otherwise load the model
                 log.info("embedding model ready in %.1f s", self.index.embedder.warm())
-            self.catch_up()
+            behind = None
+            try:
+                self.recover(None)
+            except Exception as exc:
+                if not (asynchronous and database_unavailable(exc)):
+                    raise
+                # The stream starts anyway (Bronze/Silver/Gold do not need Postgres); the worker catches up later.
+                last = last_committed_batch(settings, epoch)
+                behind = -1 if last is None else epoch * EPOCH_STRIDE + last
+                log.error("Postgres is unavailable at start (%s); indexing waits for it", type(exc).__name__)
             if asynchronous:
-                self.worker = IndexWorker(self._index_batch, self._finish)
+                self.worker = IndexWorker(self._index_batch, self._finish, self.recover, behind)
 
-    def catch_up(self) -> int:
-        """Index the Gold documents of batches Spark committed after the index's recorded progress (a stream killed
-        between the two); returns how many documents that was."""
+    def recover(self, upto: int | None) -> int:
+        """Make the index current up to batch key ``upto`` (None: the checkpoint's last commit): migrate the schema
+        (idempotent; the stream may start before `up` migrated) and index the Gold batches beyond the progress."""
+        from streamrag_assets.index.migrate import upgrade
+
+        upgrade(self.settings.app_database_url)
+        return self.catch_up(upto)
+
+    def catch_up(self, upto: int | None = None) -> int:
+        """Index the Gold documents of batches after the index's recorded progress up to batch key ``upto`` (by
+        default the last one Spark committed: a stream killed between the two); returns how many there were."""
         assert self.index is not None
-        last_committed = last_committed_batch(self.settings, self.epoch)
-        if last_committed is None:
+        if upto is None:
+            last_committed = last_committed_batch(self.settings, self.epoch)
+            if last_committed is None:
+                return 0
+            upto = self.epoch * EPOCH_STRIDE + last_committed
+        committed_key = upto
+        if committed_key < 0:
             return 0
-        committed_key = self.epoch * EPOCH_STRIDE + last_committed
         # No progress yet (a first start, or an index that was disabled): every Gold batch is checked; documents
         # already indexed with the same content cost a lookup, not an embedding.
         done = self.index.progress(self.progress_name)
@@ -294,7 +378,10 @@ class MedallionBatch:
             return 0
         import pyarrow.dataset as ds
 
-        gold = self.delta.read("gold", None, (ds.field("batch_id") > done) & (ds.field("batch_id") <= committed_key))
+        # A table object of its own: the index worker catches up while the batch thread writes through `self.delta`.
+        gold = tables(self.settings).read(
+            "gold", None, (ds.field("batch_id") > done) & (ds.field("batch_id") <= committed_key)
+        )
         gold = gold.sort_by([("batch_id", "ascending")])
         if len(gold):
             log.info("indexing the %d Gold document(s) of batches Spark committed before this start", len(gold))
