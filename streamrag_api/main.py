@@ -370,6 +370,12 @@ def _check_stream(svc: Services) -> tuple[bool, str]:
         return False, f"last heartbeat {age:.0f} s ago"
     if not detail.get("active", False):
         return False, "the streaming query is not active"
+    # Alive is not enough: events waiting while no micro-batch finishes is a stream that is stuck.
+    progress_at = detail.get("last_batch_at") or detail.get("started_at")
+    if detail.get("lag") and progress_at:
+        quiet = (datetime.now(UTC) - datetime.fromisoformat(progress_at)).total_seconds()
+        if quiet > svc.settings.stream_stall_s:
+            return False, f"stalled: {detail['lag']} events wait and no micro-batch finished for {quiet:.0f} s"
     return True, f"heartbeat {age:.1f} s ago, lag {detail.get('lag')}"
 
 

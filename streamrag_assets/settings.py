@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     stream_heartbeat_max_age_s: float = Field(
         30.0, gt=0, description="/health reports the streaming job down when its heartbeat is older than this."
     )
+    stream_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="/health reports the streaming job stalled when events wait in the topic and no micro-batch "
+        "has finished for this long (a query that keeps failing on a batch, say).",
+    )
 
     # --- embedded ports (all on 127.0.0.1) ----------------------------------------------------------------
     kafka_port: int = 9092

@@ -24,6 +24,7 @@ class StreamStatus:
         self._last_at: datetime | None = None
         self._consumer = None
         self._heads: dict[int, int] | None = None
+        self._started_at = datetime.now(UTC)
 
     def on_batch(self, result: BatchResult) -> None:
         with self._lock:
@@ -51,6 +52,7 @@ class StreamStatus:
             "active": bool(self.query is not None and self.query.isActive),
             "topic": self.settings.topic,
             "batches": batches,
+            "started_at": self._started_at.isoformat(),
             "last_batch_at": last_at.isoformat() if last_at else None,
             "last_batch_seconds": round(last.seconds, 3) if last else None,
             "lag": self.lag(),

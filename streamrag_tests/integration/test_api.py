@@ -477,3 +477,35 @@ def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_ev
     shot = Path(os.environ.get("STREAMRAG_UI_SCREENSHOT", settings.state_dir / "ui.png"))
     shot.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(shot))
+
+
+def test_health_reports_a_stream_that_is_alive_but_stuck(stack) -> None:
+    """A query that keeps failing on one batch still beats (its process is up) but finishes no micro-batch while
+    events wait: /health must not call that up."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import create_engine
+
+    from streamrag_api.main import _check_stream
+    from streamrag_assets.index.heartbeat import STREAM, beat
+    from streamrag_assets.index.migrate import upgrade
+    from streamrag_tests.conftest import fresh_database
+
+    url = fresh_database(stack, "health")
+    upgrade(url)
+    engine = create_engine(url)
+    svc = SimpleNamespace(engine=engine, settings=stack.settings.model_copy(update={"stream_stall_s": 60}))
+    long_ago = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    just_now = datetime.now(UTC).isoformat()
+    try:
+        beat(engine, STREAM, {"active": True, "lag": 240, "started_at": long_ago, "last_batch_at": long_ago})
+        ok, detail = _check_stream(svc)
+        assert not ok and detail.startswith("stalled: 240 events wait"), detail
+        beat(engine, STREAM, {"active": True, "lag": 0, "started_at": long_ago, "last_batch_at": long_ago})
+        assert _check_stream(svc)[0], "a quiet topic (nothing waiting) is not a stall"
+        beat(engine, STREAM, {"active": True, "lag": 240, "started_at": long_ago, "last_batch_at": just_now})
+        assert _check_stream(svc)[0]
+        beat(engine, STREAM, {"active": True, "lag": 240, "started_at": long_ago, "last_batch_at": None})
+        assert not _check_stream(svc)[0], "restarted long ago and never finished a batch since"
+    finally:
+        engine.dispose()
