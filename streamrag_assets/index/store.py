@@ -167,14 +167,7 @@ class DocumentIndex:
                 reason = str(exc.orig or exc).strip().splitlines()[0][:300]
                 log.error("document %s refused by Postgres (%s); kept as a dead letter", row["doc_id"], reason)
                 with Session(self.engine) as session, session.begin():
-                    session.add(
-                        DeadLetter(
-                            doc_id=str(row["doc_id"])[:500].replace("\x00", ""),
-                            payload=json.dumps(row, default=str),  # NUL is escaped in JSON
-                            reason=f"database: {reason}",
-                            attempts=(attempts or {}).get(row["doc_id"], 1),
-                        )
-                    )
+                    session.add(_dead_letter(row, f"database: {reason}", attempts or {}))
                 total.dead_letters += 1
                 continue
             for name in ("embedded", "upserted", "unchanged", "deleted", "renamed", "dead_letters"):
@@ -317,16 +310,19 @@ class DocumentIndex:
                 result.embedded += 1
             except Exception as exc:
                 log.error("document %s cannot be embedded (%r); kept as a dead letter", row["doc_id"], exc)
-                session.add(
-                    DeadLetter(
-                        doc_id=row["doc_id"],
-                        payload=json.dumps(row, default=str),
-                        reason=f"embedding: {exc!r}",
-                        attempts=attempts.get(row["doc_id"], 1),
-                    )
-                )
+                session.add(_dead_letter(row, f"embedding: {exc!r}", attempts))
                 result.dead_letters += 1
         return out
+
+
+def _dead_letter(row: dict[str, Any], reason: str, attempts: dict[str, int]) -> DeadLetter:
+    """A document kept aside with why; its payload is JSON, where a NUL is an escape Postgres can store."""
+    return DeadLetter(
+        doc_id=str(row["doc_id"]).replace("\x00", ""),
+        payload=json.dumps(row, default=str),
+        reason=reason.replace("\x00", ""),
+        attempts=attempts.get(row["doc_id"], 1),
+    )
 
 
 NOTIFY_CHANNEL = "streamrag_documents"

@@ -157,6 +157,25 @@ def test_a_document_that_cannot_be_embedded_is_dead_lettered_then_retried(index)
         assert conn.execute(text("SELECT count(*) FROM index_dead_letters")).scalar() == 0
 
 
+def test_a_document_postgres_refuses_is_dead_lettered_and_the_rest_of_the_batch_is_indexed(index) -> None:
+    """Refine keeps out what the tables cannot hold; should a document still reach the index that Postgres refuses
+    (here a NUL in its text), the batch goes on one document at a time instead of failing for good."""
+    docs = [_gold(seq) for seq in range(300, 306)]
+    refused = docs[2] | {"text": docs[2]["text"] + "\x00"}
+    docs[2] = refused
+    result = index.index(docs, progress=("refusal-test", 7))
+    assert (result.upserted, result.dead_letters) == (5, 1)
+    with index.engine.connect() as conn:
+        stored = set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
+        letters = conn.execute(
+            text("SELECT reason FROM index_dead_letters WHERE doc_id = :d"), {"d": refused["doc_id"]}
+        ).scalars()
+        reasons = list(letters)
+    assert {d["doc_id"] for d in docs} - stored == {refused["doc_id"]}
+    assert len(reasons) == 1 and reasons[0].startswith("database: ")
+    assert index.progress("refusal-test") == 7, "the batch's progress is recorded once the others are in"
+
+
 def test_a_document_row_keeps_its_vector_in_the_table_page(index) -> None:
     """Rows over 2 kB (a long comment) keep their vector inline: a search computing each hit's similarity then
     reads no TOAST pages (migration 0005; the default target moved the vector out of line)."""
