@@ -38,6 +38,7 @@ from streamrag_assets.metrics import (
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.dedupe import SeenEvents
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
+from streamrag_assets.streaming.offset_gaps import ledger_dir
 from streamrag_assets.streaming.transforms import (
     Layers,
     bronze_rows,
@@ -593,6 +594,7 @@ def start_query(
         .option("bootstrap_servers", settings.bootstrap_servers)
         .option("topic", settings.topic)
         .option("startingOffsets", starting_offsets)
+        .option("gapLedger", str(ledger_dir(settings.state_dir)))  # this platform's, whoever started the session
         .option(
             "maxOffsetsPerTrigger",
             str(settings.replay_max_events_per_trigger if available_now else settings.stream_max_events_per_trigger),
