@@ -184,15 +184,16 @@ class EventProducer:
         self.tracker.ack(seq, metadata.partition, metadata.offset)
 
     def _on_error(self, seq: int, event: SourceEvent, exc: BaseException) -> None:
-        self._last_progress = time.monotonic()
         reason = type(exc).__name__
         INGEST_EVENTS_FAILED.labels(self.source, reason).inc()
         if not isinstance(exc, RECORD_ERRORS):
+            # Not progress (see `replace_if_stalled`): a client whose every send fails keeps failing.
             # Broker or producer state, not the record: timeouts, a restarted broker that forgot the producer's
             # sequence numbers (kafka-python then resets the producer id and fails the in-flight batches), ...
             log.warning("delivery of event %s failed (%s); retrying", event.id, reason)
             self._retry.append((seq, event))
             return
+        self._last_progress = time.monotonic()
         log.error("event %s cannot be delivered (%s); written to %s", event.id, exc, self.dead_letter_path)
         with self._dead_letter_lock:
             self.dead_letter_path.parent.mkdir(parents=True, exist_ok=True)
@@ -258,15 +259,18 @@ class EventProducer:
         return found, resent
 
     def replace_if_stalled(self, stall_s: float = STALL_S) -> bool:
-        """Recreate the Kafka client when events are in flight but nothing was acknowledged or failed for
-        ``stall_s`` (longer than the delivery timeout, so the client had its chance to fail them itself).
+        """Recreate the Kafka client when events wait (in flight, or failed and queued again) but nothing was
+        acknowledged for ``stall_s`` (longer than the delivery timeout, so the client had its chance to fail them
+        itself).
 
         kafka-python 3.0 can leave batches in flight forever after a broker restart; discarding the client fails
-        their futures, and our error handler queues them to be sent again on the new client.
+        their futures, and our error handler queues them to be sent again on the new client. And an idempotent
+        client whose batches failed while the broker's storage was down can be refused every send after it is back
+        (Tansu answers UnknownError to that producer id, while a new client is served): failures do not count as
+        progress, so that client is replaced too.
         """
         now = time.monotonic()
-        waiting = len(self._retry) + len(self._unconfirmed)
-        if self.tracker.outstanding - waiting <= 0:
+        if self.tracker.outstanding - len(self._unconfirmed) <= 0:
             self._last_progress = now
             return False
         if now - self._last_progress < stall_s:
@@ -274,7 +278,7 @@ class EventProducer:
         log.warning(
             "no delivery progress for %.0f s with %d event(s) in flight; replacing the Kafka client",
             now - self._last_progress,
-            self.tracker.outstanding - waiting,
+            self.tracker.outstanding - len(self._unconfirmed),
         )
         INGEST_PRODUCER_RESETS.inc()
         stuck, self._producer = self._producer, self._new_producer()
