@@ -85,6 +85,7 @@ class EventProducer:
         self._produce_latency = INGEST_PRODUCE_LATENCY.labels(source)
         self._source_delay = INGEST_SOURCE_DELAY.labels(source)
         self._retry: deque[tuple[int, SourceEvent]] = deque()
+        self._failure_logged_at, self._failures_unlogged = -1e9, 0
         # Acknowledged without an offset (see `_on_ack`): (when, seq, event, partition), checked against the topic.
         self._unconfirmed: list[tuple[float, int, SourceEvent, int]] = []
         self._unconfirmed_lock = threading.Lock()
@@ -190,7 +191,7 @@ class EventProducer:
             # Not progress (see `replace_if_stalled`): a client whose every send fails keeps failing.
             # Broker or producer state, not the record: timeouts, a restarted broker that forgot the producer's
             # sequence numbers (kafka-python then resets the producer id and fails the in-flight batches), ...
-            log.warning("delivery of event %s failed (%s); retrying", event.id, reason)
+            self._warn_failure(event, reason)
             self._retry.append((seq, event))
             return
         self._last_progress = time.monotonic()
@@ -200,6 +201,21 @@ class EventProducer:
             with open(self.dead_letter_path, "a", encoding="utf-8") as out:
                 out.write(json.dumps({"sse_id": event.id, "reason": repr(exc), "value": event.data}) + "\n")
         self.tracker.ack(seq, None, None)
+
+    def _warn_failure(self, event: SourceEvent, reason: str, every_s: float = 5.0) -> None:
+        """One warning per ``every_s`` while deliveries fail (a broker down fails thousands of events a second),
+        with how many failed since the last one; the counter metric has each."""
+        self._failures_unlogged += 1
+        now = time.monotonic()
+        if now - self._failure_logged_at < every_s:
+            return
+        log.warning(
+            "delivery of event %s failed (%s); %d failed deliveries since the last warning; retrying",
+            event.id,
+            reason,
+            self._failures_unlogged,
+        )
+        self._failure_logged_at, self._failures_unlogged = now, 0
 
     def resend_failed(self) -> int:
         """Send again what failed; returns how many were handed to the client."""
