@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast fuzz lint install system-deps bench-api bench-freshness bench-stack bench-backlog clean
+.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-backlog clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-stack: install
 # A backlog of 10,000 events, then the stream: when its first and its last documents are searchable (~3 minutes).
 bench-backlog: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.backlog_catchup $(ARGS)
+
+# `up` on the replay source at 50 events/s while every process is SIGKILLed in turn and the API frozen for 60 s:
+# recovery time, events lost and doubled per fault (~12 minutes; figures go to benchmarks/RESULTS.md).
+chaos: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.chaos $(ARGS)
 
 lint: install
 	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests
