@@ -514,13 +514,18 @@ def down_command() -> None:
 def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Show each service: state, restarts, address, data size, and for a failing one its last exit and next
     restart. Exit code 0 only when all are up."""
+    from streamrag_assets.services.disk import space_problem
+
     settings = _settings()
     rows = status(settings)
+    full = space_problem(settings.state_dir)
     if as_json:
-        typer.echo(json.dumps([row.__dict__ for row in rows], indent=2))
+        typer.echo(json.dumps([row.__dict__ for row in rows] + ([{"problem": full}] if full else []), indent=2))
     else:
         supervisor = running_supervisor(settings)
         typer.echo(f"supervisor: {f'running (pid {supervisor})' if supervisor else 'not running'}")
+        if full:
+            typer.echo(typer.style(full, fg="red"))
         typer.echo(f"{'service':<20} {'state':<11} {'pid':>7} {'restarts':>8}  {'address':<32} data")
         colours = {"up": "green", "starting": "yellow", "backing-off": "yellow"}
         now = datetime.now(UTC).timestamp()
@@ -539,7 +544,7 @@ def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
                 if row.next_attempt_at is not None:
                     line += f"; next attempt in {max(0.0, row.next_attempt_at - now):.0f} s"
                 typer.echo(line)
-    raise typer.Exit(code=0 if rows and all(r.up for r in rows) else 3)
+    raise typer.Exit(code=0 if rows and all(r.up for r in rows) and not full else 3)
 
 
 if __name__ == "__main__":

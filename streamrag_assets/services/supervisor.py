@@ -34,6 +34,7 @@ from streamrag_assets.metrics import SERVICE_CRASHING, SERVICE_RESTARTS, SERVICE
 from streamrag_assets.services.api import api_process
 from streamrag_assets.services.broker import broker_process
 from streamrag_assets.services.dagster import dagster_daemon_process, dagster_webserver_process
+from streamrag_assets.services.disk import space_problem
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.observability import canary_process, prometheus_process
 from streamrag_assets.services.postgres import postgres_process
@@ -261,6 +262,7 @@ class Supervisor:
         self._probes: ThreadPoolExecutor | None = None
         self._metrics_server: WSGIServer | None = None
         self._written = ""
+        self._space_checked = -1e9
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
@@ -331,7 +333,20 @@ class Supervisor:
                 except Exception:  # a bug or a surprise in one service's handling must not stop the others'
                     log.exception("supervising %s failed; carrying on", proc.name)
             self._write_state()
+            self._check_space()
             time.sleep(poll_s)
+
+    def _check_space(self, every_s: float = 60.0) -> None:
+        """Say so, once a minute, while the state directory's disk is full: every writer fails then."""
+        now = time.monotonic()
+        if now - self._space_checked < every_s:
+            return
+        full = space_problem(self.settings.state_dir)
+        if full:
+            log.error("%s", full)
+            self._space_checked = now
+        else:
+            self._space_checked = now - every_s + 5.0  # cheap: look again in a few seconds
 
     def _tend(self, proc: ManagedProcess, health: ServiceHealth, now: float) -> None:
         if health.state in ("backing-off", "crashing", "hung"):
@@ -435,6 +450,9 @@ class Supervisor:
     ) -> None:
         health.failures += 1
         health.failure_kind = kind
+        full = space_problem(self.settings.state_dir)
+        if full:  # the likeliest cause, and the service's own log may be on the full disk too
+            reason = f"{reason}; {full}"
         health.last_exit_code, health.last_exit_reason, health.last_exit_at = code, reason, time.time()
         delay = self._backoff(_attempt(health.failures))
         health.next_attempt = now + delay
