@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DELIVERY_TIMEOUT_MS = 30_000
 STALL_S = DELIVERY_TIMEOUT_MS / 1000 + 15
+FAILING_S = 10.0  # sends answered with errors and none acknowledged for this long: a fresh client is tried
 VERIFY_LOOKBACK = 5_000
 
 # The errors that are about the record itself: sending it again cannot help, so it goes to the dead-letter file.
@@ -86,6 +87,7 @@ class EventProducer:
         self._source_delay = INGEST_SOURCE_DELAY.labels(source)
         self._retry: deque[tuple[int, SourceEvent]] = deque()
         self._failure_logged_at, self._failures_unlogged = -1e9, 0
+        self._failed_since_progress = False  # a delivery failed since the last acknowledgement
         # Acknowledged without an offset (see `_on_ack`): (when, seq, event, partition), checked against the topic.
         self._unconfirmed: list[tuple[float, int, SourceEvent, int]] = []
         self._unconfirmed_lock = threading.Lock()
@@ -171,7 +173,7 @@ class EventProducer:
         return True
 
     def _on_ack(self, seq: int, event: SourceEvent, started: float, metadata) -> None:
-        self._last_progress = time.monotonic()
+        self._last_progress, self._failed_since_progress = time.monotonic(), False
         if metadata.offset < 0:
             # DUPLICATE_SEQUENCE_NUMBER, which kafka-python reports as success: the broker says it stored this batch
             # before. Tansu records a producer's sequence before it writes the batch, so a broker killed in between
@@ -191,6 +193,7 @@ class EventProducer:
             # Not progress (see `replace_if_stalled`): a client whose every send fails keeps failing.
             # Broker or producer state, not the record: timeouts, a restarted broker that forgot the producer's
             # sequence numbers (kafka-python then resets the producer id and fails the in-flight batches), ...
+            self._failed_since_progress = True
             self._warn_failure(event, reason)
             self._retry.append((seq, event))
             return
@@ -274,10 +277,10 @@ class EventProducer:
         )
         return found, resent
 
-    def replace_if_stalled(self, stall_s: float = STALL_S) -> bool:
+    def replace_if_stalled(self, stall_s: float = STALL_S, failing_s: float = FAILING_S) -> bool:
         """Recreate the Kafka client when events wait (in flight, or failed and queued again) but nothing was
         acknowledged for ``stall_s`` (longer than the delivery timeout, so the client had its chance to fail them
-        itself).
+        itself), or for ``failing_s`` while the broker answers each send with an error.
 
         kafka-python 3.0 can leave batches in flight forever after a broker restart; discarding the client fails
         their futures, and our error handler queues them to be sent again on the new client. And an idempotent
@@ -289,7 +292,7 @@ class EventProducer:
         if self.tracker.outstanding - len(self._unconfirmed) <= 0:
             self._last_progress = now
             return False
-        if now - self._last_progress < stall_s:
+        if now - self._last_progress < (failing_s if self._failed_since_progress else stall_s):
             return False
         log.warning(
             "no delivery progress for %.0f s with %d event(s) in flight; replacing the Kafka client",
@@ -298,7 +301,7 @@ class EventProducer:
         )
         INGEST_PRODUCER_RESETS.inc()
         stuck, self._producer = self._producer, self._new_producer()
-        self._last_progress = now
+        self._last_progress, self._failed_since_progress = now, False
         _discard(stuck)
         return True
 
