@@ -52,6 +52,7 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
         refine_arrow,
         with_batch_columns,
     )
+    from streamrag_tests.hostile import storage_poison
 
     bootstrap = stack.settings.bootstrap_servers
     topic = f"refine-{uuid.uuid4().hex[:8]}"
@@ -59,6 +60,12 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
     for seq in range(300):
         event = synthetic_event(seq, seed=5, malformed_fraction=0.15, canary_fraction=0.05)
         producer.send(topic, value=event.encode(), headers=[("sse_id", str(seq).encode())])
+    # Hostile records, each of which once failed a whole batch in one path or the other: values past the storage
+    # types, bytes that are not UTF-8, an ingest header that is not a time, a record time past year 9999.
+    hostile = [value.encode() for value in storage_poison()] + [b'{"meta": "\xff\xfe"}']
+    for value in hostile:
+        producer.send(topic, value=value, headers=[("ingested_at", b"soon")])
+    producer.send(topic, value=synthetic_event(300, seed=5).encode(), timestamp_ms=2**62)
     producer.flush()
     producer.close()
 
@@ -70,8 +77,14 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
     def comparable(table):  # written_at is each read's own clock
         return table.drop_columns(["written_at"]).sort_by([("partition", "ascending"), ("offset", "ascending")])
 
-    assert len(on_driver) == 300
+    assert len(on_driver) == 300 + len(hostile) + 1
     assert on_driver.schema == REFINED_ARROW
     assert comparable(on_driver).equals(comparable(by_spark))
     verdicts = on_driver["reject_reason"].null_count, sum(on_driver["canary"].to_pylist())
     assert verdicts[0] < 300 and verdicts[1] > 0, "the sample holds rejected and canary events"
+    rows = comparable(on_driver).to_pylist()
+    refused = [row for row in rows if "storage-poison" in row["value"] or row["value"].startswith('{"meta": "')]
+    assert len(refused) == len(hostile) and all(row["reject_reason"] for row in refused)
+    assert all(row["ingested_at"] is not None for row in refused), "an unreadable header falls back to the record time"
+    beyond_calendar = [row for row in rows if row["kafka_timestamp"] is None]
+    assert len(beyond_calendar) == 1 and beyond_calendar[0]["reject_reason"] is None, "read as null; the event goes on"
