@@ -138,6 +138,18 @@ def running(settings: Settings, processes: list[ManagedProcess], timeout_s: floa
             proc.stop()
 
 
+def indexed_doc_ids(settings: Settings) -> set[str]:
+    """Every doc_id in the platform's pgvector `documents` table."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(settings.app_database_url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
+    finally:
+        engine.dispose()
+
+
 def stream_triggers(settings: Settings) -> int:
     """Triggers the stream's continuous query has finished, with events (its histogram of Spark's trigger phases) or
     without (idle): above 0 once the query runs."""

@@ -16,14 +16,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process
 from streamrag_assets.services.supervisor import Supervisor
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
-from streamrag_tests.conftest import free_port, run_cli
+from streamrag_tests.conftest import free_port, indexed_doc_ids, run_cli
 from streamrag_tests.integration.test_ingest import _topic_records
 
 pytestmark = [
@@ -61,15 +60,6 @@ def fill(path: Path) -> int:
     return written
 
 
-def _documents(settings) -> set[str]:
-    engine = create_engine(settings.app_database_url)
-    try:
-        with engine.connect() as conn:
-            return set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
-    finally:
-        engine.dispose()
-
-
 def _through(settings) -> bool:
     delta = DeltaTables(settings.state_dir / "delta")
     if delta.table("bronze") is None or delta.table("gold") is None:
@@ -78,7 +68,7 @@ def _through(settings) -> bool:
     topic = {(r.partition, r.offset) for r in _topic_records(settings)}
     gold = {d["doc_id"] for d in delta.read("gold", ["doc_id", "op"]).to_pylist() if d["op"] != "delete"}
     positions = set(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist(), strict=True))
-    return len(topic) >= EVENTS and positions == topic and _documents(settings) == gold
+    return len(topic) >= EVENTS and positions == topic and indexed_doc_ids(settings) == gold
 
 
 def _wait(condition, what: str, timeout_s: float) -> None:
@@ -122,7 +112,7 @@ def test_a_full_disk_stops_writes_with_a_clear_error_and_everything_resumes_when
         watcher.start()
         filler = mount / "filler"
         try:
-            _wait(lambda: len(_documents(settings)) >= 50, "nothing was indexed before the disk filled", 240)
+            _wait(lambda: len(indexed_doc_ids(settings)) >= 50, "nothing was indexed before the disk filled", 240)
             fill(filler)
             time.sleep(45)  # events keep arriving at the broker; nothing on the full disk can be written
             report = run_cli("status", settings=settings, timeout=60)

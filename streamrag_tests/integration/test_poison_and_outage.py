@@ -12,13 +12,12 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from kafka import KafkaProducer
-from sqlalchemy import create_engine, text
 
 from streamrag_assets.ingest.sources import replay_event
 from streamrag_assets.services.sse_source import sse_source_process
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
-from streamrag_tests.conftest import free_port, separate_platform
+from streamrag_tests.conftest import free_port, indexed_doc_ids, separate_platform
 from streamrag_tests.hostile import hostile_events, storage_poison
 from streamrag_tests.integration.test_ingest import _ingest, _topic_records, _wait_for
 from streamrag_tests.integration.test_medallion import _stream
@@ -51,15 +50,6 @@ def sample_hostile(count: int, seed_value: int) -> list[str]:
 
 def _log(platform) -> str:
     return (platform.state_dir / "stream-test.log").read_text(errors="replace")
-
-
-def _documents(platform) -> set[str]:
-    engine = create_engine(platform.app_database_url)
-    try:
-        with engine.connect() as conn:
-            return set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
-    finally:
-        engine.dispose()
 
 
 def _wait(condition, what: str, platform, timeout_s: float = 240) -> None:
@@ -160,7 +150,7 @@ def test_hostile_events_never_stop_the_stream_and_every_record_lands_exactly_onc
     assert len(poison) == len(storage_poison()), "each value past the storage types is quarantined once"
 
     # Every Gold document reached pgvector, once.
-    _wait(lambda: _documents(platform) == _gold_doc_ids(platform), "pgvector does not match Gold", platform, 120)
+    _wait(lambda: indexed_doc_ids(platform) == _gold_doc_ids(platform), "pgvector does not match Gold", platform, 120)
 
 
 def test_postgres_down_pauses_only_the_index_which_catches_up_with_no_gap(poisoned, stack) -> None:
@@ -186,7 +176,7 @@ def test_postgres_down_pauses_only_the_index_which_catches_up_with_no_gap(poison
         producer.close()
         stack.start(stack.postgres)
     _wait(lambda: "caught up" in _log(platform), "the index did not catch up", platform, 120)
-    _wait(lambda: _documents(platform) == _gold_doc_ids(platform), "pgvector misses documents", platform, 120)
+    _wait(lambda: indexed_doc_ids(platform) == _gold_doc_ids(platform), "pgvector misses documents", platform, 120)
     assert stream.poll() is None
     counts = json.dumps({"gold": gold_during, "before": before})
     assert gold_during >= before + 200, counts
