@@ -24,6 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -37,6 +38,7 @@ from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
 from streamrag_tests.conftest import isolated_settings
 
 # The order of the faults: the source first, then each stage downstream, then what serves and orchestrates.
+# "a+b" kills a and b at once (each one's recovery is still timed on its own).
 KILL_ORDER = (
     "replay-source",
     "ingest",
@@ -180,33 +182,35 @@ def source_answers(settings: Settings) -> bool:
     return httpx.get(f"http://127.0.0.1:{settings.replay_port}/health", timeout=1).status_code == 200
 
 
-def fault(settings: Settings, process: str, sig: signal.Signals, hold_s: float, recover_timeout_s: float) -> Fault:
-    """One fault: signal the process, (SIGSTOP: hold it), and time the recovery."""
-    before = supervisor_state(settings).get(process, {}).get("restarts", 0)
-    old_pid = pid_of(settings, process)
-    began = time.monotonic()
-    os.kill(old_pid, sig)
-    result = Fault(process, sig.name)
+def fault(
+    settings: Settings, processes: list[str], sig: signal.Signals, hold_s: float, recover_timeout_s: float
+) -> list[Fault]:
+    """One fault: signal the processes at once, (SIGSTOP: hold them), and time each one's recovery."""
+    waiting = []
+    for process in processes:
+        before = supervisor_state(settings).get(process, {}).get("restarts", 0)
+        old_pid = pid_of(settings, process)
+        os.kill(old_pid, sig)
+        waiting.append((Fault(process, sig.name), old_pid, before, time.monotonic()))
+    for result, old_pid, before, began in waiting:
+        recovered = partial(_recovered, settings, result.process, old_pid, before)
+        if sig == signal.SIGSTOP and hold_s:
+            # Frozen for hold_s unless the supervisor finds it hung first (it kills it; SIGCONT then finds nothing).
+            wait_until(recovered, hold_s - (time.monotonic() - began))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old_pid, signal.SIGCONT)
+        waited = wait_until(recovered, recover_timeout_s - (time.monotonic() - began))
+        result.recover_s = round(time.monotonic() - began, 1) if waited is not None else None
+        result.detail["restarts_before"] = before
+        result.detail["state_after"] = supervisor_state(settings).get(result.process, {})
+    return [result for result, *_ in waiting]
+
+
+def _recovered(settings: Settings, process: str, old_pid: int, restarts_before: int) -> bool:
     if process == "replay-source":  # ingest's child: back when a new one answers
-
-        def recovered() -> bool:
-            return pid_of(settings, process) != old_pid and source_answers(settings)
-    else:
-
-        def recovered() -> bool:
-            state = supervisor_state(settings).get(process, {})
-            return state.get("restarts", 0) > before and state.get("state") == "up"
-
-    if sig == signal.SIGSTOP and hold_s:
-        # Frozen for hold_s unless the supervisor finds it hung first (it kills it; SIGCONT then finds nothing).
-        wait_until(recovered, hold_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(old_pid, signal.SIGCONT)
-    waited = wait_until(recovered, recover_timeout_s)
-    result.recover_s = round(time.monotonic() - began, 1) if waited is not None else None
-    result.detail["restarts_before"] = before
-    result.detail["state_after"] = supervisor_state(settings).get(process, {})
-    return result
+        return pid_of(settings, process) != old_pid and source_answers(settings)
+    state = supervisor_state(settings).get(process, {})
+    return state.get("restarts", 0) > restarts_before and state.get("state") == "up"
 
 
 def start_up(settings: Settings, log_path: Path) -> subprocess.Popen:
@@ -252,21 +256,25 @@ def run(
         result["up_s"] = round(up_s, 1)
         progress(f"up in {up_s:.0f} s")
         time.sleep(settle_s)
-        plan = [(p, signal.SIGKILL) for p in kills] + ([(stop_process, signal.SIGSTOP)] if stop_process else [])
-        for process, sig in plan:
-            one = fault(settings, process, sig, stop_seconds, recover_timeout_s)
-            faults.append(one)
-            progress(f"{sig.name} {process}: back after {one.recover_s} s")
+        plan = [(p.split("+"), signal.SIGKILL) for p in kills]
+        plan += [([stop_process], signal.SIGSTOP)] if stop_process else []
+        for processes, sig in plan:
+            group = fault(settings, processes, sig, stop_seconds, recover_timeout_s)
+            faults += group
+            progress(f"{sig.name} {'+'.join(processes)}: back after {[one.recover_s for one in group]} s")
             read_new_records(settings, known)  # what the broker holds now must get through every layer
             caught = wait_until(lambda: reconcile(settings, known, refresh=False).complete, recover_timeout_s, 2)
             now = reconcile(settings, known, refresh=False)
-            one.caught_up_s = round(caught + (one.recover_s or 0), 1) if caught is not None else None
-            one.lost = now.events_lost
-            one.duplicates = now.bronze_duplicates + now.silver_duplicates + now.index_extra
-            one.detail["reconciliation"] = vars(now)
-            progress(f"  caught up after {one.caught_up_s} s: {vars(now)}")
-            one.flowing_s = flowing_again(settings, one.at, recover_timeout_s)
-            progress(f"  an event ingested after the fault was searchable {one.flowing_s} s after it")
+            flowing = flowing_again(settings, group[0].at, recover_timeout_s)
+            slowest = max(one.recover_s or 0 for one in group)
+            for one in group:
+                one.caught_up_s = round(caught + slowest, 1) if caught is not None else None
+                one.lost = now.events_lost
+                one.duplicates = now.bronze_duplicates + now.silver_duplicates + now.index_extra
+                one.detail["reconciliation"] = vars(now)
+                one.flowing_s = flowing
+            progress(f"  caught up after {group[0].caught_up_s} s: {vars(now)}")
+            progress(f"  an event ingested after the fault was searchable {flowing} s after it")
             time.sleep(settle_s)
         # The feed's end: every event of the replay sent, acknowledged, and through every layer.
         expected = {

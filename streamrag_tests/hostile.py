@@ -92,7 +92,7 @@ ANY_JSON = st.recursive(
     lambda children: st.one_of(
         st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=4)
     ),
-    max_leaves=12,
+    max_leaves=6,
 )
 
 

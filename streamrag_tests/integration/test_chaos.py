@@ -23,7 +23,9 @@ def test_every_process_killed_in_turn_recovers_and_nothing_is_lost_or_doubled() 
     home.chmod(0o755)
     settings = chaos_settings(home / ".streamrag", EVENTS, 50.0)
     try:
-        result = run(settings, EVENTS, stop_process="api", stop_seconds=45, recover_timeout_s=120, settle_s=3)
+        # The data path one process at a time; what only serves and orchestrates at once (CI time).
+        kills = (*KILL_ORDER[:6], "+".join(KILL_ORDER[6:]))
+        result = run(settings, EVENTS, kills, stop_process="api", stop_seconds=45, recover_timeout_s=120, settle_s=2)
         report = table(result) + "\n" + json.dumps(result.get("final"), default=str)
         print(report)
         assert [f["process"] for f in result["faults"]] == [*KILL_ORDER, "api"]
@@ -32,6 +34,7 @@ def test_every_process_killed_in_turn_recovers_and_nothing_is_lost_or_doubled() 
             limit = 60 if one["signal"] == "SIGKILL" else 30 + 60
             assert one["recover_s"] is not None and one["recover_s"] <= limit, report
             assert one["lost"] == 0 and one["duplicates"] == 0, report
+            assert one["flowing_s"] is not None, f"no new event became searchable after {one['process']}\n{report}"
         final = result["final"]
         assert final["replay_events_missing_from_silver"] == 0, report
         assert final["bronze_missing"] == final["bronze_duplicates"] == 0, report

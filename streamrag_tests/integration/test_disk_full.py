@@ -92,7 +92,7 @@ def test_a_full_disk_stops_writes_with_a_clear_error_and_everything_resumes_when
                 "topic": f"raw-{suffix}",
                 "postgres_db": f"app_{suffix}",
                 "ingest_source": "replay",
-                "ingest_rate": 25.0,
+                "ingest_rate": 50.0,
                 "ingest_count": EVENTS,
                 "replay_port": free_port(),
                 "ingest_metrics_port": free_port(),
@@ -114,7 +114,7 @@ def test_a_full_disk_stops_writes_with_a_clear_error_and_everything_resumes_when
         try:
             _wait(lambda: len(indexed_doc_ids(settings)) >= 50, "nothing was indexed before the disk filled", 240)
             fill(filler)
-            time.sleep(45)  # events keep arriving at the broker; nothing on the full disk can be written
+            time.sleep(20)  # events keep arriving at the broker; nothing on the full disk can be written
             report = run_cli("status", settings=settings, timeout=60)
             assert "is full" in report.stdout, report.stdout
             assert any("is full" in r.getMessage() for r in caplog.records), "the supervisor says why its services fail"

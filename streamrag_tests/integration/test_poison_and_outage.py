@@ -170,7 +170,7 @@ def test_postgres_down_pauses_only_the_index_which_catches_up_with_no_gap(poison
         assert gold_during > before
         assert stream.poll() is None, "the stream kept running"
         assert "indexing pauses" in _log(platform)
-        time.sleep(10)  # down for a while longer: the index's probes find it still down
+        time.sleep(5)  # down for a while longer: the index's probes find it still down
         assert stream.poll() is None
     finally:
         producer.close()
