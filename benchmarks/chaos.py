@@ -86,19 +86,20 @@ def reconcile(settings: Settings, known: dict[tuple[int, int], str | None], refr
     parsed once); without it the same records are checked again, a fixed target while events keep arriving."""
     if refresh:
         read_new_records(settings, known)
-    delta = DeltaTables(settings.state_dir / "delta")
-    bronze = delta.read("bronze", ["partition", "offset"])
-    positions = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist(), strict=True))
-    silver_ids = delta.read("silver", ["event_id"])["event_id"].to_pylist()
-    gold = delta.read("gold", ["doc_id", "op", "partition", "offset"]).to_pylist()
-    gold_ids = {d["doc_id"] for d in gold if d["op"] != "delete"}
-    due = {d["doc_id"] for d in gold if d["op"] != "delete" and (d["partition"], d["offset"]) in known}
+    # Downstream first: a document indexed after Gold was read would otherwise look like one with no Gold row.
     engine = create_engine(settings.app_database_url)
     try:
         with engine.connect() as conn:
             indexed = set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
     finally:
         engine.dispose()
+    delta = DeltaTables(settings.state_dir / "delta")
+    gold = delta.read("gold", ["doc_id", "op", "partition", "offset"]).to_pylist()
+    silver_ids = delta.read("silver", ["event_id"])["event_id"].to_pylist()
+    bronze = delta.read("bronze", ["partition", "offset"])
+    positions = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist(), strict=True))
+    gold_ids = {d["doc_id"] for d in gold if d["op"] != "delete"}
+    due = {d["doc_id"] for d in gold if d["op"] != "delete" and (d["partition"], d["offset"]) in known}
     expected_events = {event_id for event_id in known.values() if event_id is not None}
     return Reconciliation(
         topic_records=len(known),
