@@ -38,7 +38,7 @@ test-fast: install
 
 # The refine step against 100,000 hostile events (CI runs 10,000); STREAMRAG_FUZZ_EXAMPLES sets another number.
 fuzz: install
-	STREAMRAG_FUZZ_EXAMPLES=$${STREAMRAG_FUZZ_EXAMPLES:-100000} $(BIN)/pytest -q streamrag_tests/unit/test_fuzz_refine.py
+	STREAMRAG_FUZZ_EXAMPLES=$${STREAMRAG_FUZZ_EXAMPLES:-100000} $(BIN)/pytest -q --timeout=0 streamrag_tests/unit/test_fuzz_refine.py
 
 # Benchmarks (not tests): figures go to benchmarks/RESULTS.md.
 bench-api: install
