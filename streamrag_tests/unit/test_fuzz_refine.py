@@ -45,12 +45,34 @@ def _bronze(values: list[str], first_offset: int) -> pa.Table:
 
 
 class Collected:
-    """Every layer the examples produced, written to Delta once at the end (one write per table, not per example)."""
+    """The layers the examples produce, written to real Delta tables through the stream's own writer every
+    ``flush_every`` examples (one write per table, not per example; memory stays bounded at 100,000 examples)."""
 
-    def __init__(self) -> None:
-        self.layers: dict[str, list[pa.Table]] = {layer: [] for layer in LAYERS}
+    def __init__(self, root: Path, flush_every: int = 2_000) -> None:
+        self.delta = DeltaTables(root)
+        self.flush_every = flush_every
+        self.pending: dict[str, list[pa.Table]] = {layer: [] for layer in LAYERS}
+        self.written = dict.fromkeys(LAYERS, 0)
+        self.examples = 0
+        self.writes = 0
         self.offset = 0
         self.reasons: dict[str, int] = {}
+
+    def add(self, layers) -> None:
+        for layer in LAYERS:
+            self.pending[layer].append(getattr(layers, layer))
+        self.examples += 1
+        if self.examples % self.flush_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        self.writes += 1
+        for layer in LAYERS:
+            if self.pending[layer]:
+                table = pa.concat_tables(self.pending[layer])
+                self.delta.write_once(layer, table, f"fuzz-{layer}", self.writes)
+                self.written[layer] += len(table)
+            self.pending[layer] = []
 
 
 def check_batch(values: list[str], collected: Collected) -> None:
@@ -84,33 +106,32 @@ def check_batch(values: list[str], collected: Collected) -> None:
         assert pc.min(pc.year(layers.silver["event_time"])).as_py() >= 2001
         for column in ("title", "wiki", "user", "comment"):
             assert not pc.any(pc.match_substring(layers.silver[column], "\x00")).as_py()
-    for layer in LAYERS:
-        collected.layers[layer].append(getattr(layers, layer))
+    collected.add(layers)
 
 
 def test_hostile_events_never_escape_and_every_record_lands_once() -> None:
-    collected = Collected()
-
-    @seed(20261203)
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-    )
-    @given(hostile_batches())
-    def examples(values: list[str]) -> None:
-        check_batch(values, collected)
-
-    examples()
-    # The examples reached the interesting outcomes, not only one of them.
-    assert sum(len(t) for t in collected.layers["silver"]) > EXAMPLES // 20
-    assert sum(len(t) for t in collected.layers["gold"]) > 0
-    assert {"invalid_json", "wrong_type", "out_of_range", "invalid_time"} <= set(collected.reasons), collected.reasons
-    # And all of it fits the Delta tables, through the stream's own writer.
     with tempfile.TemporaryDirectory() as root:
-        delta = DeltaTables(Path(root))
+        collected = Collected(Path(root))
+
+        @seed(20261203)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+        )
+        @given(hostile_batches())
+        def examples(values: list[str]) -> None:
+            check_batch(values, collected)
+
+        examples()
+        collected.flush()
+        # The examples reached the interesting outcomes, not only one of them.
+        assert collected.written["silver"] > collected.examples // 20
+        assert collected.written["gold"] > 0
+        assert {"invalid_json", "wrong_type", "out_of_range", "invalid_time"} <= set(collected.reasons), (
+            collected.reasons
+        )
+        # And all of it is in the Delta tables, through the stream's own writer.
         for layer in LAYERS:
-            table = pa.concat_tables(collected.layers[layer])
-            delta.write_once(layer, table, f"fuzz-{layer}", 1)
-            assert len(delta.read(layer)) == len(table)
+            assert len(collected.delta.read(layer)) == collected.written[layer], layer
