@@ -51,10 +51,10 @@ from sqlalchemy import select, text
 from streamrag_api.keyword import KeywordIndex
 from streamrag_api.schemas import SearchRequest
 from streamrag_api.search import Searcher, Timings, query_terms, search_engine
+from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.documents.models import Document
+from streamrag_assets.documents.store import DOCUMENT_FIELDS, DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.index.migrate import upgrade
-from streamrag_assets.index.models import Document
-from streamrag_assets.index.store import DOCUMENT_FIELDS, DocumentIndex
 from streamrag_assets.services.api import api_process
 from streamrag_tests.conftest import EmbeddedStack, gold_documents, isolated_settings
 

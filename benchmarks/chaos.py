@@ -31,8 +31,8 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming import kafka_offsets
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
 from streamrag_tests.conftest import isolated_settings

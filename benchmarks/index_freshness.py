@@ -33,9 +33,9 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
+from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.index.migrate import upgrade
-from streamrag_assets.index.store import DocumentIndex
 from streamrag_assets.services.ingest import ingest_process
 from streamrag_assets.services.postgres import admin_connect
 from streamrag_assets.services.stream import stream_process

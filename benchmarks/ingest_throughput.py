@@ -19,8 +19,8 @@ from pathlib import Path
 import psutil
 
 from streamrag_assets.ingest.sse_server import STREAM_PATH
+from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.services.sse_source import sse_source_process
-from streamrag_assets.streaming import kafka_offsets
 from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, EmbeddedStack, _clean_env, isolated_settings
 
 

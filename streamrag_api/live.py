@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 
 from streamrag_api.schemas import Document
 from streamrag_api.search import DOCUMENT_COLUMNS, NOT_A_PROBE, document_from_row
-from streamrag_assets.index.store import NOTIFY_CHANNEL
+from streamrag_assets.documents.store import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -301,7 +301,7 @@ def stream_command(
 ) -> None:
     """Run the Spark query raw topic -> Bronze -> Silver (+ quarantine) -> Gold -> pgvector; resumes from its
     checkpoint. The continuous query reports what it writes to Dagster as asset materializations."""
-    from streamrag_assets.index.heartbeat import STREAM, HeartbeatThread
+    from streamrag_assets.documents.heartbeat import STREAM, HeartbeatThread
     from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock, start_query
     from streamrag_assets.streaming.status import StreamStatus
 
@@ -460,9 +460,9 @@ def index_command(
     Safe next to the running stream and safe to repeat: a document is embedded again only when its text or the model
     changed.
     """
+    from streamrag_assets.documents.store import DocumentIndex
     from streamrag_assets.index import backfill
     from streamrag_assets.index.embedder import get_embedder
-    from streamrag_assets.index.store import DocumentIndex
     from streamrag_assets.streaming.delta import DeltaTables
 
     settings = _settings()
@@ -492,7 +492,7 @@ def prune_command(
     older_than_days: float = typer.Option(None, help="Default: STREAMRAG_RETENTION_DAYS (7)."),
 ) -> None:
     """Delete documents whose event time is older than the retention window."""
-    from streamrag_assets.index.retention import prune
+    from streamrag_assets.documents.retention import prune
 
     settings = _settings()
     removed = prune(settings.app_database_url, older_than_days or settings.retention_days)

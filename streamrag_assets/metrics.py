@@ -77,7 +77,7 @@ STREAM_ERRORS = Counter("streamrag_stream_errors", "Failed micro-batches by stag
 
 
 class OffsetGapCounters(Collector):
-    """Gaps in the topic's offsets, counted from the gap ledger (streaming/offset_gaps.py): the topic is read in
+    """Gaps in the topic's offsets, counted from the gap ledger (kafka/gaps.py): the topic is read in
     Spark's Python workers, whose own counters no one scrapes. The ledger is durable, so these never restart at 0."""
 
     def __init__(self, totals: Callable[[], Mapping[str, tuple[int, int]]], lost_reasons: tuple[str, ...]) -> None:

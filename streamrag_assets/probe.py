@@ -16,6 +16,7 @@ import httpx
 from kafka import KafkaProducer
 
 from streamrag_assets.ingest.events import event_key, try_parse
+from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.metrics import (
     CANARY_LAST_FOUND,
     CANARY_LAST_SEARCHABLE,
@@ -24,7 +25,6 @@ from streamrag_assets.metrics import (
     TOPIC_HEAD_OFFSET,
 )
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming import kafka_offsets
 from streamrag_assets.streaming.refine import PROBE_WIKI
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import pyarrow.dataset as ds
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from streamrag_assets.index.models import DeadLetter
-from streamrag_assets.index.store import DocumentIndex, IndexResult
+from streamrag_assets.documents.models import DeadLetter
+from streamrag_assets.documents.store import DocumentIndex, IndexResult
 from streamrag_assets.streaming.delta import DeltaTables
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from kafka import KafkaProducer, TopicPartition
 from kafka import errors as kafka_errors
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from streamrag_assets.ingest.events import event_key, event_time, try_parse
 from streamrag_assets.ingest.position import AckTracker, Position
 from streamrag_assets.ingest.sse_client import SourceEvent
+from streamrag_assets.kafka import offsets as kafka_offsets
+from streamrag_assets.kafka.admin import ensure_topic
 from streamrag_assets.metrics import (
     INGEST_EVENTS_FAILED,
     INGEST_EVENTS_PRODUCED,
@@ -33,7 +34,6 @@ from streamrag_assets.metrics import (
     INGEST_UNCONFIRMED_ACKS,
 )
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming import kafka_offsets
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +49,6 @@ RECORD_ERRORS = (
     kafka_errors.CorruptRecordError,
     kafka_errors.InvalidRecordError,
 )
-
-
-def ensure_topic(settings: Settings, timeout_s: float = 60.0) -> None:
-    """Create the raw topic if missing (partitions from settings); an existing topic is left as it is."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
-            break
-        except KafkaError as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Kafka at {settings.bootstrap_servers} is not reachable: {exc}") from exc
-            time.sleep(1)
-    try:
-        if settings.topic not in admin.list_topics():
-            admin.create_topics([NewTopic(settings.topic, settings.topic_partitions, 1)])
-            log.info("created topic %s with %d partitions", settings.topic, settings.topic_partitions)
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
 
 
 class EventProducer:

@@ -142,7 +142,7 @@ def check_external(settings: Settings) -> None:
 
 
 def migrate_documents(settings: Settings) -> None:
-    from streamrag_assets.index.migrate import upgrade
+    from streamrag_assets.documents.migrate import upgrade
 
     try:
         upgrade(settings.app_database_url)

@@ -23,7 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamrag_assets.index.store import database_unavailable
+from streamrag_assets.documents.store import database_unavailable
+from streamrag_assets.kafka.gaps import ledger_dir
 from streamrag_assets.metrics import (
     INDEX_PAUSED,
     STREAM_BATCH_DURATION,
@@ -38,7 +39,6 @@ from streamrag_assets.metrics import (
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.dedupe import SeenEvents
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
-from streamrag_assets.streaming.offset_gaps import ledger_dir
 from streamrag_assets.streaming.transforms import (
     Layers,
     bronze_rows,
@@ -326,8 +326,8 @@ class MedallionBatch:
         self.worker: IndexWorker | None = None
         self.progress_name = f"medallion:{settings.topic}"
         if settings.index_enabled:
+            from streamrag_assets.documents.store import DocumentIndex
             from streamrag_assets.index.embedder import get_embedder
-            from streamrag_assets.index.store import DocumentIndex
 
             # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.
             threads = settings.stream_embedding_threads if asynchronous else None
@@ -354,7 +354,7 @@ class MedallionBatch:
     def recover(self, upto: int | None) -> int:
         """Make the index current up to batch key ``upto`` (None: the checkpoint's last commit): migrate the schema
         (idempotent; the stream may start before `up` migrated) and index the Gold batches beyond the progress."""
-        from streamrag_assets.index.migrate import upgrade
+        from streamrag_assets.documents.migrate import upgrade
 
         upgrade(self.settings.app_database_url)
         return self.catch_up(upto)
@@ -553,7 +553,7 @@ _LISTENING: set[int] = set()
 def _warm_python_worker(spark) -> None:
     """Start Spark's Python worker (reused by the topic's reader) before the query does: the first micro-batch with
     events otherwise paid for it and for its imports (3-5 s here), and began the stream with a backlog."""
-    from streamrag_assets.streaming.kafka_source import pass_through
+    from streamrag_assets.kafka.spark_source import pass_through
 
     began = time.perf_counter()
     spark.range(1).mapInArrow(pass_through, "id long").collect()  # the worker imports the reader's module
@@ -572,7 +572,7 @@ def start_query(
     from streamrag_assets.streaming.spark import get_spark
 
     if not available_now:  # started before any producer, the query waits for events instead of failing
-        from streamrag_assets.ingest.producer import ensure_topic
+        from streamrag_assets.kafka.admin import ensure_topic
 
         ensure_topic(settings)
     epoch = current_epoch(settings) if epoch is None else epoch

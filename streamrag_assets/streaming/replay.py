@@ -13,8 +13,8 @@ import logging
 import time
 from datetime import UTC, datetime
 
+from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming import kafka_offsets
 from streamrag_assets.streaming.pipeline import APP_ID, checkpoint_root, current_epoch, record_counts, tables
 from streamrag_assets.streaming.transforms import refine, split_layers
 

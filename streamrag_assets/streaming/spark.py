@@ -7,8 +7,8 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from streamrag_assets.kafka.spark_source import KafkaDataSource
 from streamrag_assets.settings import Settings, get_settings
-from streamrag_assets.streaming.kafka_source import KafkaDataSource
 
 QUIET_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"
 

@@ -8,9 +8,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.metrics import STREAM_CONSUMER_LAG
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming import kafka_offsets
 from streamrag_assets.streaming.pipeline import BatchResult, committed_offsets
 
 

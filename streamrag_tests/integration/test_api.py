@@ -487,8 +487,8 @@ def test_health_reports_a_stream_that_is_alive_but_stuck(stack) -> None:
     from sqlalchemy import create_engine
 
     from streamrag_api.main import _check_stream
-    from streamrag_assets.index.heartbeat import STREAM, beat
-    from streamrag_assets.index.migrate import upgrade
+    from streamrag_assets.documents.heartbeat import STREAM, beat
+    from streamrag_assets.documents.migrate import upgrade
     from streamrag_tests.conftest import fresh_database
 
     url = fresh_database(stack, "health")

@@ -10,7 +10,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from streamrag_assets.streaming import kafka_offsets, kafka_source
+from streamrag_assets.kafka import offsets as kafka_offsets
+from streamrag_assets.kafka import spark_source
 
 pytestmark = pytest.mark.integration
 
@@ -112,11 +113,11 @@ def test_a_range_ending_in_offsets_without_records_is_read_to_its_end(stack) -> 
         head = kafka_offsets.high_watermarks(consumer, [tp])[0]
         assert head > 5, f"the commit marker takes an offset (head {head})"
         started = time.monotonic()
-        rows = list(kafka_source.read_ranges(consumer, [kafka_source.KafkaRange(bootstrap, topic, 0, 0, head)]))
+        rows = list(spark_source.read_ranges(consumer, [spark_source.KafkaRange(bootstrap, topic, 0, 0, head)]))
     finally:
         consumer.close()
     assert [row[5] for row in rows] == [str(i).encode() for i in range(5)]
-    assert time.monotonic() - started < kafka_source.GAP_IDLE_S + 10
+    assert time.monotonic() - started < spark_source.GAP_IDLE_S + 10
 
 
 def test_heads_read_by_a_long_lived_consumer_include_the_record_just_acknowledged(stack) -> None:
@@ -150,8 +151,8 @@ def test_a_micro_batch_carries_the_records_its_heads_fetch_returned(stack) -> No
     bootstrap = stack.settings.bootstrap_servers
     topic = _new_topic(bootstrap, "held", partitions=3)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    reader = kafka_source.KafkaStreamReader(
-        kafka_source._KafkaOptions({"bootstrap_servers": bootstrap, "topic": topic})
+    reader = spark_source.KafkaStreamReader(
+        spark_source._KafkaOptions({"bootstrap_servers": bootstrap, "topic": topic})
     )
     consumer = kafka_offsets.make_consumer(bootstrap)
     try:
@@ -165,13 +166,13 @@ def test_a_micro_batch_carries_the_records_its_heads_fetch_returned(stack) -> No
             splits = reader.partitions(start, end)
             ranges = [r for split in splits for r in split.ranges]
             assert ranges and all(r.rows is not None for r in ranges), "every range of a small batch is carried"
-            carried = [row for split in splits for row in kafka_source.read_split(split)]
-            fetched = list(kafka_source.read_ranges(consumer, [replace(r, rows=None) for r in ranges]))
+            carried = [row for split in splits for row in spark_source.read_split(split)]
+            fetched = list(spark_source.read_ranges(consumer, [replace(r, rows=None) for r in ranges]))
             assert sorted(carried, key=lambda r: (r[1], r[2])) == sorted(fetched, key=lambda r: (r[1], r[2]))
             assert sorted(row[5] for row in carried) == sorted(f"{round_}:{i}".encode() for i in range(30))
             start = end
         # a range whose records the heads' fetches did not all return is fetched by its task
-        assert kafka_source.prefetched({5: ("row",)}, 5, 7) is None
+        assert spark_source.prefetched({5: ("row",)}, 5, 7) is None
     finally:
         reader.stop()
         consumer.close()

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import text
 
+from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.index.migrate import upgrade
-from streamrag_assets.index.store import DocumentIndex
 from streamrag_assets.ingest.sources import replay_event
 from streamrag_assets.streaming.refine import document, parse_event
 from streamrag_tests.conftest import fresh_database

@@ -18,9 +18,9 @@ from streamrag_assets.ingest.producer import EventProducer
 from streamrag_assets.ingest.sources import synthetic_event
 from streamrag_assets.ingest.sse_client import SourceEvent
 from streamrag_assets.ingest.sse_server import STREAM_PATH
+from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.services.process import ManagedProcess
 from streamrag_assets.services.sse_source import sse_source_process
-from streamrag_assets.streaming import kafka_offsets
 from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port
 
 pytestmark = pytest.mark.integration

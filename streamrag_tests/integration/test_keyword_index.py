@@ -14,10 +14,10 @@ from sqlalchemy import text
 from streamrag_api.keyword import KeywordIndex
 from streamrag_api.schemas import Filters, SearchRequest
 from streamrag_api.search import Searcher, search_engine
+from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.documents.retention import prune
+from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.index.migrate import upgrade
-from streamrag_assets.index.retention import prune
-from streamrag_assets.index.store import DocumentIndex
 from streamrag_assets.ingest.sources import replay_event
 from streamrag_assets.streaming.refine import PROBE_WIKI, document, parse_event
 from streamrag_tests.conftest import fresh_database

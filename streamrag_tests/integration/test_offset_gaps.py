@@ -20,9 +20,9 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from streamrag_assets.defs.pipeline.checks import bronze_offsets_result
-from streamrag_assets.streaming import kafka_offsets
+from streamrag_assets.kafka import offsets as kafka_offsets
+from streamrag_assets.kafka.gaps import NO_RECORDS, SKIPPED, GapLedger, OffsetGap
 from streamrag_assets.streaming.delta import DeltaTables
-from streamrag_assets.streaming.offset_gaps import NO_RECORDS, SKIPPED, GapLedger, OffsetGap
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
 
 pytestmark = pytest.mark.integration

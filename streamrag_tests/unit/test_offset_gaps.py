@@ -8,15 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 from prometheus_client import CollectorRegistry, generate_latest
 
-from streamrag_assets.metrics import OffsetGapCounters
-from streamrag_assets.streaming.kafka_offsets import (
-    FETCH_AGAIN,
-    WAIT_FOR_BROKER,
-    WAIT_FOR_HEAD,
-    PartitionView,
-    silence_verdict,
-)
-from streamrag_assets.streaming.offset_gaps import (
+from streamrag_assets.kafka.gaps import (
     LOST_REASONS,
     NO_RECORDS,
     RETENTION,
@@ -26,6 +18,14 @@ from streamrag_assets.streaming.offset_gaps import (
     offset_holes,
     subtract,
 )
+from streamrag_assets.kafka.offsets import (
+    FETCH_AGAIN,
+    WAIT_FOR_BROKER,
+    WAIT_FOR_HEAD,
+    PartitionView,
+    silence_verdict,
+)
+from streamrag_assets.metrics import OffsetGapCounters
 
 
 def test_a_quiet_range_is_a_gap_only_below_the_head_of_a_broker_that_answers() -> None:

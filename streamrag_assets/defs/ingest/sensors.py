@@ -12,8 +12,8 @@ from typing import Any
 import dagster as dg
 
 from streamrag_assets.defs.keys import TOPIC
+from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import get_settings
-from streamrag_assets.streaming import kafka_offsets
 
 POLL_TIMEOUT_S = 5.0
 

@@ -69,9 +69,9 @@ class ReembedConfig(dg.Config):
 
 @dg.op(description="(Re)embed the Gold documents of a time range into pgvector (e.g. after a model change).")
 def reembed_op(context: dg.OpExecutionContext, config: ReembedConfig) -> dict:
+    from streamrag_assets.documents.store import DocumentIndex
     from streamrag_assets.index import backfill
     from streamrag_assets.index.embedder import get_embedder
-    from streamrag_assets.index.store import DocumentIndex
     from streamrag_assets.streaming.delta import DeltaTables
 
     settings = get_settings()

@@ -218,10 +218,10 @@ def hourly_reconcile(context: dg.AssetExecutionContext):
     should have produced (re-derived from Bronze), pgvector gets every Gold document of those hours it lacks or
     holds stale (embedding only what changed), dead letters are tried again and documents past retention pruned.
     Runs of any range: the trailing-window schedule, a backfill from the UI or `dagster job backfill`."""
+    from streamrag_assets.documents.retention import prune
+    from streamrag_assets.documents.store import DocumentIndex
     from streamrag_assets.index import backfill
     from streamrag_assets.index.embedder import get_embedder
-    from streamrag_assets.index.retention import prune
-    from streamrag_assets.index.store import DocumentIndex
     from streamrag_assets.streaming.gold_gaps import fill_gold_gaps
     from streamrag_assets.streaming.pipeline import tables
 

@@ -20,7 +20,7 @@ def _tables():
     "ledger explains the hole (transaction markers, batches a crashed broker never wrote, records lost to retention).",
 )
 def bronze_offsets_contiguous() -> dg.AssetCheckResult:
-    from streamrag_assets.streaming.offset_gaps import GapLedger, ledger_dir
+    from streamrag_assets.kafka.gaps import GapLedger, ledger_dir
 
     settings = get_settings()
     bronze = _tables().read("bronze", columns=["topic", "partition", "offset"])
@@ -31,7 +31,7 @@ def bronze_offsets_contiguous() -> dg.AssetCheckResult:
 def bronze_offsets_result(bronze, topic: str, beginning: dict[int, int] | None, ledger) -> dg.AssetCheckResult:
     """The check's verdict on Bronze's ``topic``/``partition``/``offset`` columns (``beginning`` None: the broker did
     not answer, and partitions are taken to begin at 0, which can only report more holes, never fewer)."""
-    from streamrag_assets.streaming.offset_gaps import unexplained_holes
+    from streamrag_assets.kafka.gaps import unexplained_holes
 
     gaps = ledger.gaps(topic)
     holes = unexplained_holes(bronze, topic, beginning or {}, gaps)
@@ -56,7 +56,7 @@ def bronze_offsets_result(bronze, topic: str, beginning: dict[int, int] | None, 
 def _beginning_offsets(bootstrap_servers: str, topic: str) -> dict[int, int] | None:
     from kafka.errors import KafkaError
 
-    from streamrag_assets.streaming import kafka_offsets
+    from streamrag_assets.kafka import offsets as kafka_offsets
 
     try:
         consumer = kafka_offsets.make_consumer(bootstrap_servers, request_timeout_ms=5000, bootstrap_timeout_ms=5000)

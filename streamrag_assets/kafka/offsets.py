@@ -15,7 +15,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 
-from streamrag_assets.streaming.offset_gaps import NO_RECORDS, RETENTION, SKIPPED, GapLedger, OffsetGap, declare
+from streamrag_assets.kafka.gaps import NO_RECORDS, RETENTION, SKIPPED, GapLedger, OffsetGap, declare
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def read_ranges(
     """The records of every partition's ``[start, end)``, fetched together (one fetch request serves them all, so
     reading six partitions costs about what reading one does), in offset order within each partition.
 
-    A range ends at ``end``, never earlier: offsets that yield no record are classified (see `offset_gaps`), logged
+    A range ends at ``end``, never earlier: offsets that yield no record are classified (see `gaps`), logged
     with their exact bounds and put in ``ledger``:
 
     - a fetch steps over offsets without records in the middle (the broker answers past them: transaction markers,

@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from streamrag_assets.index.models import Heartbeat
+from streamrag_assets.documents.models import Heartbeat
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import cast
 
 from sqlalchemy import CursorResult, create_engine, delete
 
-from streamrag_assets.index.models import Document, DocumentRemoval
+from streamrag_assets.documents.models import Document, DocumentRemoval
 
 REMOVALS_KEPT = timedelta(days=1)
 

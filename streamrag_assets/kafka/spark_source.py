@@ -27,9 +27,9 @@ from pyspark.sql.streaming.datasource import (
 )
 from pyspark.sql.types import StructType
 
+from streamrag_assets.kafka import offsets as kafka_offsets
+from streamrag_assets.kafka.gaps import LOST_REASONS, GapLedger, ledger_dir
 from streamrag_assets.metrics import expose_offset_gaps
-from streamrag_assets.streaming import kafka_offsets
-from streamrag_assets.streaming.offset_gaps import LOST_REASONS, GapLedger, ledger_dir
 
 SOURCE_NAME = "streamrag_kafka"
 KAFKA_SCHEMA = (
@@ -43,7 +43,7 @@ SINGLE_TASK_RECORDS = 2_000  # micro-batches up to this size are read by one tas
 # being fetched again (on Tansu 0.6 with S3 storage each fetch lists every object of the partition).
 PREFETCHED_RECORDS = 2_000
 # A partition that answers no records for this long below its high watermark is looked at as a possible gap (see
-# `kafka_offsets.read_ranges`); the margin is wide because skipping records that are merely slow to arrive would lose
+# `offsets.read_ranges`); the margin is wide because skipping records that are merely slow to arrive would lose
 # them.
 GAP_IDLE_S = 20.0
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from streamrag_assets.index.models import Base
+from streamrag_assets.documents.models import Base
 
 # Any process may migrate on start (`up`, the stream, the API): one at a time, the others then find nothing to do.
 MIGRATION_LOCK = 7_301_940_562
