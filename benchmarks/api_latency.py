@@ -55,8 +55,8 @@ from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.models import Document
 from streamrag_assets.documents.store import DOCUMENT_FIELDS, DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.services.api import api_process
-from streamrag_tests.conftest import EmbeddedStack, gold_documents, isolated_settings
+from streamrag_assets.runtime.api import api_process
+from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings
 
 TARGETS_MS = {"search_p95": 50, "search_p99": 100, "answer_p95": 100}
 

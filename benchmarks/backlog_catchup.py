@@ -21,10 +21,10 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from streamrag_assets.kafka import offsets as kafka_offsets
-from streamrag_assets.services.ingest import ingest_process
-from streamrag_assets.services.stream import stream_process
-from streamrag_assets.services.supervisor import migrate_documents
-from streamrag_tests.conftest import EmbeddedStack, isolated_settings, running
+from streamrag_assets.runtime.ingest import ingest_process
+from streamrag_assets.runtime.stream import stream_process
+from streamrag_assets.runtime.supervisor import migrate_documents
+from streamrag_tests.harness import EmbeddedStack, isolated_settings, running
 
 QUIET_S = 20.0
 

@@ -35,7 +35,7 @@ from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
-from streamrag_tests.conftest import isolated_settings
+from streamrag_tests.harness import isolated_settings
 
 # The order of the faults: the source first, then each stage downstream, then what serves and orchestrates.
 # "a+b" kills a and b at once (each one's recovery is still timed on its own).

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from streamrag_assets.streaming.delta import DeltaTables
-from streamrag_tests.unit.test_dedupe import TODAY, silver
+from streamrag_tests.harness import TODAY, silver_rows
 
 
 def cpu_seconds() -> float:
@@ -36,7 +36,7 @@ def run(appends: int, rows: int, every: int, window: int, retention_minutes: int
     maintenance: list[float] = []
     windows = []
     for batch in range(1, appends + 1):
-        data = silver([f"e{batch}-{i}" for i in range(rows)], TODAY, batch)
+        data = silver_rows([f"e{batch}-{i}" for i in range(rows)], TODAY, batch)
         began, cpu = time.perf_counter(), cpu_seconds()
         delta.write_once("silver", data, "bench-silver", batch)
         delta.version("silver")

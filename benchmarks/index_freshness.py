@@ -36,12 +36,12 @@ from sqlalchemy import create_engine, text
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.services.ingest import ingest_process
-from streamrag_assets.services.postgres import admin_connect
-from streamrag_assets.services.stream import stream_process
-from streamrag_assets.services.supervisor import migrate_documents
+from streamrag_assets.runtime.ingest import ingest_process
+from streamrag_assets.runtime.postgres import admin_connect
+from streamrag_assets.runtime.stream import stream_process
+from streamrag_assets.runtime.supervisor import migrate_documents
 from streamrag_assets.streaming.pipeline import tables
-from streamrag_tests.conftest import EmbeddedStack, gold_documents, isolated_settings, running, stream_triggers
+from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings, running, stream_triggers
 
 
 def throughput(settings, count: int, stage_batch: int, texts: str, rounds: int) -> dict:

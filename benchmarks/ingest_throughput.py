@@ -20,8 +20,8 @@ import psutil
 
 from streamrag_assets.ingest.sse_server import STREAM_PATH
 from streamrag_assets.kafka import offsets as kafka_offsets
-from streamrag_assets.services.sse_source import sse_source_process
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, EmbeddedStack, _clean_env, isolated_settings
+from streamrag_assets.runtime.sse_source import sse_source_process
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, EmbeddedStack, clean_env, isolated_settings
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
                 "--url",
                 f"http://127.0.0.1:{settings.replay_port}{STREAM_PATH}",
             ],
-            env={**_clean_env(), **settings.to_env()},
+            env={**clean_env(), **settings.to_env()},
             cwd=PROJECT_ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

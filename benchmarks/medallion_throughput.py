@@ -26,7 +26,7 @@ from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.ingest.sources import synthetic_event
 from streamrag_assets.streaming.pipeline import BatchResult, start_query
 from streamrag_assets.streaming.replay import rebuild_from_bronze
-from streamrag_tests.conftest import EmbeddedStack, isolated_settings
+from streamrag_tests.harness import EmbeddedStack, isolated_settings
 
 
 def fill_topic(settings, events: int) -> None:

@@ -36,7 +36,7 @@ import httpx
 import psutil
 from sqlalchemy import create_engine, text
 
-from streamrag_tests.conftest import isolated_settings
+from streamrag_tests.harness import isolated_settings
 
 READY_LINE = re.compile(r"\[streamrag\] (\S+) ready at .* \(([\d.]+) s\)")
 

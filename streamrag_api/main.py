@@ -58,7 +58,7 @@ from streamrag_assets.documents.heartbeat import STREAM, latest
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.metrics import API_ERRORS, API_REQUEST_DURATION
-from streamrag_assets.services.process import port_is_open
+from streamrag_assets.runtime.process import port_is_open
 from streamrag_assets.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import typer
 
-from streamrag_assets.services.process import ManagedProcess, ServiceError
-from streamrag_assets.services.supervisor import Supervisor, down, running_supervisor, status
+from streamrag_assets.runtime.process import ManagedProcess, ServiceError
+from streamrag_assets.runtime.supervisor import Supervisor, down, running_supervisor, status
 from streamrag_assets.settings import Settings
 
 app = typer.Typer(
@@ -95,7 +95,7 @@ def up(
     typer.echo(f"  state           {settings.state_dir}")
     typer.echo(f"  ingest          {settings.ingest_source} -> {settings.topic}")
     if with_prometheus:
-        from streamrag_assets.services.observability import prometheus_url
+        from streamrag_assets.runtime.observability import prometheus_url
 
         typer.echo(f"  Prometheus      {prometheus_url(settings)}  (alerts: {prometheus_url(settings)}/alerts)")
     typer.echo("Ctrl-C or `streamrag down` stops it.")
@@ -193,7 +193,7 @@ def ingest_command(
 ) -> None:
     """Read the recentchange SSE stream into the Kafka topic; resumes where it stopped."""
     from streamrag_assets.ingest.runner import run_ingest
-    from streamrag_assets.services.sse_source import source_url, sse_source_process
+    from streamrag_assets.runtime.sse_source import source_url, sse_source_process
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     settings = _settings()
@@ -427,7 +427,7 @@ def replay_reprocess(
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply the documents database migrations (Alembic); `up` runs this too."""
-    from streamrag_assets.services.supervisor import migrate_documents
+    from streamrag_assets.runtime.supervisor import migrate_documents
 
     try:
         migrate_documents(_settings())
@@ -514,7 +514,7 @@ def down_command() -> None:
 def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Show each service: state, restarts, address, data size, and for a failing one its last exit and next
     restart. Exit code 0 only when all are up."""
-    from streamrag_assets.services.disk import space_problem
+    from streamrag_assets.runtime.disk import space_problem
 
     settings = _settings()
     rows = status(settings)

@@ -96,7 +96,7 @@ def hourly_materializations(results: list[BatchResult], common: dict[str, Any]) 
 
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     """The platform's Dagster instance (stored in Postgres), from any process."""
-    from streamrag_assets.services.dagster import dagster_env, prepare_dagster_home
+    from streamrag_assets.runtime.dagster import dagster_env, prepare_dagster_home
 
     prepare_dagster_home(settings)
     for name, value in dagster_env(settings).items():

@@ -23,10 +23,10 @@ from kafka import KafkaProducer
 from schemathesis.checks import not_a_server_error
 
 from streamrag_assets.ingest.events import event_key, try_parse
-from streamrag_assets.services.api import api_process
-from streamrag_assets.services.ingest import ingest_process
-from streamrag_assets.services.stream import stream_process
-from streamrag_tests.conftest import free_port, running, separate_platform
+from streamrag_assets.runtime.api import api_process
+from streamrag_assets.runtime.ingest import ingest_process
+from streamrag_assets.runtime.stream import stream_process
+from streamrag_tests.harness import free_port, running, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -489,7 +489,7 @@ def test_health_reports_a_stream_that_is_alive_but_stuck(stack) -> None:
     from streamrag_api.main import _check_stream
     from streamrag_assets.documents.heartbeat import STREAM, beat
     from streamrag_assets.documents.migrate import upgrade
-    from streamrag_tests.conftest import fresh_database
+    from streamrag_tests.harness import fresh_database
 
     url = fresh_database(stack, "health")
     upgrade(url)

@@ -17,8 +17,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
-from streamrag_assets.services.postgres import admin_connect
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, isolated_settings, run_cli
+from streamrag_assets.runtime.postgres import admin_connect
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, isolated_settings, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def _start_up(settings) -> subprocess.Popen:
     proc = subprocess.Popen(
         [str(VENV_BIN / "streamrag"), "up"],
-        env={**_clean_env(), **settings.to_env()},
+        env={**clean_env(), **settings.to_env()},
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -11,8 +11,8 @@ import dagster as dg
 import httpx
 import pytest
 
-from streamrag_assets.services.dagster import dagster_env, dagster_webserver_process, prepare_dagster_home
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, free_port
+from streamrag_assets.runtime.dagster import dagster_env, dagster_webserver_process, prepare_dagster_home
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ from sqlalchemy import create_engine, text
 
 from benchmarks.medallion_throughput import fill_topic
 from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
-from streamrag_assets.services.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
+from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
 from streamrag_assets.streaming.delta import DeltaTables
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port, separate_platform
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, free_port, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def materialized(platform):
     prepare_dagster_home(platform)
     result = subprocess.run(
         [str(VENV_BIN / "dagster"), "job", "execute", "-m", "streamrag_assets.definitions", "-j", "medallion_job"],
-        env={**_clean_env(), **platform.to_env(), **dagster_env(platform)},
+        env={**clean_env(), **platform.to_env(), **dagster_env(platform)},
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -299,7 +299,7 @@ def test_a_backfill_from_the_cli_runs_through_the_daemon_and_restores_lost_docum
             cli = subprocess.run(
                 [str(VENV_BIN / "dagster"), "job", "backfill", "-w", str(PROJECT_ROOT / "workspace.yaml")]
                 + ["-j", "hourly_reconcile_job", "--from", hours[0], "--to", hours[-1], "--noprompt"],
-                env={**_clean_env(), **env.to_env(), **dagster_env(env)},
+                env={**clean_env(), **env.to_env(), **dagster_env(env)},
                 cwd=PROJECT_ROOT,
                 capture_output=True,
                 text=True,
@@ -350,7 +350,7 @@ def test_the_daemon_runs_what_the_sensor_and_the_webserver_launch(materialized, 
     the tables up to the new head; a replay job and a partition backfill launched through the webserver's GraphQL
     (what the UI does) complete, and Gold and pgvector reconcile."""
     from streamrag_assets.defs.ingest.sensors import topic_heads
-    from streamrag_assets.services.dagster import dagster_webserver_process
+    from streamrag_assets.runtime.dagster import dagster_webserver_process
 
     delta = DeltaTables(env.state_dir / "delta")
     hours = sorted(_gold_hours(delta))

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from streamrag_assets.services.ingest import ingest_process
-from streamrag_assets.services.postgres import admin_connect
-from streamrag_assets.services.stream import stream_process
-from streamrag_assets.services.supervisor import Supervisor
+from streamrag_assets.runtime.ingest import ingest_process
+from streamrag_assets.runtime.postgres import admin_connect
+from streamrag_assets.runtime.stream import stream_process
+from streamrag_assets.runtime.supervisor import Supervisor
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
-from streamrag_tests.conftest import free_port, indexed_doc_ids, run_cli
+from streamrag_tests.harness import free_port, indexed_doc_ids, run_cli
 from streamrag_tests.integration.test_ingest import _topic_records
 
 pytestmark = [
@@ -106,7 +106,7 @@ def test_a_full_disk_stops_writes_with_a_clear_error_and_everything_resumes_when
         for proc in services:
             proc.env = {**settings.to_env(), **proc.env}
         supervisor = Supervisor(settings, progress=print, services=services, backoff_base_s=1, backoff_cap_s=5)
-        caplog.set_level(logging.WARNING, logger="streamrag_assets.services.supervisor")
+        caplog.set_level(logging.WARNING, logger="streamrag_assets.runtime.supervisor")
         supervisor.start()
         watcher = threading.Thread(target=supervisor.watch, daemon=True)
         watcher.start()

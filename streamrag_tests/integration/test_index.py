@@ -16,7 +16,7 @@ from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.ingest.sources import replay_event
 from streamrag_assets.streaming.refine import document, parse_event
-from streamrag_tests.conftest import fresh_database
+from streamrag_tests.harness import fresh_database
 
 pytestmark = pytest.mark.integration
 

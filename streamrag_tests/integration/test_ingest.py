@@ -19,9 +19,9 @@ from streamrag_assets.ingest.sources import synthetic_event
 from streamrag_assets.ingest.sse_client import SourceEvent
 from streamrag_assets.ingest.sse_server import STREAM_PATH
 from streamrag_assets.kafka import offsets as kafka_offsets
-from streamrag_assets.services.process import ManagedProcess
-from streamrag_assets.services.sse_source import sse_source_process
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port
+from streamrag_assets.runtime.process import ManagedProcess
+from streamrag_assets.runtime.sse_source import sse_source_process
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def _ingest(settings, source: str) -> subprocess.Popen:
     url = f"http://127.0.0.1:{settings.replay_port}{STREAM_PATH}"
     return subprocess.Popen(
         [str(VENV_BIN / "streamrag"), "ingest", "--source", source, "--url", url],
-        env={**_clean_env(), **settings.to_env()},
+        env={**clean_env(), **settings.to_env()},
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=open(settings.state_dir / "ingest-test.log", "ab"),  # noqa: SIM115

@@ -17,7 +17,7 @@ from kafka import KafkaProducer
 
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, parse_event
-from streamrag_tests.conftest import PROJECT_ROOT, VENV_BIN, _clean_env, free_port, run_cli
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, free_port, run_cli
 from streamrag_tests.integration.test_ingest import _ingest, _server, _topic_records, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ EVENTS, DUPLICATES = 4000, 150
 def _stream(settings, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [str(VENV_BIN / "streamrag"), "stream", *args],
-        env={**_clean_env(), **settings.to_env()},
+        env={**clean_env(), **settings.to_env()},
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=open(settings.state_dir / "stream-test.log", "ab"),  # noqa: SIM115

@@ -15,11 +15,11 @@ import httpx
 import pytest
 import yaml
 
-from streamrag_assets.services.api import api_process
-from streamrag_assets.services.ingest import ingest_process
-from streamrag_assets.services.observability import canary_process, prometheus_process, prometheus_url
-from streamrag_assets.services.stream import stream_process
-from streamrag_tests.conftest import PROJECT_ROOT, free_port, running, separate_platform, stream_triggers
+from streamrag_assets.runtime.api import api_process
+from streamrag_assets.runtime.ingest import ingest_process
+from streamrag_assets.runtime.observability import canary_process, prometheus_process, prometheus_url
+from streamrag_assets.runtime.stream import stream_process
+from streamrag_tests.harness import PROJECT_ROOT, free_port, running, separate_platform, stream_triggers
 
 pytestmark = pytest.mark.integration
 

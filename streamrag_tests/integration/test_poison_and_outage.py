@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from kafka import KafkaProducer
 
 from streamrag_assets.ingest.sources import replay_event
-from streamrag_assets.services.sse_source import sse_source_process
+from streamrag_assets.runtime.sse_source import sse_source_process
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
-from streamrag_tests.conftest import free_port, indexed_doc_ids, separate_platform
+from streamrag_tests.harness import free_port, indexed_doc_ids, separate_platform
 from streamrag_tests.hostile import hostile_events, storage_poison
 from streamrag_tests.integration.test_ingest import _ingest, _topic_records, _wait_for
 from streamrag_tests.integration.test_medallion import _stream

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamrag_assets.services.postgres import admin_connect
+from streamrag_assets.runtime.postgres import admin_connect
 
 pytestmark = pytest.mark.integration
 

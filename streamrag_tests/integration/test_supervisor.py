@@ -18,10 +18,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrag_assets.services.process import ManagedProcess, ServiceError, http_answers, pid_alive
-from streamrag_assets.services.supervisor import Supervisor, supervisor_state
+from streamrag_assets.runtime.process import ManagedProcess, ServiceError, http_answers, pid_alive
+from streamrag_assets.runtime.supervisor import Supervisor, supervisor_state
 from streamrag_assets.settings import Settings
-from streamrag_tests.conftest import free_port, isolated_settings, run_cli
+from streamrag_tests.harness import free_port, isolated_settings, run_cli
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
 from streamrag_assets.streaming.pipeline import write_layers
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS, Layers
-from streamrag_tests.unit.test_dedupe import TODAY, silver
+from streamrag_tests.harness import TODAY, silver_rows
 
 
 def data_files(table_dir: Path) -> list[Path]:
@@ -24,7 +24,7 @@ def test_maintenance_compacts_and_deletes_old_files_and_keeps_every_row_and_batc
     delta = DeltaTables(tmp_path, maintain_every=20, retention_minutes=0)
     maintained = 0
     for batch in range(1, 61):
-        assert delta.write_once("silver", silver([f"e{batch}-a", f"e{batch}-b"], TODAY, batch), "app-silver", batch)
+        assert delta.write_once("silver", silver_rows([f"e{batch}-a", f"e{batch}-b"], TODAY, batch), "app-silver", batch)
         if delta.maintenance_due("silver"):
             delta.maintain("silver")
             maintained += 1
@@ -38,7 +38,7 @@ def test_maintenance_compacts_and_deletes_old_files_and_keeps_every_row_and_batc
     assert len(log_entries) < 10, sorted(p.name for p in log_entries)
 
     # The batch record survives compaction and log clean-up: a replayed batch still writes nothing twice.
-    assert not delta.write_once("silver", silver(["e7-a", "e7-b"], TODAY, 7), "app-silver", 7)
+    assert not delta.write_once("silver", silver_rows(["e7-a", "e7-b"], TODAY, 7), "app-silver", 7)
     # And a table reopened from its path (another process) sees the same.
     reopened = DeltaTables(tmp_path)
     assert reopened.committed("silver", "app-silver", 60)
@@ -48,7 +48,7 @@ def test_maintenance_compacts_and_deletes_old_files_and_keeps_every_row_and_batc
 def test_maintenance_keeps_files_a_reader_of_a_recent_version_may_still_need(tmp_path) -> None:
     delta = DeltaTables(tmp_path, maintain_every=5, retention_minutes=60)
     for batch in range(1, 6):
-        delta.write_once("silver", silver([f"e{batch}"], TODAY, batch), "app-silver", batch)
+        delta.write_once("silver", silver_rows([f"e{batch}"], TODAY, batch), "app-silver", batch)
     before = set(data_files(tmp_path / "silver"))
     done = delta.maintain("silver")
     assert done == {"files_compacted": 5, "files_deleted": 0}
@@ -58,9 +58,9 @@ def test_maintenance_keeps_files_a_reader_of_a_recent_version_may_still_need(tmp
 
 def test_a_batch_with_no_rows_for_a_table_commits_nothing(tmp_path) -> None:
     delta = DeltaTables(tmp_path)
-    delta.write_once("silver", silver(["a"], TODAY, 1), "app-silver", 1)
+    delta.write_once("silver", silver_rows(["a"], TODAY, 1), "app-silver", 1)
     version = delta.version("silver")
-    assert not delta.write_once("silver", silver([], TODAY, 2), "app-silver", 2)
+    assert not delta.write_once("silver", silver_rows([], TODAY, 2), "app-silver", 2)
     assert delta.version("silver") == version
     assert delta.version("quarantine") is None
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamrag_assets.index.embedder import Embedder
-from streamrag_tests.conftest import gold_documents
+from streamrag_tests.harness import gold_documents
 
 
 @pytest.fixture(scope="module")

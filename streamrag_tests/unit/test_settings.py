@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrag_assets.services.supervisor import build_stack
+from streamrag_assets.runtime.supervisor import build_stack
 from streamrag_assets.settings import Settings
 
 

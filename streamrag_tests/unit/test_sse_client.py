@@ -14,7 +14,7 @@ from fastapi.responses import PlainTextResponse
 from sse_starlette.sse import EventSourceResponse
 
 from streamrag_assets.ingest.sse_client import SourceUnavailable, SSEClient
-from streamrag_tests.conftest import free_port
+from streamrag_tests.harness import free_port
 
 
 class FlakyStream:

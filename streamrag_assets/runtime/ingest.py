@@ -6,7 +6,7 @@ import sys
 
 import httpx
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers
 from streamrag_assets.settings import Settings
 
 

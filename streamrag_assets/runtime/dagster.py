@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from streamrag_assets.services.process import ManagedProcess, PortClaim, find_executable, http_answers, postgres_dsn
+from streamrag_assets.runtime.process import ManagedProcess, PortClaim, find_executable, http_answers, postgres_dsn
 from streamrag_assets.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import sys
 import httpx
 import psycopg
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers, postgres_dsn
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers, postgres_dsn
 from streamrag_assets.settings import Settings
 
 

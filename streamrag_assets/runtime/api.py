@@ -6,8 +6,8 @@ import sys
 
 import httpx
 
-from streamrag_assets.services.dagster import PROJECT_ROOT
-from streamrag_assets.services.process import ManagedProcess, PortClaim, http_answers
+from streamrag_assets.runtime.dagster import PROJECT_ROOT
+from streamrag_assets.runtime.process import ManagedProcess, PortClaim, http_answers
 from streamrag_assets.settings import Settings
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from streamrag_assets.services.dagster import PROJECT_ROOT
-from streamrag_assets.services.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers
+from streamrag_assets.runtime.dagster import PROJECT_ROOT
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers
 from streamrag_assets.settings import Settings
 
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "rules"

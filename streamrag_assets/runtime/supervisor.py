@@ -31,22 +31,22 @@ from sqlalchemy.exc import ArgumentError
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 from streamrag_assets.metrics import SERVICE_CRASHING, SERVICE_RESTARTS, SERVICE_UP
-from streamrag_assets.services.api import api_process
-from streamrag_assets.services.broker import broker_process
-from streamrag_assets.services.dagster import dagster_daemon_process, dagster_webserver_process
-from streamrag_assets.services.disk import space_problem
-from streamrag_assets.services.ingest import ingest_process
-from streamrag_assets.services.observability import canary_process, prometheus_process
-from streamrag_assets.services.postgres import postgres_process
-from streamrag_assets.services.process import (
+from streamrag_assets.runtime.api import api_process
+from streamrag_assets.runtime.broker import broker_process
+from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_webserver_process
+from streamrag_assets.runtime.disk import space_problem
+from streamrag_assets.runtime.ingest import ingest_process
+from streamrag_assets.runtime.observability import canary_process, prometheus_process
+from streamrag_assets.runtime.postgres import postgres_process
+from streamrag_assets.runtime.process import (
     ManagedProcess,
     ServiceError,
     ensure_port_free,
     pid_alive,
     port_is_open,
 )
-from streamrag_assets.services.seaweedfs import seaweedfs_process
-from streamrag_assets.services.stream import stream_process
+from streamrag_assets.runtime.seaweedfs import seaweedfs_process
+from streamrag_assets.runtime.stream import stream_process
 from streamrag_assets.settings import Settings
 
 log = logging.getLogger(__name__)

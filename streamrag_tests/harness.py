@@ -1,0 +1,223 @@
+"""The test harness, shared by the tests and the benchmarks: free ports, isolated state directories, the embedded
+servers started as real processes, and readers of what the platform holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamrag_assets.ingest.sources import replay_event, synthetic_event
+from streamrag_assets.runtime.broker import broker_process
+from streamrag_assets.runtime.postgres import postgres_process
+from streamrag_assets.runtime.process import ManagedProcess
+from streamrag_assets.runtime.seaweedfs import seaweedfs_process
+from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.refine import Rejected, document, parse_event
+from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_block(size: int) -> int:
+    """First port of ``size`` consecutive free ports (SeaweedFS takes a block: base..base+14)."""
+    for _ in range(200):
+        base = free_port()
+        if base + size > 65000:
+            continue
+        ok = True
+        for port in range(base, base + size):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def gold_documents(count: int, texts: str = "replay") -> list[dict]:
+    """``count`` Gold upsert documents, with lineage, from the replayed recording (or the synthetic source)."""
+    docs, seq = [], 0
+    while len(docs) < count:
+        event = replay_event(seq) if texts == "replay" else synthetic_event(seq, seed=9, canary_fraction=0)
+        try:
+            doc = document(parse_event(event))
+        except Rejected:
+            doc = None
+        seq += 1
+        if doc is not None and doc["op"] == "upsert":
+            docs.append(doc | {"partition": 0, "offset": seq, "ingested_at": doc["event_time"]})
+    return docs
+
+
+def isolated_settings(home: Path, **overrides: object) -> Settings:
+    """Settings for a stack that cannot collide with a running `streamrag up` or another test stack."""
+    values: dict[str, object] = {
+        "home": home,
+        "kafka_port": free_port(),
+        "postgres_port": free_port(),
+        "s3_port": free_port(),
+        "seaweedfs_port_base": free_port_block(15),
+        "dagster_port": free_port(),
+        "api_port": free_port(),
+        "replay_port": free_port(),
+        "ingest_metrics_port": free_port(),
+        "stream_metrics_port": free_port(),
+        "canary_metrics_port": free_port(),
+        "prometheus_port": free_port(),
+        "supervisor_metrics_port": free_port(),
+        "ingest_source": "replay",
+        "startup_timeout_s": 90,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def fresh_database(stack, prefix: str) -> str:
+    """The SQLAlchemy URL of a new, empty database on the shared test Postgres."""
+    from streamrag_assets.runtime.postgres import admin_connect
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"postgresql+psycopg://postgres@127.0.0.1:{stack.settings.postgres_port}/{name}"
+
+
+def separate_platform(stack, prefix: str, dagster_db: bool = False, **overrides: object) -> Settings:
+    """Settings of a platform of its own on the shared test servers: its own state directory (under a fresh
+    temporary directory: remove ``settings.home.parent`` when done), topic and app database (and Dagster database)."""
+    home = Path(tempfile.mkdtemp(prefix=f"streamrag-{prefix}-"))
+    home.chmod(0o755)
+    suffix = uuid.uuid4().hex[:8]
+    from streamrag_assets.runtime.postgres import admin_connect
+
+    with admin_connect(stack.settings) as conn:
+        conn.execute(f"CREATE DATABASE app_{suffix}")
+        if dagster_db:
+            conn.execute(f"CREATE DATABASE dagster_{suffix}")
+    names = {"home": home / ".streamrag", "topic": f"raw-{suffix}", "postgres_db": f"app_{suffix}"}
+    if dagster_db:
+        names["postgres_dagster_db"] = f"dagster_{suffix}"
+    settings = stack.settings.model_copy(update=names | overrides)
+    settings.state_dir.mkdir(parents=True)
+    return settings
+
+
+@contextmanager
+def running(settings: Settings, processes: list[ManagedProcess], timeout_s: float = 240) -> Iterator[None]:
+    """Start ``processes`` with ``settings`` in their environment, wait until each is ready, and stop them (the last
+    first) when the block ends, however it ends."""
+    try:
+        for proc in processes:
+            proc.env = {**settings.to_env(), **proc.env}
+            proc.start()
+        for proc in processes:
+            proc.wait_ready(timeout_s)
+        yield
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+
+
+def indexed_doc_ids(settings: Settings) -> set[str]:
+    """Every doc_id in the platform's pgvector `documents` table."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(settings.app_database_url)
+    try:
+        with engine.connect() as conn:
+            return set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
+    finally:
+        engine.dispose()
+
+
+def stream_triggers(settings: Settings) -> int:
+    """Triggers the stream's continuous query has finished, with events (its histogram of Spark's trigger phases) or
+    without (idle): above 0 once the query runs."""
+    body = httpx.get(f"http://127.0.0.1:{settings.stream_metrics_port}/metrics", timeout=5).text
+    count = 0
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            if sample.name == "streamrag_stream_idle_triggers_total" or (
+                sample.name == "streamrag_stream_trigger_phase_seconds_count"
+                and sample.labels.get("phase") == "triggerExecution"
+            ):
+                count += int(sample.value)
+    return count
+
+
+def run_cli(
+    *args: str, settings: Settings, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "streamrag"), *args],
+        env={**clean_env(), **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or PROJECT_ROOT,
+    )
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("STREAMRAG_")}
+
+
+class EmbeddedStack:
+    """The embedded servers (object store, broker, Postgres) started as `streamrag up` starts them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seaweedfs = seaweedfs_process(settings)
+        self.kafka = broker_process(settings)
+        self.postgres = postgres_process(settings)
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        return [self.seaweedfs, self.kafka, self.postgres]
+
+    def start(self, proc: ManagedProcess) -> None:
+        proc.start()
+        proc.wait_ready(self.settings.startup_timeout_s)
+
+    def start_all(self) -> None:
+        for proc in self.processes:
+            self.start(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+TODAY = dt.date(2026, 11, 26)
+
+
+def silver_rows(ids: list[str], day: dt.date, batch: int) -> pa.Table:
+    """A Silver table of the given event ids on one day, every other column null."""
+    schema = ARROW_SCHEMAS["silver"]
+    columns = {field.name: pa.nulls(len(ids), field.type) for field in schema}
+    columns["event_id"] = pa.array(ids, schema.field("event_id").type)
+    columns["event_date"] = pa.array([day] * len(ids), schema.field("event_date").type)
+    columns["batch_id"] = pa.array([batch] * len(ids), schema.field("batch_id").type)
+    return pa.table(columns, schema=schema)
