@@ -6,14 +6,13 @@ import json
 import logging
 import signal
 import sys
-import threading
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 import typer
 
-from streamrag_assets.runtime.process import ManagedProcess, ServiceError
+from streamrag_assets.runtime.process import ServiceError
 from streamrag_assets.runtime.supervisor import Supervisor, down, running_supervisor, status
 from streamrag_assets.settings import Settings
 
@@ -118,19 +117,9 @@ def up(
 def canary_command() -> None:
     """Probe freshness end to end: inject a marked event every STREAMRAG_CANARY_INTERVAL_S, find it with /search,
     export the delay (streamrag_canary_searchable_seconds). Canary documents never appear in user results."""
-    from streamrag_assets.probe import CanaryProbe
+    from streamrag_assets.runtime.entry import probe
 
-    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
-    settings = _settings()
-    _serve_metrics(settings.canary_metrics_port, settings.bind_host)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    probe = CanaryProbe(settings)
-    try:
-        probe.run(stop)
-    finally:
-        probe.close()
+    probe.main(_settings())
 
 
 @app.command("api")
@@ -139,36 +128,15 @@ def api_command(
     port: int = typer.Option(None, help="Port (default: STREAMRAG_API_PORT, 8000)."),
 ) -> None:
     """Serve the retrieval API and UI (what `up` runs; use it alone against external servers)."""
-    import uvicorn
+    from streamrag_assets.runtime.entry import api
 
-    settings = _settings()
-    uvicorn.run(
-        "streamrag_api.main:app",
-        host=host or settings.bind_host,
-        port=port or settings.api_port,
-        access_log=False,
-        log_level="warning",
-        timeout_graceful_shutdown=5,  # /stream clients must not hold a shutdown open
-    )
+    api.main(_settings(), host, port)
 
 
 class Source(StrEnum):
     wikimedia = "wikimedia"
     replay = "replay"
     synthetic = "synthetic"
-
-
-class _Shutdown(BaseException):
-    """Raised in the main thread by SIGTERM/SIGINT so blocking reads unwind through `finally` blocks (a
-    BaseException, like KeyboardInterrupt, so no library's `except Exception` can swallow it)."""
-
-
-_stopping = threading.Event()  # also set by the signal, for loops that poll it
-
-
-def _raise_shutdown(*_: object) -> None:
-    _stopping.set()
-    raise _Shutdown
 
 
 @app.command("ingest")
@@ -192,54 +160,15 @@ def ingest_command(
     ),
 ) -> None:
     """Read the recentchange SSE stream into the Kafka topic; resumes where it stopped."""
-    from streamrag_assets.ingest.runner import run_ingest
-    from streamrag_assets.runtime.sse_source import source_url, sse_source_process
+    from streamrag_assets.runtime.entry import ingest
 
-    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     settings = _settings()
-    chosen = source.value if source else settings.ingest_source
     if rate is not None:
         settings = settings.model_copy(update={"ingest_rate": rate})
-    local_server = None
-    if settings.ingest_metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.ingest_metrics_port, addr=settings.bind_host)
-    signal.signal(signal.SIGTERM, _raise_shutdown)
-    signal.signal(signal.SIGINT, _raise_shutdown)
     try:
-        if chosen != "wikimedia" and url is None:
-            local_server = sse_source_process(settings, chosen, settings.ingest_count if count is None else count)
-            local_server.start()
-            local_server.wait_ready(30)
-            threading.Thread(target=_keep_serving, args=(local_server,), name="sse-source", daemon=True).start()
-        run_ingest(settings, chosen, url or source_url(settings, chosen), since=since, stop=_stopping)
-    except _Shutdown:
-        pass
+        ingest.main(settings, source.value if source else settings.ingest_source, url, since, count)
     except ServiceError as exc:
         raise _fail(str(exc)) from None
-    finally:
-        if local_server is not None:
-            local_server.stop()
-
-
-def _keep_serving(server: ManagedProcess) -> None:
-    """Start ingest's local SSE server again whenever it dies (killed, crashed), backing off while it cannot start;
-    the client reconnects with its Last-Event-ID, so nothing is skipped or repeated."""
-    delay = 1.0
-    while not _stopping.wait(delay):
-        if server.running():
-            delay = 1.0
-            continue
-        code = server.proc.returncode if server.proc else None
-        logging.getLogger(__name__).warning("the local %s exited (code %s); starting it again", server.name, code)
-        try:
-            server.start()
-            server.wait_ready(30)
-            delay = 1.0
-        except ServiceError as exc:
-            logging.getLogger(__name__).error("starting the local %s failed: %s", server.name, exc)
-            delay = min(delay * 2, 30.0)
 
 
 @app.command("sse-server")
@@ -259,40 +188,11 @@ def sse_server_command(
     ),
 ) -> None:
     """Serve recorded or synthetic recentchange events over SSE on 127.0.0.1, like Wikimedia EventStreams."""
-    import uvicorn
-
-    from streamrag_assets.ingest.sources import event_factory, file_events
-    from streamrag_assets.ingest.sse_server import create_app
+    from streamrag_assets.runtime.entry import sse_server
 
     if source == Source.wikimedia and file is None:
         raise _fail("sse-server serves replay or synthetic events; wikimedia is the live stream")
-    settings = _settings()
-    if file is not None:
-        lines = file_events(file)
-        factory, count = lines.__getitem__, len(lines) if count is None else min(count, len(lines))
-    else:
-        factory = event_factory(
-            source.value,
-            seed=settings.ingest_seed if seed is None else seed,
-            malformed_fraction=settings.ingest_malformed_fraction if malformed_fraction is None else malformed_fraction,
-        )
-    server_app = create_app(factory, rate=settings.ingest_rate if rate is None else rate, count=count)
-    uvicorn.run(
-        server_app,
-        host=settings.bind_host,
-        port=port or settings.replay_port,
-        log_level="warning",
-        access_log=False,
-        # An SSE response never ends by itself: without a bound, SIGTERM would wait for clients forever.
-        timeout_graceful_shutdown=2,
-    )
-
-
-def _serve_metrics(port: int, host: str) -> None:
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr=host)
+    sse_server.main(_settings(), source.value, port, rate, count, seed, malformed_fraction, file)
 
 
 @app.command("stream")
@@ -301,76 +201,13 @@ def stream_command(
 ) -> None:
     """Run the Spark query raw topic -> Bronze -> Silver (+ quarantine) -> Gold -> pgvector; resumes from its
     checkpoint. The continuous query reports what it writes to Dagster as asset materializations."""
-    from streamrag_assets.documents.heartbeat import STREAM, HeartbeatThread
-    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock, start_query
-    from streamrag_assets.streaming.status import StreamStatus
-
-    logging.getLogger("streamrag_assets").setLevel(logging.INFO)
-    settings = _settings()
-    _serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
-    signal.signal(signal.SIGTERM, _raise_shutdown)  # until the query runs (see `_run_until_stopped`)
-    signal.signal(signal.SIGINT, _raise_shutdown)
-    reporter = heartbeat = None
-    status = StreamStatus(settings)
-    if not available_now and settings.dagster_report_interval_s > 0:
-        from streamrag_assets.defs.reporting import DagsterReporter
-
-        reporter = DagsterReporter(settings)
-
-    def on_batch(result) -> None:
-        status.on_batch(result)
-        if reporter is not None:
-            reporter.add(result)
+    from streamrag_assets.runtime.entry import stream
+    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning
 
     try:
-        with checkpoint_lock(settings):
-            query = start_query(settings, available_now=available_now, on_batch=on_batch)
-            status.query = query
-            if not available_now and settings.index_enabled:  # the heartbeat lives next to the documents
-                heartbeat = HeartbeatThread(settings.app_database_url, STREAM, status.detail, interval_s=5.0)
-            typer.echo(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.state_dir / 'delta'}")
-            if _run_until_stopped(query):
-                return
-    except _Shutdown:  # stopped while the query was starting
-        return
-    except QueryAlreadyRunning as exc:
+        stream.main(_settings(), available_now, announce=typer.echo)
+    except (QueryAlreadyRunning, stream.QueryFailed) as exc:
         raise _fail(str(exc)) from None
-    finally:
-        for closing in (heartbeat, reporter, status):
-            if closing is not None:
-                closing.close()
-    if query.exception() is not None:
-        raise _fail(f"the streaming query failed: {query.exception()}")
-
-
-def _run_until_stopped(query) -> bool:
-    """Wait until the query ends (False), or SIGTERM/SIGINT stops it (True). From here on the signals only set
-    `_stopping`: an exception raised inside a py4j call (waiting on `awaitTermination`) leaves that thread's gateway
-    connection waiting for the JVM's answer, and `query.stop()` sent on it then waits for ever (the stream ignored
-    SIGTERM and was killed after `stop_timeout_s`)."""
-    from py4j.protocol import Py4JError
-
-    signal.signal(signal.SIGTERM, _note_shutdown)
-    signal.signal(signal.SIGINT, _note_shutdown)
-    try:
-        while query.isActive:
-            if _stopping.wait(1.0):
-                # A micro-batch in progress is interrupted (Spark logs its stack traces): it is not committed, and
-                # runs again at the next start.
-                query.stop()
-                return True
-    except (Py4JError, OSError):  # py4j's connection errors are OSErrors
-        if not _stopping.is_set():
-            raise
-        # Signalled as a process group (`down`), the JVM stops its side itself; the batch it was in is not
-        # committed and runs again at the next start.
-        logging.getLogger(__name__).info("Spark stopped with the process; so did the query")
-        return True
-    return False
-
-
-def _note_shutdown(*_: object) -> None:
-    _stopping.set()
 
 
 replay_app = typer.Typer(

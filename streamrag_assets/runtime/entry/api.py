@@ -1,0 +1,18 @@
+"""The retrieval API's process: uvicorn serving `streamrag_api.main:app`."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from streamrag_assets.settings import Settings
+
+
+def main(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    uvicorn.run(
+        "streamrag_api.main:app",
+        host=host or settings.bind_host,
+        port=port or settings.api_port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=5,  # /stream clients must not hold a shutdown open
+    )
