@@ -56,7 +56,7 @@ from streamrag_assets.documents.models import Document
 from streamrag_assets.documents.store import DOCUMENT_FIELDS, DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
 from streamrag_assets.runtime.api import api_process
-from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings
+from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings, release, scratch_dir
 
 TARGETS_MS = {"search_p95": 50, "search_p99": 100, "answer_p95": 100}
 
@@ -724,8 +724,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.load_generator == "wrk" and shutil.which("wrk") is None:
         parser.error("wrk is not installed: `make bench-api`, `apt-get install wrk`, or --load-generator httpx")
-    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-bench-")
     settings = isolated_settings(home / ".streamrag")
     stack = EmbeddedStack(settings)
     api = None
@@ -754,10 +753,7 @@ def main() -> None:
         if api is not None:
             api.stop()
         stack.stop_all()
-        if args.keep_state:
-            print(f"state kept in {home}", flush=True)
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        release(home, keep=args.keep_state)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
@@ -24,7 +21,7 @@ from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_assets.runtime.supervisor import migrate_documents
-from streamrag_tests.harness import EmbeddedStack, isolated_settings, running
+from streamrag_tests.harness import EmbeddedStack, isolated_settings, release, running, scratch_dir
 
 QUIET_S = 20.0
 
@@ -63,8 +60,7 @@ def main() -> None:
     parser.add_argument("--max-events-per-trigger", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=900, help="Give up on the catch-up after this long.")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-bench-")
     settings = isolated_settings(
         home / ".streamrag",
         ingest_source="replay",
@@ -85,7 +81,7 @@ def main() -> None:
         print(json.dumps(result))
     finally:
         stack.stop_all()
-        shutil.rmtree(home, ignore_errors=True)
+        release(home)
 
 
 if __name__ == "__main__":

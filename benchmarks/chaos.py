@@ -16,11 +16,9 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +33,7 @@ from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
-from streamrag_tests.harness import isolated_settings
+from streamrag_tests.harness import isolated_settings, release, scratch_dir
 
 # The order of the faults: the source first, then each stage downstream, then what serves and orchestrates.
 # "a+b" kills a and b at once (each one's recovery is still timed on its own).
@@ -331,18 +329,14 @@ def main() -> None:
     parser.add_argument("--stop", default="api", help="The service frozen with SIGSTOP ('' for none).")
     parser.add_argument("--keep-state", action="store_true", help="Keep the state directory (logs, data).")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="streamrag-chaos-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-chaos-")
     settings = chaos_settings(home / ".streamrag", args.events, args.rate)
     try:
         result = run(settings, args.events, stop_process=args.stop or None, stop_seconds=args.stop_seconds)
         print(json.dumps(result, indent=2, default=str), flush=True)
         print(table(result), flush=True)
     finally:
-        if args.keep_state:
-            print(f"state kept in {home}", flush=True)
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        release(home, keep=args.keep_state)
 
 
 if __name__ == "__main__":

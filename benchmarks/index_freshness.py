@@ -22,7 +22,6 @@ import argparse
 import json
 import shutil
 import statistics
-import tempfile
 import time
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -41,7 +40,15 @@ from streamrag_assets.runtime.postgres import admin_connect
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_assets.runtime.supervisor import migrate_documents
 from streamrag_assets.streaming.pipeline import tables
-from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings, running, stream_triggers
+from streamrag_tests.harness import (
+    EmbeddedStack,
+    gold_documents,
+    isolated_settings,
+    release,
+    running,
+    scratch_dir,
+    stream_triggers,
+)
 
 
 def throughput(settings, count: int, stage_batch: int, texts: str, rounds: int) -> dict:
@@ -271,8 +278,7 @@ def main() -> None:
     )
     parser.add_argument("--keep-logs", type=Path, help="Copy the processes' logs here before the stack is removed.")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-bench-")
     settings = isolated_settings(home / ".streamrag", ingest_source="replay", ingest_rate=args.rate)
     stack = EmbeddedStack(settings)
     try:
@@ -286,7 +292,7 @@ def main() -> None:
         stack.stop_all()
         if args.keep_logs:
             shutil.copytree(settings.state_dir / "logs", args.keep_logs, dirs_exist_ok=True)
-        shutil.rmtree(home, ignore_errors=True)
+        release(home)
 
 
 if __name__ == "__main__":

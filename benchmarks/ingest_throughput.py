@@ -9,19 +9,24 @@ and `streamrag ingest` reading it; reports events/s acknowledged by the broker (
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 
 from streamrag_assets.ingest.sse_server import STREAM_PATH
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.runtime.sse_source import sse_source_process
-from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, EmbeddedStack, clean_env, isolated_settings
+from streamrag_tests.harness import (
+    PROJECT_ROOT,
+    VENV_BIN,
+    EmbeddedStack,
+    clean_env,
+    isolated_settings,
+    release,
+    scratch_dir,
+)
 
 
 def main() -> None:
@@ -30,8 +35,7 @@ def main() -> None:
     parser.add_argument("--malformed-fraction", type=float, default=0.01)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-bench-")
     settings = isolated_settings(
         home / ".streamrag", ingest_metrics_port=0, ingest_rate=0, ingest_malformed_fraction=args.malformed_fraction
     )
@@ -92,7 +96,7 @@ def main() -> None:
             ingest.wait(60)
         server.stop()
         stack.stop_all()
-        shutil.rmtree(home, ignore_errors=True)
+        release(home)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ Fills a topic on an embedded broker with synthetic events (1% malformed), then m
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import psutil
 from kafka import KafkaProducer
@@ -26,7 +23,7 @@ from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.ingest.sources import synthetic_event
 from streamrag_assets.streaming.pipeline import BatchResult, start_query
 from streamrag_assets.streaming.replay import rebuild_from_bronze
-from streamrag_tests.harness import EmbeddedStack, isolated_settings
+from streamrag_tests.harness import EmbeddedStack, isolated_settings, release, scratch_dir
 
 
 def fill_topic(settings, events: int) -> None:
@@ -57,8 +54,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--warm-batches", type=int, default=12)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="streamrag-bench-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-bench-")
     settings = isolated_settings(home / ".streamrag", stream_max_events_per_trigger=1000)
     stack = EmbeddedStack(settings)
     try:
@@ -118,7 +114,7 @@ def main() -> None:
         )
     finally:
         stack.stop_all()
-        shutil.rmtree(home, ignore_errors=True)
+        release(home)
 
 
 if __name__ == "__main__":

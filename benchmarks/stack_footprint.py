@@ -20,12 +20,10 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -36,7 +34,7 @@ import httpx
 import psutil
 from sqlalchemy import create_engine, text
 
-from streamrag_tests.harness import isolated_settings
+from streamrag_tests.harness import isolated_settings, release, scratch_dir
 
 READY_LINE = re.compile(r"\[streamrag\] (\S+) ready at .* \(([\d.]+) s\)")
 
@@ -199,8 +197,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300, help="Give up when nothing is searchable by then.")
     parser.add_argument("--keep-state", action="store_true", help="Keep the state directory (logs, data).")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="streamrag-footprint-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-footprint-")
     settings = isolated_settings(home / ".streamrag", ingest_source="replay")
     env = {**os.environ, **settings.to_env()}
     result: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "args": vars(args)}
@@ -234,10 +231,7 @@ def main() -> None:
         result["up_output_tail"] = lines[-8:]
         result["date_end"] = datetime.now(UTC).isoformat(timespec="seconds")
         print(json.dumps(result, indent=2, ensure_ascii=False), flush=True)
-        if args.keep_state:
-            print(f"state kept in {home}", flush=True)
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        release(home, keep=args.keep_state)
 
 
 if __name__ == "__main__":

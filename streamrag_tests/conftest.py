@@ -3,37 +3,34 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streamrag_tests.harness import EmbeddedStack, isolated_settings
+from streamrag_tests.harness import EmbeddedStack, isolated_settings, release, scratch_dir
 
 
 @pytest.fixture
 def state_home() -> Iterator[Path]:
     """A fresh state directory the unprivileged Postgres user can reach (pytest's tmp dirs are 0700 root)."""
-    home = Path(tempfile.mkdtemp(prefix="streamrag-test-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-test-")
     try:
         yield home / ".streamrag"
     finally:
-        shutil.rmtree(home, ignore_errors=True)
+        release(home)
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[EmbeddedStack]:
-    home = Path(tempfile.mkdtemp(prefix="streamrag-stack-"))
-    home.chmod(0o755)
+    home = scratch_dir("streamrag-stack-")
     embedded = EmbeddedStack(isolated_settings(home / ".streamrag"))
     try:
         embedded.start_all()
         yield embedded
     finally:
         embedded.stop_all()
-        shutil.rmtree(home, ignore_errors=True)
+        release(home)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -107,8 +108,7 @@ def fresh_database(stack, prefix: str) -> str:
 def separate_platform(stack, prefix: str, dagster_db: bool = False, **overrides: object) -> Settings:
     """Settings of a platform of its own on the shared test servers: its own state directory (under a fresh
     temporary directory: remove ``settings.home.parent`` when done), topic and app database (and Dagster database)."""
-    home = Path(tempfile.mkdtemp(prefix=f"streamrag-{prefix}-"))
-    home.chmod(0o755)
+    home = scratch_dir(f"streamrag-{prefix}-")
     suffix = uuid.uuid4().hex[:8]
     from streamrag_assets.runtime.postgres import admin_connect
 
@@ -221,3 +221,18 @@ def silver_rows(ids: list[str], day: dt.date, batch: int) -> pa.Table:
     columns["event_date"] = pa.array([day] * len(ids), schema.field("event_date").type)
     columns["batch_id"] = pa.array([batch] * len(ids), schema.field("batch_id").type)
     return pa.table(columns, schema=schema)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A fresh directory the unprivileged Postgres user can reach (tempfile's directories are 0700 root)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    home.chmod(0o755)
+    return home
+
+
+def release(home: Path, keep: bool = False) -> None:
+    """Remove a scratch directory, or say where it was kept (benchmarks' --keep-state)."""
+    if keep:
+        print(f"state kept in {home}", flush=True)
+    else:
+        shutil.rmtree(home, ignore_errors=True)

@@ -24,7 +24,9 @@ def test_maintenance_compacts_and_deletes_old_files_and_keeps_every_row_and_batc
     delta = DeltaTables(tmp_path, maintain_every=20, retention_minutes=0)
     maintained = 0
     for batch in range(1, 61):
-        assert delta.write_once("silver", silver_rows([f"e{batch}-a", f"e{batch}-b"], TODAY, batch), "app-silver", batch)
+        assert delta.write_once(
+            "silver", silver_rows([f"e{batch}-a", f"e{batch}-b"], TODAY, batch), "app-silver", batch
+        )
         if delta.maintenance_due("silver"):
             delta.maintain("silver")
             maintained += 1
