@@ -28,6 +28,18 @@ from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.refine import Rejected, document, parse_event
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
 
+# The processes `streamrag up` starts on embedded defaults, in start order.
+EMBEDDED_SERVICES = [
+    "seaweedfs",
+    "kafka",
+    "postgres",
+    "ingest",
+    "stream",
+    "dagster-webserver",
+    "dagster-daemon",
+    "api",
+    "canary",
+]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 

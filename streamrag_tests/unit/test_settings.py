@@ -8,22 +8,13 @@ import pytest
 
 from streamrag_assets.runtime.supervisor import build_stack
 from streamrag_assets.settings import Settings
+from streamrag_tests.harness import EMBEDDED_SERVICES
 
 
 def test_defaults_start_every_embedded_service(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     names = [p.name for p in build_stack(settings)]
-    assert names == [
-        "seaweedfs",
-        "kafka",
-        "postgres",
-        "ingest",
-        "stream",
-        "dagster-webserver",
-        "dagster-daemon",
-        "api",
-        "canary",
-    ]
+    assert names == EMBEDDED_SERVICES
     assert settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.app_database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:5432/")
 
