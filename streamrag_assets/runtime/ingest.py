@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import sys
-
 import httpx
 
-from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers
+from streamrag_assets.runtime.process import (
+    LOOPBACK_HOST,
+    ManagedProcess,
+    PortClaim,
+    cli_service,
+    metrics_answer,
+)
 from streamrag_assets.settings import Settings
 
 
@@ -25,19 +29,12 @@ def ingest_process(settings: Settings) -> ManagedProcess:
         url = f"http://{LOOPBACK_HOST}:{settings.ingest_metrics_port}/metrics"
         return "streamrag_ingest_events_received" in httpx.get(url, timeout=1).text
 
-    def live() -> bool:
-        if not settings.ingest_metrics_port:
-            return True
-        return http_answers(f"http://{LOOPBACK_HOST}:{settings.ingest_metrics_port}/metrics")
-
-    return ManagedProcess(
-        name="ingest",
-        argv=[sys.executable, "-m", "streamrag_assets.cli", "ingest"],
-        log_path=settings.state_dir / "logs" / "ingest.log",
-        pid_path=settings.state_dir / "run" / "ingest.pid",
+    return cli_service(
+        settings,
+        "ingest",
+        "ingest",
         ready=ready,
-        live=live,
+        live=metrics_answer(settings.ingest_metrics_port),
         address=f"{settings.ingest_source} -> {settings.topic}",
         ports=ports,
-        bind_host=settings.bind_host,
     )

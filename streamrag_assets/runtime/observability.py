@@ -7,38 +7,36 @@ stack is written from the same scrape jobs and rule files as deploy/prometheus/ 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import httpx
 import yaml
 
 from streamrag_assets.runtime.dagster import PROJECT_ROOT
-from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers
+from streamrag_assets.runtime.process import (
+    LOOPBACK_HOST,
+    ManagedProcess,
+    PortClaim,
+    cli_service,
+    http_answers,
+    metrics_answer,
+    metrics_claim,
+)
 from streamrag_assets.settings import Settings
 
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
 
 
 def canary_process(settings: Settings) -> ManagedProcess:
-    def live() -> bool:
-        if not settings.canary_metrics_port:
-            return True
-        return http_answers(f"http://{LOOPBACK_HOST}:{settings.canary_metrics_port}/metrics")
-
-    return ManagedProcess(
-        name="canary",
-        argv=[sys.executable, "-m", "streamrag_assets.cli", "canary"],
+    return cli_service(
+        settings,
+        "canary",
+        "canary",
         cwd=PROJECT_ROOT,
-        log_path=settings.state_dir / "logs" / "canary.log",
-        pid_path=settings.state_dir / "run" / "canary.pid",
         ready=lambda: True,
-        live=live,
+        live=metrics_answer(settings.canary_metrics_port),
         address=f"every {settings.canary_interval_s:g} s -> {settings.api_url}/search",
-        ports=[PortClaim(settings.canary_metrics_port, "canary metrics", "STREAMRAG_CANARY_METRICS_PORT")]
-        if settings.canary_metrics_port
-        else [],
-        bind_host=settings.bind_host,
+        ports=metrics_claim(settings.canary_metrics_port, "canary metrics", "STREAMRAG_CANARY_METRICS_PORT"),
     )
 
 

@@ -15,12 +15,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from streamrag_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -216,3 +220,24 @@ class ManagedProcess:
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def cli_service(settings: Settings, name: str, command: str, **options: Any) -> ManagedProcess:
+    """A service that is one of `streamrag`'s own commands, with its log and pid files named after it."""
+    return ManagedProcess(
+        name=name,
+        argv=[sys.executable, "-m", "streamrag_assets.cli", command],
+        log_path=settings.state_dir / "logs" / f"{name}.log",
+        pid_path=settings.state_dir / "run" / f"{name}.pid",
+        bind_host=settings.bind_host,
+        **options,
+    )
+
+
+def metrics_answer(port: int) -> Callable[[], bool]:
+    """Liveness of a process by its metrics endpoint (no port: nothing to ask, the process existing is enough)."""
+    return lambda: not port or http_answers(f"http://{LOOPBACK_HOST}:{port}/metrics")
+
+
+def metrics_claim(port: int, what: str, setting: str) -> list[PortClaim]:
+    return [PortClaim(port, what, setting)] if port else []

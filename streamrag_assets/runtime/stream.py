@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-
 import httpx
 import psycopg
 
-from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, http_answers, postgres_dsn
+from streamrag_assets.documents.heartbeat import STREAM, seconds_since_beat
+from streamrag_assets.runtime.process import (
+    LOOPBACK_HOST,
+    ManagedProcess,
+    cli_service,
+    http_answers,
+    metrics_claim,
+    postgres_dsn,
+)
 from streamrag_assets.settings import Settings
 
 
@@ -15,13 +21,9 @@ def heartbeat_age_s(settings: Settings) -> float | None:
     """Seconds since the stream's last heartbeat in the app database; None when that cannot be read (no database, no
     beat yet): a database outage is not the stream's fault, and must not get it killed."""
     try:
-        with psycopg.connect(postgres_dsn(settings.app_database_url), connect_timeout=2) as conn:
-            row = conn.execute(
-                "SELECT extract(epoch FROM now() - beat_at) FROM pipeline_heartbeats WHERE component = %s", ("stream",)
-            ).fetchone()
+        return seconds_since_beat(postgres_dsn(settings.app_database_url), STREAM)
     except psycopg.Error:
         return None
-    return float(row[0]) if row else None
 
 
 def stream_process(settings: Settings) -> ManagedProcess:
@@ -43,20 +45,16 @@ def stream_process(settings: Settings) -> ManagedProcess:
             return age is None or age <= settings.stream_heartbeat_max_age_s
         return True
 
-    return ManagedProcess(
-        name="stream",
-        argv=[sys.executable, "-m", "streamrag_assets.cli", "stream"],
-        log_path=settings.state_dir / "logs" / "stream.log",
-        pid_path=settings.state_dir / "run" / "stream.pid",
+    return cli_service(
+        settings,
+        "stream",
+        "stream",
         ready=ready,
         live=live,
         # Ready means the metrics port answers; the query (and its heartbeat) can take a minute more to start.
         liveness_grace_s=settings.startup_timeout_s,
         address=f"{settings.topic} -> {settings.state_dir / 'delta'}",
-        ports=[PortClaim(settings.stream_metrics_port, "stream metrics", "STREAMRAG_STREAM_METRICS_PORT")]
-        if settings.stream_metrics_port
-        else [],
-        bind_host=settings.bind_host,
+        ports=metrics_claim(settings.stream_metrics_port, "stream metrics", "STREAMRAG_STREAM_METRICS_PORT"),
         stop_timeout_s=30.0,
         # The driver stops the query (the micro-batch in progress finishes) before the JVM goes; signalled too,
         # the JVM would shut Spark down under the running batch.
