@@ -122,14 +122,16 @@ def gold_documents_complete() -> dg.AssetCheckResult:
 
 @dg.asset_check(asset=EMBEDDINGS, description="pgvector rows = the live (non-delete) Gold documents, exactly.")
 def embeddings_reconcile_with_gold() -> dg.AssetCheckResult:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine
+
+    from streamrag_assets.documents.queries import stored_doc_ids
 
     gold = _tables().read("gold", columns=["doc_id", "op"])
     expected = {d for d, op in zip(gold["doc_id"].to_pylist(), gold["op"].to_pylist(), strict=True) if op != "delete"}
     engine = create_engine(get_settings().app_database_url)
     try:
         with engine.connect() as conn:
-            stored = {row[0] for row in conn.execute(text("SELECT doc_id FROM documents"))}
+            stored = stored_doc_ids(conn)
     finally:
         engine.dispose()
     missing, extra = expected - stored, stored - expected
