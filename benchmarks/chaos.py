@@ -284,7 +284,7 @@ def run(
             silver = set(DeltaTables(settings.state_dir / "delta").read("silver", ["event_id"])["event_id"].to_pylist())
             if not expected <= silver:
                 return False
-            read_new_records(settings, known)  # and the canary's probes, which go on arriving
+            read_new_records(settings, known)  # and the freshness probe's events, which go on arriving
             return reconcile(settings, known, refresh=False).complete
 
         finished = wait_until(all_through, max(120, events / settings.ingest_rate * 2), 3)

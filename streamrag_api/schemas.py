@@ -69,7 +69,7 @@ class SearchRequest(BaseModel):
     recency_boost: float = Field(
         0.0, ge=0, le=10, description="Favour recent edits: score x (1 + boost x 2^(-age / 24 h)). 0 = off."
     )
-    include_probes: bool = Field(False, description="Also return the canary probe's documents (for the probe).")
+    include_probes: bool = Field(False, description="Also return the freshness probe's documents (for the probe).")
 
     @field_validator("query")
     @classmethod

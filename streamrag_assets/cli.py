@@ -113,10 +113,10 @@ def up(
         typer.echo("[streamrag] stopped")
 
 
-@app.command("canary")
-def canary_command() -> None:
-    """Probe freshness end to end: inject a marked event every STREAMRAG_CANARY_INTERVAL_S, find it with /search,
-    export the delay (streamrag_canary_searchable_seconds). Canary documents never appear in user results."""
+@app.command("probe")
+def probe_command() -> None:
+    """Probe freshness end to end: inject a marked event every STREAMRAG_PROBE_INTERVAL_S, find it with /search,
+    export the delay (streamrag_probe_searchable_seconds). Probe documents never appear in user results."""
     from streamrag_assets.runtime.entry import probe
 
     probe.main(_settings())
@@ -202,7 +202,7 @@ def stream_command(
     """Run the Spark query raw topic -> Bronze -> Silver (+ quarantine) -> Gold -> pgvector; resumes from its
     checkpoint. The continuous query reports what it writes to Dagster as asset materializations."""
     from streamrag_assets.runtime.entry import stream
-    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning
 
     try:
         stream.main(_settings(), available_now, announce=typer.echo)
@@ -236,7 +236,8 @@ def replay_reprocess(
     ),
 ) -> None:
     """Re-read the topic from an offset or time with a fresh checkpoint (stop `streamrag stream` first)."""
-    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock, start_query
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoint_lock
+    from streamrag_assets.streaming.pipeline import start_query
     from streamrag_assets.streaming.replay import prepare_reprocess, resolve_start, starting_offsets_option
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)

@@ -189,20 +189,22 @@ KEYWORD_INDEX_CAUGHT_UP = Gauge(
     "streamrag_keyword_index_caught_up_timestamp_seconds", "When the keyword index last caught up with Postgres."
 )
 
-# --- canary probe ---------------------------------------------------------------------------------------------------
-CANARY_SEARCHABLE = Histogram(
-    "streamrag_canary_searchable_seconds",
-    "From producing a canary event to finding it with /search.",
+# --- freshness probe ----------------------------------------------------------------------------------------------
+PROBE_SEARCHABLE = Histogram(
+    "streamrag_probe_searchable_seconds",
+    "From producing a probe event to finding it with /search.",
     buckets=LATENCY_BUCKETS,
 )
-CANARY_LAST_SEARCHABLE = Gauge(
-    "streamrag_canary_last_searchable_seconds", "The last canary's produce -> searchable delay."
+PROBE_LAST_SEARCHABLE = Gauge(
+    "streamrag_probe_last_searchable_seconds", "The last probe event's produce -> searchable delay."
 )
-CANARY_LAST_FOUND = Gauge("streamrag_canary_last_found_timestamp_seconds", "When a canary was last found by /search.")
-CANARY_PROBES = Counter("streamrag_canary_probes", "Canary probes by outcome (found, missing, error).", ["outcome"])
+PROBE_LAST_FOUND = Gauge(
+    "streamrag_probe_last_found_timestamp_seconds", "When a probe event was last found by /search."
+)
+PROBE_PROBES = Counter("streamrag_probe_probes", "Probes by outcome (found, missing, error).", ["outcome"])
 TOPIC_HEAD_OFFSET = Gauge(
     "streamrag_topic_head_offset",
-    "Next offset of each partition of the raw topic, measured by the canary process independently of the stream.",
+    "Next offset of each partition of the raw topic, measured by the probe process independently of the stream.",
     ["partition"],
 )
 

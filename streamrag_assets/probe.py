@@ -1,4 +1,4 @@
-"""The canary probe: every ``canary_interval_s`` it produces a marked edit to the raw topic, then asks /search for it
+"""The freshness probe: every ``probe_interval_s`` it produces a marked edit to the raw topic, then asks /search for it
 until found, and records the delay: the platform's ingested -> searchable latency measured from outside, end to end.
 Its documents carry the "probe" flag, so the API keeps them out of user results (they are found with
 ``include_probes``)."""
@@ -18,10 +18,10 @@ from kafka import KafkaProducer
 from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.metrics import (
-    CANARY_LAST_FOUND,
-    CANARY_LAST_SEARCHABLE,
-    CANARY_PROBES,
-    CANARY_SEARCHABLE,
+    PROBE_LAST_FOUND,
+    PROBE_LAST_SEARCHABLE,
+    PROBE_PROBES,
+    PROBE_SEARCHABLE,
     TOPIC_HEAD_OFFSET,
 )
 from streamrag_assets.settings import Settings
@@ -31,11 +31,11 @@ log = logging.getLogger(__name__)
 PROBE_DOMAIN = "probe.streamrag.invalid"
 
 
-def canary_event(marker: str, now: datetime | None = None) -> dict:
+def probe_event(marker: str, now: datetime | None = None) -> dict:
     """A recentchange edit on the probe wiki, findable by ``marker``."""
     now = now or datetime.now(UTC)
     revision = int(now.timestamp() * 1000) % 2_000_000_000  # documents are keyed by wiki and revision
-    page = f"Streamrag canary {marker}"
+    page = f"Streamrag probe {marker}"
     url = f"https://{PROBE_DOMAIN}/wiki/{page.replace(' ', '_')}"
     return {
         "$schema": "/mediawiki/recentchange/1.0.0",
@@ -51,10 +51,10 @@ def canary_event(marker: str, now: datetime | None = None) -> dict:
         "namespace": 0,
         "title": page,
         "title_url": url,
-        "comment": f"streamrag canary probe {marker}",
-        "parsedcomment": f"streamrag canary probe {marker}",
+        "comment": f"streamrag freshness probe {marker}",
+        "parsedcomment": f"streamrag freshness probe {marker}",
         "timestamp": int(now.timestamp()),
-        "user": "streamrag-canary",
+        "user": "streamrag-probe",
         "bot": True,
         "minor": True,
         "length": {"old": 100, "new": 101},
@@ -66,23 +66,23 @@ def canary_event(marker: str, now: datetime | None = None) -> dict:
     }
 
 
-class CanaryProbe:
+class FreshnessProbe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0)
         self.http = httpx.Client(base_url=settings.api_url, timeout=10)
 
     def once(self, poll_s: float = 0.1, stop: threading.Event | None = None) -> float | None:
-        """Produce one canary and wait for /search to return it; the delay in seconds, or None when missing (or
-        ``stop`` is set meanwhile: a canary waiting on a stopped stream must not hold the probe's own stop)."""
+        """Produce one probe event and wait for /search to return it; the delay in seconds, or None when missing (or
+        ``stop`` is set meanwhile: an event waiting on a stopped stream must not hold the probe's own stop)."""
         marker = uuid.uuid4().hex[:12]
-        line = json.dumps(canary_event(marker))
+        line = json.dumps(probe_event(marker))
         began = time.monotonic()
-        headers = [("sse_id", f"canary-{marker}".encode()), ("ingested_at", str(int(time.time() * 1000)).encode())]
+        headers = [("sse_id", f"probe-{marker}".encode()), ("ingested_at", str(int(time.time() * 1000)).encode())]
         self.producer.send(self.settings.topic, key=event_key(try_parse(line)), value=line.encode(), headers=headers)
         self.producer.flush(timeout=30)
         body = {"query": marker, "mode": "keyword", "top_k": 1, "include_probes": True}
-        deadline = began + self.settings.canary_timeout_s
+        deadline = began + self.settings.probe_timeout_s
         while time.monotonic() < deadline:
             try:
                 hits = self.http.post("/search", json=body).json().get("hits", [])
@@ -90,18 +90,18 @@ class CanaryProbe:
                 hits = []
             if any(marker in hit["title"] for hit in hits):
                 delay = time.monotonic() - began
-                CANARY_SEARCHABLE.observe(delay)
-                CANARY_LAST_SEARCHABLE.set(delay)
-                CANARY_LAST_FOUND.set(time.time())
-                CANARY_PROBES.labels("found").inc()
-                log.info("canary %s searchable after %.2f s", marker, delay)
+                PROBE_SEARCHABLE.observe(delay)
+                PROBE_LAST_SEARCHABLE.set(delay)
+                PROBE_LAST_FOUND.set(time.time())
+                PROBE_PROBES.labels("found").inc()
+                log.info("probe %s searchable after %.2f s", marker, delay)
                 return delay
             if stop is None:
                 time.sleep(poll_s)
             elif stop.wait(poll_s):
                 return None
-        CANARY_PROBES.labels("missing").inc()
-        log.warning("canary %s not searchable within %.0f s", marker, self.settings.canary_timeout_s)
+        PROBE_PROBES.labels("missing").inc()
+        log.warning("probe %s not searchable within %.0f s", marker, self.settings.probe_timeout_s)
         return None
 
     def measure_heads(self) -> None:
@@ -122,9 +122,9 @@ class CanaryProbe:
                 self.measure_heads()
                 self.once(stop=stop)
             except Exception as exc:  # the broker is down, say: counted, and the next probe tries again
-                CANARY_PROBES.labels("error").inc()
-                log.warning("canary probe failed: %s", exc)
-            stop.wait(max(0.0, self.settings.canary_interval_s - (time.monotonic() - started)))
+                PROBE_PROBES.labels("error").inc()
+                log.warning("probe failed: %s", exc)
+            stop.wait(max(0.0, self.settings.probe_interval_s - (time.monotonic() - started)))
 
     def close(self) -> None:
         self.producer.close(timeout=5)

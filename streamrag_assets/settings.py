@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     )
     dagster_port: int = 3000
     api_port: int = 8000
-    api_base_url: str | None = Field(None, description="Where other processes (the canary) reach the API.")
+    api_base_url: str | None = Field(None, description="Where other processes (the probe) reach the API.")
     bind_host: str = Field(LOOPBACK, description="Interface the embedded services and the API listen on.")
 
     # --- embedded Postgres --------------------------------------------------------------------------------
@@ -212,9 +212,9 @@ class Settings(BaseSettings):
     )
     backfill_cron: str = Field("10 * * * *", description="When the trailing-window backfill runs (cron, UTC).")
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
-    canary_interval_s: float = Field(10.0, gt=0, description="How often the canary probe injects a marked event.")
-    canary_timeout_s: float = Field(120.0, gt=0, description="A canary not searchable by then counts as missing.")
-    canary_metrics_port: int = Field(9110, description="Prometheus metrics of the canary probe (0 = off).")
+    probe_interval_s: float = Field(10.0, gt=0, description="How often the freshness probe injects a marked event.")
+    probe_timeout_s: float = Field(120.0, gt=0, description="A probe event not searchable by then counts as missing.")
+    probe_metrics_port: int = Field(9110, description="Prometheus metrics of the freshness probe (0 = off).")
     prometheus_port: int = Field(9090, description="`up --with-prometheus`: where Prometheus listens.")
     supervisor_metrics_port: int = Field(
         9111, description="Prometheus metrics of the `up` supervisor: restarts, up and crashing per service (0 = off)."

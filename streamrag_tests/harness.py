@@ -38,7 +38,7 @@ EMBEDDED_SERVICES = [
     "dagster-webserver",
     "dagster-daemon",
     "api",
-    "canary",
+    "probe",
 ]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -97,7 +97,7 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
         "replay_port": free_port(),
         "ingest_metrics_port": free_port(),
         "stream_metrics_port": free_port(),
-        "canary_metrics_port": free_port(),
+        "probe_metrics_port": free_port(),
         "prometheus_port": free_port(),
         "supervisor_metrics_port": free_port(),
         "ingest_source": "replay",

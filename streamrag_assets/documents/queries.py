@@ -16,7 +16,7 @@ DOCUMENT_COLUMNS = (
     "doc_id, title, text, wiki, lang, namespace, type, bot, page_url, diff_url, event_time, ingested_at, "
     'indexed_at, event_id, "partition", "offset", transform_version'
 )
-# The canary probe's documents are real documents, hidden from users (see `PROBE_WIKI`).
+# The freshness probe's documents are real documents, hidden from users (see `PROBE_WIKI`).
 IS_A_PROBE = "'probe' = ANY(quality_flags)"
 NOT_A_PROBE = f"NOT ({IS_A_PROBE})"
 # What the keyword index holds of a document.

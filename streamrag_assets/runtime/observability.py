@@ -1,4 +1,4 @@
-"""The canary probe and (with `up --with-prometheus`) a real Prometheus, as supervised processes.
+"""The freshness probe and (with `up --with-prometheus`) a real Prometheus, as supervised processes.
 
 Prometheus is Debian's package (scripts/install-system-deps.sh installs it); its configuration for the embedded
 stack is written from the same scrape jobs and rule files as deploy/prometheus/ (which uses compose service names).
@@ -27,16 +27,16 @@ from streamrag_assets.settings import Settings
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "rules"
 
 
-def canary_process(settings: Settings) -> ManagedProcess:
+def probe_process(settings: Settings) -> ManagedProcess:
     return cli_service(
         settings,
-        "canary",
-        "canary",
+        "probe",
+        "probe",
         cwd=PROJECT_ROOT,
         ready=lambda: True,
-        live=metrics_answer(settings.canary_metrics_port),
-        address=f"every {settings.canary_interval_s:g} s -> {settings.api_url}/search",
-        ports=metrics_claim(settings.canary_metrics_port, "canary metrics", "STREAMRAG_CANARY_METRICS_PORT"),
+        live=metrics_answer(settings.probe_metrics_port),
+        address=f"every {settings.probe_interval_s:g} s -> {settings.api_url}/search",
+        ports=metrics_claim(settings.probe_metrics_port, "probe metrics", "STREAMRAG_PROBE_METRICS_PORT"),
     )
 
 
@@ -46,7 +46,7 @@ def scrape_targets(settings: Settings) -> dict[str, tuple[str, str]]:
     for job, port in (
         ("streamrag-ingest", settings.ingest_metrics_port),
         ("streamrag-stream", settings.stream_metrics_port),
-        ("streamrag-canary", settings.canary_metrics_port),
+        ("streamrag-probe", settings.probe_metrics_port),
         ("streamrag-supervisor", settings.supervisor_metrics_port),
     ):
         if port:

@@ -36,7 +36,7 @@ from streamrag_assets.runtime.broker import broker_process
 from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_webserver_process
 from streamrag_assets.runtime.disk import space_problem
 from streamrag_assets.runtime.ingest import ingest_process
-from streamrag_assets.runtime.observability import canary_process, prometheus_process
+from streamrag_assets.runtime.observability import probe_process, prometheus_process
 from streamrag_assets.runtime.postgres import postgres_process
 from streamrag_assets.runtime.process import (
     ManagedProcess,
@@ -69,7 +69,7 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
         dagster_webserver_process(settings),
         dagster_daemon_process(settings),
         api_process(settings),
-        canary_process(settings),
+        probe_process(settings),
     ]
     if with_prometheus:
         stack.append(prometheus_process(settings))

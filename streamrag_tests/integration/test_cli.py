@@ -18,7 +18,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
 from streamrag_assets.runtime.postgres import admin_connect
-from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, isolated_settings, run_cli
+from streamrag_tests.harness import EMBEDDED_SERVICES, PROJECT_ROOT, VENV_BIN, clean_env, isolated_settings, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -72,17 +72,7 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
         status = run_cli("status", "--json", settings=settings)
         assert status.returncode == 0, status.stdout + status.stderr
         rows = json.loads(status.stdout)
-        assert {r["name"] for r in rows} == {
-            "seaweedfs",
-            "kafka",
-            "postgres",
-            "ingest",
-            "stream",
-            "dagster-webserver",
-            "dagster-daemon",
-            "api",
-            "canary",
-        }
+        assert {r["name"] for r in rows} == set(EMBEDDED_SERVICES)
         assert all(r["up"] for r in rows), rows
         assert next(r for r in rows if r["name"] == "postgres")["data_bytes"] > 1_000_000
 

@@ -1,5 +1,5 @@
 """Metrics checked against a real Prometheus (Debian's) scraping the running pipeline on replay data: every PromQL
-expression of the dashboards and recording rules returns numbers, the canary measures searchable latency, and
+expression of the dashboards and recording rules returns numbers, the freshness probe measures searchable latency, and
 stopping the stream makes the lag and no-progress alerts fire. The rules themselves pass promtool's checks and
 unit tests."""
 
@@ -17,7 +17,7 @@ import yaml
 
 from streamrag_assets.runtime.api import api_process
 from streamrag_assets.runtime.ingest import ingest_process
-from streamrag_assets.runtime.observability import canary_process, prometheus_process, prometheus_url
+from streamrag_assets.runtime.observability import probe_process, prometheus_process, prometheus_url
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_tests.harness import PROJECT_ROOT, free_port, running, separate_platform, stream_triggers
 
@@ -68,7 +68,7 @@ def _dashboard_expressions() -> list[str]:
 
 @pytest.fixture(scope="module")
 def observed(stack):
-    """ingest (replay, 10 events/s) -> stream -> pgvector -> API, the canary probe every 3 s, and Prometheus scraping
+    """ingest (replay, 10 events/s) -> stream -> pgvector -> API, the freshness probe every 3 s, and Prometheus scraping
     them every second, on the shared servers with their own topic, state and database."""
     settings = separate_platform(
         stack,
@@ -79,9 +79,9 @@ def observed(stack):
         api_port=free_port(),
         ingest_metrics_port=free_port(),
         stream_metrics_port=free_port(),
-        canary_metrics_port=free_port(),
+        probe_metrics_port=free_port(),
         prometheus_port=free_port(),
-        canary_interval_s=3.0,
+        probe_interval_s=3.0,
         dagster_report_interval_s=0,
         stream_trigger_ms=250,
     )
@@ -89,10 +89,10 @@ def observed(stack):
         "ingest": ingest_process(settings),
         "stream": stream_process(settings),
         "api": api_process(settings),
-        "canary": canary_process(settings),
+        "probe": probe_process(settings),
         "prometheus": prometheus_process(settings, scrape_interval_s=1.0),
     }
-    producers = ("ingest", "canary")
+    producers = ("ingest", "probe")
     try:
         # The stream first, on a topic nobody created yet: its query waits for events instead of failing.
         with running(settings, [p for name, p in processes.items() if name not in producers]):
@@ -131,8 +131,8 @@ def _wait(condition, what: str, timeout_s: float = 180, settings=None) -> None:
 def test_every_dashboard_and_rule_expression_returns_numbers(observed) -> None:
     settings, _ = observed
     _wait(
-        lambda: (_value(settings, 'streamrag_canary_probes_total{outcome="found"}') or 0) >= 3,
-        "the canary was not found three times",
+        lambda: (_value(settings, 'streamrag_probe_probes_total{outcome="found"}') or 0) >= 3,
+        "the probe event was not found three times",
         settings=settings,
     )
     api = httpx.Client(base_url=settings.api_url, timeout=30)
@@ -155,26 +155,26 @@ def test_every_dashboard_and_rule_expression_returns_numbers(observed) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_the_canary_measures_searchable_latency_below_the_target(observed) -> None:
+def test_the_probe_measures_searchable_latency_below_the_target(observed) -> None:
     """The probe's delay is exported, agrees with the pipeline's own ingested -> indexed histogram, and its median
     over a minute of the warm pipeline is within issue #5's target (p50 <= 2 s) at the replay rate (10 events/s)."""
     settings, _ = observed
-    _wait(lambda: (_value(settings, 'streamrag_canary_probes_total{outcome="found"}') or 0) >= 5, "too few canaries")
+    _wait(lambda: (_value(settings, 'streamrag_probe_probes_total{outcome="found"}') or 0) >= 5, "too few canaries")
     time.sleep(60)  # the last minute then holds canaries and documents of a warm pipeline only, not the start's backlog
     recent = _value(
-        settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_canary_searchable_seconds_bucket[1m])))"
+        settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_probe_searchable_seconds_bucket[1m])))"
     )
     pipeline = _value(
         settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_ingested_to_indexed_seconds_bucket[1m])))"
     )
-    last = _value(settings, "max(streamrag_canary_last_searchable_seconds)")
-    print(f"canary p50 (1 min) {recent:.2f} s, last {last:.2f} s; pipeline ingested->indexed p50 {pipeline:.2f} s")
+    last = _value(settings, "max(streamrag_probe_last_searchable_seconds)")
+    print(f"probe p50 (1 min) {recent:.2f} s, last {last:.2f} s; pipeline ingested->indexed p50 {pipeline:.2f} s")
     assert recent is not None and pipeline is not None and last is not None
     assert 0 < last < 60
-    # The canary adds the API's polling (100 ms) and the producer's send to what the index measures inside.
+    # The probe adds the API's polling (100 ms) and the producer's send to what the index measures inside.
     assert 0.5 * pipeline <= recent <= 2 * pipeline + 1, (recent, pipeline)
-    assert recent <= 2.0, f"canary ingested -> searchable p50 {recent:.2f} s is over the 2 s target"
-    probes = httpx.post(f"{settings.api_url}/search", json={"query": "streamrag canary probe", "top_k": 50}).json()
+    assert recent <= 2.0, f"probe ingested -> searchable p50 {recent:.2f} s is over the 2 s target"
+    probes = httpx.post(f"{settings.api_url}/search", json={"query": "streamrag freshness probe", "top_k": 50}).json()
     assert not any(hit["wiki"] == "streamrag_probe" for hit in probes["hits"]), "canaries stay out of user results"
 
 
@@ -192,5 +192,5 @@ def test_stopping_the_stream_makes_the_lag_and_no_progress_alerts_fire(observed)
     _wait(lambda: {"StreamragLagGrowing", "StreamragNoProgress"} <= set(states()), f"alerts: {states()}", 240)
     assert set(states().values()) <= {"pending", "firing"}
     assert (_value(settings, "streamrag:consumer_lag:sum") or 0) > 50
-    processes["canary"].stop()  # its probe is waiting for a canary the stopped stream will not index
-    assert processes["canary"].proc.returncode == 0, processes["canary"].tail_log(5)
+    processes["probe"].stop()  # its probe is waiting for an event the stopped stream will not index
+    assert processes["probe"].proc.returncode == 0, processes["probe"].tail_log(5)

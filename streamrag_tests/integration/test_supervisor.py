@@ -96,13 +96,13 @@ def _restart_metric(settings: Settings, service: str) -> float:
 def test_a_child_that_always_exits_is_restarted_with_growing_delays_and_never_given_up(state_home: Path) -> None:
     settings = isolated_settings(state_home)
     # Named like a service of the real stack, so `streamrag status` (another process) reports it.
-    crasher = _python(settings, "canary", "import sys, time; time.sleep(0.1); sys.exit(3)")
+    crasher = _python(settings, "probe", "import sys, time; time.sleep(0.1); sys.exit(3)")
     seen: dict[int, dict] = {}  # restarts -> the state the supervisor wrote then
     with supervising(Supervisor(settings, progress=lambda _: None, services=[crasher], **FAST)):
-        before = _restart_metric(settings, "canary")
+        before = _restart_metric(settings, "probe")
 
         def seven_restarts() -> bool:
-            state = supervisor_state(settings).get("canary", {})
+            state = supervisor_state(settings).get("probe", {})
             if state.get("next_attempt_at"):
                 seen.setdefault(state["restarts"], state)
             return len(seen) >= 8
@@ -110,7 +110,7 @@ def test_a_child_that_always_exits_is_restarted_with_growing_delays_and_never_gi
         _wait_for(seven_restarts, 25, "8 failures of a child that always exits")
         cli = run_cli("status", "--json", settings=settings, timeout=60)
         text = run_cli("status", settings=settings, timeout=60)
-        assert _restart_metric(settings, "canary") - before >= 7
+        assert _restart_metric(settings, "probe") - before >= 7
 
     failures = [seen[n] for n in sorted(seen)]
     delays = [s["next_attempt_at"] - s["last_exit_at"] for s in failures]
@@ -122,7 +122,7 @@ def test_a_child_that_always_exits_is_restarted_with_growing_delays_and_never_gi
     assert all(s["last_exit_code"] == 3 and s["last_exit_reason"] == "exited with code 3" for s in failures)
 
     # `streamrag status` in another process shows the same: crashing, restarts, last exit, the next attempt.
-    row = next(r for r in json.loads(cli.stdout) if r["name"] == "canary")
+    row = next(r for r in json.loads(cli.stdout) if r["name"] == "probe")
     assert row["state"] in ("crashing", "starting") and row["restarts"] >= 7 and row["last_exit_code"] == 3, row
     assert row["last_exit_reason"] == "exited with code 3" and row["last_exit_at"] > 0, row
     assert "exited with code 3" in text.stdout and "last exit" in text.stdout, text.stdout

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from streamrag_assets.probe import CanaryProbe
+from streamrag_assets.probe import FreshnessProbe
 from streamrag_assets.runtime.signals import note_on_signal, serve_metrics, stopping
 from streamrag_assets.settings import Settings
 
 
 def main(settings: Settings) -> None:
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
-    serve_metrics(settings.canary_metrics_port, settings.bind_host)
+    serve_metrics(settings.probe_metrics_port, settings.bind_host)
     note_on_signal()
-    probe = CanaryProbe(settings)
+    probe = FreshnessProbe(settings)
     try:
         probe.run(stopping)
     finally:
