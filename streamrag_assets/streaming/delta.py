@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,6 +25,9 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
+
+if TYPE_CHECKING:
+    from streamrag_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,11 @@ class DeltaTables:
         self.retention = f"interval {retention_minutes} minutes"
         self._open: dict[str, DeltaTable] = {}
         self._appends: dict[str, int] = {}  # appends since this process last maintained each table
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DeltaTables:
+        """The platform's tables under the state directory, maintained as the settings say."""
+        return cls(settings.state_dir / "delta", settings.delta_maintain_every, settings.delta_retention_minutes)
 
     def path(self, layer: str) -> str:
         return str(self.root / layer)
