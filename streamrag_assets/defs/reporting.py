@@ -19,7 +19,7 @@ import dagster as dg
 
 from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.pipeline import BatchResult
+from streamrag_assets.streaming.batch_result import BatchResult
 
 log = logging.getLogger(__name__)
 

@@ -1,44 +1,49 @@
 """The medallion pipeline: one Spark query from the raw topic through Bronze, Silver (+ quarantine) and Gold.
 
-The same ``process_batch`` serves the long-running query (`streamrag stream`), bounded ``availableNow`` runs
-(Dagster, tests, backfills) and replays; they share the checkpoint under <home>/checkpoints/medallion/epoch-N.
+The same `MedallionBatch` serves the long-running query (`streamrag stream`), bounded ``availableNow`` runs
+(Dagster, tests, backfills) and replays; they share the checkpoint of the current epoch (`checkpoint`).
 A new epoch (fresh checkpoint) is started only by `reprocess`.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
-from streamrag_assets.documents.store import database_unavailable
+from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.documents.store import DocumentIndex, database_unavailable
+from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.kafka.admin import ensure_topic
 from streamrag_assets.kafka.gaps import ledger_dir
+from streamrag_assets.kafka.spark_source import pass_through
 from streamrag_assets.metrics import (
-    INDEX_PAUSED,
     STREAM_BATCH_DURATION,
     STREAM_DROPPED,
-    STREAM_IDLE_TRIGGERS,
     STREAM_LAST_BATCH,
     STREAM_PROCESSED_OFFSET,
     STREAM_QUARANTINED,
     STREAM_ROWS,
-    STREAM_TRIGGER_PHASE,
 )
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.batch_result import BatchResult, hour_counts
+from streamrag_assets.streaming.checkpoint import (
+    EPOCH_STRIDE,
+    checkpoint_root,
+    current_epoch,
+    last_committed_batch,
+)
 from streamrag_assets.streaming.dedupe import SeenEvents
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
+from streamrag_assets.streaming.index_worker import IndexWorker, WriteGate
+from streamrag_assets.streaming.listener import listen_to_triggers
+from streamrag_assets.streaming.spark import get_spark
 from streamrag_assets.streaming.transforms import (
     Layers,
     bronze_rows,
@@ -52,92 +57,9 @@ from streamrag_assets.streaming.transforms import (
 log = logging.getLogger(__name__)
 
 APP_ID = "streamrag-medallion"
-EPOCH_STRIDE = 1_000_000_000  # batch keys: epoch * stride + Spark batch id, unique across checkpoints
 CATCH_UP_CHUNK = 2_000  # Gold rows per index transaction when catching up after a restart
 SLOW_BATCH_S = 5.0  # a micro-batch slower than this is logged as a warning, with its phases
-RECOVERY_PROBE_S = 5.0  # while Postgres is unavailable, how often the index tries to catch up
 STREAM_DB_ATTEMPTS = 2  # tries of an index transaction in the stream before it pauses indexing (see IndexWorker)
-
-
-@dataclass
-class BatchResult:
-    batch_key: int
-    counts: dict[str, int]
-    quarantine_reasons: dict[str, int]
-    offsets: dict[int, int]
-    delta_versions: dict[str, int | None] = field(default_factory=dict)  # set once the tables are written
-    seconds: float = 0.0
-    indexed: dict[str, int] = field(default_factory=dict)
-    # Gold documents written per hour of event time (``HOUR_KEY_FORMAT``): the hourly partitions the batch touched.
-    gold_hours: dict[str, int] = field(default_factory=dict)
-    # Seconds per phase (refine, dedupe, queue, write_/maintain_<layer>, index, embed): where a slow batch's time went.
-    phases: dict[str, float] = field(default_factory=dict)
-
-
-HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
-
-
-def hour_counts(times: pa.ChunkedArray) -> dict[str, int]:
-    """How many of ``times`` fall in each hour, keyed like the hourly partitions."""
-    counts: dict[str, int] = {}
-    for hour in pc.floor_temporal(times, unit="hour").to_pylist():
-        if hour is not None:
-            key = hour.strftime(HOUR_KEY_FORMAT)
-            counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
-class QueryAlreadyRunning(RuntimeError):
-    pass
-
-
-@contextmanager
-def checkpoint_lock(settings: Settings) -> Iterator[None]:
-    """Held while a query uses the checkpoints: the continuous query and an availableNow run (Dagster, CLI) must not
-    run at once. The kernel releases it when the holder dies, even by SIGKILL."""
-    path = checkpoint_root(settings) / ".lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise QueryAlreadyRunning(
-                f"another streaming query holds {path} (the continuous `streamrag stream`, or a run in progress); "
-                "it keeps the tables up to date"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def query_running(settings: Settings) -> bool:
-    """Whether some process holds the checkpoint lock (the continuous query, or a run in progress)."""
-    try:
-        with checkpoint_lock(settings):
-            return False
-    except QueryAlreadyRunning:
-        return True
-
-
-def committed_offsets(settings: Settings) -> dict[int, int]:
-    """The next offset per partition after the last micro-batch Spark committed (from the checkpoint files)."""
-    epoch = current_epoch(settings)
-    last = last_committed_batch(settings, epoch)
-    if last is None:
-        return {}
-    lines = (checkpoint_root(settings) / f"epoch-{epoch}" / "offsets" / str(last)).read_text().strip().splitlines()
-    return {int(p): int(o) for p, o in json.loads(lines[-1]).items()}
-
-
-def checkpoint_root(settings: Settings) -> Path:
-    return settings.state_dir / "checkpoints" / "medallion"
-
-
-def current_epoch(settings: Settings) -> int:
-    root = checkpoint_root(settings)
-    epochs = [int(p.name.split("-")[1]) for p in root.glob("epoch-*")] if root.exists() else []
-    return max(epochs, default=0)
 
 
 def tables(settings: Settings) -> DeltaTables:
@@ -175,131 +97,6 @@ def record_counts(layers: Layers) -> None:
         STREAM_QUARANTINED.labels(reason.split(":")[0]).inc(n)
 
 
-class _Gate:
-    """Opened once a micro-batch's Delta writes are committed; ``wait`` raises if they failed."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._failed = False
-
-    def open(self) -> None:
-        self._event.set()
-
-    def fail(self) -> None:
-        self._failed = True
-        self._event.set()
-
-    def wait(self) -> None:
-        self._event.wait()
-        if self._failed:
-            raise RuntimeError("the micro-batch's Delta writes failed")
-
-
-class IndexWorker:
-    """Indexes each micro-batch's Gold documents on a thread of its own, in batch order, while Spark already reads
-    and refines the next batch: a document waits for one Spark pass instead of two, and embedding overlaps the
-    broker and Delta round trips. At most one batch waits behind the one being indexed; beyond that ``submit``
-    blocks, which holds Spark back (and lets its next batch grow) rather than queueing without bound.
-
-    Spark commits a batch before its documents are indexed, so each index transaction records its batch key
-    (`IndexProgress`); a stream restarted after a crash first indexes the committed Gold batches beyond it
-    (`MedallionBatch.catch_up`).
-
-    One layer down at a time: when Postgres is unavailable the worker pauses indexing instead of failing the query.
-    Batches go on into Bronze, Silver and Gold; the worker notes the last one whose tables are written and every
-    ``RECOVERY_PROBE_S`` calls ``recover`` with it, which indexes the Gold batches beyond the index's durable
-    progress; once that succeeds, indexing goes on batch by batch. Any other failure stops the worker and fails the
-    next micro-batch: the query stops, and the restarted stream resumes from the recorded progress.
-    """
-
-    def __init__(
-        self,
-        index_batch: Callable[[BatchResult, list[dict], _Gate], None],
-        finish: Callable[[BatchResult], None],
-        recover: Callable[[int], object],
-        behind: int | None = None,
-    ):
-        self._index_batch = index_batch
-        self._finish = finish
-        self._recover = recover
-        self._behind = behind  # the last batch key written to Gold but not indexed; None when in step
-        self._next_probe = 0.0
-        INDEX_PAUSED.set(0 if behind is None else 1)
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="index-worker", daemon=True)
-        self._thread.start()
-
-    @property
-    def paused(self) -> bool:
-        return self._behind is not None
-
-    def submit(self, result: BatchResult, rows: list[dict], written: _Gate) -> None:
-        while True:
-            if self._failure is not None:
-                raise RuntimeError(f"indexing a previous micro-batch failed: {self._failure}") from self._failure
-            try:
-                self._queue.put((result, rows, written), timeout=1.0)
-                return
-            except queue.Full:
-                continue
-
-    def _run(self) -> None:
-        while True:
-            try:
-                item = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                item = None
-            try:
-                if item is not None:
-                    self._take(*item)
-                if self._behind is not None and time.monotonic() >= self._next_probe:
-                    self._try_recover()
-            except BaseException as exc:
-                key = item[0].batch_key if item is not None else self._behind
-                log.exception("indexing batch %s failed; the stream stops and resumes from its progress", key)
-                self._failure = exc
-                return
-
-    def _take(self, result: BatchResult, rows: list[dict], written: _Gate) -> None:
-        if self._behind is None:
-            try:
-                self._index_batch(result, rows, written)
-            except Exception as exc:
-                if not database_unavailable(exc):
-                    raise
-                written.wait()  # the batch's Gold rows are committed: recovery will find them
-                self._pause(result.batch_key, exc)
-        else:
-            written.wait()
-            self._behind = result.batch_key
-        self._finish(result)
-
-    def _pause(self, batch_key: int, exc: BaseException) -> None:
-        log.error(
-            "Postgres is unavailable (%s); indexing pauses at batch %d while Bronze, Silver and Gold go on, and "
-            "catches up when it returns",
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-            batch_key,
-        )
-        self._behind = batch_key
-        self._next_probe = time.monotonic() + RECOVERY_PROBE_S
-        INDEX_PAUSED.set(1)
-
-    def _try_recover(self) -> None:
-        assert self._behind is not None
-        try:
-            self._recover(self._behind)
-        except Exception as exc:
-            if not database_unavailable(exc):
-                raise
-            self._next_probe = time.monotonic() + RECOVERY_PROBE_S
-            return
-        log.info("Postgres is back: the index caught up to batch %d and goes on", self._behind)
-        self._behind = None
-        INDEX_PAUSED.set(0)
-
-
 class MedallionBatch:
     """The ``foreachBatch`` function; keeps the Delta tables open between micro-batches. With ``asynchronous``
     (the continuous query) Gold documents are indexed by an `IndexWorker`, otherwise within the batch.
@@ -326,9 +123,6 @@ class MedallionBatch:
         self.worker: IndexWorker | None = None
         self.progress_name = f"medallion:{settings.topic}"
         if settings.index_enabled:
-            from streamrag_assets.documents.store import DocumentIndex
-            from streamrag_assets.index.embedder import get_embedder
-
             # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.
             threads = settings.stream_embedding_threads if asynchronous else None
             self.index = DocumentIndex(
@@ -354,8 +148,6 @@ class MedallionBatch:
     def recover(self, upto: int | None) -> int:
         """Make the index current up to batch key ``upto`` (None: the checkpoint's last commit): migrate the schema
         (idempotent; the stream may start before `up` migrated) and index the Gold batches beyond the progress."""
-        from streamrag_assets.documents.migrate import upgrade
-
         upgrade(self.settings.app_database_url)
         return self.catch_up(upto)
 
@@ -377,8 +169,6 @@ class MedallionBatch:
         done = -1 if done is None else done
         if done >= committed_key:
             return 0
-        import pyarrow.dataset as ds
-
         # A table object of its own: the index worker catches up while the batch thread writes through `self.delta`.
         gold = tables(self.settings).read(
             "gold", None, (ds.field("batch_id") > done) & (ds.field("batch_id") <= committed_key)
@@ -416,7 +206,7 @@ class MedallionBatch:
             batch_key, layers.counts, layers.quarantine_reasons, offsets, gold_hours=gold_hours, phases=phases
         )
         rows = layers.gold.to_pylist() if self.index is not None else []
-        written = _Gate()
+        written = WriteGate()
         if self.worker is not None:
             # The index thread embeds while the tables are written, and writes to Postgres once they are.
             with _phase(phases, "queue"):  # waiting for the index thread to take the batch
@@ -438,7 +228,7 @@ class MedallionBatch:
         STREAM_BATCH_DURATION.labels("total").observe(time.perf_counter() - began)
         STREAM_LAST_BATCH.set(time.time())
 
-    def _index_batch(self, result: BatchResult, rows: list[dict], written: _Gate) -> None:
+    def _index_batch(self, result: BatchResult, rows: list[dict], written: WriteGate) -> None:
         if self.index is None or not rows:
             written.wait()
             return
@@ -479,13 +269,6 @@ def _phase(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = round(seconds, 3)
 
 
-def last_committed_batch(settings: Settings, epoch: int) -> int | None:
-    """The id of the last micro-batch Spark committed in ``epoch``'s checkpoint."""
-    commits = checkpoint_root(settings) / f"epoch-{epoch}" / "commits"
-    ids = [int(p.name) for p in commits.glob("[0-9]*")] if commits.exists() else []
-    return max(ids, default=None)
-
-
 def _next_offsets(refined: pa.Table) -> dict[int, int]:
     offsets: dict[int, int] = {}
     for partition, offset in zip(refined["partition"].to_pylist(), refined["offset"].to_pylist(), strict=True):
@@ -493,68 +276,9 @@ def _next_offsets(refined: pa.Table) -> dict[int, int]:
     return offsets
 
 
-class _TriggerPhases:
-    """Spark's listener interface, implemented over py4j: each trigger's progress report (``durationMs``:
-    latestOffset, addBatch, walCommit, ...) becomes `STREAM_TRIGGER_PHASE` observations, where Spark's fixed cost per
-    micro-batch goes. The report is read as one JSON string: pyspark's own listener converts it field by field over
-    py4j, and its class look-ups scan the JVM's class path each time (measured: ~115 ms of JVM and ~50 ms of driver
-    CPU per trigger, a sixth of a core at one trigger a second; 48% of the stream JVM's CPU samples)."""
-
-    def onQueryStarted(self, event) -> None:
-        pass
-
-    def onQueryProgress(self, event) -> None:
-        progress = json.loads(event.progress().json())
-        durations = progress.get("durationMs") or {}
-        for phase, ms in durations.items():
-            STREAM_TRIGGER_PHASE.labels(phase).observe(ms / 1000)
-        if durations.get("triggerExecution", 0) > SLOW_BATCH_S * 1000:
-            log.warning("micro-batch %d: a slow trigger, ms by phase %s", progress.get("batchId"), durations)
-
-    def onQueryIdle(self, event) -> None:
-        STREAM_IDLE_TRIGGERS.inc()
-
-    def onQueryTerminated(self, event) -> None:
-        pass
-
-    class Java:
-        implements = ["org.apache.spark.sql.streaming.PythonStreamingQueryListener"]
-
-
-def _phase_listener():
-    """`_TriggerPhases` as a listener `spark.streams.addListener` takes (it registers ``_jlistener``)."""
-    from pyspark import SparkContext
-    from pyspark.sql.streaming import StreamingQueryListener
-
-    class PhaseListener(StreamingQueryListener):
-        """Registers `_TriggerPhases` with the JVM; Spark calls that, never these methods."""
-
-        def onQueryStarted(self, event) -> None:
-            pass
-
-        def onQueryProgress(self, event) -> None:
-            pass
-
-        def onQueryTerminated(self, event) -> None:
-            pass
-
-        @property
-        def _jlistener(self):
-            if not hasattr(self, "_wrapper"):
-                self._wrapper = SparkContext._jvm.PythonStreamingQueryListenerWrapper(_TriggerPhases())  # type: ignore[union-attr]
-            return self._wrapper
-
-    return PhaseListener()
-
-
-_LISTENING: set[int] = set()
-
-
 def _warm_python_worker(spark) -> None:
     """Start Spark's Python worker (reused by the topic's reader) before the query does: the first micro-batch with
     events otherwise paid for it and for its imports (3-5 s here), and began the stream with a backlog."""
-    from streamrag_assets.kafka.spark_source import pass_through
-
     began = time.perf_counter()
     spark.range(1).mapInArrow(pass_through, "id long").collect()  # the worker imports the reader's module
     log.info("Spark's Python worker ready in %.1f s", time.perf_counter() - began)
@@ -569,11 +293,7 @@ def start_query(
     on_batch: Callable[[BatchResult], None] | None = None,
 ):
     """Start the streaming query (continuous, or availableNow) and return it."""
-    from streamrag_assets.streaming.spark import get_spark
-
     if not available_now:  # started before any producer, the query waits for events instead of failing
-        from streamrag_assets.kafka.admin import ensure_topic
-
         ensure_topic(settings)
     epoch = current_epoch(settings) if epoch is None else epoch
     checkpoint = checkpoint_root(settings) / f"epoch-{epoch}"
@@ -583,9 +303,7 @@ def start_query(
         # the JVM starts: neither needs the other, and each takes seconds.
         batch_ready = setup.submit(MedallionBatch, settings, epoch, on_batch, asynchronous=not available_now)
         spark = get_spark(settings)
-        if id(spark) not in _LISTENING:
-            spark.streams.addListener(_phase_listener())
-            _LISTENING.add(id(spark))
+        listen_to_triggers(spark, SLOW_BATCH_S)
         if not available_now:
             _warm_python_worker(spark)
         foreach_batch = batch_ready.result()

@@ -9,6 +9,7 @@ from pyspark.sql import SparkSession
 
 from streamrag_assets.kafka.spark_source import KafkaDataSource
 from streamrag_assets.settings import Settings, get_settings
+from streamrag_assets.streaming.spark_internals import jvm
 
 QUIET_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"
 
@@ -73,7 +74,7 @@ def get_spark(settings: Settings | None = None) -> SparkSession:
     spark.sparkContext.setLogLevel("WARN")
     # On two cores most micro-batches outlast the trigger interval, and Spark warns of each one; the stream logs a
     # slow batch itself, with where its time went.
-    log4j = spark.sparkContext._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+    log4j = jvm(spark).org.apache.logging.log4j
     log4j.core.config.Configurator.setLevel(QUIET_LOGGER, log4j.Level.ERROR)
     spark.dataSource.register(KafkaDataSource)
     return spark

@@ -11,7 +11,8 @@ from typing import Any
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.metrics import STREAM_CONSUMER_LAG
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.pipeline import BatchResult, committed_offsets
+from streamrag_assets.streaming.batch_result import BatchResult
+from streamrag_assets.streaming.checkpoint import committed_offsets
 
 
 class StreamStatus:

@@ -91,7 +91,7 @@ def _hourly(instance: dg.DagsterInstance, key: dg.AssetKey, run_id: str) -> dict
 
 
 def _gold_hours(delta: DeltaTables) -> dict[str, int]:
-    from streamrag_assets.streaming.pipeline import hour_counts
+    from streamrag_assets.streaming.batch_result import hour_counts
 
     return hour_counts(delta.read("gold")["event_time"])
 
@@ -133,7 +133,7 @@ def test_a_run_materializes_every_table_with_reconciling_counts(materialized, en
 
 def test_kafka_sensor_observes_the_topic_and_requests_runs_only_when_needed(materialized, env) -> None:
     from streamrag_assets.defs.ingest.sensors import evaluate, run_key, topic_heads
-    from streamrag_assets.streaming.pipeline import checkpoint_lock
+    from streamrag_assets.streaming.checkpoint import checkpoint_lock
 
     instance = dg.DagsterInstance.ephemeral()
     caught_up = evaluate(dg.build_sensor_context(instance=instance))
@@ -179,7 +179,8 @@ class _Receiver(BaseHTTPRequestHandler):
 
 def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(materialized, env) -> None:
     from streamrag_assets.defs.reporting import DagsterReporter
-    from streamrag_assets.streaming.pipeline import HOUR_KEY_FORMAT, BatchResult, checkpoint_lock
+    from streamrag_assets.streaming.batch_result import HOUR_KEY_FORMAT, BatchResult
+    from streamrag_assets.streaming.checkpoint import checkpoint_lock
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -283,7 +284,7 @@ def test_the_trailing_window_schedule_makes_gold_and_pgvector_whole_again(materi
 
 def test_a_backfill_from_the_cli_runs_through_the_daemon_and_restores_lost_documents(materialized, env) -> None:
     """`dagster job backfill` (what the UI's backfill dialog also creates), executed by the real daemon."""
-    from streamrag_assets.streaming.pipeline import checkpoint_lock
+    from streamrag_assets.streaming.checkpoint import checkpoint_lock
 
     delta = DeltaTables(env.state_dir / "delta")
     hours = sorted(_gold_hours(delta))

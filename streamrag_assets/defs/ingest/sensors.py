@@ -37,7 +37,7 @@ def run_key(heads: dict[int, int]) -> str:
 
 
 def evaluate(context: dg.SensorEvaluationContext, job_name: str | None = None) -> dg.SensorResult | dg.SkipReason:
-    from streamrag_assets.streaming.pipeline import committed_offsets, query_running
+    from streamrag_assets.streaming.checkpoint import committed_offsets, query_running
 
     settings = get_settings()
     try:

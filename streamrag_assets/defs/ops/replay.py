@@ -16,7 +16,7 @@ class RebuildConfig(dg.Config):
 
 @dg.op(description="Recompute Silver, quarantine and Gold from Bronze (same transforms as the stream).")
 def rebuild_from_bronze_op(context: dg.OpExecutionContext, config: RebuildConfig) -> dict:
-    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoint_lock
     from streamrag_assets.streaming.replay import rebuild_from_bronze
 
     if not config.confirm:
@@ -39,7 +39,8 @@ class ReprocessConfig(dg.Config):
 
 @dg.op(description="Re-read the topic from an offset or a time with a fresh checkpoint (an availableNow run).")
 def reprocess_topic_op(context: dg.OpExecutionContext, config: ReprocessConfig) -> str:
-    from streamrag_assets.streaming.pipeline import QueryAlreadyRunning, checkpoint_lock, start_query
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoint_lock
+    from streamrag_assets.streaming.pipeline import start_query
     from streamrag_assets.streaming.replay import prepare_reprocess, resolve_start, starting_offsets_option
 
     settings = get_settings()

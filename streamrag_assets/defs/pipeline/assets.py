@@ -165,7 +165,9 @@ def medallion(context: dg.AssetExecutionContext, pyspark: PySparkResource):
 
     The same micro-batches write Gold and pgvector; those are partitioned by hour of event time, so their writes
     are logged as materializations of the hours they touched."""
-    from streamrag_assets.streaming.pipeline import BatchResult, QueryAlreadyRunning, checkpoint_lock, start_query
+    from streamrag_assets.streaming.batch_result import BatchResult
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoint_lock
+    from streamrag_assets.streaming.pipeline import start_query
     from streamrag_assets.streaming.spark import prepare_environment
 
     settings = get_settings()

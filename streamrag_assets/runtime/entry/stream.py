@@ -11,7 +11,8 @@ from pyspark.sql.streaming import StreamingQuery
 from streamrag_assets.documents.heartbeat import STREAM, HeartbeatThread
 from streamrag_assets.runtime.signals import Shutdown, note_on_signal, raise_on_signal, serve_metrics, stopping
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.pipeline import checkpoint_lock, start_query
+from streamrag_assets.streaming.checkpoint import checkpoint_lock
+from streamrag_assets.streaming.pipeline import start_query
 from streamrag_assets.streaming.status import StreamStatus
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,35 @@
+"""What one micro-batch did, as the stream reports it (its log line, the heartbeat, Dagster's materializations)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
+
+
+@dataclass
+class BatchResult:
+    batch_key: int
+    counts: dict[str, int]
+    quarantine_reasons: dict[str, int]
+    offsets: dict[int, int]
+    delta_versions: dict[str, int | None] = field(default_factory=dict)  # set once the tables are written
+    seconds: float = 0.0
+    indexed: dict[str, int] = field(default_factory=dict)
+    # Gold documents written per hour of event time (``HOUR_KEY_FORMAT``): the hourly partitions the batch touched.
+    gold_hours: dict[str, int] = field(default_factory=dict)
+    # Seconds per phase (refine, dedupe, queue, write_/maintain_<layer>, index, embed): where a slow batch's time went.
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def hour_counts(times: pa.ChunkedArray) -> dict[str, int]:
+    """How many of ``times`` fall in each hour, keyed like the hourly partitions."""
+    counts: dict[str, int] = {}
+    for hour in pc.floor_temporal(times, unit="hour").to_pylist():
+        if hour is not None:
+            key = hour.strftime(HOUR_KEY_FORMAT)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
