@@ -25,6 +25,7 @@ from streamrag_assets.ingest.position import AckTracker, Position
 from streamrag_assets.ingest.sse_client import SourceEvent
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.kafka.admin import ensure_topic
+from streamrag_assets.kafka.client_internals import force_close
 from streamrag_assets.metrics import (
     INGEST_EVENTS_FAILED,
     INGEST_EVENTS_PRODUCED,
@@ -314,9 +315,7 @@ class EventProducer:
 
 def _discard(producer: KafkaProducer) -> None:
     """Close without waiting: pending batches fail (calling their errbacks) instead of being sent."""
-    sender = getattr(producer, "_sender", None)  # kafka-python's close(0) first flushes, which raises when stuck
-    if sender is not None:
-        sender.force_close()
+    force_close(producer)  # kafka-python's close(0) alone first flushes, which raises when stuck
     with contextlib.suppress(KafkaError):
         producer.close(timeout=0)
 

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, OffsetOutOfRangeError
 
+from streamrag_assets.kafka.client_internals import ConsumerRecord
 from streamrag_assets.kafka.gaps import NO_RECORDS, RETENTION, SKIPPED, GapLedger, OffsetGap, declare
 
 log = logging.getLogger(__name__)
