@@ -63,7 +63,7 @@ def main() -> None:
     home = scratch_dir("streamrag-bench-")
     settings = isolated_settings(
         home / ".streamrag",
-        ingest_source="replay",
+        ingest_source="recording",
         ingest_rate=0,  # as fast as the producer goes
         stream_max_events_per_trigger=args.max_events_per_trigger,
     )

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
-from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
@@ -38,7 +38,7 @@ from streamrag_tests.harness import isolated_settings, release, scratch_dir
 # The order of the faults: the source first, then each stage downstream, then what serves and orchestrates.
 # "a+b" kills a and b at once (each one's recovery is still timed on its own).
 KILL_ORDER = (
-    "replay-source",
+    "recording-source",
     "ingest",
     "kafka",
     "seaweedfs",
@@ -178,7 +178,7 @@ def wait_until(condition, timeout_s: float, every_s: float = 0.5) -> float | Non
 
 
 def source_answers(settings: Settings) -> bool:
-    return httpx.get(f"http://127.0.0.1:{settings.replay_port}/health", timeout=1).status_code == 200
+    return httpx.get(f"http://127.0.0.1:{settings.source_port}/health", timeout=1).status_code == 200
 
 
 def fault(
@@ -206,7 +206,7 @@ def fault(
 
 
 def _recovered(settings: Settings, process: str, old_pid: int, restarts_before: int) -> bool:
-    if process == "replay-source":  # ingest's child: back when a new one answers
+    if process == "recording-source":  # ingest's child: back when a new one answers
         return pid_of(settings, process) != old_pid and source_answers(settings)
     state = supervisor_state(settings).get(process, {})
     return state.get("restarts", 0) > restarts_before and state.get("state") == "up"
@@ -222,7 +222,7 @@ def start_up(settings: Settings, log_path: Path) -> subprocess.Popen:
 def chaos_settings(home: Path, events: int, rate: float, **overrides: object) -> Settings:
     return isolated_settings(
         home,
-        ingest_source="replay",
+        ingest_source="recording",
         ingest_rate=rate,
         ingest_count=events,
         startup_timeout_s=180,
@@ -275,9 +275,10 @@ def run(
             progress(f"  caught up after {group[0].caught_up_s} s: {vars(now)}")
             progress(f"  an event ingested after the fault was searchable {flowing} s after it")
             time.sleep(settle_s)
-        # The feed's end: every event of the replay sent, acknowledged, and through every layer.
+        # The feed's end: every event of the recording sent, acknowledged, and through every layer.
         expected = {
-            json.loads(replay_event(seq, seed=f"replay-{settings.ingest_seed}"))["meta"]["id"] for seq in range(events)
+            json.loads(recorded_event(seq, seed=f"replay-{settings.ingest_seed}"))["meta"]["id"]
+            for seq in range(events)
         }
 
         def all_through() -> bool:
@@ -291,7 +292,7 @@ def run(
         final = reconcile(settings, known, refresh=False)
         silver = DeltaTables(settings.state_dir / "delta").read("silver", ["event_id"])["event_id"].to_pylist()
         result["final"] = vars(final) | {
-            "replay_events_missing_from_silver": len(expected - set(silver)),
+            "recorded_events_missing_from_silver": len(expected - set(silver)),
             "finished_after_s": round(finished, 1) if finished is not None else None,
         }
         with httpx.Client(base_url=settings.api_url, timeout=10) as client:

@@ -8,7 +8,7 @@ In one run, on an embedded broker, object store and Postgres:
    documents, into an emptied table, ``--rounds`` times in turn (the median ratio is reported): by default the
    replayed recording's documents, which the freshness run indexes (``--texts synthetic``: generated ones; both
    average ~55 model tokens);
-2. freshness: `streamrag ingest --source replay --rate R` and `streamrag stream` (continuous) run as `up` runs them;
+2. freshness: `streamrag ingest --source recording --rate R` and `streamrag stream` (continuous) run as `up` runs them;
    the producer starts once the stream's query has run its first trigger (a sustained rate; ``--cold-start`` starts
    both at once, and the first minutes then include the events that waited for Spark to start); Postgres is polled
    every 50 ms for documents committed since the last poll, and each document's ingested -> searchable delay is the
@@ -263,7 +263,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1500, help="Documents for the throughput comparison.")
     parser.add_argument(
-        "--texts", choices=["replay", "synthetic"], default="replay", help="Documents for the throughput comparison."
+        "--texts",
+        choices=["recording", "synthetic"],
+        default="recording",
+        help="Documents for the throughput comparison.",
     )
     parser.add_argument("--stage-batch", type=int, default=64, help="Documents per index transaction.")
     parser.add_argument("--rounds", type=int, default=5, help="Raw/stage throughput pairs (the median ratio counts).")
@@ -279,7 +282,7 @@ def main() -> None:
     parser.add_argument("--keep-logs", type=Path, help="Copy the processes' logs here before the stack is removed.")
     args = parser.parse_args()
     home = scratch_dir("streamrag-bench-")
-    settings = isolated_settings(home / ".streamrag", ingest_source="replay", ingest_rate=args.rate)
+    settings = isolated_settings(home / ".streamrag", ingest_source="recording", ingest_rate=args.rate)
     stack = EmbeddedStack(settings)
     try:
         stack.start_all()

@@ -54,7 +54,7 @@ def main() -> None:
                 "--source",
                 "synthetic",
                 "--url",
-                f"http://127.0.0.1:{settings.replay_port}{STREAM_PATH}",
+                f"http://127.0.0.1:{settings.source_port}{STREAM_PATH}",
             ],
             env={**clean_env(), **settings.to_env()},
             cwd=PROJECT_ROOT,

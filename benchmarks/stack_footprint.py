@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--keep-state", action="store_true", help="Keep the state directory (logs, data).")
     args = parser.parse_args()
     home = scratch_dir("streamrag-footprint-")
-    settings = isolated_settings(home / ".streamrag", ingest_source="replay")
+    settings = isolated_settings(home / ".streamrag", ingest_source="recording")
     env = {**os.environ, **settings.to_env()}
     result: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "args": vars(args)}
     result["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]

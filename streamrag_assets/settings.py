@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK = "127.0.0.1"
@@ -107,8 +107,8 @@ class Settings(BaseSettings):
     startup_timeout_s: float = 60.0
 
     # --- ingest (SSE -> Kafka) ----------------------------------------------------------------------------
-    ingest_source: Literal["wikimedia", "replay", "synthetic"] = Field(
-        "wikimedia", description="Where `up` ingests from: the live stream, or a local replay/synthetic server."
+    ingest_source: Literal["wikimedia", "recording", "synthetic"] = Field(
+        "wikimedia", description="Where `up` ingests from: the live stream, or a local recording/synthetic server."
     )
     wikimedia_url: str = "https://stream.wikimedia.org/v2/stream/recentchange"
     user_agent: str = Field(
@@ -116,13 +116,13 @@ class Settings(BaseSettings):
         "python-httpx",
         description="Sent to Wikimedia, whose policy asks for a descriptive agent with contact details.",
     )
-    ingest_rate: float = Field(50.0, description="Events/s served by the replay/synthetic source (0 = unlimited).")
+    ingest_rate: float = Field(50.0, description="Events/s served by the recording/synthetic source (0 = unlimited).")
     ingest_malformed_fraction: float = Field(0.01, ge=0, le=1, description="Synthetic source: malformed lines.")
     ingest_seed: int = 0
     ingest_count: int | None = Field(
-        None, ge=0, description="Replay/synthetic source: serve this many events, then idle (default: endless)."
+        None, ge=0, description="Recording/synthetic source: serve this many events, then idle (default: endless)."
     )
-    replay_port: int = Field(8765, description="Port of the local replay/synthetic SSE server.")
+    source_port: int = Field(8765, description="Port of the local recording/synthetic SSE server.")
     sse_read_timeout_s: float = Field(30.0, description="No bytes for this long = a stalled stream; reconnect.")
     ingest_linger_ms: int = Field(
         -1,
@@ -219,6 +219,12 @@ class Settings(BaseSettings):
     supervisor_metrics_port: int = Field(
         9111, description="Prometheus metrics of the `up` supervisor: restarts, up and crashing per service (0 = off)."
     )
+
+    @field_validator("ingest_source", mode="before")
+    @classmethod
+    def _recording_was_called_replay(cls, value: object) -> object:
+        # The recording source was once called "replay", a name that now means only the Bronze rebuild.
+        return "recording" if value == "replay" else value
 
     @model_validator(mode="after")
     def _fail_after_warn(self) -> Settings:

@@ -19,7 +19,7 @@ import httpx
 import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
-from streamrag_assets.ingest.sources import replay_event, synthetic_event
+from streamrag_assets.ingest.sources import recorded_event, synthetic_event
 from streamrag_assets.runtime.broker import broker_process
 from streamrag_assets.runtime.postgres import postgres_process
 from streamrag_assets.runtime.process import ManagedProcess
@@ -69,11 +69,11 @@ def free_port_block(size: int) -> int:
     raise RuntimeError("no block of free ports")
 
 
-def gold_documents(count: int, texts: str = "replay") -> list[dict]:
+def gold_documents(count: int, texts: str = "recording") -> list[dict]:
     """``count`` Gold upsert documents, with lineage, from the replayed recording (or the synthetic source)."""
     docs, seq = [], 0
     while len(docs) < count:
-        event = replay_event(seq) if texts == "replay" else synthetic_event(seq, seed=9, canary_fraction=0)
+        event = recorded_event(seq) if texts == "recording" else synthetic_event(seq, seed=9, canary_fraction=0)
         try:
             doc = document(parse_event(event))
         except Rejected:
@@ -94,13 +94,13 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
         "seaweedfs_port_base": free_port_block(15),
         "dagster_port": free_port(),
         "api_port": free_port(),
-        "replay_port": free_port(),
+        "source_port": free_port(),
         "ingest_metrics_port": free_port(),
         "stream_metrics_port": free_port(),
         "probe_metrics_port": free_port(),
         "prometheus_port": free_port(),
         "supervisor_metrics_port": free_port(),
-        "ingest_source": "replay",
+        "ingest_source": "recording",
         "startup_timeout_s": 90,
     }
     values.update(overrides)

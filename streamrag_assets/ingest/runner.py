@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_S = 10.0
 
 UNREACHABLE_HINT = (
-    "Without internet access, ingest the bundled recording instead: `streamrag ingest --source replay` "
-    "(or STREAMRAG_INGEST_SOURCE=replay for `streamrag up`)."
+    "Without internet access, ingest the bundled recording instead: `streamrag ingest --source recording` "
+    "(or STREAMRAG_INGEST_SOURCE=recording for `streamrag up`)."
 )
 
 

@@ -35,7 +35,7 @@ def recorded_events() -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(line) for line in text.splitlines() if line.strip())
 
 
-def replay_event(seq: int, seed: str = "replay") -> str:
+def recorded_event(seq: int, seed: str = "replay") -> str:
     """Recorded event ``seq % N`` with fresh ids and times; each loop gets distinct revision and rc ids."""
     events = recorded_events()
     loop, index = divmod(seq, len(events))
@@ -210,8 +210,8 @@ def file_events(path: Path) -> list[str]:
 
 
 def event_factory(source: str, seed: int = 0, malformed_fraction: float = 0.0) -> EventFactory:
-    if source == "replay":
-        return lambda seq: replay_event(seq, seed=f"replay-{seed}")
+    if source == "recording":
+        return lambda seq: recorded_event(seq, seed=f"replay-{seed}")
     if source == "synthetic":
         return lambda seq: synthetic_event(seq, seed=seed, malformed_fraction=malformed_fraction)
-    raise ValueError(f"unknown offline source {source!r}: expected replay or synthetic")
+    raise ValueError(f"unknown offline source {source!r}: expected recording or synthetic")

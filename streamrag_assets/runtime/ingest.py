@@ -20,7 +20,7 @@ def ingest_process(settings: Settings) -> ManagedProcess:
         ports.append(PortClaim(settings.ingest_metrics_port, "ingest metrics", "STREAMRAG_INGEST_METRICS_PORT"))
     if settings.ingest_source != "wikimedia":
         ports.append(
-            PortClaim(settings.replay_port, f"the {settings.ingest_source} SSE server", "STREAMRAG_REPLAY_PORT")
+            PortClaim(settings.source_port, f"the {settings.ingest_source} SSE server", "STREAMRAG_SOURCE_PORT")
         )
 
     def ready() -> bool:

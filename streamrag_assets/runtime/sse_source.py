@@ -1,4 +1,4 @@
-"""The local replay/synthetic SSE server as a supervised process (started by `streamrag ingest`)."""
+"""The local recording/synthetic SSE server as a supervised process (started by `streamrag ingest`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from streamrag_assets.settings import Settings
 def sse_source_process(
     settings: Settings, source: str, count: int | None = None, file: Path | None = None
 ) -> ManagedProcess:
-    """The SSE server for ``source`` (replay or synthetic), or serving the lines of an NDJSON ``file``."""
-    port = settings.replay_port
+    """The SSE server for ``source`` (recording or synthetic), or serving the lines of an NDJSON ``file``."""
+    port = settings.source_port
     argv = [
         sys.executable,
         "-m",
@@ -48,7 +48,7 @@ def sse_source_process(
         pid_path=settings.state_dir / "run" / f"{source}-source.pid",
         ready=ready,
         address=f"http://{LOOPBACK_HOST}:{port}",
-        ports=[PortClaim(port, f"the {source} SSE server", "STREAMRAG_REPLAY_PORT")],
+        ports=[PortClaim(port, f"the {source} SSE server", "STREAMRAG_SOURCE_PORT")],
     )
 
 
@@ -57,4 +57,4 @@ def source_url(settings: Settings, source: str) -> str:
         return settings.wikimedia_url
     from streamrag_assets.ingest.sse_server import STREAM_PATH
 
-    return f"http://{LOOPBACK_HOST}:{settings.replay_port}{STREAM_PATH}"
+    return f"http://{LOOPBACK_HOST}:{settings.source_port}{STREAM_PATH}"

@@ -36,7 +36,7 @@ def test_every_process_killed_in_turn_recovers_and_nothing_is_lost_or_doubled() 
             assert one["lost"] == 0 and one["duplicates"] == 0, report
             assert one["flowing_s"] is not None, f"no new event became searchable after {one['process']}\n{report}"
         final = result["final"]
-        assert final["replay_events_missing_from_silver"] == 0, report
+        assert final["recorded_events_missing_from_silver"] == 0, report
         assert final["bronze_missing"] == final["bronze_duplicates"] == 0, report
         assert final["events_lost"] == final["silver_duplicates"] == 0, report
         assert final["index_missing"] == final["index_extra"] == 0, report

@@ -67,7 +67,7 @@ def ingest_settings(stack, state_home: Path):
         update={
             "home": state_home,
             "topic": f"raw-{uuid.uuid4().hex[:8]}",
-            "replay_port": free_port(),
+            "source_port": free_port(),
             "ingest_metrics_port": 0,
             "sse_read_timeout_s": 5.0,
         }
@@ -82,7 +82,7 @@ def _server(settings, source: str, count: int, rate: float, **extra) -> ManagedP
 
 
 def _ingest(settings, source: str) -> subprocess.Popen:
-    url = f"http://127.0.0.1:{settings.replay_port}{STREAM_PATH}"
+    url = f"http://127.0.0.1:{settings.source_port}{STREAM_PATH}"
     return subprocess.Popen(
         [str(VENV_BIN / "streamrag"), "ingest", "--source", source, "--url", url],
         env={**clean_env(), **settings.to_env()},
@@ -113,7 +113,7 @@ def _kill_with_acks_beyond_the_saved_position(producer: subprocess.Popen, settin
     Killing at a random moment is not enough: a save landing between the last acknowledgement and the kill leaves
     nothing to skip on restart, and the test would pass without exercising the skip.
     """
-    position_file = settings.state_dir / "ingest" / "replay.position.json"
+    position_file = settings.state_dir / "ingest" / "recording.position.json"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -135,8 +135,8 @@ def test_killing_server_and_producer_loses_and_repeats_nothing(ingest_settings) 
     # Positions saved only every 5 s, and the kill timed so acknowledged events lie beyond the stored position.
     settings, total = ingest_settings.model_copy(update={"ingest_position_interval_s": 5.0}), 3000
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    server = _server(settings, "replay", total, rate=400)
-    producer = _ingest(settings, "replay")
+    server = _server(settings, "recording", total, rate=400)
+    producer = _ingest(settings, "recording")
     try:
         _wait_for(settings, 700)
         server.kill()  # the SSE server dies mid-stream …
@@ -145,7 +145,7 @@ def test_killing_server_and_producer_loses_and_repeats_nothing(ingest_settings) 
         server.wait_ready(30)
         _wait_for(settings, 1500)
         _kill_with_acks_beyond_the_saved_position(producer, settings, save_every_s=5.0)
-        producer = _ingest(settings, "replay")
+        producer = _ingest(settings, "recording")
         _wait_for(settings, total, timeout_s=120)
         time.sleep(2)  # anything extra (a duplicate) would arrive now
         stopping = time.monotonic()
@@ -166,14 +166,14 @@ def test_sigterm_in_a_flood_stops_at_once_and_a_restart_completes_the_topic(inge
     """A backlog read as fast as the source goes (a catch-up with --since, say): the signal lands mid-send."""
     settings, total = ingest_settings, 30_000
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    server = _server(settings, "replay", total, rate=0)
-    producer = _ingest(settings, "replay")
+    server = _server(settings, "recording", total, rate=0)
+    producer = _ingest(settings, "recording")
     try:
         _wait_for(settings, 5_000)
         stopping = time.monotonic()
         _stop(producer, settings)
         assert time.monotonic() - stopping < 10, "well within the 20 s `up` gives a service to stop"
-        producer = _ingest(settings, "replay")
+        producer = _ingest(settings, "recording")
         _wait_for(settings, total, timeout_s=120)
         time.sleep(2)  # anything extra (a duplicate) would arrive now
     finally:
@@ -187,8 +187,8 @@ def test_sigterm_in_a_flood_stops_at_once_and_a_restart_completes_the_topic(inge
 def test_broker_down_for_ten_seconds_loses_nothing(stack, ingest_settings) -> None:
     settings, total = ingest_settings, 4000
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    server = _server(settings, "replay", total, rate=250)
-    producer = _ingest(settings, "replay")
+    server = _server(settings, "recording", total, rate=250)
+    producer = _ingest(settings, "recording")
     try:
         _wait_for(settings, 500)
         stack.kafka.kill()

@@ -18,7 +18,7 @@ from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.retention import prune
 from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.streaming.refine import PROBE_WIKI, document, parse_event
 from streamrag_tests.harness import fresh_database
 
@@ -29,7 +29,7 @@ EVERYTHING = Filters()
 
 def _gold(seq: int, **changes) -> dict:
     """A replayed edit (all of these are on enwiki), changed as asked, happening now."""
-    event = json.loads(replay_event(seq))
+    event = json.loads(recorded_event(seq))
     event.update(changes)
     doc = document(parse_event(json.dumps(event)))
     now = datetime.now(UTC)

@@ -56,7 +56,7 @@ def medallion(stack, tmp_path_factory):
         update={
             "home": home,
             "topic": f"raw-{uuid.uuid4().hex[:8]}",
-            "replay_port": free_port(),
+            "source_port": free_port(),
             "ingest_metrics_port": 0,
             "stream_metrics_port": 0,
             "stream_max_events_per_trigger": 250,

@@ -73,9 +73,9 @@ def observed(stack):
     settings = separate_platform(
         stack,
         "prom",
-        ingest_source="replay",
+        ingest_source="recording",
         ingest_rate=10.0,
-        replay_port=free_port(),
+        source_port=free_port(),
         api_port=free_port(),
         ingest_metrics_port=free_port(),
         stream_metrics_port=free_port(),

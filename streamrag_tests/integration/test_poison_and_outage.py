@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from kafka import KafkaProducer
 
-from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.runtime.sse_source import sse_source_process
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
@@ -79,7 +79,7 @@ def poisoned(stack):
     platform = separate_platform(
         stack,
         "poison",
-        replay_port=free_port(),
+        source_port=free_port(),
         ingest_metrics_port=0,
         stream_metrics_port=0,
         dagster_report_interval_s=0,
@@ -87,17 +87,17 @@ def poisoned(stack):
     )
     lines = sample_hostile(HOSTILE, seed_value=22)
     for n in range(ORDINARY):
-        lines.insert(n * 4, replay_event(n, seed="poison"))
+        lines.insert(n * 4, recorded_event(n, seed="poison"))
     lines[1:1] = storage_poison()  # in the first micro-batch, among ordinary edits
     feed = platform.state_dir / "hostile.ndjson"
     feed.write_text("\n".join(lines) + "\n", encoding="utf-8")
     stream = _stream(platform)
-    server = sse_source_process(platform.model_copy(update={"ingest_rate": 200.0}), "replay", file=feed)
+    server = sse_source_process(platform.model_copy(update={"ingest_rate": 200.0}), "recording", file=feed)
     ingest = None
     try:
         server.start()
         server.wait_ready(30)
-        ingest = _ingest(platform, "replay")
+        ingest = _ingest(platform, "recording")
         _wait_for(platform, len(lines), timeout_s=180)
         _wait(lambda: _bronze_complete(platform), "the stream did not take in every record", platform)
         yield platform, stream, lines
@@ -160,7 +160,7 @@ def test_postgres_down_pauses_only_the_index_which_catches_up_with_no_gap(poison
     stack.postgres.kill()
     try:
         for n in range(300):  # 300 more recorded edits while the vector store is down
-            event = replay_event(10_000 + n, seed="outage")
+            event = recorded_event(10_000 + n, seed="outage")
             producer.send(platform.topic, value=event.encode(), key=f"k{n}".encode())
             time.sleep(0.03)
         producer.flush()

@@ -32,7 +32,7 @@ def test_dead_lettered_events_advance_the_watermark_without_an_offset() -> None:
 
 
 def test_position_store_round_trip_and_atomic_replace(tmp_path: Path) -> None:
-    store = PositionStore(tmp_path / "ingest" / "replay.position.json")
+    store = PositionStore(tmp_path / "ingest" / "recording.position.json")
     assert store.load() is None
     store.save(Position('[{"topic":"x","partition":0,"offset":9}]', {0: 4, 5: 2}))
     store.save(Position("42", {0: 7}))

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from streamrag_assets.ingest.sources import replay_event, synthetic_event
+from streamrag_assets.ingest.sources import recorded_event, synthetic_event
 from streamrag_assets.streaming.refine import Rejected, document, parse_event, plain_text
 
 
 def _event(**changes) -> dict:
-    event = json.loads(replay_event(0))
+    event = json.loads(recorded_event(0))
     event.update(changes)
     return event
 
@@ -115,7 +115,7 @@ def test_a_record_that_breaks_refine_is_quarantined_with_the_exception_and_the_b
     from streamrag_assets.streaming.transforms import error_reason, refine_record
 
     move_to_nowhere = _event(type="log", log_id=5, log_type="move", log_action="move", log_params={"target": "\x00"})
-    good = {"value": replay_event(1), "offset": 2}
+    good = {"value": recorded_event(1), "offset": 2}
     bad = {"value": json.dumps(move_to_nowhere), "offset": 1}
     assert refine_record(bad)["reject_reason"] == "invalid_text:log_params.target"
     assert refine_record(good)["reject_reason"] is None

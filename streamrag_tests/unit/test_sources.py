@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 from streamrag_assets.ingest.events import event_key, event_time, try_parse
-from streamrag_assets.ingest.sources import recorded_events, replay_event, synthetic_event
+from streamrag_assets.ingest.sources import recorded_event, recorded_events, synthetic_event
 
 
 def test_synthetic_stream_covers_the_schema() -> None:
@@ -37,12 +37,12 @@ def test_sources_are_deterministic_by_sequence_number() -> None:
     assert stable(synthetic_event(123, seed=9, malformed_fraction=0.3)) == stable(
         synthetic_event(123, seed=9, malformed_fraction=0.3)
     )
-    assert stable(replay_event(250)) == stable(replay_event(250))
+    assert stable(recorded_event(250)) == stable(recorded_event(250))
 
 
 def test_replay_loops_with_fresh_ids() -> None:
     n = len(recorded_events())
-    first, again = json.loads(replay_event(5)), json.loads(replay_event(5 + n))
+    first, again = json.loads(recorded_event(5)), json.loads(recorded_event(5 + n))
     assert first["title"] == again["title"]
     assert first["meta"]["id"] != again["meta"]["id"]
     assert first["revision"]["new"] != again["revision"]["new"]
@@ -50,7 +50,7 @@ def test_replay_loops_with_fresh_ids() -> None:
 
 
 def test_keys_and_times() -> None:
-    event = json.loads(replay_event(0))
+    event = json.loads(recorded_event(0))
     assert event_key(event) == f"enwiki:{event['title']}".encode()
     assert event_time(event) is not None
     assert event_key(try_parse("not json")) is None

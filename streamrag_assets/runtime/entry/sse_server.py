@@ -36,7 +36,7 @@ def main(
     uvicorn.run(
         server_app,
         host=settings.bind_host,
-        port=port or settings.replay_port,
+        port=port or settings.source_port,
         log_level="warning",
         access_log=False,
         # An SSE response never ends by itself: without a bound, SIGTERM would wait for clients forever.
