@@ -57,7 +57,7 @@ bench-stack: install
 bench-backlog: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.backlog_catchup $(ARGS)
 
-# `up` on the replay source at 50 events/s while every process is SIGKILLed in turn and the API frozen for 60 s:
+# `up` on the recording source at 50 events/s while every process is SIGKILLed in turn and the API frozen for 60 s:
 # recovery time, events lost and doubled per fault (~12 minutes; figures go to benchmarks/RESULTS.md).
 chaos: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.chaos $(ARGS)
