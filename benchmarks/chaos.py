@@ -1,4 +1,4 @@
-"""Chaos run: `streamrag up` on the replay source while every process of the platform is SIGKILLed in turn and one is
+"""Chaos run: `streamrag up` on the recording source while every process of the platform is SIGKILLed in turn and one is
 frozen with SIGSTOP; after each fault, how long until the supervisor has it up again, and whether anything was lost
 or doubled by then (every record of the topic in Bronze once; every event in Silver or quarantine once; every Gold
 document in pgvector once).
@@ -324,8 +324,8 @@ def table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=30_000, help="Events the replay source serves in all.")
-    parser.add_argument("--rate", type=float, default=50.0, help="Events/s of the replay source.")
+    parser.add_argument("--events", type=int, default=30_000, help="Events the recording source serves in all.")
+    parser.add_argument("--rate", type=float, default=50.0, help="Events/s of the recording source.")
     parser.add_argument("--stop-seconds", type=float, default=60, help="How long the SIGSTOPped service is frozen.")
     parser.add_argument("--stop", default="api", help="The service frozen with SIGSTOP ('' for none).")
     parser.add_argument("--keep-state", action="store_true", help="Keep the state directory (logs, data).")

@@ -1,4 +1,4 @@
-"""The chaos run at CI size (`make chaos` is the long one): `streamrag up` on the replay source at 50 events/s while
+"""The chaos run at CI size (`make chaos` is the long one): `streamrag up` on the recording source at 50 events/s while
 each of its processes is SIGKILLed in turn and the API is frozen with SIGSTOP; every one comes back within 60 s and
 nothing the broker acknowledged is lost or doubled, topic -> Bronze -> Silver -> Gold -> pgvector."""
 
