@@ -76,7 +76,7 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
         assert all(r["up"] for r in rows), rows
         assert next(r for r in rows if r["name"] == "postgres")["data_bytes"] > 1_000_000
 
-        # `up` ingests: the replay source's events reach the raw topic.
+        # `up` ingests: the recording source's events reach the raw topic.
         deadline = time.monotonic() + 60
         raw = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
         while time.monotonic() < deadline and settings.topic not in raw.topics():
