@@ -48,8 +48,8 @@ from streamrag_assets.streaming.transforms import (
     Layers,
     bronze_rows,
     kafka_columns,
-    refine,
     refine_arrow,
+    refine_dataframe,
     split_layers,
     with_batch_columns,
 )
@@ -193,7 +193,7 @@ class MedallionBatch:
                 kafka = kafka_columns(kafka_rows).toArrow()
                 refined = refine_arrow(with_batch_columns(kafka, batch_key, datetime.now(UTC)))
             else:
-                refined = refine(bronze_rows(kafka_rows, batch_key)).toArrow()
+                refined = refine_dataframe(bronze_rows(kafka_rows, batch_key)).toArrow()
         if len(refined) == 0:
             return
         with _phase(phases, "dedupe"):

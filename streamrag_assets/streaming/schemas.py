@@ -11,7 +11,7 @@ TRANSFORM_VERSION = "1"
 
 _TS = pa.timestamp("us", tz="UTC")
 
-BRONZE = pa.schema(
+BRONZE_SCHEMA = pa.schema(
     [
         ("topic", pa.string()),
         ("partition", pa.int32()),
@@ -26,7 +26,7 @@ BRONZE = pa.schema(
     ]
 )
 
-SILVER = pa.schema(
+SILVER_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
         ("event_time", _TS),
@@ -62,7 +62,7 @@ SILVER = pa.schema(
     ]
 )
 
-QUARANTINE = pa.schema(
+QUARANTINE_SCHEMA = pa.schema(
     [
         ("partition", pa.int32()),
         ("offset", pa.int64()),
@@ -74,7 +74,7 @@ QUARANTINE = pa.schema(
     ]
 )
 
-GOLD = pa.schema(
+GOLD_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
         ("op", pa.string()),
@@ -102,7 +102,7 @@ GOLD = pa.schema(
     ]
 )
 
-TABLES = {"bronze": BRONZE, "silver": SILVER, "quarantine": QUARANTINE, "gold": GOLD}
+TABLES = {"bronze": BRONZE_SCHEMA, "silver": SILVER_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "gold": GOLD_SCHEMA}
 
 VALID_TYPES = ("edit", "new", "log", "categorize", "external")
 DOCUMENT_TYPES = ("edit", "new", "log")

@@ -19,13 +19,13 @@ from streamrag_assets.streaming.refine import Rejected, document, is_canary, par
 from streamrag_assets.streaming.schemas import TABLES, spark_schema
 
 ARROW_SCHEMAS = TABLES
-BRONZE = TABLES["bronze"].names
-SILVER = TABLES["silver"].names
-GOLD = TABLES["gold"].names
+BRONZE_COLUMNS = TABLES["bronze"].names
+SILVER_COLUMNS = TABLES["silver"].names
+GOLD_COLUMNS = TABLES["gold"].names
 
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-_SILVER_ONLY = [c for c in SILVER if c not in BRONZE]
-_GOLD_ONLY = [c for c in GOLD if c not in BRONZE and c not in SILVER]
+_SILVER_ONLY = [c for c in SILVER_COLUMNS if c not in BRONZE_COLUMNS]
+_GOLD_ONLY = [c for c in GOLD_COLUMNS if c not in BRONZE_COLUMNS and c not in SILVER_COLUMNS]
 
 # Bronze columns + Silver fields + the verdict + Gold-only fields: what one refine pass produces per row.
 REFINED_ARROW = pa.schema(
@@ -93,7 +93,7 @@ def refine_record(row: dict) -> dict:
 
 def quarantined(row: dict, reason: str) -> dict:
     """The refined row of a record that goes to quarantine: its Bronze columns and the reason."""
-    return {**{name: row.get(name) for name in BRONZE}, "reject_reason": reason, "canary": False}
+    return {**{name: row.get(name) for name in BRONZE_COLUMNS}, "reject_reason": reason, "canary": False}
 
 
 def error_reason(exc: BaseException) -> str:
@@ -125,14 +125,14 @@ def refined_batch(rows: list[dict]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pylist(fitted, schema=REFINED_ARROW)
 
 
-def refine(bronze: DataFrame) -> DataFrame:
-    return bronze.select(*BRONZE).mapInArrow(refine_batches, spark_schema(REFINED_ARROW))
+def refine_dataframe(bronze: DataFrame) -> DataFrame:
+    return bronze.select(*BRONZE_COLUMNS).mapInArrow(refine_batches, spark_schema(REFINED_ARROW))
 
 
 def refine_arrow(bronze: pa.Table) -> pa.Table:
-    """`refine` for Bronze rows already in this process: the same function over the same rows, without a Spark task
-    (and the round trip through a Python worker) for a small micro-batch."""
-    return pa.Table.from_batches(list(refine_batches(bronze.select(BRONZE).to_batches())), schema=REFINED_ARROW)
+    """`refine_dataframe` for Bronze rows already in this process: the same function over the same rows, without a
+    Spark task (and the round trip through a Python worker) for a small micro-batch."""
+    return pa.Table.from_batches(list(refine_batches(bronze.select(BRONZE_COLUMNS).to_batches())), schema=REFINED_ARROW)
 
 
 @dataclass
@@ -182,10 +182,10 @@ def split_layers(refined: pa.Table, already_in_silver: set[str], quarantined_at)
         "gold": len(gold_rows),
     }
     return Layers(
-        bronze=refined.select(BRONZE).cast(ARROW_SCHEMAS["bronze"]),
-        silver=silver_rows.select(SILVER).cast(ARROW_SCHEMAS["silver"]),
+        bronze=refined.select(BRONZE_COLUMNS).cast(ARROW_SCHEMAS["bronze"]),
+        silver=silver_rows.select(SILVER_COLUMNS).cast(ARROW_SCHEMAS["silver"]),
         quarantine=quarantine.cast(ARROW_SCHEMAS["quarantine"]),
-        gold=gold_rows.select(GOLD).cast(ARROW_SCHEMAS["gold"]),
+        gold=gold_rows.select(GOLD_COLUMNS).cast(ARROW_SCHEMAS["gold"]),
         counts=counts,
         quarantine_reasons=reasons,
     )

@@ -48,8 +48,8 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
         REFINED_ARROW,
         bronze_rows,
         kafka_columns,
-        refine,
         refine_arrow,
+        refine_dataframe,
         with_batch_columns,
     )
     from streamrag_tests.hostile import storage_poison
@@ -71,7 +71,7 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
 
     spark = get_spark(stack.settings)
     records = spark.read.format("streamrag_kafka").option("bootstrap_servers", bootstrap).option("topic", topic).load()
-    by_spark = refine(bronze_rows(records, 7)).toArrow().cast(REFINED_ARROW)
+    by_spark = refine_dataframe(bronze_rows(records, 7)).toArrow().cast(REFINED_ARROW)
     on_driver = refine_arrow(with_batch_columns(kafka_columns(records).toArrow(), 7, datetime.now(UTC)))
 
     def comparable(table):  # written_at is each read's own clock
@@ -88,3 +88,18 @@ def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
     assert all(row["ingested_at"] is not None for row in refused), "an unreadable header falls back to the record time"
     beyond_calendar = [row for row in rows if row["kafka_timestamp"] is None]
     assert len(beyond_calendar) == 1 and beyond_calendar[0]["reject_reason"] is None, "read as null; the event goes on"
+
+
+def test_the_jvm_has_the_listener_bridge_the_trigger_listener_uses(stack) -> None:
+    """streaming/spark_internals.py registers the trigger listener through Spark's Python listener wrapper and
+    interface (the unit test checks pyspark's side): both classes exist, and a listener registers and unregisters."""
+    from streamrag_assets.streaming.listener import TriggerPhases
+    from streamrag_assets.streaming.spark import get_spark
+    from streamrag_assets.streaming.spark_internals import LISTENER_INTERFACE, jvm, raw_listener
+
+    spark = get_spark(stack.settings)
+    for name in ("org.apache.spark.sql.streaming.PythonStreamingQueryListenerWrapper", LISTENER_INTERFACE):
+        jvm(spark).java.lang.Class.forName(name)  # raises if Spark no longer has it
+    listener = raw_listener(TriggerPhases(slow_s=5.0))
+    spark.streams.addListener(listener)
+    spark.streams.removeListener(listener)
