@@ -21,9 +21,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.ingest.sources import synthetic_event
+from streamrag_assets.operations.rebuild import rebuild_from_bronze
 from streamrag_assets.streaming.batch_result import BatchResult
 from streamrag_assets.streaming.pipeline import start_query
-from streamrag_assets.streaming.replay import rebuild_from_bronze
 from streamrag_tests.harness import EmbeddedStack, isolated_settings, release, scratch_dir
 
 

@@ -216,13 +216,18 @@ replay_app = typer.Typer(
 app.add_typer(replay_app, name="replay")
 
 
+def _progress(message: str) -> None:
+    """An operation's progress lines, on stderr: stdout keeps only the result."""
+    typer.echo(f"[streamrag] {message}", err=True)
+
+
 @replay_app.command("rebuild")
 def replay_rebuild() -> None:
     """Recompute Silver, quarantine and Gold from Bronze (new table versions; same transform code as the stream)."""
-    from streamrag_assets.streaming.replay import rebuild_from_bronze
+    from streamrag_assets.operations.rebuild import rebuild_from_bronze
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
-    counts = rebuild_from_bronze(_settings())
+    counts = rebuild_from_bronze(_settings(), _progress)
     typer.echo(json.dumps(counts))
 
 
@@ -236,9 +241,9 @@ def replay_reprocess(
     ),
 ) -> None:
     """Re-read the topic from an offset or time with a fresh checkpoint (stop `streamrag stream` first)."""
-    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoint_lock
-    from streamrag_assets.streaming.pipeline import start_query
-    from streamrag_assets.streaming.replay import prepare_reprocess, resolve_start, starting_offsets_option
+    from streamrag_assets.isotime import parse_iso_time
+    from streamrag_assets.operations.reprocess import reprocess
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     settings = _settings()
@@ -246,20 +251,14 @@ def replay_reprocess(
         raise _fail("give either --from-offset PARTITION:OFFSET (repeatable) or --from-time ISO-8601")
     try:
         offsets = {int(p): int(o) for p, o in (item.split(":", 1) for item in from_offset or [])}
-        when = datetime.fromisoformat(from_time.replace("Z", "+00:00")) if from_time else None
+        when = parse_iso_time(from_time) if from_time else None
     except ValueError:
         raise _fail("--from-offset takes PARTITION:OFFSET with integers; --from-time an ISO-8601 time") from None
-    start = resolve_start(settings, offsets or None, when)
     try:
-        with checkpoint_lock(settings):
-            epoch = prepare_reprocess(settings, start)
-            query = start_query(
-                settings, available_now=True, starting_offsets=starting_offsets_option(start), epoch=epoch
-            )
-            query.awaitTermination()
+        done = reprocess(settings, offsets or None, when, _progress)
     except QueryAlreadyRunning as exc:
         raise _fail(f"{exc}; stop it first") from None
-    typer.echo(f"reprocessed from {start} (checkpoint epoch {epoch})")
+    typer.echo(f"reprocessed from {done.start} (checkpoint epoch {done.epoch})")
 
 
 @app.command("migrate")
@@ -275,13 +274,14 @@ def migrate_command() -> None:
 
 
 def _parse_time(value: str | None, option: str) -> datetime | None:
+    from streamrag_assets.isotime import parse_iso_time
+
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_iso_time(value, naive_tz=UTC)
     except ValueError:
         raise _fail(f"{option} takes an ISO-8601 time such as 2026-11-22T08:00:00Z, not {value!r}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @app.command("index")
@@ -298,27 +298,18 @@ def index_command(
     Safe next to the running stream and safe to repeat: a document is embedded again only when its text or the model
     changed.
     """
-    from streamrag_assets.documents.store import DocumentIndex
-    from streamrag_assets.index import backfill
-    from streamrag_assets.index.embedder import get_embedder
-    from streamrag_assets.streaming.delta import DeltaTables
+    from streamrag_assets.operations import dead_letters
+    from streamrag_assets.operations.reindex import reindex_window
 
     settings = _settings()
     start, end = _parse_time(since, "--since"), _parse_time(until, "--until")
     if start and end and start >= end:
         raise _fail("--since must be before --until")
-    index = DocumentIndex(settings.app_database_url, get_embedder(settings))
     if retry_dead_letters:
-        result, failing = backfill.retry_dead_letters(index)
+        result, failing = dead_letters.retry(settings, _progress)
         typer.echo(json.dumps({"upserted": result.upserted, "still_failing": failing}))
         raise typer.Exit(code=1 if failing else 0)
-
-    def progress(done: int, total: int, so_far) -> None:
-        typer.echo(
-            f"[streamrag] {done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged", err=True
-        )
-
-    result = backfill.reindex(index, DeltaTables(settings.state_dir / "delta"), start, end, batch_size, progress)
+    result = reindex_window(settings, start, end, batch_size, _progress)
     summary = {
         k: getattr(result, k) for k in ("embedded", "upserted", "unchanged", "deleted", "renamed", "dead_letters")
     }

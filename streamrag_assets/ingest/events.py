@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 
+from streamrag_assets.isotime import parse_iso_time
+
 
 def try_parse(raw: str | bytes) -> dict[str, Any] | None:
     try:
@@ -34,7 +36,6 @@ def event_time(event: dict[str, Any] | None) -> datetime | None:
     if not isinstance(dt, str):
         return None
     try:
-        parsed = datetime.fromisoformat(dt.replace("Z", "+00:00"))
+        return parse_iso_time(dt, naive_tz=UTC)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

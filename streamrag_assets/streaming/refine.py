@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from streamrag_assets.isotime import parse_iso_time
 from streamrag_assets.streaming.schemas import DOCUMENT_TYPES, TRANSFORM_VERSION, VALID_TYPES
 
 _TAG = re.compile(r"<[^>]*>")
@@ -201,8 +202,7 @@ def parse_event(value: str | bytes | None) -> dict[str, Any]:
 def _event_time(dt: str) -> datetime:
     """meta.dt as an aware UTC time, rejected unless it is a plausible time for an event (see EARLIEST_EVENT_TIME)."""
     try:
-        event_time = datetime.fromisoformat(dt.replace("Z", "+00:00"))
-        event_time = (event_time if event_time.tzinfo else event_time.replace(tzinfo=UTC)).astimezone(UTC)
+        event_time = parse_iso_time(dt, naive_tz=UTC).astimezone(UTC)
     except (ValueError, OverflowError):  # not ISO 8601, or an offset that carries it past the calendar's ends
         raise Rejected("invalid_time") from None
     if event_time < EARLIEST_EVENT_TIME:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from benchmarks.medallion_throughput import fill_topic
-from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
+from streamrag_assets.defs.shared.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
 from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, free_port, separate_platform
@@ -178,7 +178,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(materialized, env) -> None:
-    from streamrag_assets.defs.reporting import DagsterReporter
+    from streamrag_assets.defs.shared.reporting import DagsterReporter
     from streamrag_assets.streaming.batch_result import HOUR_KEY_FORMAT, BatchResult
     from streamrag_assets.streaming.checkpoint import checkpoint_lock
 
@@ -246,9 +246,10 @@ def _stored_doc_ids(env) -> set[str]:
 
 
 def test_the_trailing_window_schedule_makes_gold_and_pgvector_whole_again(materialized, env) -> None:
-    from streamrag_assets.definitions import defs, hourly_reconcile_job
-    from streamrag_assets.defs.pipeline.assets import hourly_partitions
-    from streamrag_assets.defs.schedules.backfill import RANGE_END_TAG, RANGE_START_TAG, trailing_window_schedule
+    from streamrag_assets.definitions import defs
+    from streamrag_assets.defs.index.jobs import hourly_reconcile_job
+    from streamrag_assets.defs.index.schedules import RANGE_END_TAG, RANGE_START_TAG, trailing_window_schedule
+    from streamrag_assets.defs.shared.tables import hourly_partitions
 
     delta = DeltaTables(env.state_dir / "delta")
     events_before = sorted(delta.read("gold", ["event_id"])["event_id"].to_pylist())

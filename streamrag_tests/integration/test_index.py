@@ -131,7 +131,7 @@ class _FailsOn:
 
 
 def test_a_document_that_cannot_be_embedded_is_dead_lettered_then_retried(index) -> None:
-    from streamrag_assets.index.backfill import retry_dead_letters
+    from streamrag_assets.operations.dead_letters import retry_dead_letters
 
     docs = [_gold(seq) for seq in range(200, 210)]
     poisoned = docs[4]["doc_id"]

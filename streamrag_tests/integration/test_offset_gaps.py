@@ -19,7 +19,7 @@ import pytest
 from kafka import KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streamrag_assets.defs.pipeline.checks import bronze_offsets_result
+from streamrag_assets.defs.medallion.checks import bronze_offsets_result
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.kafka.gaps import NO_RECORDS, SKIPPED, GapLedger, OffsetGap
 from streamrag_assets.streaming.delta import DeltaTables

@@ -11,7 +11,8 @@ from typing import Any
 
 import dagster as dg
 
-from streamrag_assets.defs.keys import TOPIC
+from streamrag_assets.defs.medallion.jobs import medallion_job
+from streamrag_assets.defs.shared.keys import TOPIC
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import get_settings
 
@@ -93,3 +94,6 @@ def kafka_sensor(job, interval_s: int) -> dg.SensorDefinition:
         return evaluate(context)
 
     return kafka_topic_sensor
+
+
+kafka_topic_sensor = kafka_sensor(medallion_job, get_settings().sensor_interval_s)

@@ -1,6 +1,6 @@
-"""Reconcile Gold with Silver for a window of event time: the documents Silver's events should have produced but Gold
-lacks (rows deleted by hand, a table restored from an old version, ...) are derived again from their Bronze records
-with the stream's own transform and appended. What Gold already holds is never written twice."""
+"""Gold gaps: reconcile Gold with Silver for a window of event time. The documents Silver's events should have
+produced but Gold lacks (rows deleted by hand, a table restored from an old version, ...) are derived again from their
+Bronze records with the stream's own transform and appended. What Gold already holds is never written twice."""
 
 from __future__ import annotations
 
@@ -12,9 +12,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from streamrag_assets.operations.progress import Progress, reporter
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.pipeline import APP_ID, tables
-from streamrag_assets.streaming.transforms import ARROW_SCHEMAS, BRONZE, GOLD, REFINED_ARROW, refine_record
+from streamrag_assets.streaming.delta import DeltaTables
+from streamrag_assets.streaming.pipeline import APP_ID
+from streamrag_assets.streaming.transforms import (
+    ARROW_SCHEMAS,
+    BRONZE_COLUMNS,
+    GOLD_COLUMNS,
+    REFINED_ARROW,
+    refine_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +38,11 @@ def event_window(since: datetime, until: datetime) -> ds.Expression:
     )
 
 
-def fill_gold_gaps(settings: Settings, since: datetime, until: datetime) -> dict[str, int]:
+def fill_gold_gaps(
+    settings: Settings, since: datetime, until: datetime, progress: Progress | None = None
+) -> dict[str, int]:
     """Append the Gold documents missing for Silver's events of ``[since, until)``; returns what was seen and done."""
-    delta = tables(settings)
+    delta = DeltaTables.from_settings(settings)
     window = event_window(since, until)
     silver = delta.read("silver", ["event_id", "partition", "offset"], window)
     in_gold = set(delta.read("gold", ["event_id"], window)["event_id"].to_pylist())
@@ -46,7 +56,7 @@ def fill_gold_gaps(settings: Settings, since: datetime, until: datetime) -> dict
         offsets = lacking.filter(pc.equal(lacking["partition"], partition))["offset"]
         part = (ds.field("partition") == partition) & ds.field("offset").isin(offsets)
         where = part if where is None else where | part
-    bronze = delta.read("bronze", BRONZE, where)
+    bronze = delta.read("bronze", BRONZE_COLUMNS, where)
     wanted = set(lacking["event_id"].to_pylist())
     refined = pa.Table.from_pylist([refine_record(row) for row in bronze.to_pylist()], schema=REFINED_ARROW)
     documents = refined.filter(
@@ -59,9 +69,9 @@ def fill_gold_gaps(settings: Settings, since: datetime, until: datetime) -> dict
         if event_id not in seen:
             seen.add(event_id)
             first.append(i)
-    documents = documents.take(pa.array(first, pa.int64())).select(GOLD).cast(ARROW_SCHEMAS["gold"])
+    documents = documents.take(pa.array(first, pa.int64())).select(GOLD_COLUMNS).cast(ARROW_SCHEMAS["gold"])
     if len(documents):
         delta.write_once("gold", documents, f"{APP_ID}-gold-fill", time.time_ns())
-        log.info("Gold %s..%s: restored %d missing document(s)", since, until, len(documents))
+        reporter(progress, log)(f"Gold {since}..{until}: restored {len(documents)} missing document(s)")
     counts["restored"] = len(documents)
     return counts

@@ -1,17 +1,17 @@
-"""Asset checks: the contracts of ARCHITECTURE.md checked on the real tables after each run (and on demand)."""
+"""Asset checks on the medallion tables: the contracts of ARCHITECTURE.md checked on the real tables after each run
+(and on demand)."""
 
 import dagster as dg
 import pyarrow.compute as pc
 
-from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER
+from streamrag_assets.defs.shared.keys import BRONZE, GOLD, QUARANTINE, SILVER
 from streamrag_assets.settings import get_settings
 from streamrag_assets.streaming import schemas
+from streamrag_assets.streaming.delta import DeltaTables
 
 
-def _tables():
-    from streamrag_assets.streaming.delta import DeltaTables
-
-    return DeltaTables(get_settings().state_dir / "delta")
+def _tables() -> DeltaTables:
+    return DeltaTables.from_settings(get_settings())
 
 
 @dg.asset_check(
@@ -77,7 +77,7 @@ def silver_schema_valid() -> dg.AssetCheckResult:
     if table is None:
         return dg.AssetCheckResult(passed=True, metadata={"note": "no Silver table yet"})
     actual = table.schema().to_arrow()
-    expected = schemas.SILVER
+    expected = schemas.SILVER_SCHEMA
     missing = [f.name for f in expected if f.name not in actual.names]
     wrong = [
         f"{f.name}: {actual.field(f.name).type} != {f.type}"
@@ -118,40 +118,3 @@ def gold_documents_complete() -> dg.AssetCheckResult:
         1 for t, u in zip(gold["text"].to_pylist(), gold["page_url"].to_pylist(), strict=True) if not t or not u
     )
     return dg.AssetCheckResult(passed=empty == 0, metadata={"documents": gold.num_rows, "without_text_or_url": empty})
-
-
-@dg.asset_check(asset=EMBEDDINGS, description="pgvector rows = the live (non-delete) Gold documents, exactly.")
-def embeddings_reconcile_with_gold() -> dg.AssetCheckResult:
-    from sqlalchemy import create_engine
-
-    from streamrag_assets.documents.queries import stored_doc_ids
-
-    gold = _tables().read("gold", columns=["doc_id", "op"])
-    expected = {d for d, op in zip(gold["doc_id"].to_pylist(), gold["op"].to_pylist(), strict=True) if op != "delete"}
-    engine = create_engine(get_settings().app_database_url)
-    try:
-        with engine.connect() as conn:
-            stored = stored_doc_ids(conn)
-    finally:
-        engine.dispose()
-    missing, extra = expected - stored, stored - expected
-    return dg.AssetCheckResult(
-        passed=not missing and not extra,
-        metadata={
-            "gold_documents": len(expected),
-            "pgvector_rows": len(stored),
-            "missing": len(missing),
-            "extra": len(extra),
-            "missing_sample": sorted(missing)[:10],
-        },
-    )
-
-
-CHECKS = [
-    bronze_offsets_contiguous,
-    silver_schema_valid,
-    silver_no_duplicate_event_ids,
-    quarantine_rate_under_threshold,
-    gold_documents_complete,
-    embeddings_reconcile_with_gold,
-]

@@ -3,6 +3,10 @@ hours of Gold and pgvector: gaps filled, dead letters retried, documents past re
 
 import dagster as dg
 
+from streamrag_assets.defs.index.jobs import hourly_reconcile_job
+from streamrag_assets.defs.shared.tables import hourly_partitions
+from streamrag_assets.settings import get_settings
+
 # The tags with which Dagster marks a run over a partition range (what a single-run backfill launches).
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -36,3 +40,12 @@ def trailing_window_schedule(
         )
 
     return _schedule
+
+
+_settings = get_settings()
+trailing_window_backfill = trailing_window_schedule(
+    hourly_reconcile_job,
+    hourly_partitions(_settings),
+    _settings.backfill_cron,
+    _settings.backfill_window_hours,
+)

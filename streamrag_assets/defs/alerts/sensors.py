@@ -8,7 +8,7 @@ import httpx
 from prometheus_client import Counter
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from streamrag_assets.defs.keys import TABLES, TOPIC
+from streamrag_assets.defs.shared.keys import TABLES, TOPIC
 from streamrag_assets.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -87,3 +87,6 @@ def freshness_alert_sensor(interval_s: int) -> dg.SensorDefinition:
         return evaluate(context)
 
     return freshness_alerts
+
+
+freshness_alerts = freshness_alert_sensor(get_settings().sensor_interval_s)

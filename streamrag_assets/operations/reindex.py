@@ -1,12 +1,12 @@
-"""(Re)index a range of Gold into pgvector, and retry dead letters: for backfills, model changes and failures.
+"""Reindex: the Gold documents of a window of event time applied to pgvector again, for backfills, model changes and
+restores.
 
-Both go through `DocumentIndex.index`, the same code the stream uses, so a range indexed twice changes nothing; a
+It goes through `DocumentIndex.index`, the same code the stream uses, so a window indexed twice changes nothing; a
 document is embedded again only when its content or the model changed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -15,16 +15,36 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
-from streamrag_assets.documents.models import DeadLetter
 from streamrag_assets.documents.store import DocumentIndex, IndexResult
+from streamrag_assets.operations.progress import Progress, reporter
+from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
 
 log = logging.getLogger(__name__)
 
-_TIME_FIELDS = ("event_time", "ingested_at")
+
+def document_index(settings: Settings) -> DocumentIndex:
+    """The pgvector index with the process's embedder."""
+    from streamrag_assets.index.embedder import get_embedder
+
+    return DocumentIndex(settings.app_database_url, get_embedder(settings))
+
+
+def reindex_window(
+    settings: Settings,
+    since: datetime | None,
+    until: datetime | None,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> IndexResult:
+    """Apply every Gold row with ``since <= event_time < until`` (either end open) to pgvector; reports each batch."""
+    report = reporter(progress, log)
+
+    def batch_done(done: int, total: int, so_far: IndexResult) -> None:
+        report(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")
+
+    return reindex(document_index(settings), DeltaTables.from_settings(settings), since, until, batch_size, batch_done)
 
 
 def _add(total: IndexResult, part: IndexResult) -> None:
@@ -67,34 +87,3 @@ def reindex(
         if progress is not None:
             progress(done, len(table), total)
     return total
-
-
-def retry_dead_letters(index: DocumentIndex) -> tuple[IndexResult, int]:
-    """Index the dead-lettered documents again; returns the outcome and how many still fail."""
-    with Session(index.engine) as session:
-        letters = session.execute(select(DeadLetter).order_by(DeadLetter.id)).scalars().all()
-        latest = {letter.doc_id: letter for letter in letters}  # a document may have failed more than once
-        ids = [letter.id for letter in letters]
-        rows = [_decode(letter.payload) for letter in latest.values()]
-        attempts = {letter.doc_id: letter.attempts + 1 for letter in latest.values()}
-    if not rows:
-        return IndexResult(), 0
-    # Failures are written again (attempts + 1) in the same transaction as the successes; then the old letters go.
-    result = index.index(rows, attempts=attempts)
-    with Session(index.engine) as session, session.begin():
-        session.execute(delete(DeadLetter).where(DeadLetter.id.in_(ids)))
-    log.info(
-        "retried %d dead-lettered document(s): %d indexed, %d still failing",
-        len(rows),
-        len(rows) - result.dead_letters,
-        result.dead_letters,
-    )
-    return result, result.dead_letters
-
-
-def _decode(payload: str) -> dict[str, Any]:
-    row = json.loads(payload)
-    for name in _TIME_FIELDS:
-        if row.get(name):
-            row[name] = datetime.fromisoformat(row[name])
-    return row

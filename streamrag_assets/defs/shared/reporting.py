@@ -17,7 +17,7 @@ from typing import Any
 
 import dagster as dg
 
-from streamrag_assets.defs.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER
+from streamrag_assets.defs.shared.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.batch_result import BatchResult
 
