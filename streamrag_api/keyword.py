@@ -23,11 +23,11 @@ import time
 from datetime import UTC, datetime
 
 import tantivy
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from streamrag_api.schemas import Filters
+from streamrag_assets.documents import queries
 from streamrag_assets.metrics import (
     KEYWORD_INDEX_CAUGHT_UP,
     KEYWORD_INDEX_CHANGES,
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 TOKENIZER = "streamrag"
 MAX_TERMS = 32
-EVERY_DOCUMENT = "*"  # logged by the TRUNCATE trigger
 # Words too common to say anything about relevance; left out of keyword queries (so that an OR of the question's
 # words does not match, and rank, most of the table).
 STOP_WORDS = frozenset(
@@ -121,11 +120,6 @@ STOP_WORDS = frozenset(
         "not",
     ]
 )
-_COLUMNS = "doc_id, title, text, wiki, lang, namespace, type, bot, event_time, 'probe' = ANY(quality_flags) AS probe"
-_SINCE = (
-    "{xid} >= pg_snapshot_xmin(CAST(:previous AS pg_snapshot)) "
-    "AND NOT pg_visible_in_snapshot({xid}, CAST(:previous AS pg_snapshot))"
-)
 
 
 def analyzer() -> tantivy.TextAnalyzer:
@@ -201,17 +195,17 @@ class KeywordIndex:
     def refresh(self) -> int:
         """Apply what committed since the last snapshot (everything, the first time); the changes applied."""
         began = time.perf_counter()
-        first = self.snapshot is None
+        previous = self.snapshot
         with self.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all the reads
             try:
                 with conn.begin():
-                    snapshot = conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one()
-                    changes = self._rebuild(conn) if first else self._catch_up(conn)
+                    snapshot = queries.current_snapshot(conn)
+                    changes = self._rebuild(conn) if previous is None else self._catch_up(conn, previous)
             except BaseException:
                 self.writer.rollback()  # half a change set: drop it, read it again next time
                 raise
-        if changes or first:  # the first commit makes even an empty table's index ready to search
+        if changes or previous is None:  # the first commit makes even an empty table's index ready to search
             self.writer.commit()
             self.index.reload()
             KEYWORD_INDEX_DOCUMENTS.set(self.index.searcher().num_docs)
@@ -223,32 +217,24 @@ class KeywordIndex:
     def _rebuild(self, conn) -> int:
         self.writer.delete_all_documents()
         count = 0
-        for row in conn.execution_options(yield_per=5000).execute(
-            text(f"SELECT {_COLUMNS} FROM documents WHERE NOT deleted")
-        ):
+        for row in queries.keyword_index_documents(conn):
             self.writer.add_document(self._document(row))
             count += 1
         log.info("keyword index built from %d documents", count)
         KEYWORD_INDEX_CHANGES.labels("read").inc(count)
         return count
 
-    def _catch_up(self, conn) -> int:
-        previous = {"previous": self.snapshot}
-        removed = conn.execute(
-            text(f"SELECT doc_id FROM document_removals WHERE {_SINCE.format(xid='removed_xid')}"), previous
-        ).scalars()
+    def _catch_up(self, conn, previous: str) -> int:
         changes = 0
-        for doc_id in removed:
-            if doc_id == EVERY_DOCUMENT:
+        for doc_id in queries.removed_since(conn, previous):
+            if doc_id == queries.EVERY_DOCUMENT:
                 self.writer.delete_all_documents()
             else:
                 self.writer.delete_documents_by_term("doc_id", doc_id)
             changes += 1
         KEYWORD_INDEX_CHANGES.labels("removed").inc(changes)
         # Removals first: the rows read next are each document's state as of this snapshot.
-        for row in conn.execute(
-            text(f"SELECT {_COLUMNS}, deleted FROM documents WHERE {_SINCE.format(xid='written_xid')}"), previous
-        ):
+        for row in queries.written_since(conn, previous):
             self.writer.delete_documents_by_term("doc_id", row.doc_id)
             if not row.deleted:
                 self.writer.add_document(self._document(row))

@@ -10,11 +10,11 @@ import logging
 from typing import Any
 
 import psycopg
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from streamrag_api.schemas import Document
-from streamrag_api.search import DOCUMENT_COLUMNS, NOT_A_PROBE, document_from_row
+from streamrag_api.search import document_from_row
+from streamrag_assets.documents.queries import live_documents
 from streamrag_assets.documents.store import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,7 @@ QUEUE_SIZE = 500  # per client; a client that falls this far behind loses the ol
 
 def load_documents(engine: Engine, doc_ids: list[str]) -> list[Document]:
     with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE doc_id = ANY(:ids) AND NOT deleted AND {NOT_A_PROBE} "
-                "ORDER BY indexed_at, event_time"
-            ),
-            {"ids": doc_ids},
-        ).all()
+        rows = live_documents(conn, doc_ids)
     return [Document(**document_from_row(row)) for row in rows]
 
 

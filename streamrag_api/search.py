@@ -1,10 +1,9 @@
 """Retrieval over the pgvector `documents` table: vector (HNSW cosine), keyword (Postgres full text) and hybrid
 (both lists fused by reciprocal rank), with filters and an optional recency boost. Tombstoned documents (deleted
-pages) are never returned."""
+pages) are never returned. The statements are `streamrag_assets.documents.queries`; the ranking is here."""
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 import time
@@ -14,20 +13,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from pgvector.psycopg import register_vector
-from sqlalchemy import TextClause, create_engine, event, text
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 
 from streamrag_api.keyword import STOP_WORDS, KeywordIndex
-from streamrag_api.schemas import Filters, Hit, Lineage, SearchRequest
+from streamrag_api.schemas import Hit, Lineage, SearchRequest
+from streamrag_assets.documents import queries
 from streamrag_assets.index.embedder import Embedder
 from streamrag_assets.metrics import API_EMBED_DURATION, API_SEARCH_DURATION
 
 RRF_K = 60  # the usual constant of reciprocal rank fusion
 RECENCY_HALF_LIFE_H = 24.0
-DOCUMENT_COLUMNS = (
-    "doc_id, title, text, wiki, lang, namespace, type, bot, page_url, diff_url, event_time, ingested_at, "
-    'indexed_at, event_id, "partition", "offset", transform_version'
-)
 
 
 def query_terms(query: str, limit: int = 32) -> list[str]:
@@ -78,31 +74,6 @@ def search_engine(url: str, **pool: Any) -> Engine:
     return engine
 
 
-# The canary probe's documents are real documents, hidden from users (see `PROBE_WIKI`).
-NOT_A_PROBE = "NOT ('probe' = ANY(quality_flags))"
-
-
-def _where(filters: Filters, include_probes: bool = False) -> tuple[str, dict[str, Any]]:
-    clauses: list[str] = ["NOT deleted"]
-    params: dict[str, Any] = {}
-    if not include_probes:
-        clauses.append(NOT_A_PROBE)
-    for name in ("wiki", "lang", "namespace", "type"):
-        values = getattr(filters, name)
-        if values:
-            clauses.append(f"{name} = ANY(:f_{name})")
-            params[f"f_{name}"] = list(values)
-    if filters.since is not None:
-        clauses.append("event_time >= :f_since")
-        params["f_since"] = filters.since
-    if filters.until is not None:
-        clauses.append("event_time < :f_until")
-        params["f_until"] = filters.until
-    if filters.exclude_bots:
-        clauses.append("NOT bot")
-    return " AND ".join(clauses), params
-
-
 class Searcher:
     """Two round trips at most per search: the candidates (ids and scores, both lists in one statement) and the
     winners' rows. The engine should be in autocommit with the pgvector settings of `SEARCH_CONNECT_OPTIONS`
@@ -132,7 +103,7 @@ class Searcher:
         """The best ``top_k`` hits; ``similarity`` computes the query/document cosine in keyword mode too."""
         timings = timings or Timings()
         vector = self.embed(request.query, timings) if request.mode != "keyword" or similarity else None
-        where, params = _where(request.filters, request.include_probes)
+        where, params = queries.filter_clause(request.filters, request.include_probes)
         pool = request.top_k if request.mode != "hybrid" else max(40, 4 * request.top_k)
         began = time.perf_counter()
         index = self.keyword_index if self.keyword_index is not None and self.keyword_index.ready else None
@@ -192,38 +163,13 @@ class Searcher:
 
     @staticmethod
     def _nearest(conn, vector, where: str, params: dict, limit: int) -> list[Candidate]:
-        statement = _statement(
-            f"SELECT doc_id, event_time, 1 - (embedding <=> :q) AS score FROM documents "
-            f"WHERE {where} ORDER BY embedding <=> :q LIMIT :limit"
-        )
-        found = [Candidate(*row) for row in conn.execute(statement, {**params, "q": vector, "limit": limit})]
+        found = [Candidate(*row) for row in queries.nearest_candidates(conn, vector, where, params, limit)]
         found.sort(key=lambda c: c.score, reverse=True)  # relaxed_order may return them slightly shuffled
         return found
 
     def _keyword(self, conn, terms: list[str], where: str, params: dict, limit: int) -> list[Candidate]:
-        """Postgres' full text, while the keyword index is not there yet: documents holding all the terms, ranked
-        by cover density; when none holds them all, those holding any.
-
-        Only the newest ``keyword_window`` matches are ranked: a common word matches a large share of the table,
-        and ranking every match (``ts_rank_cd`` reads each one's text vector) cost ~70 ms of Postgres per query at
-        100k documents. Newest first is the order this platform's readers want among equally good matches, and
-        a query whose matches fit the window is ranked exactly as before."""
-        statement = _statement(
-            "SELECT doc_id, event_time, ts_rank_cd(search, query) AS rank "
-            "FROM (SELECT doc_id, event_time, search FROM documents "
-            f"      WHERE search @@ to_tsquery('simple', :tsquery) AND {where} "
-            "      ORDER BY event_time DESC LIMIT :window) AS recent, "
-            "     to_tsquery('simple', :tsquery) AS query "
-            "ORDER BY rank DESC, event_time DESC LIMIT :limit"
-        )
-        if not terms:
-            return []
-        rows: list = []
-        for operator in (" & ", " | ") if len(terms) > 1 else (" & ",):
-            values = {**params, "tsquery": operator.join(terms), "limit": limit, "window": self.keyword_window}
-            rows = conn.execute(statement, values).all()
-            if rows:
-                break
+        """Postgres' full text, while the keyword index is not there yet (see `full_text_candidates`)."""
+        rows = queries.full_text_candidates(conn, terms, where, params, limit, self.keyword_window)
         return [Candidate(doc_id, event_time, float(rank)) for doc_id, event_time, rank in rows]
 
     @staticmethod
@@ -232,27 +178,13 @@ class Searcher:
     ) -> dict[str, dict[str, Any]]:
         """Whole documents passing the filters, with their cosine to the query when there is one: those in ``ids``,
         or the ``nearest`` to the query, best first."""
-        if ids is not None and not ids:
-            return {}
-        similarity = "1 - (embedding <=> :q)" if vector is not None else "NULL::float8"
-        which = "doc_id = ANY(:ids)" if ids is not None else "true"
-        order = "ORDER BY embedding <=> :q LIMIT :nearest" if nearest is not None else ""
-        statement = _statement(
-            f"SELECT {DOCUMENT_COLUMNS}, {similarity} AS similarity FROM documents WHERE {which} AND {where} {order}"
-        )
         out = {}
-        for row in conn.execute(statement, {**params, "ids": ids, "q": vector, "nearest": nearest}):
+        for row in queries.search_documents(conn, vector, where, params, ids=ids, nearest=nearest):
             document = document_from_row(row)
             if document["similarity"] is not None:
                 document["similarity"] = float(document["similarity"])
             out[document["doc_id"]] = document
         return out
-
-
-@functools.lru_cache(maxsize=256)
-def _statement(sql: str) -> TextClause:
-    """One SQL text construct per distinct statement (the filters in use vary the WHERE clause)."""
-    return text(sql)
 
 
 def _fuse(by_vector: list[Candidate], by_keyword: list[Candidate]) -> list[tuple[float, Candidate]]:

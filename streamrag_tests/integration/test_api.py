@@ -486,7 +486,7 @@ def test_health_reports_a_stream_that_is_alive_but_stuck(stack) -> None:
 
     from sqlalchemy import create_engine
 
-    from streamrag_api.main import _check_stream
+    from streamrag_api.health import check_stream
     from streamrag_assets.documents.heartbeat import STREAM, beat
     from streamrag_assets.documents.migrate import upgrade
     from streamrag_tests.harness import fresh_database
@@ -499,13 +499,13 @@ def test_health_reports_a_stream_that_is_alive_but_stuck(stack) -> None:
     just_now = datetime.now(UTC).isoformat()
     try:
         beat(engine, STREAM, {"active": True, "lag": 240, "started_at": long_ago, "last_batch_at": long_ago})
-        ok, detail = _check_stream(svc)
+        ok, detail = check_stream(svc)
         assert not ok and detail.startswith("stalled: 240 events wait"), detail
         beat(engine, STREAM, {"active": True, "lag": 0, "started_at": long_ago, "last_batch_at": long_ago})
-        assert _check_stream(svc)[0], "a quiet topic (nothing waiting) is not a stall"
+        assert check_stream(svc)[0], "a quiet topic (nothing waiting) is not a stall"
         beat(engine, STREAM, {"active": True, "lag": 240, "started_at": long_ago, "last_batch_at": just_now})
-        assert _check_stream(svc)[0]
+        assert check_stream(svc)[0]
         beat(engine, STREAM, {"active": True, "lag": 240, "started_at": long_ago, "last_batch_at": None})
-        assert not _check_stream(svc)[0], "restarted long ago and never finished a batch since"
+        assert not check_stream(svc)[0], "restarted long ago and never finished a batch since"
     finally:
         engine.dispose()

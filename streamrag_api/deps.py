@@ -1,0 +1,59 @@
+"""What the routes share, made once per process (in the app's lifespan) and injected as `ServicesDep`."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from typing import Annotated
+
+import anyio
+import anyio.to_thread
+from fastapi import Depends, Request
+from sqlalchemy.engine import make_url
+
+from streamrag_api.errors import call_database
+from streamrag_api.keyword import KeywordIndex
+from streamrag_api.live import LiveFeed
+from streamrag_api.schemas import Hit, SearchRequest
+from streamrag_api.search import Searcher, Timings, search_engine
+from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.settings import get_settings
+
+
+class Services:
+    """One connection pool, the embedding model, the searcher and its keyword index, the live feed."""
+
+    def __init__(self) -> None:
+        self.settings = get_settings()
+        # No pre-ping (a round trip per request): `call_database` retries once on a connection found dead instead.
+        self.engine = search_engine(self.settings.app_database_url, pool_size=10, max_overflow=10, pool_timeout=5)
+        self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
+        self.keyword_index = (
+            KeywordIndex(self.engine, self.settings.keyword_refresh_s) if self.settings.keyword_index else None
+        )
+        self.searcher = Searcher(
+            self.engine, self.embedder, self.settings.keyword_rank_window, keyword_index=self.keyword_index
+        )
+        self.retrieval_slots = anyio.CapacityLimiter(
+            self.settings.search_concurrency or (os.cpu_count() or 1) + 1
+        )  # made inside the event loop (lifespan)
+        url = make_url(self.settings.app_database_url).set(drivername="postgresql")
+        self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine)
+
+    # Retrieval is CPU work (embedding the question, ranking): it runs in worker threads, at most
+    # `search_concurrency` at once, others waiting their turn in order; more at once on two cores only makes every
+    # one slower and the tail longer (measured). The routes are coroutines: a plain `def` route would cost FastAPI a
+    # second thread hand-over per request to validate its result.
+    async def retrieve(self, body: SearchRequest, timings: Timings, similarity: bool = False) -> list[Hit]:
+        return await anyio.to_thread.run_sync(
+            partial(call_database, self.searcher.search, body, timings, similarity=similarity),
+            limiter=self.retrieval_slots,
+        )
+
+
+async def get_services(request: Request) -> Services:
+    # A coroutine: FastAPI would run a plain function in a worker thread, a hand-over per request.
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

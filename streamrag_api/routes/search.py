@@ -1,0 +1,22 @@
+"""POST /search: the hits for a question, hybrid, vector or keyword, with filters."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+
+from streamrag_api.deps import ServicesDep
+from streamrag_api.schemas import SearchRequest, SearchResponse
+from streamrag_api.search import Timings
+
+router = APIRouter()
+
+
+@router.post("/search", response_model=SearchResponse, summary="Hybrid, vector or keyword search with filters")
+async def search(body: SearchRequest, svc: ServicesDep) -> SearchResponse:
+    began = time.perf_counter()
+    hits = await svc.retrieve(body, Timings())
+    return SearchResponse(
+        query=body.query, mode=body.mode, hits=hits, took_ms=round((time.perf_counter() - began) * 1000, 2)
+    )
