@@ -63,7 +63,7 @@ STREAM_DB_ATTEMPTS = 2  # tries of an index transaction in the stream before it 
 
 
 def tables(settings: Settings) -> DeltaTables:
-    return DeltaTables(settings.state_dir / "delta", settings.delta_maintain_every, settings.delta_retention_minutes)
+    return DeltaTables.from_settings(settings)
 
 
 _WRITERS = ThreadPoolExecutor(max_workers=len(LAYERS), thread_name_prefix="delta-write")
