@@ -101,7 +101,7 @@ def up(
     if settings.ingest_source == "wikimedia" and not _reachable(settings.wikimedia_url):
         typer.secho(
             f"note: the live stream {settings.wikimedia_url} cannot be reached from here; ingest keeps retrying. "
-            "To run on the bundled recording instead: STREAMRAG_INGEST_SOURCE=replay streamrag up",
+            "To run on the bundled recording instead: STREAMRAG_INGEST_SOURCE=recording streamrag up",
             fg=typer.colors.YELLOW,
         )
     signal.signal(signal.SIGTERM, supervisor.request_stop)
@@ -135,27 +135,27 @@ def api_command(
 
 class Source(StrEnum):
     wikimedia = "wikimedia"
-    replay = "replay"
+    recording = "recording"
     synthetic = "synthetic"
 
 
 @app.command("ingest")
 def ingest_command(
     source: Source = typer.Option(
-        None, help="wikimedia (live), replay (bundled recording) or synthetic. Default: STREAMRAG_INGEST_SOURCE."
+        None, help="wikimedia (live), recording (the bundled recording) or synthetic. Default: STREAMRAG_INGEST_SOURCE."
     ),
-    rate: float = typer.Option(None, help="Events/s for replay/synthetic (0 = as fast as possible)."),
+    rate: float = typer.Option(None, help="Events/s for recording/synthetic (0 = as fast as possible)."),
     since: str = typer.Option(
         None,
         help="Start from this ISO-8601 time (or epoch ms) when there is no stored "
         "position; the live stream keeps about 7 days.",
     ),
     count: int = typer.Option(
-        None, help="replay/synthetic: stop the source after this many events (default STREAMRAG_INGEST_COUNT)."
+        None, help="recording/synthetic: stop the source after this many events (default STREAMRAG_INGEST_COUNT)."
     ),
     url: str = typer.Option(
         None,
-        help="Read this SSE URL instead of starting a local replay/synthetic server "
+        help="Read this SSE URL instead of starting a local recording/synthetic server "
         "(the source name still labels metrics and the stored position).",
     ),
 ) -> None:
@@ -173,8 +173,8 @@ def ingest_command(
 
 @app.command("sse-server")
 def sse_server_command(
-    source: Source = typer.Option(Source.replay, help="replay or synthetic."),
-    port: int = typer.Option(None, help="Port (default STREAMRAG_REPLAY_PORT, 8765)."),
+    source: Source = typer.Option(Source.recording, help="recording or synthetic."),
+    port: int = typer.Option(None, help="Port (default STREAMRAG_SOURCE_PORT, 8765)."),
     rate: float = typer.Option(None, help="Events/s (0 = as fast as possible; default STREAMRAG_INGEST_RATE)."),
     count: int = typer.Option(None, help="Serve this many events, then idle."),
     seed: int = typer.Option(None, help="Seed of the sequence (same seed, same events)."),
@@ -191,7 +191,7 @@ def sse_server_command(
     from streamrag_assets.runtime.entry import sse_server
 
     if source == Source.wikimedia and file is None:
-        raise _fail("sse-server serves replay or synthetic events; wikimedia is the live stream")
+        raise _fail("sse-server serves recorded or synthetic events; wikimedia is the live stream")
     sse_server.main(_settings(), source.value, port, rate, count, seed, malformed_fraction, file)
 
 

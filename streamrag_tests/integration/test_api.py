@@ -98,9 +98,9 @@ def pipeline(stack):
     settings = separate_platform(
         stack,
         "api",
-        ingest_source="replay",
+        ingest_source="recording",
         ingest_rate=5.0,
-        replay_port=free_port(),
+        source_port=free_port(),
         api_port=free_port(),
         ingest_metrics_port=0,
         stream_metrics_port=0,

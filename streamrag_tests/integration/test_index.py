@@ -14,7 +14,7 @@ from sqlalchemy import text
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.index.embedder import get_embedder
-from streamrag_assets.ingest.sources import replay_event
+from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.streaming.refine import document, parse_event
 from streamrag_tests.harness import fresh_database
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _gold(seq: int, partition: int = 0, **changes) -> dict:
-    event = json.loads(replay_event(seq))
+    event = json.loads(recorded_event(seq))
     event.update(changes)
     doc = document(parse_event(json.dumps(event)))
     return doc | {"partition": partition, "offset": seq, "ingested_at": doc["event_time"]}
