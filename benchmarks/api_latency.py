@@ -54,7 +54,7 @@ from streamrag_api.search import Searcher, Timings, query_terms, search_engine
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.models import Document
 from streamrag_assets.documents.store import DOCUMENT_FIELDS, DocumentIndex
-from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.api import api_process
 from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings, release, scratch_dir
 

@@ -34,7 +34,7 @@ from sqlalchemy import create_engine, text
 
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.store import DocumentIndex
-from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.postgres import admin_connect
 from streamrag_assets.runtime.stream import stream_process

@@ -16,7 +16,7 @@ from streamrag_api.keyword import KeywordIndex
 from streamrag_api.live import LiveFeed
 from streamrag_api.schemas import Hit, SearchRequest
 from streamrag_api.search import Searcher, Timings, search_engine
-from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.settings import get_settings
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from streamrag_api.keyword import STOP_WORDS, KeywordIndex
 from streamrag_api.schemas import Hit, Lineage, SearchRequest
 from streamrag_assets.documents import queries
-from streamrag_assets.index.embedder import Embedder
+from streamrag_assets.embedding.embedder import Embedder
 from streamrag_assets.metrics import API_EMBED_DURATION, API_SEARCH_DURATION
 
 RRF_K = 60  # the usual constant of reciprocal rank fusion

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from streamrag_assets.documents.models import DeadLetter, Document, IndexProgress
-from streamrag_assets.index.embedder import Embedder
+from streamrag_assets.embedding.embedder import Embedder
 from streamrag_assets.metrics import (
     EVENT_TIME_TO_INDEXED,
     INDEX_DB_DURATION,

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def document_index(settings: Settings) -> DocumentIndex:
     """The pgvector index with the process's embedder."""
-    from streamrag_assets.index.embedder import get_embedder
+    from streamrag_assets.embedding.embedder import get_embedder
 
     return DocumentIndex(settings.app_database_url, get_embedder(settings))
 

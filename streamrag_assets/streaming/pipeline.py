@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.store import DocumentIndex, database_unavailable
-from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.kafka.admin import ensure_topic
 from streamrag_assets.kafka.gaps import ledger_dir
 from streamrag_assets.kafka.spark_source import pass_through

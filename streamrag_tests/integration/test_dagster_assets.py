@@ -178,7 +178,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(materialized, env) -> None:
-    from streamrag_assets.defs.shared.reporting import DagsterReporter
+    from streamrag_assets.runtime.dagster_reporter import DagsterReporter
     from streamrag_assets.streaming.batch_result import HOUR_KEY_FORMAT, BatchResult
     from streamrag_assets.streaming.checkpoint import checkpoint_lock
 

@@ -17,7 +17,7 @@ from streamrag_api.search import Searcher, search_engine
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.retention import prune
 from streamrag_assets.documents.store import DocumentIndex
-from streamrag_assets.index.embedder import get_embedder
+from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.streaming.refine import PROBE_WIKI, document, parse_event
 from streamrag_tests.harness import fresh_database

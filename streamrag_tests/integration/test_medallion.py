@@ -190,7 +190,7 @@ def test_pgvector_reconciles_with_gold_and_each_vector_is_its_own_text(medallion
     near-duplicates by design.)"""
     from sqlalchemy import create_engine, text
 
-    from streamrag_assets.index.embedder import get_embedder
+    from streamrag_assets.embedding.embedder import get_embedder
 
     gold = DeltaTables(medallion.state_dir / "delta").read("gold").to_pylist()
     expected = {d["doc_id"] for d in gold if d["op"] != "delete"}

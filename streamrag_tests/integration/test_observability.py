@@ -180,9 +180,7 @@ def test_the_probe_measures_searchable_latency_below_the_target(observed) -> Non
     bound = 10.0 if busy else 2.0
     assert recent <= bound, f"probe ingested -> searchable p50 {recent:.2f} s is over {bound:g} s (busy: {busy})"
     probes = httpx.post(f"{settings.api_url}/search", json={"query": "streamrag freshness probe", "top_k": 50}).json()
-    assert not any(hit["wiki"] == "streamrag_probe" for hit in probes["hits"]), (
-        "probes stay out of user results"
-    )
+    assert not any(hit["wiki"] == "streamrag_probe" for hit in probes["hits"]), "probes stay out of user results"
 
 
 def test_stopping_the_stream_makes_the_lag_and_no_progress_alerts_fire(observed) -> None:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from streamrag_assets.index.embedder import Embedder
+from streamrag_assets.embedding.embedder import Embedder
 from streamrag_tests.harness import gold_documents
 
 
@@ -91,7 +91,7 @@ def test_int8_embeds_without_torch_exactly_as_the_models_own_tokenizer_would(tmp
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     script = (
         "import json, sys, numpy as np\n"
-        "from streamrag_assets.index.embedder import Embedder\n"
+        "from streamrag_assets.embedding.embedder import Embedder\n"
         f"texts = json.loads(open({str(tmp_path / 'texts.json')!r}).read())\n"
         "embedder = Embedder(threads=1, int8=True)\n"
         f"np.save({str(tmp_path / 'vectors.npy')!r}, embedder.embed(texts))\n"

@@ -32,7 +32,7 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
     status = StreamStatus(settings)
     if not available_now and settings.dagster_report_interval_s > 0:
         # Imported here: reporting loads Dagster's instance machinery, which an availableNow run does not need.
-        from streamrag_assets.defs.shared.reporting import DagsterReporter
+        from streamrag_assets.runtime.dagster_reporter import DagsterReporter
 
         reporter = DagsterReporter(settings)
 
