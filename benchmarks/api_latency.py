@@ -53,6 +53,7 @@ from streamrag_api.schemas import SearchRequest
 from streamrag_api.search import Searcher, Timings, query_terms, search_engine
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.models import Document
+from streamrag_assets.documents.queries import document_count
 from streamrag_assets.documents.store import DOCUMENT_FIELDS, DocumentIndex
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.api import api_process
@@ -674,7 +675,7 @@ def db_profile(settings) -> dict:
                 times.append(timings.search_ms)
             out[f"{mode}_retrieval_ms_1_client" + ("" if index else "_postgres_full_text")] = _summary_ms(times)
     with engine.connect() as conn:
-        total = conn.execute(text("SELECT count(*) FROM documents")).scalar()
+        total = document_count(conn)
         fractions = []
         for question in QUESTIONS:
             terms = query_terms(question)

@@ -15,8 +15,9 @@ import json
 import os
 import time
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
+from streamrag_assets.documents.queries import document_count
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.stream import stream_process
@@ -34,7 +35,7 @@ def catch_up(settings, timeout_s: float) -> dict:
     try:
         with running(settings, [stream_process(settings)]), engine.connect() as conn:
             while time.monotonic() - began < timeout_s:
-                count = conn.execute(text("SELECT count(*) FROM documents")).scalar()
+                count = document_count(conn)
                 conn.rollback()  # a fresh snapshot each poll
                 now = time.monotonic() - began
                 if count and first_s is None:

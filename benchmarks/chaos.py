@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
+from streamrag_assets.documents.queries import stored_doc_ids
 from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import Settings
@@ -88,7 +89,7 @@ def reconcile(settings: Settings, known: dict[tuple[int, int], str | None], refr
     engine = create_engine(settings.app_database_url)
     try:
         with engine.connect() as conn:
-            indexed = set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
+            indexed = stored_doc_ids(conn)
     finally:
         engine.dispose()
     delta = DeltaTables(settings.state_dir / "delta")

@@ -33,6 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.documents.queries import document_count
 from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.ingest import ingest_process
@@ -75,7 +76,7 @@ def throughput(settings, count: int, stage_batch: int, texts: str, rounds: int) 
             index.index(docs[start : start + stage_batch])
         stages.append(len(docs) / (time.perf_counter() - began))
         with index.engine.connect() as conn:
-            stored = conn.execute(text("SELECT count(*) FROM documents")).scalar()
+            stored = document_count(conn)
         assert stored == len(docs), f"{stored} of {len(docs)} stored"
     index.engine.dispose()
     ratios = [stage / raw for raw, stage in zip(raws, stages, strict=True)]
@@ -113,7 +114,7 @@ def freshness(settings, seconds: float, warmup_s: float, cold_start: bool) -> di
                 running_processes.enter_context(running(settings, [ingest], timeout_s=180))
             deadline = time.monotonic() + 300
             with engine.connect() as conn:
-                while not conn.execute(text("SELECT count(*) FROM documents")).scalar():
+                while not document_count(conn):
                     assert time.monotonic() < deadline, "no document became searchable within 300 s"
                     time.sleep(0.5)
                     conn.rollback()

@@ -207,3 +207,8 @@ def written_since(conn: Connection, snapshot: str) -> Iterable[Row]:
 def stored_doc_ids(conn: Connection) -> set[str]:
     """Every document id in the table, tombstones included."""
     return {row[0] for row in conn.execute(text("SELECT doc_id FROM documents"))}
+
+
+def document_count(conn: Connection) -> int:
+    """Rows in the table, tombstones included."""
+    return int(conn.execute(text("SELECT count(*) FROM documents")).scalar_one())
