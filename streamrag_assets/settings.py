@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     dagster_port: int = 3000
     api_port: int = 8000
     api_base_url: str | None = Field(None, description="Where other processes (the probe) reach the API.")
+    dagster_base_url: str | None = Field(
+        None, description="Where other processes (the API's /health) reach the Dagster webserver."
+    )
     bind_host: str = Field(LOOPBACK, description="Interface the embedded services and the API listen on.")
 
     # --- embedded Postgres --------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ class Settings(BaseSettings):
 
     @property
     def dagster_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.dagster_port}"
+        return self.dagster_base_url or f"http://{LOOPBACK}:{self.dagster_port}"
 
     def to_env(self) -> dict[str, str]:
         """These settings as STREAMRAG_* variables, so child processes see exactly what the parent saw."""

@@ -73,3 +73,25 @@ def test_every_streamrag_service_command_exists_in_the_package() -> None:
         env = svc["environment"]
         assert env["STREAMRAG_KAFKA_BOOTSTRAP_SERVERS"] == "redpanda:9092"
         assert "postgres:5432" in env["STREAMRAG_DATABASE_URL"]
+
+
+def test_every_streamrag_service_shares_one_state_volume_and_reaches_others_by_service_name() -> None:
+    compose = _compose()
+    services = compose["services"]
+    ours = {name: svc for name, svc in services.items() if svc.get("image") == "streamrag:latest"}
+    homes = {svc["environment"].get("STREAMRAG_HOME") for svc in ours.values()}
+    assert len(homes) == 1 and None not in homes, f"one STREAMRAG_HOME for every service, not {homes}"
+    (home,) = homes
+    for name, svc in ours.items():
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in svc.get("volumes", [])}
+        state = [source for target, source in mounts.items() if home.startswith(target.rstrip("/") + "/")]
+        assert state == ["streamrag-state"], f"{name} must keep {home} on the shared volume, has {mounts}"
+    assert "streamrag-state" in compose["volumes"]
+    # Every address another container is reached at is that container's service name, never loopback.
+    for name, svc in ours.items():
+        env = svc["environment"]
+        for key in ("STREAMRAG_API_BASE_URL", "STREAMRAG_DAGSTER_BASE_URL"):
+            host = env[key].split("//")[1].split(":")[0]
+            assert host in services, f"{name}: {key} points at {host}, not a service"
+        assert env["STREAMRAG_KAFKA_BOOTSTRAP_SERVERS"].split(":")[0] in services
+        assert env["STREAMRAG_DATABASE_URL"].split("@")[1].split(":")[0] in services

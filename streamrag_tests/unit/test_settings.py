@@ -41,3 +41,10 @@ def test_env_prefix_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "sk-secret" not in repr(settings), "secrets never reach logs"
     env = settings.to_env()
     assert env["STREAMRAG_LLM_API_KEY"] == "sk-secret" and env["STREAMRAG_HOME"] == str(tmp_path / ".streamrag")
+
+
+def test_other_processes_reach_the_api_and_dagster_at_configured_addresses(tmp_path: Path) -> None:
+    local = Settings(home=tmp_path)
+    assert local.dagster_url == "http://127.0.0.1:3000" and local.api_url == "http://127.0.0.1:8000"
+    remote = Settings(home=tmp_path, dagster_base_url="http://dagster-webserver:3000", api_base_url="http://api:8000")
+    assert remote.dagster_url == "http://dagster-webserver:3000" and remote.api_url == "http://api:8000"
