@@ -49,6 +49,8 @@ def check_stream(svc: Services) -> tuple[bool, str]:
     age = (datetime.now(UTC) - at).total_seconds()
     if age > svc.settings.stream_heartbeat_max_age_s:
         return False, f"last heartbeat {age:.0f} s ago"
+    if detail.get("paused_for"):  # an operator's replay holds the tables; the query resumes after it
+        return True, f"paused for {detail['paused_for']} (heartbeat {age:.1f} s ago, lag {detail.get('lag')})"
     if not detail.get("active", False):
         return False, "the streaming query is not active"
     # Alive is not enough: events waiting while no micro-batch finishes is a stream that is stuck.

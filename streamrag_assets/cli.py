@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import UTC, datetime
@@ -223,11 +224,16 @@ def _progress(message: str) -> None:
 
 @replay_app.command("rebuild")
 def replay_rebuild() -> None:
-    """Recompute Silver, quarantine and Gold from Bronze (new table versions; same transform code as the stream)."""
+    """Recompute Silver, quarantine and Gold from Bronze (new table versions; same transform code as the stream); a
+    running `streamrag stream` pauses meanwhile."""
     from streamrag_assets.operations.rebuild import rebuild_from_bronze
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
-    counts = rebuild_from_bronze(_settings(), _progress)
+    try:
+        counts = rebuild_from_bronze(_settings(), _progress, who=f"`streamrag replay rebuild` (pid {os.getpid()})")
+    except QueryAlreadyRunning as exc:
+        raise _fail(str(exc)) from None
     typer.echo(json.dumps(counts))
 
 
@@ -240,7 +246,8 @@ def replay_reprocess(
         None, "--from-time", help="ISO-8601 time: re-read from the first offset at or after it in every partition."
     ),
 ) -> None:
-    """Re-read the topic from an offset or time with a fresh checkpoint (stop `streamrag stream` first)."""
+    """Re-read the topic from an offset or time with a fresh checkpoint; a running `streamrag stream` pauses
+    meanwhile and resumes in the new checkpoint."""
     from streamrag_assets.isotime import parse_iso_time
     from streamrag_assets.operations.reprocess import reprocess
     from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning
@@ -255,9 +262,11 @@ def replay_reprocess(
     except ValueError:
         raise _fail("--from-offset takes PARTITION:OFFSET with integers; --from-time an ISO-8601 time") from None
     try:
-        done = reprocess(settings, offsets or None, when, _progress)
+        done = reprocess(
+            settings, offsets or None, when, _progress, who=f"`streamrag replay reprocess` (pid {os.getpid()})"
+        )
     except QueryAlreadyRunning as exc:
-        raise _fail(f"{exc}; stop it first") from None
+        raise _fail(str(exc)) from None
     typer.echo(f"reprocessed from {done.start} (checkpoint epoch {done.epoch})")
 
 
@@ -344,17 +353,23 @@ def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     """Show each service: state, restarts, address, data size, and for a failing one its last exit and next
     restart. Exit code 0 only when all are up."""
     from streamrag_assets.runtime.disk import space_problem
+    from streamrag_assets.streaming.checkpoint import pause_request
 
     settings = _settings()
     rows = status(settings)
     full = space_problem(settings.state_dir)
+    paused = pause_request(settings)
     if as_json:
-        typer.echo(json.dumps([row.__dict__ for row in rows] + ([{"problem": full}] if full else []), indent=2))
+        notes = ([{"problem": full}] if full else []) + ([{"stream_paused_for": paused.who}] if paused else [])
+        typer.echo(json.dumps([row.__dict__ for row in rows] + notes, indent=2))
     else:
         supervisor = running_supervisor(settings)
         typer.echo(f"supervisor: {f'running (pid {supervisor})' if supervisor else 'not running'}")
         if full:
             typer.echo(typer.style(full, fg="red"))
+        if paused:
+            since = datetime.fromtimestamp(paused.since, UTC).astimezone().strftime("%H:%M:%S")
+            typer.echo(typer.style(f"stream paused since {since} for {paused.who}; it resumes after", fg="yellow"))
         typer.echo(f"{'service':<20} {'state':<11} {'pid':>7} {'restarts':>8}  {'address':<32} data")
         colours = {"up": "green", "starting": "yellow", "backing-off": "yellow"}
         now = datetime.now(UTC).timestamp()

@@ -63,6 +63,10 @@ STREAM_TRIGGER_PHASE = Histogram(
     ["phase"],
     buckets=LATENCY_BUCKETS,
 )
+STREAM_PAUSED = Gauge(
+    "streamrag_stream_paused",
+    "1 while the continuous query is paused for a bounded run (rebuild, reprocess, catch-up).",
+)
 STREAM_CONSUMER_LAG = Gauge(
     "streamrag_stream_consumer_lag", "Records in the topic not yet processed, per partition.", ["partition"]
 )

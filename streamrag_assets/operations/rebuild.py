@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from streamrag_assets.operations.progress import Progress, reporter
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.checkpoint import checkpoints_for_run
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.pipeline import APP_ID, record_counts
 from streamrag_assets.streaming.spark import get_spark
@@ -17,9 +18,17 @@ from streamrag_assets.streaming.transforms import refine_dataframe, split_layers
 log = logging.getLogger(__name__)
 
 
-def rebuild_from_bronze(settings: Settings, progress: Progress | None = None) -> dict[str, int]:
-    """Recompute Silver/quarantine/Gold from all of Bronze; returns the row counts."""
+def rebuild_from_bronze(
+    settings: Settings, progress: Progress | None = None, who: str = "a rebuild from Bronze"
+) -> dict[str, int]:
+    """Recompute Silver/quarantine/Gold from all of Bronze, the continuous query paused meanwhile (``who`` says what
+    it waits for); returns the row counts."""
     report = reporter(progress, log)
+    with checkpoints_for_run(settings, who, progress=report):
+        return _rebuild(settings, report)
+
+
+def _rebuild(settings: Settings, report: Progress) -> dict[str, int]:
     began = time.perf_counter()
     delta = DeltaTables.from_settings(settings)
     bronze = delta.read("bronze")

@@ -11,7 +11,7 @@ from datetime import datetime
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.operations.progress import Progress, reporter
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.checkpoint import checkpoint_lock, checkpoint_root, current_epoch
+from streamrag_assets.streaming.checkpoint import checkpoint_root, checkpoints_for_run, current_epoch
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.pipeline import start_query
 
@@ -29,11 +29,13 @@ def reprocess(
     from_offsets: dict[int, int] | None,
     from_time: datetime | None,
     progress: Progress | None = None,
+    who: str = "a reprocess of the topic",
 ) -> Reprocessed:
     """Re-read the topic from ``from_offsets`` (partitions not named: from their beginning) or from the first offset
-    at or after ``from_time``. Raises QueryAlreadyRunning when the stream holds the checkpoint."""
+    at or after ``from_time``, the continuous query paused meanwhile (it resumes in the new epoch). Raises
+    QueryAlreadyRunning when the query does not pause."""
     report = reporter(progress, log)
-    with checkpoint_lock(settings):
+    with checkpoints_for_run(settings, who, progress=report):
         start = resolve_start(settings, from_offsets, from_time)
         epoch = prepare_reprocess(settings, start, report)
         report(f"re-reading the topic from {start} into checkpoint epoch {epoch}")

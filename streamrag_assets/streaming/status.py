@@ -26,6 +26,7 @@ class StreamStatus:
         self._consumer = None
         self._heads: dict[int, int] | None = None
         self._started_at = datetime.now(UTC)
+        self.paused_for: str | None = None  # the bounded run the query paused for (see `checkpoints_for_run`)
 
     def on_batch(self, result: BatchResult) -> None:
         with self._lock:
@@ -57,6 +58,7 @@ class StreamStatus:
             "last_batch_at": last_at.isoformat() if last_at else None,
             "last_batch_seconds": round(last.seconds, 3) if last else None,
             "lag": self.lag(),
+            "paused_for": self.paused_for,
         }
 
     def close(self) -> None:

@@ -441,3 +441,100 @@ def test_the_daemon_runs_what_the_sensor_and_the_webserver_launch(materialized, 
     assert lost_events and lost_docs
     assert _stored_doc_ids(env) >= docs_before, "the replay job re-embedded the lost documents"
     assert len(delta.read("gold")) >= gold_before, "the backfill restored Gold"
+
+
+def _produce(env, count: int, seed: int) -> None:
+    from kafka import KafkaProducer
+
+    from streamrag_assets.ingest.sources import synthetic_event
+
+    producer = KafkaProducer(bootstrap_servers=env.bootstrap_servers, acks="all")
+    for seq in range(count):
+        producer.send(env.topic, value=synthetic_event(seq, seed=seed).encode())
+    producer.flush()
+    producer.close()
+
+
+def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_after_them(materialized, env) -> None:
+    """While the continuous query runs (as `up` runs it), a rebuild and a reprocess launched through the webserver's
+    GraphQL (what the launchpad sends) ask it to pause: it stops at a batch boundary and waits, the runs complete
+    with their progress in the run's logs, and the same process resumes from the right offsets. At the end every
+    offset of the topic is in Bronze exactly once, every Gold document is in pgvector, and events produced after the
+    runs are indexed: the stream is flowing again."""
+    from streamrag_assets.defs.ingest.sensors import topic_heads
+    from streamrag_assets.runtime.dagster import dagster_webserver_process
+    from streamrag_assets.runtime.stream import stream_process
+    from streamrag_assets.streaming.checkpoint import pause_request
+
+    instance = dg.DagsterInstance.get()
+    delta = DeltaTables(env.state_dir / "delta")
+    webserver, daemon, stream = dagster_webserver_process(env), dagster_daemon_process(env), stream_process(env)
+    for proc in (webserver, daemon, stream):
+        proc.env = {**env.to_env(), **proc.env}
+    log = env.state_dir / "logs" / "stream.log"
+
+    def wait_for(condition, what: str, timeout_s: float = 240) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"{what}\n{log.read_text()[-3000:] if log.exists() else ''}"
+            time.sleep(1)
+
+    def bronze_is_the_topic() -> bool:
+        heads = topic_heads(env.bootstrap_servers, env.topic)
+        offsets = delta.read("bronze", ["partition", "offset"]).to_pylist()
+        return len(offsets) == sum(heads.values()) and {(o["partition"], o["offset"]) for o in offsets} == {
+            (p, o) for p, head in heads.items() for o in range(head)
+        }
+
+    def launch(job: str, op_config: dict) -> str:
+        response = httpx.post(
+            f"{env.dagster_url}/graphql",
+            json={
+                "query": LAUNCH_RUN,
+                "variables": {
+                    "params": {
+                        "selector": {"repositoryLocationName": "streamrag", "repositoryName": "__repository__"}
+                        | {"jobName": job},
+                        "runConfigData": {"ops": op_config},
+                    }
+                },
+            },
+            timeout=60,
+        )
+        launched = response.json()["data"]["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        wait_for(lambda: instance.get_run_by_id(run_id).is_finished, f"{job} did not finish", 420)
+        run = instance.get_run_by_id(run_id)
+        messages = [entry.message for entry in instance.all_logs(run_id)]
+        assert run.is_success, (run.status, messages[-20:])
+        assert any("asked the continuous query to pause" in m for m in messages), "the run waited for the stream"
+        return run_id
+
+    webserver.start()
+    daemon.start()
+    stream.start()
+    try:
+        webserver.wait_ready(120)
+        wait_for(lambda: log.exists() and "streaming " in log.read_text(), "the stream did not start")
+        pid = stream.proc.pid
+        _produce(env, 100, seed=71)
+        wait_for(bronze_is_the_topic, "the running stream did not take in the new events")
+
+        launch("rebuild_from_bronze_job", {"rebuild_from_bronze_op": {"config": {"confirm": True}}})
+        wait_for(lambda: log.read_text().count("[streamrag] streaming ") == 2, "the stream did not resume")
+        launch("reprocess_topic_job", {"reprocess_topic_op": {"config": {"from_offsets": {"0": 0}}}})
+        assert pause_request(env) is None
+
+        _produce(env, 100, seed=72)
+        wait_for(bronze_is_the_topic, "the stream did not resume after the runs", 300)
+        gold = {d["doc_id"] for d in delta.read("gold", ["doc_id", "op"]).to_pylist() if d["op"] != "delete"}
+        wait_for(lambda: gold <= _stored_doc_ids(env), "pgvector misses Gold documents", 120)
+        assert stream.running() and stream.proc.pid == pid, "the stream paused and resumed; it never exited"
+        text_log = log.read_text()
+        assert text_log.count("pausing at the end of the micro-batch") == 2, text_log[-3000:]
+        assert "Traceback" not in text_log, text_log[-3000:]
+    finally:
+        stream.stop()
+        daemon.stop()
+        webserver.stop()

@@ -22,7 +22,7 @@ def medallion(context: dg.AssetExecutionContext, pyspark: PySparkResource):
     The same micro-batches write Gold and pgvector; those are partitioned by hour of event time, so their writes
     are logged as materializations of the hours they touched."""
     from streamrag_assets.streaming.batch_result import BatchResult
-    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoint_lock
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoints_for_run
     from streamrag_assets.streaming.pipeline import start_query
     from streamrag_assets.streaming.spark import prepare_environment
 
@@ -36,7 +36,9 @@ def medallion(context: dg.AssetExecutionContext, pyspark: PySparkResource):
         context.log.info(f"batch {result.batch_key}: {result.counts} in {result.seconds:.2f} s")
 
     try:
-        with checkpoint_lock(settings):
+        with checkpoints_for_run(
+            settings, f"Dagster run {context.run_id[:8]} of {context.job_name}", progress=context.log.info
+        ):
             query = start_query(settings, available_now=True, on_batch=progress)
             query.awaitTermination()
     except QueryAlreadyRunning as exc:

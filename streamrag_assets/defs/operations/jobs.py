@@ -9,6 +9,11 @@ from streamrag_assets.isotime import parse_iso_time
 from streamrag_assets.settings import get_settings
 
 
+def _who(context: dg.OpExecutionContext) -> str:
+    """What the paused continuous query says it waits for (`streamrag status`, /health, its log)."""
+    return f"Dagster run {context.run_id[:8]} of {context.job_name}"
+
+
 class RebuildConfig(dg.Config):
     confirm: bool = Field(True, description="Recompute Silver, quarantine and Gold from Bronze as new versions.")
 
@@ -16,15 +21,14 @@ class RebuildConfig(dg.Config):
 @dg.op(description="Recompute Silver, quarantine and Gold from Bronze (same transforms as the stream).")
 def rebuild_from_bronze_op(context: dg.OpExecutionContext, config: RebuildConfig) -> dict:
     from streamrag_assets.operations.rebuild import rebuild_from_bronze
-    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning, checkpoint_lock
+    from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning
 
     if not config.confirm:
         raise dg.Failure("set confirm: true to rebuild")
     try:
-        with checkpoint_lock(get_settings()):
-            counts = rebuild_from_bronze(get_settings(), context.log.info)
+        counts = rebuild_from_bronze(get_settings(), context.log.info, who=_who(context))
     except QueryAlreadyRunning as exc:
-        raise dg.Failure(f"{exc}; stop it first") from None
+        raise dg.Failure(str(exc)) from None
     context.add_output_metadata({k: v for k, v in counts.items()})
     return counts
 
@@ -46,9 +50,9 @@ def reprocess_topic_op(context: dg.OpExecutionContext, config: ReprocessConfig) 
     when = parse_iso_time(config.from_time) if config.from_time else None
     offsets = {int(p): o for p, o in config.from_offsets.items()} or None
     try:
-        done = reprocess(get_settings(), offsets, when, context.log.info)
+        done = reprocess(get_settings(), offsets, when, context.log.info, who=_who(context))
     except QueryAlreadyRunning as exc:
-        raise dg.Failure(f"{exc}; stop it first") from None
+        raise dg.Failure(str(exc)) from None
     context.log.info(f"reprocessed from {done.start} into checkpoint epoch {done.epoch}")
     return f"epoch {done.epoch}"
 
