@@ -69,7 +69,9 @@ def probe_event(marker: str, now: datetime | None = None) -> dict:
 class FreshnessProbe:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0)
+        self.producer = KafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0, **settings.kafka_client_config()
+        )
         self.http = httpx.Client(base_url=settings.api_url, timeout=10)
 
     def once(self, poll_s: float = 0.1, stop: threading.Event | None = None) -> float | None:

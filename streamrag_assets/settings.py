@@ -25,6 +25,13 @@ class Settings(BaseSettings):
 
     # --- external addresses (absent = embedded) -----------------------------------------------------------
     kafka_bootstrap_servers: str | None = Field(None, description="Kafka/Redpanda bootstrap servers.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects (managed Kafka: SASL_SSL)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL (absent: the system's).")
     database_url: str | None = Field(None, description="Postgres (with pgvector) SQLAlchemy URL.")
     dagster_database_url: str | None = Field(None, description="Postgres URL for the Dagster instance.")
     spark_master: str | None = Field(None, description="Spark master URL; absent = local[*] in process.")
@@ -230,6 +237,17 @@ class Settings(BaseSettings):
         return "recording" if value == "replay" else value
 
     @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"STREAMRAG_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "STREAMRAG_KAFKA_SASL_MECHANISM, STREAMRAG_KAFKA_SASL_USERNAME and STREAMRAG_KAFKA_SASL_PASSWORD"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _fail_after_warn(self) -> Settings:
         if self.freshness_fail_minutes <= self.freshness_warn_minutes:
             raise ValueError("STREAMRAG_FRESHNESS_FAIL_MINUTES must be more than STREAMRAG_FRESHNESS_WARN_MINUTES")
@@ -297,6 +315,20 @@ class Settings(BaseSettings):
     @property
     def dagster_url(self) -> str:
         return self.dagster_base_url or f"http://{LOOPBACK}:{self.dagster_port}"
+
+    def kafka_client_config(self) -> dict[str, object]:
+        """kafka-python's connection settings for every client of the platform's broker (besides the address)."""
+        config: dict[str, object] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None  # checked by `_sasl_needs_credentials`
+            config |= {
+                "sasl_mechanism": self.kafka_sasl_mechanism,
+                "sasl_plain_username": self.kafka_sasl_username,
+                "sasl_plain_password": self.kafka_sasl_password.get_secret_value(),
+            }
+        if self.kafka_ssl_cafile is not None:
+            config["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return config
 
     def to_env(self) -> dict[str, str]:
         """These settings as STREAMRAG_* variables, so child processes see exactly what the parent saw."""

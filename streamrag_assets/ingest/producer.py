@@ -92,6 +92,7 @@ class EventProducer:
             max_block_ms=60_000,
             request_timeout_ms=10_000,
             reconnect_backoff_max_ms=2_000,
+            **settings.kafka_client_config(),
         )
 
     # --- start-up -------------------------------------------------------------------------------------------

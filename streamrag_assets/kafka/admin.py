@@ -18,7 +18,11 @@ def ensure_topic(settings: Settings, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+            admin = KafkaAdminClient(
+                bootstrap_servers=settings.bootstrap_servers,
+                request_timeout_ms=10_000,
+                **settings.kafka_client_config(),
+            )
             break
         except KafkaError as exc:
             if time.monotonic() > deadline:

@@ -16,6 +16,7 @@ from kafka.errors import KafkaError, OffsetOutOfRangeError
 
 from streamrag_assets.kafka.client_internals import ConsumerRecord
 from streamrag_assets.kafka.gaps import NO_RECORDS, RETENTION, SKIPPED, GapLedger, OffsetGap, declare
+from streamrag_assets.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,10 @@ RETRY_PAUSE_S = 1.0  # between fetches while the broker fails them
 
 
 def make_consumer(bootstrap_servers: str, **overrides: object) -> KafkaConsumer:
+    """A consumer that reads by explicit position, connecting as this process's settings say (SASL/SSL included:
+    the callers — Spark's workers among them — know the broker's address, not its credentials)."""
     config: dict[str, object] = {
+        **get_settings().kafka_client_config(),
         "bootstrap_servers": bootstrap_servers,
         "enable_auto_commit": False,
         "request_timeout_ms": 10_000,

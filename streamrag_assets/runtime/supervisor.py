@@ -287,7 +287,7 @@ class Supervisor:
             )
         _pid_file(self.settings).write_text(str(os.getpid()))
         # Secrets stay out of the file; everything else lets `status` describe this run.
-        public = self.settings.model_dump(mode="json", exclude={"s3_secret_key", "llm_api_key"})
+        public = self.settings.model_dump(mode="json", exclude={"s3_secret_key", "llm_api_key", "kafka_sasl_password"})
         _settings_file(self.settings).write_text(json.dumps(public))
         try:
             self._serve_metrics()
