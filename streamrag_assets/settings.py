@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         "after one small batch instead of after the whole backlog is embedded; at a live stream's rate (tens of events "
         "a second) batches are far below it.",
     )
+    rebuild_chunk_rows: int = Field(
+        50_000,
+        ge=1,
+        description="`replay rebuild` refines and writes Bronze this many rows at a time (bounded memory).",
+    )
     replay_max_events_per_trigger: int = Field(
         20_000,
         ge=1,
