@@ -10,8 +10,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -248,3 +249,11 @@ def release(home: Path, keep: bool = False) -> None:
         print(f"state kept in {home}", flush=True)
     else:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout_s: float, detail: Callable[[], str] = str) -> None:
+    """Poll ``condition`` until it holds; after ``timeout_s`` fail with ``what`` and ``detail()`` (logs, state)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}\n{detail()}"
+        time.sleep(0.5)

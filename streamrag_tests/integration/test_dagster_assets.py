@@ -18,6 +18,7 @@ from benchmarks.medallion_throughput import fill_topic
 from streamrag_assets.defs.shared.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
 from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
 from streamrag_assets.streaming.delta import DeltaTables
+from streamrag_tests import harness
 from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, free_port, separate_platform
 
 pytestmark = pytest.mark.integration
@@ -192,10 +193,7 @@ def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(m
         return [m["state"] for m in _Receiver.received if m["asset"] == "gold_documents"]
 
     def wait_until(condition, what: str, timeout_s: float = 150) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, f"{what}; received {_Receiver.received}"
-            time.sleep(0.5)
+        harness.wait_until(condition, what, timeout_s, lambda: f"received {_Receiver.received}")
 
     def report_fresh_gold() -> None:
         reporter = DagsterReporter(settings.model_copy(update={"dagster_report_interval_s": 3600}))
@@ -474,10 +472,7 @@ def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_aft
     log = env.state_dir / "logs" / "stream.log"
 
     def wait_for(condition, what: str, timeout_s: float = 240) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, f"{what}\n{log.read_text()[-3000:] if log.exists() else ''}"
-            time.sleep(1)
+        harness.wait_until(condition, what, timeout_s, lambda: log.read_text()[-3000:] if log.exists() else "")
 
     def bronze_is_the_topic() -> bool:
         heads = topic_heads(env.bootstrap_servers, env.topic)
