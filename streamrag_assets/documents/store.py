@@ -69,6 +69,13 @@ class IndexResult:
     embed_seconds: float = 0.0
     doc_ids: list[str] = field(default_factory=list)
 
+    def add(self, other: IndexResult) -> None:
+        """Sum ``other``'s counts and time into this one (``doc_ids`` are the caller's to keep: a reindexed window
+        does not need them)."""
+        for name in ("embedded", "upserted", "unchanged", "deleted", "renamed", "dead_letters"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.embed_seconds += other.embed_seconds
+
 
 # SQLSTATE classes of errors about the data, not the server: data exceptions (22: a value the column refuses),
 # integrity (23) and program limits (54: an index entry too large). psycopg raises the last as an OperationalError.
@@ -170,9 +177,7 @@ class DocumentIndex:
                     session.add(_dead_letter(row, f"database: {reason}", attempts or {}))
                 total.dead_letters += 1
                 continue
-            for name in ("embedded", "upserted", "unchanged", "deleted", "renamed", "dead_letters"):
-                setattr(total, name, getattr(total, name) + getattr(one, name))
-            total.embed_seconds += one.embed_seconds
+            total.add(one)
             total.doc_ids += one.doc_ids
         if progress is not None:
             self.set_progress(*progress)

@@ -21,9 +21,12 @@ log = logging.getLogger(__name__)
 _TIME_FIELDS = ("event_time", "ingested_at")
 
 
-def retry(settings: Settings, progress: Progress | None = None) -> tuple[IndexResult, int]:
-    """Retry every dead letter against the platform's index; returns the outcome and how many still fail."""
-    return retry_dead_letters(document_index(settings), progress)
+def retry(
+    settings: Settings, progress: Progress | None = None, index: DocumentIndex | None = None
+) -> tuple[IndexResult, int]:
+    """Retry every dead letter against ``index`` (absent: the platform's, made here); returns the outcome and how
+    many still fail."""
+    return retry_dead_letters(index if index is not None else document_index(settings), progress)
 
 
 def retry_dead_letters(index: DocumentIndex, progress: Progress | None = None) -> tuple[IndexResult, int]:

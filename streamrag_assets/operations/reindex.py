@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -37,20 +36,17 @@ def reindex_window(
     until: datetime | None,
     batch_size: int = 256,
     progress: Progress | None = None,
+    index: DocumentIndex | None = None,
 ) -> IndexResult:
-    """Apply every Gold row with ``since <= event_time < until`` (either end open) to pgvector; reports each batch."""
+    """Apply every Gold row with ``since <= event_time < until`` (either end open) to pgvector; reports each batch.
+    ``index``: one the caller also uses for other work (absent: the platform's, made here)."""
     report = reporter(progress, log)
 
     def batch_done(done: int, total: int, so_far: IndexResult) -> None:
         report(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")
 
-    return reindex(document_index(settings), DeltaTables.from_settings(settings), since, until, batch_size, batch_done)
-
-
-def _add(total: IndexResult, part: IndexResult) -> None:
-    for name, value in asdict(part).items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            setattr(total, name, getattr(total, name) + value)
+    index = index if index is not None else document_index(settings)
+    return reindex(index, DeltaTables.from_settings(settings), since, until, batch_size, batch_done)
 
 
 def gold_range(delta: DeltaTables, since: datetime | None, until: datetime | None) -> pa.Table:
@@ -82,7 +78,7 @@ def reindex(
     table = gold_range(delta, since, until)
     total, done = IndexResult(), 0
     for rows in _batches(table, batch_size):
-        _add(total, index.index(rows))
+        total.add(index.index(rows))
         done += len(rows)
         if progress is not None:
             progress(done, len(table), total)

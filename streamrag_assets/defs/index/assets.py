@@ -22,7 +22,7 @@ def hourly_reconcile(context: dg.AssetExecutionContext):
     from streamrag_assets.documents.retention import prune
     from streamrag_assets.operations import dead_letters
     from streamrag_assets.operations.gold_gaps import fill_gold_gaps
-    from streamrag_assets.operations.reindex import reindex_window
+    from streamrag_assets.operations.reindex import document_index, reindex_window
 
     settings = get_settings()
     window = context.partition_time_window
@@ -36,8 +36,9 @@ def hourly_reconcile(context: dg.AssetExecutionContext):
             metadata={**counts, "hours": len(hours), "dagster/column_lineage": COLUMN_LINEAGE[GOLD]},
         )
     if EMBEDDINGS in context.selected_asset_keys:
-        result = reindex_window(settings, window.start, window.end, 256, context.log.info)
-        _, still_failing = dead_letters.retry(settings, context.log.info)
+        index = document_index(settings)  # one engine and embedder for both
+        result = reindex_window(settings, window.start, window.end, 256, context.log.info, index)
+        _, still_failing = dead_letters.retry(settings, context.log.info, index)
         pruned = prune(settings.app_database_url, settings.retention_days)
         yield dg.MaterializeResult(
             asset_key=EMBEDDINGS,

@@ -66,15 +66,16 @@ class ReembedConfig(dg.Config):
 @dg.op(description="(Re)embed the Gold documents of a time range into pgvector (e.g. after a model change).")
 def reembed_op(context: dg.OpExecutionContext, config: ReembedConfig) -> dict:
     from streamrag_assets.operations import dead_letters
-    from streamrag_assets.operations.reindex import reindex_window
+    from streamrag_assets.operations.reindex import document_index, reindex_window
 
     settings = get_settings()
     since = parse_iso_time(config.since) if config.since else None
     until = parse_iso_time(config.until) if config.until else None
-    result = reindex_window(settings, since, until, 256, context.log.info)
+    index = document_index(settings)  # one engine and embedder for both
+    result = reindex_window(settings, since, until, 256, context.log.info, index)
     summary = {"embedded": result.embedded, "upserted": result.upserted, "unchanged": result.unchanged}
     if config.retry_dead_letters:
-        _, summary["still_failing"] = dead_letters.retry(settings, context.log.info)
+        _, summary["still_failing"] = dead_letters.retry(settings, context.log.info, index)
     context.add_output_metadata(summary)
     return summary
 
