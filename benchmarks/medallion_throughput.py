@@ -16,38 +16,11 @@ import statistics
 import time
 
 import psutil
-from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
 
-from streamrag_assets.ingest.events import event_key, try_parse
-from streamrag_assets.ingest.sources import synthetic_event
 from streamrag_assets.operations.rebuild import rebuild_from_bronze
 from streamrag_assets.streaming.batch_result import BatchResult
 from streamrag_assets.streaming.pipeline import start_query
-from streamrag_tests.harness import EmbeddedStack, isolated_settings, release, scratch_dir
-
-
-def fill_topic(settings, events: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
-    admin.create_topics([NewTopic(settings.topic, settings.topic_partitions, 1)])
-    admin.close()
-    producer = KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        acks="all",
-        linger_ms=50,
-        batch_size=512 * 1024,
-        compression_type="gzip",
-    )
-    for seq in range(events):
-        line = synthetic_event(seq, seed=5, malformed_fraction=0.01)
-        producer.send(
-            settings.topic,
-            key=event_key(try_parse(line)),
-            value=line.encode(),
-            headers=[("sse_id", str(seq).encode()), ("ingested_at", str(int(time.time() * 1000)).encode())],
-        )
-    producer.flush()
-    producer.close()
+from streamrag_tests.harness import EmbeddedStack, fill_topic, isolated_settings, release, scratch_dir
 
 
 def main() -> None:

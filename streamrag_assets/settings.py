@@ -34,7 +34,11 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL (absent: the system's).")
     database_url: str | None = Field(None, description="Postgres (with pgvector) SQLAlchemy URL.")
     dagster_database_url: str | None = Field(None, description="Postgres URL for the Dagster instance.")
-    spark_master: str | None = Field(None, description="Spark master URL; absent = local[*] in process.")
+    spark_master: str | None = Field(
+        None,
+        description="Spark master URL (spark://host:7077, k8s://…); absent = the local cluster `up` starts when "
+        "spark_local_workers > 0, else Spark inside the stream's process (local[2]).",
+    )
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint for the broker's storage.")
     s3_access_key: str = "streamrag"
     s3_secret_key: SecretStr = SecretStr("streamrag-local-secret")
@@ -91,6 +95,38 @@ class Settings(BaseSettings):
         None, description="Where other processes (the API's /health) reach the Dagster webserver."
     )
     bind_host: str = Field(LOOPBACK, description="Interface the embedded services and the API listen on.")
+
+    # --- Spark --------------------------------------------------------------------------------------------
+    spark_local_workers: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="`up` starts a Spark standalone master and this many workers as separate processes, and the "
+        "stream runs its micro-batches on their executors (0: Spark inside the stream's process). Ignored when "
+        "spark_master is set.",
+    )
+    spark_worker_cores: int = Field(1, ge=1, description="Cores each local worker offers its executor.")
+    spark_worker_memory: str = Field("1g", pattern=r"^\d+[mg]$", description="Memory each local worker offers.")
+    spark_executor_memory: str = Field("1g", pattern=r"^\d+[mg]$", description="JVM heap of each executor.")
+    spark_daemon_memory: str = Field("256m", pattern=r"^\d+[mg]$", description="Heap of the local master and workers.")
+    spark_master_port: int = Field(
+        7077, description="The local master's port; local worker N listens on this port + N."
+    )
+    spark_master_ui_port: int = Field(
+        8090, description="The local master's web UI (JSON at /json/); local worker N's UI is on this port + N."
+    )
+    spark_driver_host: str = Field(
+        LOOPBACK,
+        description="The address executors reach the stream's driver at: on a multi-machine cluster this host's "
+        "name or IP as the workers see it (in compose: the service name).",
+    )
+    spark_driver_bind_address: str | None = Field(
+        None, description="Interface the driver listens on (absent: spark_driver_host; in a container: 0.0.0.0)."
+    )
+    spark_driver_port: int = Field(
+        0, ge=0, description="The driver's RPC port (0: any free one; fix it for firewalls)."
+    )
+    spark_block_manager_port: int = Field(0, ge=0, description="The driver's block manager port (0: any free one).")
 
     # --- embedded Postgres --------------------------------------------------------------------------------
     postgres_db: str = "streamrag"
@@ -284,6 +320,24 @@ class Settings(BaseSettings):
     @property
     def embedded_s3(self) -> bool:
         return self.s3_endpoint_url is None
+
+    @property
+    def spark_master_url(self) -> str:
+        if self.spark_master:
+            return self.spark_master
+        if self.spark_local_workers:
+            return f"spark://{self.spark_cluster_host}:{self.spark_master_port}"
+        return "local[2]"
+
+    @property
+    def spark_cluster_host(self) -> str:
+        """Where the local cluster's master and workers listen (the interface `up` binds its servers to)."""
+        return LOOPBACK if self.bind_host in ("0.0.0.0", "::") else self.bind_host
+
+    @property
+    def spark_on_cluster(self) -> bool:
+        """Executors in processes of their own (a standalone or Kubernetes cluster), not threads of the driver."""
+        return not self.spark_master_url.startswith("local")
 
     @property
     def bootstrap_servers(self) -> str:

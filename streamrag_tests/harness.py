@@ -108,6 +108,37 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
     return Settings(**values)
 
 
+def fill_topic(settings: Settings, events: int, seed: int = 5, first: int = 0) -> None:
+    """Produce synthetic events ``first`` .. ``events - 1`` (1% malformed) to the platform's topic, keyed and with
+    headers as the ingest service sends them; with ``first`` 0 the topic is created (``topic_partitions``)."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from streamrag_assets.ingest.events import event_key, try_parse
+
+    if first == 0:
+        admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+        admin.create_topics([NewTopic(settings.topic, settings.topic_partitions, 1)])
+        admin.close()
+    producer = KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        linger_ms=50,
+        batch_size=512 * 1024,
+        compression_type="gzip",
+    )
+    for seq in range(first, events):
+        line = synthetic_event(seq, seed=seed, malformed_fraction=0.01)
+        producer.send(
+            settings.topic,
+            key=event_key(try_parse(line)),
+            value=line.encode(),
+            headers=[("sse_id", str(seq).encode()), ("ingested_at", str(int(time.time() * 1000)).encode())],
+        )
+    producer.flush()
+    producer.close()
+
+
 def fresh_database(stack, prefix: str) -> str:
     """The SQLAlchemy URL of a new, empty database on the shared test Postgres."""
     from streamrag_assets.runtime.postgres import admin_connect

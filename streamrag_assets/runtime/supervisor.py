@@ -46,6 +46,7 @@ from streamrag_assets.runtime.process import (
     port_is_open,
 )
 from streamrag_assets.runtime.seaweedfs import seaweedfs_process
+from streamrag_assets.runtime.spark_cluster import spark_cluster_processes
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_assets.settings import Settings
 
@@ -63,6 +64,8 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
         stack.append(broker_process(settings))
     if settings.embedded_postgres:
         stack.append(postgres_process(settings))
+    if settings.spark_master is None:
+        stack += spark_cluster_processes(settings)
     stack += [
         ingest_process(settings),
         stream_process(settings),

@@ -36,8 +36,12 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.streaming.checkpointFileManagerClass": (
             "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
         ),
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
+        # Executors on a cluster connect back to the driver: it must listen where they can reach it.
+        "spark.driver.host": settings.spark_driver_host,
+        "spark.driver.bindAddress": settings.spark_driver_bind_address or settings.spark_driver_host,
+        "spark.driver.port": str(settings.spark_driver_port),
+        "spark.driver.blockManager.port": str(settings.spark_block_manager_port),
+        "spark.executor.memory": settings.spark_executor_memory,
         "spark.local.dir": str(settings.state_dir / "spark" / "tmp"),
         "spark.sql.warehouse.dir": str(settings.state_dir / "spark" / "warehouse"),
     }
@@ -46,7 +50,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
 def session_conf(settings: Settings) -> dict[str, str]:
     """Everything a session needs, master and name included (what dagster-pyspark's resource is given)."""
     return {
-        "spark.master": settings.spark_master or "local[2]",
+        "spark.master": settings.spark_master_url,
         "spark.app.name": "streamrag",
         # Python workers run this venv's interpreter even when a session is made before our environment is set.
         "spark.pyspark.python": sys.executable,

@@ -14,12 +14,11 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from benchmarks.medallion_throughput import fill_topic
 from streamrag_assets.defs.shared.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
 from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_tests import harness
-from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, free_port, separate_platform
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, fill_topic, free_port, separate_platform
 
 pytestmark = pytest.mark.integration
 

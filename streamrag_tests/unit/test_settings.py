@@ -31,6 +31,30 @@ def test_external_addresses_replace_embedded_services(tmp_path: Path) -> None:
     assert settings.dagster_storage_url == "postgresql+psycopg2://u:p@db:5432/rag"
 
 
+def test_local_spark_workers_start_a_cluster_before_the_stream_and_the_driver_uses_it(tmp_path: Path) -> None:
+    from streamrag_assets.streaming.spark import session_conf
+
+    settings = Settings(home=tmp_path, spark_local_workers=2, spark_driver_host="stream", spark_driver_port=7078)
+    names = [p.name for p in build_stack(settings)]
+    cluster = ["spark-master", "spark-worker-1", "spark-worker-2"]
+    assert names.index("postgres") < names.index("spark-master") < names.index("stream")
+    assert [n for n in names if n.startswith("spark-")] == cluster
+    conf = session_conf(settings)
+    assert conf["spark.master"] == "spark://127.0.0.1:7077" and settings.spark_on_cluster
+    # Executors connect back to the driver where it says it is, on the port a firewall can allow.
+    assert (conf["spark.driver.host"], conf["spark.driver.bindAddress"], conf["spark.driver.port"]) == (
+        "stream",
+        "stream",
+        "7078",
+    )
+    # An external master replaces the local cluster; none at all keeps Spark inside the stream's process.
+    external = Settings(home=tmp_path, spark_local_workers=2, spark_master="spark://spark-master:7077")
+    assert not any(p.name.startswith("spark-") for p in build_stack(external))
+    assert session_conf(external)["spark.master"] == "spark://spark-master:7077"
+    assert session_conf(Settings(home=tmp_path))["spark.master"] == "local[2]"
+    assert not Settings(home=tmp_path).spark_on_cluster
+
+
 def test_env_prefix_and_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("STREAMRAG_KAFKA_PORT=19092\nSTREAMRAG_LLM_API_KEY=sk-secret\n")
