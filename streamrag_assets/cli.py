@@ -337,6 +337,31 @@ def prune_command(
     typer.echo(f"pruned {removed} document(s)")
 
 
+@app.command("tables")
+def tables_command(
+    as_of: str = typer.Option(
+        None,
+        "--as-of",
+        help="ISO-8601 time: each table as it was then (Delta time travel; versions older than "
+        "STREAMRAG_DELTA_RETENTION_MINUTES are gone once maintained).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Show the Delta tables: where they live (local disk or S3, STREAMRAG_DELTA_URI), version, rows, last commit."""
+    from streamrag_assets.streaming.delta import LAYERS, DeltaTables
+
+    when = _parse_time(as_of, "--as-of")
+    delta = DeltaTables.from_settings(_settings())
+    rows = [delta.describe(layer, when) for layer in LAYERS]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        version = "absent" if row["version"] is None else f"v{row['version']}"
+        committed = f"  committed {row['committed_at']}" if row["committed_at"] else ""
+        typer.echo(f"{row['table']:<11} {version:>7} {row['rows']:>12,} rows  {row['location']}{committed}")
+
+
 @app.command("down")
 def down_command() -> None:
     """Stop a running `streamrag up` (and any process of ours it left behind)."""

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     s3_secret_key: SecretStr = SecretStr("streamrag-local-secret")
     s3_bucket: str = "streamrag"
     s3_region: str = "us-east-1"
+    delta_uri: str | None = Field(
+        None,
+        description="Where the Delta tables live: absent = <home>/delta on local disk; s3://bucket/prefix = object "
+        "storage at s3_endpoint_url (the embedded SeaweedFS when that is unset) with the s3_* credentials.",
+    )
     llm_base_url: str | None = Field(None, description="OpenAI-compatible endpoint; absent = extractive answerer.")
     llm_model: str = "gpt-4o-mini"
     llm_api_key: SecretStr | None = None
@@ -104,6 +109,19 @@ class Settings(BaseSettings):
         description="`up` starts a Spark standalone master and this many workers as separate processes, and the "
         "stream runs its micro-batches on their executors (0: Spark inside the stream's process). Ignored when "
         "spark_master is set.",
+    )
+    spark_checkpoint_dir: Path | None = Field(
+        None,
+        description="The continuous query's checkpoint (offsets, commits): absent = <home>/checkpoints. On a cluster "
+        "of several machines, a path the driver and every worker see (a shared volume); Spark's s3a needs Hadoop jars "
+        "the pyspark wheel does not ship.",
+    )
+    spark_parallelism: int = Field(
+        0,
+        ge=0,
+        description="Tasks a large micro-batch is read and refined in (and shuffle partitions). 0: 2 inside the "
+        "stream's process, every core of the local workers on the local cluster; on an external cluster set it to "
+        "its cores.",
     )
     spark_worker_cores: int = Field(1, ge=1, description="Cores each local worker offers its executor.")
     spark_worker_memory: str = Field("1g", pattern=r"^\d+[mg]$", description="Memory each local worker offers.")
@@ -330,6 +348,14 @@ class Settings(BaseSettings):
         return "local[2]"
 
     @property
+    def spark_tasks(self) -> int:
+        if self.spark_parallelism:
+            return self.spark_parallelism
+        if self.spark_master is None and self.spark_local_workers:
+            return self.spark_local_workers * self.spark_worker_cores
+        return 2
+
+    @property
     def spark_cluster_host(self) -> str:
         """Where the local cluster's master and workers listen (the interface `up` binds its servers to)."""
         return LOOPBACK if self.bind_host in ("0.0.0.0", "::") else self.bind_host
@@ -338,6 +364,34 @@ class Settings(BaseSettings):
     def spark_on_cluster(self) -> bool:
         """Executors in processes of their own (a standalone or Kubernetes cluster), not threads of the driver."""
         return not self.spark_master_url.startswith("local")
+
+    @property
+    def delta_location(self) -> str:
+        return self.delta_uri or str(self.state_dir / "delta")
+
+    @property
+    def delta_on_s3(self) -> bool:
+        return self.delta_location.startswith(("s3://", "s3a://"))
+
+    @property
+    def delta_bucket(self) -> str | None:
+        """The S3 bucket the Delta tables are in (None on local disk)."""
+        return self.delta_location.split("://", 1)[1].split("/", 1)[0] if self.delta_on_s3 else None
+
+    def delta_storage_options(self) -> dict[str, str]:
+        """delta-rs' object store settings for the tables (none on local disk)."""
+        if not self.delta_on_s3:
+            return {}
+        return {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": self.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key.get_secret_value(),
+            "AWS_REGION": self.s3_region,
+            "AWS_ALLOW_HTTP": str(self.s3_endpoint.startswith("http://")).lower(),
+            # Commits are conditional puts (If-None-Match): of two writers committing the same version, one fails
+            # and retries on top of the other's, instead of overwriting it. No DynamoDB lock table needed.
+            "conditional_put": "etag",
+        }
 
     @property
     def bootstrap_servers(self) -> str:

@@ -58,9 +58,9 @@ Progress = Callable[[str], None]
 def build_stack(settings: Settings, with_prometheus: bool = False) -> list[ManagedProcess]:
     """The processes `up` runs, in start order; embedded servers only where no external address is set."""
     stack: list[ManagedProcess] = []
+    if settings.embedded_s3 and (settings.embedded_kafka or settings.delta_on_s3):
+        stack.append(seaweedfs_process(settings))  # under the embedded broker, and the Delta tables when on S3
     if settings.embedded_kafka:
-        if settings.embedded_s3:
-            stack.append(seaweedfs_process(settings))
         stack.append(broker_process(settings))
     if settings.embedded_postgres:
         stack.append(postgres_process(settings))
@@ -134,7 +134,7 @@ def check_external(settings: Settings) -> None:
                 f"Postgres at {parsed.host}:{parsed.port or 5432} is not reachable ({reason}); "
                 f"check STREAMRAG_{setting}"
             ) from None
-    if settings.s3_endpoint_url and settings.embedded_kafka:
+    if settings.s3_endpoint_url and (settings.embedded_kafka or settings.delta_on_s3):
         try:
             httpx.get(settings.s3_endpoint_url, timeout=3)
         except httpx.HTTPError as exc:

@@ -23,7 +23,7 @@ class QueryAlreadyRunning(RuntimeError):
 
 
 def checkpoint_root(settings: Settings) -> Path:
-    return settings.state_dir / "checkpoints" / "medallion"
+    return (settings.spark_checkpoint_dir or settings.state_dir / "checkpoints").resolve() / "medallion"
 
 
 def current_epoch(settings: Settings) -> int:

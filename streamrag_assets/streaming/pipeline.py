@@ -296,6 +296,7 @@ def start_query(
     """Start the streaming query (continuous, or availableNow) and return it."""
     if not available_now:  # started before any producer, the query waits for events instead of failing
         ensure_topic(settings)
+    DeltaTables.ensure_bucket(settings)
     epoch = current_epoch(settings) if epoch is None else epoch
     checkpoint = checkpoint_root(settings) / f"epoch-{epoch}"
     checkpoint.mkdir(parents=True, exist_ok=True)
@@ -319,6 +320,7 @@ def start_query(
         .option("topic", settings.topic)
         .option("startingOffsets", starting_offsets)
         .option("gapLedger", str(ledger_dir(settings.state_dir)))  # this platform's, whoever started the session
+        .option("maxTasks", str(settings.spark_tasks))  # a large batch is read (and refined) on every core
         .option(
             "maxOffsetsPerTrigger",
             str(settings.replay_max_events_per_trigger if available_now else settings.stream_max_events_per_trigger),

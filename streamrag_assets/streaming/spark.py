@@ -17,8 +17,8 @@ QUIET_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeE
 def spark_conf(settings: Settings) -> dict[str, str]:
     return {
         # 200 shuffle partitions make every micro-batch take seconds on two cores.
-        "spark.sql.shuffle.partitions": "2",
-        "spark.default.parallelism": "2",
+        "spark.sql.shuffle.partitions": str(settings.spark_tasks),
+        "spark.default.parallelism": str(settings.spark_tasks),
         "spark.sql.session.timeZone": "UTC",
         # Bad data must become a quarantine row, never an exception from a cast.
         "spark.sql.ansi.enabled": "false",

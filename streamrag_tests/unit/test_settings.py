@@ -25,6 +25,11 @@ def test_external_addresses_replace_embedded_services(tmp_path: Path) -> None:
     )
     names = [p.name for p in build_stack(settings)]
     assert "kafka" not in names and "seaweedfs" not in names and "postgres" not in names
+    # Delta tables on S3 with no S3 address: the embedded SeaweedFS holds them, even beside an external broker.
+    on_s3 = settings.model_copy(update={"delta_uri": "s3://streamrag/delta"})
+    assert "seaweedfs" in [p.name for p in build_stack(on_s3)]
+    assert on_s3.delta_storage_options()["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8333"
+    assert settings.delta_storage_options() == {} and settings.delta_location == str(tmp_path.resolve() / "delta")
     assert settings.bootstrap_servers == "kafka-1:9092"
     assert settings.app_database_url == "postgresql+psycopg://u:p@db:5432/rag"
     # Dagster's storage uses the same server through the psycopg2 driver dagster-postgres expects.

@@ -73,7 +73,7 @@ def hourly_partitions(settings: Settings) -> dg.HourlyPartitionsDefinition:
 
 def specs(settings: Settings) -> list[dg.AssetSpec]:
     policy = freshness(settings)
-    delta_root = settings.state_dir / "delta"
+    delta_root = settings.delta_location
     hourly = hourly_partitions(settings)
 
     def spec(key, deps, description, kinds, schema, where) -> dg.AssetSpec:
@@ -97,7 +97,7 @@ def specs(settings: Settings) -> list[dg.AssetSpec]:
             "sse_id, ingested_at, batch id. Exactly once per offset (Delta app transactions per micro-batch).",
             {"spark", "delta"},
             schemas.BRONZE_SCHEMA,
-            str(delta_root / "bronze"),
+            f"{delta_root}/bronze",
         ),
         spec(
             SILVER,
@@ -106,7 +106,7 @@ def specs(settings: Settings) -> list[dg.AssetSpec]:
             "restarts; canary events dropped and counted.",
             {"spark", "delta"},
             schemas.SILVER_SCHEMA,
-            str(delta_root / "silver"),
+            f"{delta_root}/silver",
         ),
         spec(
             QUARANTINE,
@@ -114,7 +114,7 @@ def specs(settings: Settings) -> list[dg.AssetSpec]:
             "Every record that failed parsing or validation, with its raw value and the reason.",
             {"spark", "delta"},
             schemas.QUARANTINE_SCHEMA,
-            str(delta_root / "quarantine"),
+            f"{delta_root}/quarantine",
         ),
         spec(
             GOLD,
@@ -123,7 +123,7 @@ def specs(settings: Settings) -> list[dg.AssetSpec]:
             "lineage; page deletions and moves as delete/rename ops.",
             {"spark", "delta"},
             schemas.GOLD_SCHEMA,
-            str(delta_root / "gold"),
+            f"{delta_root}/gold",
         ),
         spec(
             EMBEDDINGS,
