@@ -270,6 +270,48 @@ def replay_reprocess(
     typer.echo(f"reprocessed from {done.start} (checkpoint epoch {done.epoch})")
 
 
+spark_app = typer.Typer(
+    help="Run a Spark standalone master or worker from the installed Spark: the cluster the stream's driver runs on "
+    "when STREAMRAG_SPARK_MASTER=spark://… (one process per machine or container).",
+    no_args_is_help=True,
+)
+app.add_typer(spark_app, name="spark")
+
+
+@spark_app.command("master")
+def spark_master_command(
+    host: str = typer.Option(None, help="Name or address to listen on and advertise (default: the bind host)."),
+) -> None:
+    """Run a Spark master on STREAMRAG_SPARK_MASTER_PORT (7077), web UI on STREAMRAG_SPARK_MASTER_UI_PORT (8090)."""
+    from streamrag_assets.runtime.spark_cluster import exec_daemon, master_command
+
+    settings = _settings()
+    exec_daemon(master_command(settings, host or settings.spark_cluster_host), settings)
+
+
+@spark_app.command("worker")
+def spark_worker_command(
+    master: str = typer.Argument(None, help="spark://host:port (default: STREAMRAG_SPARK_MASTER)."),
+    host: str = typer.Option(None, help="Name or address to listen on and advertise (default: the bind host)."),
+    port: int = typer.Option(7078, help="The worker's RPC port."),
+    webui_port: int = typer.Option(8091, help="The worker's web UI port."),
+) -> None:
+    """Run a Spark worker offering STREAMRAG_SPARK_WORKER_CORES cores and STREAMRAG_SPARK_WORKER_MEMORY to its
+    executors, which run the micro-batches' refine (they read the topic and write the gap ledger under
+    STREAMRAG_HOME, so mount the same state volume as the stream)."""
+    from streamrag_assets.runtime.spark_cluster import exec_daemon, worker_command
+
+    settings = _settings()
+    url = master or settings.spark_master
+    if not url or not url.startswith("spark://"):
+        raise _fail("give the master as spark://host:port (or set STREAMRAG_SPARK_MASTER)")
+    work_dir = settings.state_dir / "spark" / f"worker-{host or settings.spark_cluster_host}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    exec_daemon(
+        worker_command(settings, url, host or settings.spark_cluster_host, port, webui_port, work_dir), settings
+    )
+
+
 @app.command("migrate")
 def migrate_command() -> None:
     """Apply the documents database migrations (Alembic); `up` runs this too."""

@@ -5,6 +5,7 @@ pyspark wheel installs (``bin/spark-class`` runs the deploy classes). `up` start
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,10 +42,27 @@ def alive_worker_ports(settings: Settings) -> set[int]:
     return {w["port"] for w in master_json(settings)["workers"] if w["state"] == "ALIVE"}
 
 
+def master_command(settings: Settings, host: str) -> list[str]:
+    argv = [str(spark_home() / "bin" / "spark-class"), MASTER_CLASS, "--host", host]
+    return argv + ["--port", str(settings.spark_master_port), "--webui-port", str(settings.spark_master_ui_port)]
+
+
+def worker_command(
+    settings: Settings, master_url: str, host: str, port: int, ui_port: int, work_dir: Path
+) -> list[str]:
+    argv = [str(spark_home() / "bin" / "spark-class"), WORKER_CLASS, "--host", host, "--port", str(port)]
+    argv += ["--webui-port", str(ui_port), "--cores", str(settings.spark_worker_cores)]
+    return argv + ["--memory", settings.spark_worker_memory, "--work-dir", str(work_dir), master_url]
+
+
+def exec_daemon(argv: list[str], settings: Settings) -> None:
+    """Become the Spark daemon (`streamrag spark master|worker`: a container's or a machine's one process)."""
+    os.execve(argv[0], argv, {**os.environ, **_env(settings)})
+
+
 def spark_master_process(settings: Settings) -> ManagedProcess:
     host = settings.spark_cluster_host
-    argv = [str(spark_home() / "bin" / "spark-class"), MASTER_CLASS, "--host", host]
-    argv += ["--port", str(settings.spark_master_port), "--webui-port", str(settings.spark_master_ui_port)]
+    argv = master_command(settings, host)
     ui = f"http://127.0.0.1:{settings.spark_master_ui_port}/json/"
     return ManagedProcess(
         name="spark-master",
@@ -67,9 +85,7 @@ def spark_worker_process(settings: Settings, number: int) -> ManagedProcess:
     host = settings.spark_cluster_host
     port, ui_port = settings.spark_master_port + number, settings.spark_master_ui_port + number
     work_dir = settings.state_dir / "spark" / f"worker-{number}"
-    argv = [str(spark_home() / "bin" / "spark-class"), WORKER_CLASS, "--host", host, "--port", str(port)]
-    argv += ["--webui-port", str(ui_port), "--cores", str(settings.spark_worker_cores)]
-    argv += ["--memory", settings.spark_worker_memory, "--work-dir", str(work_dir), settings.spark_master_url]
+    argv = worker_command(settings, settings.spark_master_url, host, port, ui_port, work_dir)
     return ManagedProcess(
         name=f"spark-worker-{number}",
         argv=argv,

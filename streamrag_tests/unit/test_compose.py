@@ -95,3 +95,27 @@ def test_every_streamrag_service_shares_one_state_volume_and_reaches_others_by_s
             assert host in services, f"{name}: {key} points at {host}, not a service"
         assert env["STREAMRAG_KAFKA_BOOTSTRAP_SERVERS"].split(":")[0] in services
         assert env["STREAMRAG_DATABASE_URL"].split("@")[1].split(":")[0] in services
+
+
+def test_compose_runs_the_stream_on_a_spark_cluster_with_the_tables_on_object_storage() -> None:
+    services = _compose()["services"]
+    env = services["stream"]["environment"]
+    master = env["STREAMRAG_SPARK_MASTER"]
+    assert master.startswith("spark://") and master[len("spark://") :].split(":")[0] in services
+    assert services["spark-master"]["command"][:3] == ["streamrag", "spark", "master"]
+    workers = [name for name, svc in services.items() if svc.get("command", [])[:3] == ["streamrag", "spark", "worker"]]
+    assert len(workers) == 2
+    for name in workers:
+        command = services[name]["command"]
+        assert command[3] == master and command[command.index("--host") + 1] == name
+    # Each Spark driver tells the executors its own service name; the rest of the address is fixed ports.
+    assert env["STREAMRAG_SPARK_DRIVER_HOST"] == "stream"
+    assert services["dagster-code"]["environment"]["STREAMRAG_SPARK_DRIVER_HOST"] == "dagster-code"
+    assert env["STREAMRAG_SPARK_DRIVER_BIND_ADDRESS"] == "0.0.0.0" and env["STREAMRAG_SPARK_DRIVER_PORT"].isdigit()
+    # The Delta tables on S3, at a service of the file.
+    assert env["STREAMRAG_DELTA_URI"].startswith("s3://")
+    assert env["STREAMRAG_S3_ENDPOINT_URL"].split("//")[1].split(":")[0] in services
+    from streamrag_assets.settings import Settings
+
+    settings = Settings(**{k[len("STREAMRAG_") :].lower(): v for k, v in env.items() if k.startswith("STREAMRAG_")})
+    assert settings.spark_on_cluster and settings.delta_on_s3 and settings.spark_master is not None
