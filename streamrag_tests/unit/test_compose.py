@@ -62,7 +62,7 @@ def test_every_streamrag_service_command_exists_in_the_package() -> None:
         if command[0] == "streamrag":
             help_result = CliRunner().invoke(app, [*command[1:], "--help"])
             assert help_result.exit_code == 0, f"{name}: `{' '.join(command)}` is not a streamrag command"
-        if command[:3] == ["dagster", "api", "grpc"]:
+        if command[:3] == ["dagster", "code-server", "start"]:
             module = command[command.index("-m") + 1]
             assert __import__(module, fromlist=["defs"]).defs is not None
         for mount in svc.get("volumes", []):
