@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from streamrag_assets.defs.shared.keys import BRONZE, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
+from streamrag_assets.defs.shared.keys import BRONZE, CATCH_UP_TAG, EMBEDDINGS, GOLD, QUARANTINE, SILVER, TOPIC
 from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_tests import harness
@@ -458,6 +458,7 @@ def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_aft
     with their progress in the run's logs, and the same process resumes from the right offsets. At the end every
     offset of the topic is in Bronze exactly once, every Gold document is in pgvector, and events produced after the
     runs are indexed: the stream is flowing again."""
+    from streamrag_assets.definitions import defs
     from streamrag_assets.defs.ingest.sensors import topic_heads
     from streamrag_assets.runtime.dagster import dagster_webserver_process
     from streamrag_assets.runtime.stream import stream_process
@@ -525,6 +526,16 @@ def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_aft
         gold = {d["doc_id"] for d in delta.read("gold", ["doc_id", "op"]).to_pylist() if d["op"] != "delete"}
         wait_for(lambda: gold <= _stored_doc_ids(env), "pgvector misses Gold documents", 120)
         assert stream.running() and stream.proc.pid == pid, "the stream paused and resumed; it never exited"
+        # A catch-up run the Kafka sensor launched in the moment between a run's end and the stream taking its
+        # checkpoint back finds the stream running again: it leaves the offsets to it instead of pausing it.
+        catch_up = defs.resolve_job_def("medallion_job").execute_in_process(
+            instance=instance, tags={CATCH_UP_TAG: json.dumps(topic_heads(env.bootstrap_servers, env.topic))}
+        )
+        assert catch_up.success
+        (skipped,) = [
+            m for m in catch_up.asset_materializations_for_node("medallion_available_now") if m.asset_key == BRONZE
+        ]
+        assert skipped.metadata["skipped"].value is True
         text_log = log.read_text()
         assert text_log.count("pausing at the end of the micro-batch") == 2, text_log[-3000:]
         assert "Traceback" not in text_log, text_log[-3000:]

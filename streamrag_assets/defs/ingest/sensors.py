@@ -12,7 +12,7 @@ from typing import Any
 import dagster as dg
 
 from streamrag_assets.defs.medallion.jobs import medallion_job
-from streamrag_assets.defs.shared.keys import TOPIC
+from streamrag_assets.defs.shared.keys import CATCH_UP_TAG, TOPIC
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import get_settings
 
@@ -74,7 +74,7 @@ def evaluate(context: dg.SensorEvaluationContext, job_name: str | None = None) -
         requests.append(
             dg.RunRequest(
                 run_key=run_key(heads),
-                tags={"streamrag/from": json.dumps(processed), "streamrag/to": json.dumps(heads)},
+                tags={"streamrag/from": json.dumps(processed), CATCH_UP_TAG: json.dumps(heads)},
                 job_name=job_name,
             )
         )

@@ -10,3 +10,6 @@ GOLD = dg.AssetKey("gold_documents")
 EMBEDDINGS = dg.AssetKey("document_embeddings")
 
 TABLES = (BRONZE, SILVER, QUARANTINE, GOLD, EMBEDDINGS)
+
+# Tag of the Kafka sensor's catch-up runs: the head offsets the run covers up to.
+CATCH_UP_TAG = "streamrag/to"
