@@ -54,7 +54,7 @@ def stream_process(settings: Settings) -> ManagedProcess:
         live=live,
         # Ready means the metrics port answers; the query (and its heartbeat) can take a minute more to start.
         liveness_grace_s=settings.startup_timeout_s,
-        address=f"{settings.topic} -> {settings.state_dir / 'delta'}",
+        address=f"{settings.topic} -> {settings.delta_location}",
         ports=metrics_claim(settings.stream_metrics_port, "stream metrics", "STREAMRAG_STREAM_METRICS_PORT"),
         stop_timeout_s=30.0,
         # The driver stops the query (the micro-batch in progress finishes) before the JVM goes; signalled too,

@@ -67,7 +67,7 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
             query = start_query(settings, available_now=available_now, on_batch=on_batch)
             status.query = query
             beat()
-            announce(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.state_dir / 'delta'}")
+            announce(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.delta_location}")
             outcome = _run_until_stopped(query, None if available_now else settings, status)
             if outcome is _Outcome.STOPPED:
                 return
