@@ -48,6 +48,7 @@ import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, text
 
+from benchmarks.cpu import busy_cpu_seconds, cpu_seconds
 from streamrag_api.keyword import KeywordIndex
 from streamrag_api.schemas import SearchRequest
 from streamrag_api.search import Searcher, Timings, query_terms, search_engine
@@ -346,25 +347,6 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def _busy_cpu_seconds() -> float:
-    """All cores' non-idle time, every process of the machine."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                times = proc.cpu_times()
-                total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
 class _Window:
     """CPU seconds of the API, Postgres, this process and the whole machine across a measured window."""
 
@@ -373,9 +355,9 @@ class _Window:
         self.before = self._sample()
 
     def _sample(self) -> dict[str, float]:
-        out = {name: _cpu_seconds([pid]) for name, pid in self.pids.items()}
+        out = {name: cpu_seconds([pid]) for name, pid in self.pids.items()}
         out["bench"] = _own_cpu_seconds()
-        out["machine"] = _busy_cpu_seconds()
+        out["machine"] = busy_cpu_seconds()
         return out
 
     def close(self, generator_cpu_s: float | None = None) -> dict:

@@ -20,7 +20,7 @@ import psutil
 from streamrag_assets.operations.rebuild import rebuild_from_bronze
 from streamrag_assets.streaming.batch_result import BatchResult
 from streamrag_assets.streaming.pipeline import start_query
-from streamrag_tests.harness import EmbeddedStack, fill_topic, isolated_settings, release, scratch_dir
+from streamrag_tests.harness import broker_with_events, isolated_settings, release, scratch_dir
 
 
 def main() -> None:
@@ -29,66 +29,61 @@ def main() -> None:
     parser.add_argument("--warm-batches", type=int, default=12)
     args = parser.parse_args()
     home = scratch_dir("streamrag-bench-")
-    settings = isolated_settings(home / ".streamrag", stream_max_events_per_trigger=1000)
-    stack = EmbeddedStack(settings)
+    # The Spark side alone (Bronze, Silver, Gold): indexing is measured by benchmarks.index_freshness.
+    settings = isolated_settings(home / ".streamrag", stream_max_events_per_trigger=1000, index_enabled=False)
     try:
-        for proc in (stack.seaweedfs, stack.kafka):
-            stack.start(proc)
-        began = time.monotonic()
-        fill_topic(settings, args.events)
-        print(f"topic filled with {args.events:,} events in {time.monotonic() - began:.1f} s")
-
-        results: list[BatchResult] = []
-        query = start_query(settings, on_batch=results.append)
-        while len(results) < args.warm_batches + 2:
-            time.sleep(0.2)
-        query.stop()
-        warm = [r.seconds for r in results[2:]]
-        from prometheus_client import REGISTRY
-
-        stages = {}
-        for metric in REGISTRY.collect():
-            if metric.name == "streamrag_stream_batch_duration_seconds":
-                for sample in metric.samples:
-                    key = (sample.labels["stage"], sample.name.rsplit("_", 1)[-1])
-                    stages[key] = sample.value
-        breakdown = {
-            stage: round(stages[(stage, "sum")] / stages[(stage, "count")], 3)
-            for stage, kind in stages
-            if kind == "sum" and stages[(stage, "count")]
-        }
-        print(f"mean seconds per stage during warm-up + warm batches: {breakdown}")
-        print(
-            f"warm 1,000-event micro-batches ({len(warm)}): median {statistics.median(warm):.2f} s, "
-            f"max {max(warm):.2f} s"
-        )
-
-        big = settings.model_copy(update={"replay_max_events_per_trigger": 20_000})
-        sustained: list[BatchResult] = []
-        began = time.monotonic()
-        query = start_query(big, available_now=True, on_batch=sustained.append)
-        query.awaitTermination()
-        elapsed = time.monotonic() - began
-        rows = sum(r.counts["bronze"] for r in sustained)
-        print(
-            f"sustained: {rows:,} events in {elapsed:.1f} s = {rows / elapsed:,.0f} events/s through "
-            f"Bronze+Silver+Gold ({len(sustained)} batches, query start included)"
-        )
-        batch_rate = rows / sum(r.seconds for r in sustained)
-        print(f"  inside micro-batches: {batch_rate:,.0f} events/s")
-
-        began = time.monotonic()
-        counts = rebuild_from_bronze(settings)
-        print(
-            f"rebuild of Silver+Gold from {counts['bronze']:,} Bronze rows: {time.monotonic() - began:.1f} s ({counts})"
-        )
-        print(
-            f"load average: {psutil.getloadavg()}  cpu cores: {psutil.cpu_count()}  "
-            f"RSS of this process (driver + Python): {psutil.Process().memory_info().rss / 2**20:.0f} MiB"
-        )
+        with broker_with_events(settings, args.events):
+            _measure(settings, args)
     finally:
-        stack.stop_all()
         release(home)
+
+
+def _measure(settings, args) -> None:
+    results: list[BatchResult] = []
+    query = start_query(settings, on_batch=results.append)
+    while len(results) < args.warm_batches + 2:
+        time.sleep(0.2)
+    query.stop()
+    warm = [r.seconds for r in results[2:]]
+    from prometheus_client import REGISTRY
+
+    stages = {}
+    for metric in REGISTRY.collect():
+        if metric.name == "streamrag_stream_batch_duration_seconds":
+            for sample in metric.samples:
+                key = (sample.labels["stage"], sample.name.rsplit("_", 1)[-1])
+                stages[key] = sample.value
+    breakdown = {
+        stage: round(stages[(stage, "sum")] / stages[(stage, "count")], 3)
+        for stage, kind in stages
+        if kind == "sum" and stages[(stage, "count")]
+    }
+    print(f"mean seconds per stage during warm-up + warm batches: {breakdown}")
+    print(
+        f"warm 1,000-event micro-batches ({len(warm)}): median {statistics.median(warm):.2f} s, max {max(warm):.2f} s"
+    )
+
+    big = settings.model_copy(update={"replay_max_events_per_trigger": 20_000})
+    sustained: list[BatchResult] = []
+    began = time.monotonic()
+    query = start_query(big, available_now=True, on_batch=sustained.append)
+    query.awaitTermination()
+    elapsed = time.monotonic() - began
+    rows = sum(r.counts["bronze"] for r in sustained)
+    print(
+        f"sustained: {rows:,} events in {elapsed:.1f} s = {rows / elapsed:,.0f} events/s through "
+        f"Bronze+Silver+Gold ({len(sustained)} batches, query start included)"
+    )
+    batch_rate = rows / sum(r.seconds for r in sustained)
+    print(f"  inside micro-batches: {batch_rate:,.0f} events/s")
+
+    began = time.monotonic()
+    counts = rebuild_from_bronze(settings)
+    print(f"rebuild of Silver+Gold from {counts['bronze']:,} Bronze rows: {time.monotonic() - began:.1f} s ({counts})")
+    print(
+        f"load average: {psutil.getloadavg()}  cpu cores: {psutil.cpu_count()}  "
+        f"RSS of this process (driver + Python): {psutil.Process().memory_info().rss / 2**20:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

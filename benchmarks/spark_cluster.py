@@ -16,33 +16,20 @@ import time
 
 import psutil
 
+from benchmarks.cpu import busy_cpu_seconds, cpu_seconds
 from streamrag_assets.runtime.spark_cluster import spark_cluster_processes
 from streamrag_assets.streaming.batch_result import BatchResult
 from streamrag_assets.streaming.pipeline import start_query
 from streamrag_tests.harness import (
     PROJECT_ROOT,
-    EmbeddedStack,
+    broker_with_events,
     clean_env,
-    fill_topic,
     free_port_block,
     isolated_settings,
     release,
     running,
     scratch_dir,
 )
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            proc = psutil.Process(pid)
-            for one in [proc, *proc.children(recursive=True)]:
-                times = one.cpu_times()
-                total += times.user + times.system
-        except psutil.NoSuchProcess:
-            continue
-    return total
 
 
 def run_shape(base, workers: int) -> dict:
@@ -61,7 +48,7 @@ def run_shape(base, workers: int) -> dict:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     cluster = spark_cluster_processes(settings)
     with running(settings, cluster):
-        busy_before = _machine_busy_s()
+        busy_before = busy_cpu_seconds()
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.spark_cluster", "--one-run"],
             env={**clean_env(), **settings.to_env()},
@@ -74,13 +61,8 @@ def run_shape(base, workers: int) -> dict:
             raise SystemExit(out.stderr[-3000:])
         result = json.loads(out.stdout.strip().splitlines()[-1])
         # Executors (and their Python workers) are gone with the application: count the whole machine's CPU.
-        result["machine_cpu_s"] = round(_machine_busy_s() - busy_before, 1)
+        result["machine_cpu_s"] = round(busy_cpu_seconds() - busy_before, 1)
     return result
-
-
-def _machine_busy_s() -> float:
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def one_run() -> None:
@@ -128,19 +110,14 @@ def main() -> None:
         replay_max_events_per_trigger=20_000,
         dagster_report_interval_s=0,
     )
-    stack = EmbeddedStack(settings)
     try:
-        for proc in (stack.seaweedfs, stack.kafka):
-            stack.start(proc)
-        began = time.monotonic()
-        fill_topic(settings, args.events)
-        print(f"topic filled with {args.events:,} events (2 partitions) in {time.monotonic() - began:.1f} s")
-        for workers in (0, 1, 2):
-            result = run_shape(settings.model_copy(update={"home": home / f"shape-{workers}" / ".streamrag"}), workers)
-            print(("in process" if workers == 0 else f"{workers} worker(s)") + f": {result}", flush=True)
+        with broker_with_events(settings, args.events):
+            for workers in (0, 1, 2):
+                shape = settings.model_copy(update={"home": home / f"shape-{workers}" / ".streamrag"})
+                result = run_shape(shape, workers)
+                print(("in process" if workers == 0 else f"{workers} worker(s)") + f": {result}", flush=True)
         print(f"load average: {psutil.getloadavg()}  cpu cores: {psutil.cpu_count()}")
     finally:
-        stack.stop_all()
         release(home)
 
 

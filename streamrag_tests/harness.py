@@ -139,6 +139,26 @@ def fill_topic(settings: Settings, events: int, seed: int = 5, first: int = 0) -
     producer.close()
 
 
+@contextmanager
+def broker_with_events(settings: Settings, events: int) -> Iterator[EmbeddedStack]:
+    """The embedded object store and broker, their topic filled with ``events`` synthetic events (the benchmarks'
+    start); stopped when the block ends."""
+    stack = EmbeddedStack(settings)
+    try:
+        for proc in (stack.seaweedfs, stack.kafka):
+            stack.start(proc)
+        began = time.monotonic()
+        fill_topic(settings, events)
+        print(
+            f"topic filled with {events:,} events ({settings.topic_partitions} partition(s)) in "
+            f"{time.monotonic() - began:.1f} s",
+            flush=True,
+        )
+        yield stack
+    finally:
+        stack.stop_all()
+
+
 def fresh_database(stack, prefix: str) -> str:
     """The SQLAlchemy URL of a new, empty database on the shared test Postgres."""
     from streamrag_assets.runtime.postgres import admin_connect
