@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-backlog clean
+.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -52,6 +52,11 @@ bench-freshness: install
 # `streamrag up` as a user runs it: first searchable event, memory per service at steady state, stop (~8 minutes).
 bench-stack: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.stack_footprint $(ARGS)
+
+# Black-box, the whole platform: an SSE feed with marker edits -> `streamrag up` -> /search; sent -> searchable per
+# minute, real-time second, CPU per service per minute, PSS per service; 20 and 50 events/s (~22 minutes).
+bench-e2e: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.e2e $(ARGS)
 
 # A backlog of 10,000 events, then the stream: when its first and its last documents are searchable (~3 minutes).
 bench-backlog: install

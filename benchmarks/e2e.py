@@ -1,0 +1,188 @@
+"""Benchmark: an edit sent → searchable, black-box, for the whole platform as `streamrag up` runs it (issue 25).
+
+    make bench-e2e                                   # 20 and 50 events/s, 10 minutes each
+    .venv/bin/python -m benchmarks.e2e --rates 50 --minutes 3
+
+For each rate: a local SSE server (this process) serves the bundled recording at that rate, with a uniquely
+searchable marker edit every ``--marker-every`` seconds; `streamrag up` starts on fresh state and reads it as it
+reads Wikimedia (`STREAMRAG_WIKIMEDIA_URL`); each marker is looked for with keyword `/search` until a hit carries its
+token. Reported per minute since `up` started: markers, p50/p95/p99 of sent → searchable, markers never found;
+the second from which the platform is real-time (the first whole minute with p50 ≤ 2 s); CPU seconds per service per
+minute; PSS per service at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+import uvicorn
+
+from benchmarks.stack_footprint import _read_progress, _tree, services, usage
+from streamrag_assets.ingest.sources import recorded_event
+from streamrag_assets.ingest.sse_server import STREAM_PATH, create_app
+from streamrag_tests.harness import free_port, isolated_settings, release, scratch_dir
+
+REAL_TIME_P50_S = 2.0
+
+
+class Markers:
+    """The marker edits: made by the SSE server's event factory (so `sent` is when the event left), found by the
+    poller."""
+
+    def __init__(self, rate: float, every_s: float) -> None:
+        self.stride = max(1, round(rate * every_s))
+        self.sent: dict[str, float] = {}
+        self.found: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def event(self, seq: int) -> str:
+        line = recorded_event(seq)
+        if seq % self.stride:
+            return line
+        token = "zq" + uuid.uuid4().hex[:14]  # one word no recorded edit has
+        event = json.loads(line)
+        event["title"] = f"Benchmark marker {token}"
+        event["comment"] = event["parsedcomment"] = f"freshness marker {token}"
+        event["id"] = int(time.time() * 1000) % 2**31
+        event.setdefault("meta", {})["id"] = str(uuid.uuid4())
+        with self.lock:
+            self.sent[token] = time.time()
+        return json.dumps(event)
+
+    def pending(self) -> list[str]:
+        with self.lock:
+            return [t for t in self.sent if t not in self.found]
+
+
+def serve(markers: Markers, rate: float, port: int) -> uvicorn.Server:
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(markers.event, rate), host="127.0.0.1", port=port, log_level="warning")
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.05)
+    return server
+
+
+def poll(api_url: str, markers: Markers, stop: threading.Event) -> None:
+    with httpx.Client(base_url=api_url, timeout=5) as client:
+        while not stop.is_set():
+            for token in markers.pending():
+                try:
+                    response = client.post("/search", json={"query": token, "mode": "keyword", "top_k": 3})
+                except httpx.HTTPError:
+                    break  # the API is not up yet
+                if response.status_code == 200 and any(token in (h["title"] or "") for h in response.json()["hits"]):
+                    with markers.lock:
+                        markers.found[token] = time.time()
+            stop.wait(0.1)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def per_minute(markers: Markers, began_wall: float, minutes: int) -> list[dict]:
+    rows = []
+    for minute in range(minutes):
+        start, end = began_wall + 60 * minute, began_wall + 60 * (minute + 1)
+        sent = [t for t, at in markers.sent.items() if start <= at < end]
+        delays = [markers.found[t] - markers.sent[t] for t in sent if t in markers.found]
+        row: dict = {"minute": minute + 1, "markers": len(sent), "missing": len(sent) - len(delays)}
+        if delays:
+            row |= {
+                "p50_s": round(statistics.median(delays), 2),
+                "p95_s": round(_percentile(delays, 0.95), 2),
+                "p99_s": round(_percentile(delays, 0.99), 2),
+            }
+        rows.append(row)
+    return rows
+
+
+def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict:
+    home = scratch_dir(f"streamrag-e2e-{int(rate)}-")
+    port = free_port()
+    settings = isolated_settings(
+        home / ".streamrag", ingest_source="wikimedia", wikimedia_url=f"http://127.0.0.1:{port}{STREAM_PATH}"
+    )
+    markers = Markers(rate, marker_every)
+    server = serve(markers, rate, port)
+    lines: list[str] = []
+    events: dict[str, float] = {}
+    cpu_by_minute: list[dict[str, float]] = []
+    result: dict = {"rate": rate, "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+    began, began_wall = time.monotonic(), time.time()
+    up = subprocess.Popen(
+        [str(Path(sys.executable).with_name("streamrag")), "up"],
+        env={**os.environ, **settings.to_env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    threading.Thread(target=_read_progress, args=(up.stdout, began, events, lines), daemon=True).start()
+    stop = threading.Event()
+    poller = threading.Thread(target=poll, args=(settings.api_url, markers, stop), daemon=True)
+    poller.start()
+    try:
+        last: dict[str, float] = {}
+        for minute in range(minutes):
+            time.sleep(max(0.0, began + 60 * (minute + 1) - time.monotonic()))
+            now = {name: usage(_tree(pid))["cpu_s"] for name, pid in services(settings.state_dir).items()}
+            cpu_by_minute.append({name: round(cpu - last.get(name, 0.0), 1) for name, cpu in sorted(now.items())})
+            last = now
+            print(f"[{rate:g}/s] minute {minute + 1}: {per_minute(markers, began_wall, minute + 1)[-1]}", flush=True)
+        time.sleep(5)  # the last minute's markers get a few seconds more
+        result["pss_mib"] = {
+            name: round(usage(_tree(pid))["pss_mib"]) for name, pid in sorted(services(settings.state_dir).items())
+        }
+        result["pss_mib_total"] = sum(result["pss_mib"].values())
+    finally:
+        stop.set()
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(120)
+        except subprocess.TimeoutExpired:
+            up.kill()
+        server.should_exit = True
+        release(home, keep=keep)
+    rows = per_minute(markers, began_wall, minutes)
+    for row, cpu in zip(rows, cpu_by_minute, strict=True):
+        row["cpu_s"] = cpu
+    result["minutes"] = rows
+    result["up_s"] = events.get("up_s")
+    real_time = next((r["minute"] for r in rows if r.get("p50_s", 1e9) <= REAL_TIME_P50_S and not r["missing"]), None)
+    result["real_time_from_s"] = None if real_time is None else 60 * (real_time - 1)
+    result["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", type=float, nargs="+", default=[20, 50], help="Events/s, one run each.")
+    parser.add_argument("--minutes", type=int, default=10, help="Minutes per rate, from `up`'s start.")
+    parser.add_argument("--marker-every", type=float, default=2.0, help="Seconds between marker edits.")
+    parser.add_argument("--keep-state", action="store_true", help="Keep each run's state directory (logs, data).")
+    args = parser.parse_args()
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    flags = open("/proc/cpuinfo").read()
+    print(f"{datetime.now(UTC).isoformat(timespec='seconds')}  {cpu}  {'AVX-512' if 'avx512f' in flags else 'AVX2'}")
+    for rate in args.rates:
+        print(json.dumps(run_rate(rate, args.minutes, args.marker_every, args.keep_state), indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
