@@ -27,7 +27,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import psutil
 import uvicorn
 
 from benchmarks.stack_footprint import _read_progress, _tree, services, usage
@@ -177,8 +176,9 @@ def main() -> None:
     parser.add_argument("--marker-every", type=float, default=2.0, help="Seconds between marker edits.")
     parser.add_argument("--keep-state", action="store_true", help="Keep each run's state directory (logs, data).")
     args = parser.parse_args()
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    flags = open("/proc/cpuinfo").read()
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
+    flags = cpuinfo
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')}  {cpu}  {'AVX-512' if 'avx512f' in flags else 'AVX2'}")
     for rate in args.rates:
         print(json.dumps(run_rate(rate, args.minutes, args.marker_every, args.keep_state), indent=1), flush=True)
