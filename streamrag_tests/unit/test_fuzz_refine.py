@@ -2,7 +2,7 @@
 Spark's ``mapInArrow``): hostile events never raise, each record ends in exactly one place with a reason, and what
 reaches the tables fits their storage types (written to real Delta tables at the end).
 
-CI runs ``STREAMRAG_FUZZ_EXAMPLES`` (default 10,000) examples with a fixed seed; `make fuzz` runs 100,000.
+CI runs ``STREAMRAG_FUZZ_EXAMPLES`` (default 4,000) examples with a fixed seed; `make fuzz` runs 100,000.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from streamrag_assets.streaming.refine import INT64_RANGE
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS, refine_arrow, split_layers
 from streamrag_tests.hostile import hostile_batches
 
-EXAMPLES = int(os.environ.get("STREAMRAG_FUZZ_EXAMPLES", "10000"))
+EXAMPLES = int(os.environ.get("STREAMRAG_FUZZ_EXAMPLES", "4000"))
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 
 
