@@ -43,6 +43,7 @@ class Markers:
 
     def __init__(self, rate: float, every_s: float) -> None:
         self.stride = max(1, round(rate * every_s))
+        self.run = uuid.uuid4().hex[:8]
         self.sent: dict[str, float] = {}
         self.found: dict[str, float] = {}
         self.lock = threading.Lock()
@@ -51,14 +52,16 @@ class Markers:
         line = recorded_event(seq)
         if seq % self.stride:
             return line
-        token = "zq" + uuid.uuid4().hex[:14]  # one word no recorded edit has
+        # One word no recorded edit has, the same each time this event is sent: a client that reconnects gets the
+        # events after its Last-Event-ID again, and a marker resent is the same marker (first sending counts).
+        token = f"zq{self.run}x{seq}"
         event = json.loads(line)
         event["title"] = f"Benchmark marker {token}"
         event["comment"] = event["parsedcomment"] = f"freshness marker {token}"
-        event["id"] = int(time.time() * 1000) % 2**31
-        event.setdefault("meta", {})["id"] = str(uuid.uuid4())
+        event["id"] = 2**30 + seq
+        event.setdefault("meta", {})["id"] = str(uuid.UUID(int=uuid.UUID(self.run * 4).int + seq))
         with self.lock:
-            self.sent[token] = time.time()
+            self.sent.setdefault(token, time.time())
         return json.dumps(event)
 
     def pending(self) -> list[str]:
