@@ -20,7 +20,7 @@ import psutil
 from streamrag_assets.operations.rebuild import rebuild_from_bronze
 from streamrag_assets.streaming.batch_result import BatchResult
 from streamrag_assets.streaming.pipeline import start_query
-from streamrag_tests.harness import broker_with_events, isolated_settings, release, scratch_dir
+from streamrag_tests.harness import bounded_run, broker_with_events, isolated_settings, release, scratch_dir
 
 
 def main() -> None:
@@ -64,12 +64,7 @@ def _measure(settings, args) -> None:
     )
 
     big = settings.model_copy(update={"replay_max_events_per_trigger": 20_000})
-    sustained: list[BatchResult] = []
-    began = time.monotonic()
-    query = start_query(big, available_now=True, on_batch=sustained.append)
-    query.awaitTermination()
-    elapsed = time.monotonic() - began
-    rows = sum(r.counts["bronze"] for r in sustained)
+    sustained, elapsed, rows = bounded_run(big)
     print(
         f"sustained: {rows:,} events in {elapsed:.1f} s = {rows / elapsed:,.0f} events/s through "
         f"Bronze+Silver+Gold ({len(sustained)} batches, query start included)"

@@ -12,16 +12,14 @@ the whole machine's (executors included) during the run.
 from __future__ import annotations
 
 import argparse
-import time
 
 import psutil
 
 from benchmarks.cpu import busy_cpu_seconds, cpu_seconds
 from streamrag_assets.runtime.spark_cluster import spark_cluster_processes
-from streamrag_assets.streaming.batch_result import BatchResult
-from streamrag_assets.streaming.pipeline import start_query
 from streamrag_tests.harness import (
     PROJECT_ROOT,
+    bounded_run,
     broker_with_events,
     clean_env,
     free_port_block,
@@ -72,12 +70,7 @@ def one_run() -> None:
     from streamrag_assets.settings import Settings
 
     settings = Settings()
-    batches: list[BatchResult] = []
-    began = time.monotonic()
-    query = start_query(settings, available_now=True, on_batch=batches.append)
-    query.awaitTermination()
-    elapsed = time.monotonic() - began
-    rows = sum(b.counts["bronze"] for b in batches)
+    batches, elapsed, rows = bounded_run(settings)
     refine = sum(b.phases.get("refine", 0.0) for b in batches)
     print(
         json.dumps(

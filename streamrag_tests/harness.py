@@ -159,6 +159,17 @@ def broker_with_events(settings: Settings, events: int) -> Iterator[EmbeddedStac
         stack.stop_all()
 
 
+def bounded_run(settings: Settings) -> tuple[list, float, int]:
+    """One availableNow query over what the topic holds, in this process: its batches (`BatchResult`), the seconds
+    it took with its start, and the events it read."""
+    from streamrag_assets.streaming.pipeline import start_query
+
+    batches: list = []
+    began = time.monotonic()
+    start_query(settings, available_now=True, on_batch=batches.append).awaitTermination()
+    return batches, time.monotonic() - began, sum(b.counts["bronze"] for b in batches)
+
+
 def fresh_database(stack, prefix: str) -> str:
     """The SQLAlchemy URL of a new, empty database on the shared test Postgres."""
     from streamrag_assets.runtime.postgres import admin_connect
