@@ -305,11 +305,10 @@ def spark_worker_command(
     url = master or settings.spark_master
     if not url or not url.startswith("spark://"):
         raise _fail("give the master as spark://host:port (or set STREAMRAG_SPARK_MASTER)")
-    work_dir = settings.state_dir / "spark" / f"worker-{host or settings.spark_cluster_host}"
+    host = host or settings.spark_cluster_host
+    work_dir = settings.state_dir / "spark" / f"worker-{host}"
     work_dir.mkdir(parents=True, exist_ok=True)
-    exec_daemon(
-        worker_command(settings, url, host or settings.spark_cluster_host, port, webui_port, work_dir), settings
-    )
+    exec_daemon(worker_command(settings, url, host, port, webui_port, work_dir), settings)
 
 
 @app.command("migrate")

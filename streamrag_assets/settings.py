@@ -340,10 +340,15 @@ class Settings(BaseSettings):
         return self.s3_endpoint_url is None
 
     @property
+    def local_spark_cluster(self) -> bool:
+        """`up` starts a standalone master and workers here (local workers asked for, no master of the user's)."""
+        return self.spark_master is None and self.spark_local_workers > 0
+
+    @property
     def spark_master_url(self) -> str:
         if self.spark_master:
             return self.spark_master
-        if self.spark_local_workers:
+        if self.local_spark_cluster:
             return f"spark://{self.spark_cluster_host}:{self.spark_master_port}"
         return "local[2]"
 
@@ -351,7 +356,7 @@ class Settings(BaseSettings):
     def spark_tasks(self) -> int:
         if self.spark_parallelism:
             return self.spark_parallelism
-        if self.spark_master is None and self.spark_local_workers:
+        if self.local_spark_cluster:
             return self.spark_local_workers * self.spark_worker_cores
         return 2
 

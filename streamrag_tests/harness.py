@@ -170,6 +170,24 @@ def bounded_run(settings: Settings) -> tuple[list, float, int]:
     return batches, time.monotonic() - began, sum(b.counts["bronze"] for b in batches)
 
 
+def bronze_verdicts(values: list[bytes]) -> tuple[set[str], int, int]:
+    """What Bronze's raw values must become: the event ids Silver holds (each valid event once), how many rows
+    quarantine holds, and how many are dropped (Wikimedia's canary events and repeated event ids)."""
+    valid: set[str] = set()
+    rejected = dropped = 0
+    for value in values:
+        try:
+            event = parse_event(value)
+        except Rejected:
+            rejected += 1
+            continue
+        if event["domain"] == "canary" or event["event_id"] in valid:
+            dropped += 1
+        else:
+            valid.add(event["event_id"])
+    return valid, rejected, dropped
+
+
 def fresh_database(stack, prefix: str) -> str:
     """The SQLAlchemy URL of a new, empty database on the shared test Postgres."""
     from streamrag_assets.runtime.postgres import admin_connect

@@ -107,8 +107,8 @@ def spark_worker_process(settings: Settings, number: int) -> ManagedProcess:
 
 
 def spark_cluster_processes(settings: Settings) -> list[ManagedProcess]:
-    """The master and ``spark_local_workers`` workers, in start order (none when the setting is 0)."""
-    if not settings.spark_local_workers:
+    """The master and ``spark_local_workers`` workers, in start order (none without a local cluster)."""
+    if not settings.local_spark_cluster:
         return []
     workers = [spark_worker_process(settings, n) for n in range(1, settings.spark_local_workers + 1)]
     return [spark_master_process(settings), *workers]

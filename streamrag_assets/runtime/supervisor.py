@@ -64,8 +64,7 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
         stack.append(broker_process(settings))
     if settings.embedded_postgres:
         stack.append(postgres_process(settings))
-    if settings.spark_master is None:
-        stack += spark_cluster_processes(settings)
+    stack += spark_cluster_processes(settings)
     stack += [
         ingest_process(settings),
         stream_process(settings),

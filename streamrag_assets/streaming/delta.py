@@ -88,16 +88,21 @@ class DeltaTables:
     def path(self, layer: str) -> str:
         return f"{self.root}/{layer}"
 
+    def _load(self, layer: str) -> DeltaTable | None:
+        """``layer`` at its current version, opened afresh (None when it does not exist yet)."""
+        try:
+            return DeltaTable(self.path(layer), storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
     def table(self, layer: str) -> DeltaTable | None:
         cached = self._open.get(layer)
         if cached is not None:
             cached.update_incremental()
             return cached
-        try:
-            table = DeltaTable(self.path(layer), storage_options=self.storage_options)
-        except TableNotFoundError:
-            return None
-        self._open[layer] = table
+        table = self._load(layer)
+        if table is not None:
+            self._open[layer] = table
         return table
 
     def committed(self, layer: str, app_id: str, batch_id: int) -> bool:
@@ -177,9 +182,8 @@ class DeltaTables:
             "rows": 0,
             "committed_at": None,
         }
-        try:
-            table = DeltaTable(self.path(layer), storage_options=self.storage_options)
-        except TableNotFoundError:
+        table = self._load(layer)
+        if table is None:
             return absent
         commits = [c for c in table.history() if as_of is None or c["timestamp"] <= as_of.timestamp() * 1000]
         if not commits:
@@ -198,15 +202,9 @@ class DeltaTables:
     ) -> pa.Table:
         """``layer``'s rows, now or (time travel) as of ``version``: a version number, or an ISO time (the version
         current then); versions older than the retention are gone once maintenance ran."""
-        if version is None:
-            table = self.table(layer)
-        else:
-            try:
-                table = DeltaTable(self.path(layer), storage_options=self.storage_options)
-            except TableNotFoundError:
-                table = None
-            if table is not None:
-                table.load_as_version(version)
+        table = self.table(layer) if version is None else self._load(layer)
+        if table is not None and version is not None:
+            table.load_as_version(version)
         if table is None:
             return ARROW_SCHEMAS[layer].empty_table().select(columns or ARROW_SCHEMAS[layer].names)
         return table.to_pyarrow_dataset().to_table(columns=columns, filter=filter_expr)

@@ -15,7 +15,7 @@ import pytest
 
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
-from streamrag_tests.harness import fill_topic, indexed_doc_ids, run_cli, separate_platform
+from streamrag_tests.harness import bronze_verdicts, fill_topic, indexed_doc_ids, run_cli, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,8 @@ def test_the_stream_rebuild_and_time_travel_on_s3(stack) -> None:
         delta = DeltaTables.from_settings(settings)
         bronze, gold = delta.read("bronze"), delta.read("gold")
         assert len(bronze) == 1200
-        assert len(delta.read("silver")) + len(delta.read("quarantine")) + _dropped(bronze) == len(bronze)
+        _, _, dropped = bronze_verdicts(bronze["value"].to_pylist())
+        assert len(delta.read("silver")) + len(delta.read("quarantine")) + dropped == len(bronze)
         live = {d["doc_id"] for d in gold.to_pylist() if d["op"] != "delete"}
         assert indexed_doc_ids(settings) == live, "pgvector reconciles with Gold on S3"
 
@@ -96,19 +97,3 @@ def _tables(settings: Settings, *args: str) -> dict[str, dict]:
     result = run_cli("tables", "--json", *args, settings=settings)
     assert result.returncode == 0, result.stderr
     return {row["table"]: row for row in json.loads(result.stdout)}
-
-
-def _dropped(bronze: pa.Table) -> int:
-    """Bronze rows that are neither in Silver nor quarantined: repeated event ids and Wikimedia's canary events."""
-    from streamrag_assets.streaming.refine import Rejected, parse_event
-
-    seen, dropped = set(), 0
-    for value in bronze["value"].to_pylist():
-        try:
-            event = parse_event(value)
-        except Rejected:
-            continue
-        if event["domain"] == "canary" or event["event_id"] in seen:
-            dropped += 1
-        seen.add(event["event_id"])
-    return dropped

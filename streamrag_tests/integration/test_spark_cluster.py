@@ -11,8 +11,8 @@ import pytest
 from streamrag_assets.runtime.spark_cluster import master_json, spark_cluster_processes
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_assets.streaming.delta import DeltaTables
-from streamrag_assets.streaming.refine import Rejected, parse_event
 from streamrag_tests.harness import (
+    bronze_verdicts,
     fill_topic,
     free_port,
     free_port_block,
@@ -44,25 +44,11 @@ def _layers(settings) -> dict[str, list[dict]]:
     return layers
 
 
-def _expected(bronze: list[dict]) -> tuple[set[str], int]:
-    """The event ids Silver must hold (each valid event once) and how many rows quarantine must hold."""
-    valid, rejected = set(), 0
-    for row in bronze:
-        try:
-            event = parse_event(row["value"])
-        except Rejected:
-            rejected += 1
-            continue
-        if event["domain"] != "canary":  # Wikimedia's monitoring events are dropped, not stored
-            valid.add(event["event_id"])
-    return valid, rejected
-
-
 def _reconciled(settings) -> bool:
     layers = _layers(settings)
     if len(layers["bronze"]) < EVENTS:
         return False
-    valid, rejected = _expected(layers["bronze"])
+    valid, rejected, _ = bronze_verdicts([r["value"] for r in layers["bronze"]])
     live = {d["doc_id"] for d in layers["gold"] if d["op"] != "delete"}
     return (
         {r["event_id"] for r in layers["silver"]} == valid
@@ -73,7 +59,7 @@ def _reconciled(settings) -> bool:
 
 def _counts(settings) -> str:
     layers = _layers(settings)
-    valid, rejected = _expected(layers["bronze"])
+    valid, rejected, _ = bronze_verdicts([r["value"] for r in layers["bronze"]])
     live = {d["doc_id"] for d in layers["gold"] if d["op"] != "delete"}
     indexed = indexed_doc_ids(settings)
     counts = {name: len(rows) for name, rows in layers.items()}
