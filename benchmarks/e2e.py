@@ -46,6 +46,7 @@ class Markers:
         self.run = uuid.uuid4().hex[:8]
         self.sent: dict[str, float] = {}
         self.found: dict[str, float] = {}
+        self.stamps: dict[str, tuple[float, float]] = {}  # token -> (ingested_at, indexed_at) of the hit
         self.lock = threading.Lock()
 
     def event(self, seq: int) -> str:
@@ -87,10 +88,23 @@ def poll(api_url: str, markers: Markers, stop: threading.Event) -> None:
                     response = client.post("/search", json={"query": token, "mode": "keyword", "top_k": 3})
                 except httpx.HTTPError:
                     break  # the API is not up yet
-                if response.status_code == 200 and any(token in (h["title"] or "") for h in response.json()["hits"]):
+                hit = _hit(response, token)
+                if hit is not None:
                     with markers.lock:
                         markers.found[token] = time.time()
+                        if hit.get("ingested_at"):
+                            markers.stamps[token] = (_epoch(hit["ingested_at"]), _epoch(hit["indexed_at"]))
             stop.wait(0.1)
+
+
+def _hit(response: httpx.Response, token: str) -> dict | None:
+    if response.status_code != 200:
+        return None
+    return next((h for h in response.json()["hits"] if token in (h["title"] or "")), None)
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -111,8 +125,22 @@ def per_minute(markers: Markers, began_wall: float, minutes: int) -> list[dict]:
                 "p95_s": round(_percentile(delays, 0.95), 2),
                 "p99_s": round(_percentile(delays, 0.99), 2),
             }
+            # Where the time went, p50 of each stage: the SSE server's send -> ingest's receipt (its `ingested_at`
+            # header), -> the document row's insert (linger, broker, Spark trigger, refine, embed), -> the first
+            # /search hit (the commit, the keyword index's refresh, this poller's interval).
+            stamped = [t for t in sent if t in markers.stamps]
+            if stamped:
+                row["stages_p50_s"] = {
+                    "to_ingest": _median(markers.stamps[t][0] - markers.sent[t] for t in stamped),
+                    "to_index_row": _median(markers.stamps[t][1] - markers.stamps[t][0] for t in stamped),
+                    "to_search": _median(markers.found[t] - markers.stamps[t][1] for t in stamped),
+                }
         rows.append(row)
     return rows
+
+
+def _median(values) -> float:
+    return round(statistics.median(list(values)), 3)
 
 
 def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict:

@@ -38,7 +38,8 @@ class Services:
             self.settings.search_concurrency or (os.cpu_count() or 1) + 1
         )  # made inside the event loop (lifespan)
         url = make_url(self.settings.app_database_url).set(drivername="postgresql")
-        self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine)
+        wake = self.keyword_index.wake if self.keyword_index is not None else None
+        self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine, on_commit=wake)
 
     # Retrieval is CPU work (embedding the question, ranking): it runs in worker threads, at most
     # `search_concurrency` at once, others waiting their turn in order; more at once on two cores only makes every

@@ -2,9 +2,10 @@
 
 Postgres stays the one source of truth. A follower thread reads what committed since its last snapshot (each row
 carries the id of the transaction that last wrote it, and deleted rows are logged; see migration 0004), applies it
-and commits, every ``refresh_s``; so a document is in the keyword index about that long after it is searchable by
-vector. Hits are ids: the searcher reads their rows from Postgres with the request's filters, so a stale entry can
-never show a deleted page. Until the first full read is done, `ready` is False and keyword search uses Postgres'
+and commits: as soon as an index transaction's notification arrives (`wake`, called by the API's LISTEN connection,
+`live.LiveFeed`), and every ``refresh_s`` in any case (writes that do not notify: retention, a lost notification).
+Notifications that arrive during a refresh make one more. Hits are ids: the searcher reads their rows from Postgres
+with the request's filters, so a stale entry can never show a deleted page. Until the first full read is done, `ready` is False and keyword search uses Postgres'
 own full text instead.
 
 Each poll reads the rows written since the oldest transaction still open at the previous snapshot (and skips those
@@ -150,7 +151,7 @@ def _micros(when: datetime) -> int:
 
 
 class KeywordIndex:
-    def __init__(self, engine: Engine, refresh_s: float = 0.2) -> None:
+    def __init__(self, engine: Engine, refresh_s: float = 2.0) -> None:
         self.engine = engine
         self.refresh_s = refresh_s
         self.schema = _schema()
@@ -160,6 +161,7 @@ class KeywordIndex:
         self.writer = self.index.writer(heap_size=50_000_000, num_threads=1)
         self.snapshot: str | None = None  # the Postgres snapshot the index reflects
         self._stop = threading.Event()
+        self._woken = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -172,14 +174,20 @@ class KeywordIndex:
         self._thread = threading.Thread(target=self._follow, name="keyword-index", daemon=True)
         self._thread.start()
 
+    def wake(self) -> None:
+        """Something committed in Postgres: read it now (thread-safe; wakes the follower once however often called)."""
+        self._woken.set()
+
     def stop(self) -> None:
         self._stop.set()
+        self._woken.set()
         if self._thread is not None:
             self._thread.join(10)
 
     def _follow(self) -> None:
         failing = False
         while not self._stop.is_set():
+            self._woken.clear()  # before the read: what commits during it wakes the next one
             try:
                 self.refresh()
                 if failing:
@@ -190,7 +198,7 @@ class KeywordIndex:
                     log.warning("keyword index cannot read Postgres (%s); retrying", type(exc.orig or exc).__name__)
                 failing = True
                 self._stop.wait(2)
-            self._stop.wait(self.refresh_s)
+            self._woken.wait(self.refresh_s)
 
     def refresh(self) -> int:
         """Apply what committed since the last snapshot (everything, the first time); the changes applied."""

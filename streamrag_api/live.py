@@ -1,5 +1,6 @@
 """The live feed behind GET /stream: the index NOTIFYs the ids of the documents each transaction committed; one
-LISTEN connection per API process reads them, loads the documents and hands them to every connected client."""
+LISTEN connection per API process reads them, wakes whoever follows the table (the keyword index), loads the
+documents and hands them to every connected client."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -29,9 +31,10 @@ def load_documents(engine: Engine, doc_ids: list[str]) -> list[Document]:
 
 
 class LiveFeed:
-    def __init__(self, conninfo: str, engine: Engine) -> None:
+    def __init__(self, conninfo: str, engine: Engine, on_commit: Callable[[], None] | None = None) -> None:
         self.conninfo = conninfo
         self.engine = engine
+        self.on_commit = on_commit  # called (in the event loop, so it must not block) for every notification
         self.clients: set[asyncio.Queue] = set()
         self._task: asyncio.Task | None = None
 
@@ -66,6 +69,8 @@ class LiveFeed:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     log.info("live feed listening on %s", NOTIFY_CHANNEL)
                     async for notice in conn.notifies():
+                        if self.on_commit is not None:
+                            self.on_commit()
                         doc_ids = json.loads(notice.payload)
                         if not self.clients:
                             continue

@@ -68,7 +68,11 @@ class Settings(BaseSettings):
         None, ge=1, le=256, description="Searches the API computes at once (the rest wait in order); none: cores + 1."
     )
     keyword_refresh_s: float = Field(
-        0.2, gt=0, le=60, description="How often the keyword index reads what committed in Postgres."
+        2.0,
+        gt=0,
+        le=60,
+        description="The keyword index reads what committed in Postgres as soon as the index's notification "
+        "arrives, and at least this often (writes that do not notify, such as retention's).",
     )
     answer_min_similarity: float = Field(
         0.35, ge=-1, le=1, description="/answer reads only documents at least this similar to the question (cosine)."

@@ -265,7 +265,7 @@ class DocumentIndex:
             self._upsert(session, pending)
             if progress is not None:
                 _record_progress(session, *progress)
-            _notify(session, result.doc_ids)
+            _notify(session, result.doc_ids, other_changes=result.deleted + result.renamed)
         return result
 
     def progress(self, stream: str) -> int | None:
@@ -347,8 +347,11 @@ def _record_progress(session: Session, stream: str, batch_key: int) -> None:
     )
 
 
-def _notify(session: Session, doc_ids: list[str]) -> None:
-    """Tell listeners (the API's /stream) which documents this transaction indexed; delivered on commit."""
+def _notify(session: Session, doc_ids: list[str], other_changes: int = 0) -> None:
+    """Tell listeners (the API's /stream and keyword index) which documents this transaction indexed; delivered on
+    commit. A transaction that only deleted or renamed documents sends an empty list (the keyword index reads it)."""
+    if not doc_ids and other_changes:
+        session.execute(select(func.pg_notify(NOTIFY_CHANNEL, "[]")))
     for start in range(0, len(doc_ids), _NOTIFY_CHUNK):
         payload = json.dumps(doc_ids[start : start + _NOTIFY_CHUNK])
         session.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))

@@ -4,14 +4,18 @@ Hybrid search fuses its ranking with the vector one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from streamrag_api.keyword import KeywordIndex
+from streamrag_api.live import LiveFeed
 from streamrag_api.schemas import Filters, SearchRequest
 from streamrag_api.search import Searcher, search_engine
 from streamrag_assets.documents.migrate import upgrade
@@ -167,6 +171,44 @@ def test_the_follower_thread_picks_new_documents_up(database) -> None:
     finally:
         keyword.stop()
     assert keyword._thread is not None and not keyword._thread.is_alive()
+
+
+def test_a_commit_notification_wakes_the_follower_at_once(database) -> None:
+    """The API's LISTEN connection wakes the keyword index on each index transaction (a page deletion too), so a
+    document is found by keyword well before the timed refresh (here a minute) would read it."""
+    keyword = KeywordIndex(search_engine(database), refresh_s=60)
+    store = DocumentIndex(database, get_embedder())
+    keyword.refresh()  # ready; from here on only notifications (or a minute) make it read again
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    conninfo = make_url(database).set(drivername="postgresql").render_as_string(hide_password=False)
+    feed = LiveFeed(conninfo, store.engine, on_commit=keyword.wake)
+    asyncio.run_coroutine_threadsafe(_start(feed), loop).result(10)
+    keyword.start()
+    try:
+        time.sleep(1.0)  # the feed's LISTEN is in place (it connects in the background)
+        doc = _gold(8, title="Wombat burrow")
+        store.apply([doc])
+        assert _within(5, lambda: _found(keyword, "wombat") == [doc["doc_id"]]), "the insert was not read at once"
+        store.apply([_log(9, "delete", doc["title"])])  # a transaction that only tombstones
+        assert _within(5, lambda: _found(keyword, "wombat") == []), "the deletion was not read at once"
+    finally:
+        keyword.stop()
+        asyncio.run_coroutine_threadsafe(feed.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+async def _start(feed: LiveFeed) -> None:
+    feed.start()
+
+
+def _within(seconds: float, condition) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_hybrid_fuses_both_rankings_by_reciprocal_rank_boosts_recent_and_skips_deleted(database) -> None:
