@@ -5,8 +5,8 @@ carries the id of the transaction that last wrote it, and deleted rows are logge
 and commits: as soon as an index transaction's notification arrives (`wake`, called by the API's LISTEN connection,
 `live.LiveFeed`), and every ``refresh_s`` in any case (writes that do not notify: retention, a lost notification).
 Notifications that arrive during a refresh make one more. Hits are ids: the searcher reads their rows from Postgres
-with the request's filters, so a stale entry can never show a deleted page. Until the first full read is done, `ready` is False and keyword search uses Postgres'
-own full text instead.
+with the request's filters, so a stale entry can never show a deleted page. Until the first full read is done,
+`ready` is False and keyword search uses Postgres' own full text instead.
 
 Each poll reads the rows written since the oldest transaction still open at the previous snapshot (and skips those
 it has applied): a transaction left open elsewhere in the cluster makes every poll re-read what was written since it
