@@ -98,6 +98,9 @@ class Settings(BaseSettings):
         19330, description="SeaweedFS internal ports: master, volume, filer, admin = base..base+3; gRPC +10."
     )
     dagster_port: int = 3000
+    dagster_code_port: int = Field(
+        4000, description="The Dagster code location's gRPC server, which `up` starts for the webserver and daemon."
+    )
     api_port: int = 8000
     api_base_url: str | None = Field(None, description="Where other processes (the probe) reach the API.")
     dagster_base_url: str | None = Field(

@@ -36,10 +36,11 @@ EMBEDDED_SERVICES = [
     "postgres",
     "ingest",
     "stream",
-    "dagster-webserver",
-    "dagster-daemon",
     "api",
     "probe",
+    "dagster-code",
+    "dagster-webserver",
+    "dagster-daemon",
 ]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -94,6 +95,7 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
         "s3_port": free_port(),
         "seaweedfs_port_base": free_port_block(15),
         "dagster_port": free_port(),
+        "dagster_code_port": free_port(),
         "api_port": free_port(),
         "source_port": free_port(),
         "ingest_metrics_port": free_port(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -210,7 +211,7 @@ class DocumentIndex:
                 else {}
             )
             # Embedded again only when the content or the model changed.
-            model = self.embedder.model_name
+            model = f"{self.embedder.model_name};input={EMBEDDING_INPUT_VERSION}"  # what the vector was made of
             fresh = [r for r in upserts if known.get(r["doc_id"]) != (r["content_hash"], model)]
             result.unchanged = len(upserts) - len(fresh)
             vectors = self._embed(session, fresh, result, attempts or {})
@@ -302,7 +303,7 @@ class DocumentIndex:
             return {}
         began = time.perf_counter()
         try:
-            vectors = self.embedder.embed([r["text"] for r in rows])
+            vectors = self.embedder.embed([embedding_input(r["text"]) for r in rows])
             result.embedded = len(rows)
             result.embed_seconds = time.perf_counter() - began
             return {r["doc_id"]: v.tolist() for r, v in zip(rows, vectors, strict=True)}
@@ -311,7 +312,7 @@ class DocumentIndex:
         out: dict[str, list[float]] = {}
         for row in rows:
             try:
-                out[row["doc_id"]] = self.embedder.embed([row["text"]])[0].tolist()
+                out[row["doc_id"]] = self.embedder.embed([embedding_input(row["text"])])[0].tolist()
                 result.embedded += 1
             except Exception as exc:
                 log.error("document %s cannot be embedded (%r); kept as a dead letter", row["doc_id"], exc)
@@ -328,6 +329,22 @@ def _dead_letter(row: dict[str, Any], reason: str, attempts: dict[str, int]) -> 
         reason=reason.replace("\x00", ""),
         attempts=attempts.get(row["doc_id"], 1),
     )
+
+
+# The parts of a Gold document's text (`streaming.refine.render_text`) that a sentence embedding cannot use — the
+# change's size and its time, which the document's own fields and the search filters carry — are left out of what the
+# index embeds: they were 40% of a replayed edit's tokens (56.6 -> 33.8 on average), and embedding is most of the
+# stream's CPU. On the replayed edits the page a query names is found as well or better without them
+# (benchmarks/RESULTS.md, issue 25). The version is stored with each vector (`model_name`).
+EMBEDDING_INPUT_VERSION = "2"
+_NOT_EMBEDDED = re.compile(
+    r"(?: \([+-][\d,]+ bytes, now [\d,]+ bytes\))? at \d{4}-\d\d-\d\d \d\d:\d\d UTC(?=\.(?: Comment: |$))"
+)
+
+
+def embedding_input(text: str) -> str:
+    """What the index embeds for a document's text (see `EMBEDDING_INPUT_VERSION`)."""
+    return _NOT_EMBEDDED.sub("", text, count=1)
 
 
 NOTIFY_CHANNEL = "streamrag_documents"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shutil
@@ -37,10 +38,12 @@ class ServiceError(RuntimeError):
     """A problem a user can fix; the message is one line naming it and what to do."""
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(niceness: int = 0) -> None:
     # Runs in the child after fork (and after any setuid), so the setting survives into the exec'd server.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if niceness:
+        os.nice(niceness)
 
 
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -130,6 +133,8 @@ class ManagedProcess:
     # The stop signal goes to the whole process group, or (False) to the leader alone, which stops its children
     # in order itself; what is left of the group is killed once the leader is gone, either way.
     stop_group: bool = True
+    # Off the live path (Dagster): a lower CPU priority, so that on a full machine the stream and the API go first.
+    niceness: int = 0
     proc: subprocess.Popen[bytes] | None = None
 
     def check_ports(self) -> None:
@@ -154,7 +159,7 @@ class ManagedProcess:
                 cwd=self.cwd,
                 user=self.user,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_die_with_parent, self.niceness),
             )
         self.pid_path.write_text(str(self.proc.pid))
 

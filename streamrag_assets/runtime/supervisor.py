@@ -33,7 +33,7 @@ from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 from streamrag_assets.metrics import SERVICE_CRASHING, SERVICE_RESTARTS, SERVICE_UP
 from streamrag_assets.runtime.api import api_process
 from streamrag_assets.runtime.broker import broker_process
-from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_webserver_process
+from streamrag_assets.runtime.dagster import dagster_code_process, dagster_daemon_process, dagster_webserver_process
 from streamrag_assets.runtime.disk import space_problem
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.observability import probe_process, prometheus_process
@@ -68,10 +68,12 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
     stack += [
         ingest_process(settings),
         stream_process(settings),
-        dagster_webserver_process(settings),
-        dagster_daemon_process(settings),
         api_process(settings),
         probe_process(settings),
+        # Off the live path, last: each waits for the one before it (the code location loads in seconds).
+        dagster_code_process(settings),
+        dagster_webserver_process(settings),
+        dagster_daemon_process(settings),
     ]
     if with_prometheus:
         stack.append(prometheus_process(settings))

@@ -11,7 +11,12 @@ import dagster as dg
 import httpx
 import pytest
 
-from streamrag_assets.runtime.dagster import dagster_env, dagster_webserver_process, prepare_dagster_home
+from streamrag_assets.runtime.dagster import (
+    dagster_code_process,
+    dagster_env,
+    dagster_webserver_process,
+    prepare_dagster_home,
+)
 from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
@@ -83,12 +88,13 @@ def _page_shows(browser, url: str, texts: tuple[str, ...], timeout_s: float = 90
 
 
 def test_webserver_answers_with_the_asset_graph(stack, browser) -> None:
-    settings = stack.settings.model_copy(update={"dagster_port": free_port()})
-    webserver = dagster_webserver_process(settings)
-    webserver.env = {**settings.to_env(), **webserver.env}
-    webserver.start()
+    settings = stack.settings.model_copy(update={"dagster_port": free_port(), "dagster_code_port": free_port()})
+    code, webserver = dagster_code_process(settings), dagster_webserver_process(settings)
     try:
-        webserver.wait_ready(120)
+        for proc in (code, webserver):  # as `up` starts them: the webserver once the code location has loaded
+            proc.env = {**settings.to_env(), **proc.env}
+            proc.start()
+            proc.wait_ready(120)
         query = "{ assetNodes { assetKey { path } dependencyKeys { path } } }"
         response = httpx.post(f"{settings.dagster_url}/graphql", json={"query": query}, timeout=30)
         assert response.status_code == 200
@@ -124,3 +130,4 @@ def test_webserver_answers_with_the_asset_graph(stack, browser) -> None:
         browser.save_screenshot(str(docs / "dagster-asset-freshness.png"))
     finally:
         webserver.stop()
+        code.stop()

@@ -193,6 +193,7 @@ def test_pgvector_reconciles_with_gold_and_each_vector_is_its_own_text(medallion
     near-duplicates by design.)"""
     from sqlalchemy import create_engine, text
 
+    from streamrag_assets.documents.store import embedding_input
     from streamrag_assets.embedding.embedder import get_embedder
 
     gold = DeltaTables(medallion.state_dir / "delta").read("gold").to_pylist()
@@ -207,7 +208,7 @@ def test_pgvector_reconciles_with_gold_and_each_vector_is_its_own_text(medallion
         # Batches written around the kill hold the vectors of their own documents, not a neighbour's.
         for target in live[:: max(1, len(live) // 8)]:
             # Exact distance to the row itself: an approximate HNSW top-k over near-duplicates may skip it.
-            vector = get_embedder().embed([target["text"]])[0]
+            vector = get_embedder().embed([embedding_input(target["text"])])[0]
             distance = conn.execute(
                 text("SELECT embedding <=> CAST(:v AS vector) FROM documents WHERE doc_id = :doc_id"),
                 {"v": str(vector.tolist()), "doc_id": target["doc_id"]},

@@ -123,3 +123,22 @@ def test_a_record_that_breaks_refine_is_quarantined_with_the_exception_and_the_b
         error_reason(OverflowError("date value out of range\nmore")) == "error:OverflowError: date value out of range"
     )
     assert error_reason(KeyError()) == "error:KeyError"
+
+
+def test_the_index_embeds_the_text_without_its_size_and_time() -> None:
+    from streamrag_assets.documents.store import embedding_input
+
+    docs = [d for d in (document(parse_event(recorded_event(seq))) for seq in range(300)) if d]
+    with_size = 0
+    for doc in docs:
+        text, embedded = doc["text"], embedding_input(doc["text"])
+        when = doc["event_time"].strftime("%Y-%m-%d %H:%M UTC")
+        assert when in text and when not in embedded, text
+        assert " bytes" not in embedded and embedded.startswith(text.split(" (")[0].split(" at 2")[0]), embedded
+        assert embedded.endswith(text[text.index(when) + len(when) :]), "the comment is kept whole"
+        with_size += " bytes, now " in text
+    assert with_size > len(docs) // 2
+    # Only what the renderer wrote goes: the same words inside a title or a comment stay.
+    odd = next(d for d in docs if "Comment:" in d["text"])
+    text = odd["text"].replace('Comment: "', 'Comment: "moved (+5 bytes, now 9 bytes) at 2020-01-01 00:00 UTC. ')
+    assert "(+5 bytes, now 9 bytes) at 2020-01-01 00:00 UTC." in embedding_input(text)
