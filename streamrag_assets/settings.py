@@ -133,6 +133,12 @@ class Settings(BaseSettings):
     spark_worker_cores: int = Field(1, ge=1, description="Cores each local worker offers its executor.")
     spark_worker_memory: str = Field("1g", pattern=r"^\d+[mg]$", description="Memory each local worker offers.")
     spark_executor_memory: str = Field("1g", pattern=r"^\d+[mg]$", description="JVM heap of each executor.")
+    spark_driver_java_options: str = Field(
+        "-Xms64m -XX:+UseSerialGC",
+        description="JVM options of the Spark driver. The default keeps the heap as small as the work needs (the "
+        "JVM's own default starts it at 1/64 of the machine's memory) and collects it on one thread: the "
+        "continuous query's micro-batches are small, and two cores have no thread to spare for a parallel collector.",
+    )
     spark_daemon_memory: str = Field("256m", pattern=r"^\d+[mg]$", description="Heap of the local master and workers.")
     spark_master_port: int = Field(
         7077, description="The local master's port; local worker N listens on this port + N."

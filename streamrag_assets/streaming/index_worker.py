@@ -1,21 +1,26 @@
-"""Indexing the continuous query's Gold documents beside Spark, and pausing it (not the query) while Postgres is
-unavailable."""
+"""Indexing the continuous query's Gold documents beside Spark, newest first when behind, and pausing it (not the
+query) while Postgres is unavailable."""
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
-from streamrag_assets.documents.store import database_unavailable
+from streamrag_assets.documents.store import IndexResult, database_unavailable
 from streamrag_assets.metrics import INDEX_PAUSED
 from streamrag_assets.streaming.batch_result import BatchResult
 
 log = logging.getLogger(__name__)
 
 RECOVERY_PROBE_S = 5.0  # while Postgres is unavailable, how often the index tries to catch up
+PART_ROWS = 100  # documents per index transaction: what a newer batch waits for at most before it goes first
+MAX_PENDING_ROWS = 2_000  # documents Spark may run ahead of the index (then `submit` holds it back)
+
+Page = tuple[str, str]  # (wiki, title)
 
 
 class WriteGate:
@@ -38,37 +43,96 @@ class WriteGate:
             raise RuntimeError("the micro-batch's Delta writes failed")
 
 
+@dataclass
+class _Batch:
+    result: BatchResult
+    written: WriteGate
+    parts_left: int
+    outcome: IndexResult = field(default_factory=IndexResult)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Part:
+    """Up to `PART_ROWS` of a batch's documents, in event order: one index transaction."""
+
+    batch: _Batch
+    rows: list[dict[str, Any]]
+    last: bool  # the batch's last part: once it and everything before it is indexed, so is the batch
+    done: bool = False
+    doc_ids: frozenset[str] = frozenset()
+    pages: frozenset[Page] = frozenset()  # every page its rows are about
+    moved: frozenset[Page] = frozenset()  # pages it deletes, or moves from or to
+
+    @classmethod
+    def of(cls, batch: _Batch, rows: list[dict[str, Any]], last: bool) -> _Part:
+        moved = set()
+        for row in rows:
+            if row["op"] in ("delete", "rename"):
+                moved.add((row["wiki"], row["title"]))
+                if row.get("new_title"):
+                    moved.add((row["wiki"], row["new_title"]))
+        return cls(
+            batch,
+            rows,
+            last,
+            doc_ids=frozenset(row["doc_id"] for row in rows),
+            pages=frozenset((row["wiki"], row["title"]) for row in rows) | moved,
+            moved=frozenset(moved),
+        )
+
+    def commutes_with(self, older: _Part) -> bool:
+        """Whether indexing this part before ``older`` ends as indexing them in order does: no document in both,
+        and no page that one of them deletes or moves while the other has anything about it."""
+        return (
+            self.doc_ids.isdisjoint(older.doc_ids)
+            and self.moved.isdisjoint(older.pages)
+            and self.pages.isdisjoint(older.moved)
+        )
+
+
 class IndexWorker:
-    """Indexes each micro-batch's Gold documents on a thread of its own, in batch order, while Spark already reads
-    and refines the next batch: a document waits for one Spark pass instead of two, and embedding overlaps the
-    broker and Delta round trips. At most one batch waits behind the one being indexed; beyond that ``submit``
-    blocks, which holds Spark back (and lets its next batch grow) rather than queueing without bound.
+    """Indexes each micro-batch's Gold documents on a thread of its own while Spark reads and refines the next
+    batches: a document waits for one Spark pass instead of two, and embedding overlaps the broker and Delta round
+    trips.
 
-    Spark commits a batch before its documents are indexed, so each index transaction records its batch key
-    (`IndexProgress`); a stream restarted after a crash first indexes the committed Gold batches beyond it
-    (`MedallionBatch.catch_up`).
+    **Newest first when behind.** After a start or an outage Spark reads a backlog in batches of
+    ``stream_max_events_per_trigger``; each batch is split into parts of `PART_ROWS` documents, and the worker takes
+    the newest part whose documents commute with every older part still waiting (`_Part.commutes_with`), so an edit
+    that arrives while the backlog is embedded waits for one part, not for the backlog. Parts that do not commute
+    go in order. Spark may run up to `MAX_PENDING_ROWS` documents ahead; beyond that ``submit`` holds it back.
 
-    One layer down at a time: when Postgres is unavailable the worker pauses indexing instead of failing the query.
-    Batches go on into Bronze, Silver and Gold; the worker notes the last one whose tables are written and every
-    ``RECOVERY_PROBE_S`` calls ``recover`` with it, which indexes the Gold batches beyond the index's durable
+    **Exactly once.** Spark commits a batch before its documents are indexed, so each index transaction records a
+    batch key (`IndexProgress`) — only the last one below which every part is indexed, so the recorded progress
+    never passes a document not yet in Postgres. A stream restarted after a crash indexes the committed Gold batches
+    beyond it (`MedallionBatch.catch_up`), in order; parts indexed ahead of their turn are then found unchanged
+    (a lookup, no embedding).
+
+    **One layer down at a time.** When Postgres is unavailable the worker pauses indexing instead of failing the
+    query. Batches go on into Bronze, Silver and Gold; the worker notes the last one whose tables are written and
+    every ``RECOVERY_PROBE_S`` calls ``recover`` with it, which indexes the Gold batches beyond the index's durable
     progress; once that succeeds, indexing goes on batch by batch. Any other failure stops the worker and fails the
     next micro-batch: the query stops, and the restarted stream resumes from the recorded progress.
     """
 
     def __init__(
         self,
-        index_batch: Callable[[BatchResult, list[dict], WriteGate], None],
+        index_part: Callable[[list[dict[str, Any]], int | None, WriteGate], IndexResult],
         finish: Callable[[BatchResult], None],
         recover: Callable[[int], object],
         behind: int | None = None,
     ):
-        self._index_batch = index_batch
+        """``index_part(rows, progress, written)`` indexes rows in one transaction that records batch key
+        ``progress`` (None: none), after ``written.wait()``; ``finish`` is called once per batch, when all of it is
+        indexed."""
+        self._index_part = index_part
         self._finish = finish
         self._recover = recover
         self._behind = behind  # the last batch key written to Gold but not indexed; None when in step
         self._next_probe = 0.0
         INDEX_PAUSED.set(0 if behind is None else 1)
-        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._parts: list[_Part] = []  # in batch order: those waiting, and those indexed ahead of an older one
+        self._changed = threading.Condition()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="index-worker", daemon=True)
         self._thread.start()
@@ -77,46 +141,107 @@ class IndexWorker:
     def paused(self) -> bool:
         return self._behind is not None
 
-    def submit(self, result: BatchResult, rows: list[dict], written: WriteGate) -> None:
-        while True:
+    def submit(self, result: BatchResult, rows: list[dict[str, Any]], written: WriteGate) -> None:
+        rows = sorted(rows, key=lambda r: (r["event_time"], r["partition"], r["offset"]))
+        chunks = [rows[i : i + PART_ROWS] for i in range(0, len(rows), PART_ROWS)] or [[]]
+        batch = _Batch(result, written, parts_left=len(chunks))
+        parts = [_Part.of(batch, chunk, last=n == len(chunks) - 1) for n, chunk in enumerate(chunks)]
+        with self._changed:
+            while self._failure is None and self._parts and self._pending_rows() + len(rows) > MAX_PENDING_ROWS:
+                self._changed.wait(1.0)
             if self._failure is not None:
                 raise RuntimeError(f"indexing a previous micro-batch failed: {self._failure}") from self._failure
-            try:
-                self._queue.put((result, rows, written), timeout=1.0)
-                return
-            except queue.Full:
-                continue
+            self._parts += parts
+            self._changed.notify_all()
+
+    def _pending_rows(self) -> int:
+        return sum(len(p.rows) for p in self._parts if not p.done)
 
     def _run(self) -> None:
         while True:
             try:
-                item = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                item = None
-            try:
-                if item is not None:
-                    self._take(*item)
-                if self._behind is not None and time.monotonic() >= self._next_probe:
-                    self._try_recover()
+                with self._changed:
+                    if not any(not p.done for p in self._parts):
+                        self._changed.wait(1.0)
+                    part = self._choose()
+                if self._behind is not None:
+                    self._skip_all()
+                    if time.monotonic() >= self._next_probe:
+                        self._try_recover()
+                elif part is not None:
+                    self._take(part)
             except BaseException as exc:
-                key = item[0].batch_key if item is not None else self._behind
-                log.exception("indexing batch %s failed; the stream stops and resumes from its progress", key)
-                self._failure = exc
+                log.exception("indexing failed; the stream stops and resumes from its progress")
+                with self._changed:
+                    self._failure = exc
+                    self._changed.notify_all()
                 return
 
-    def _take(self, result: BatchResult, rows: list[dict], written: WriteGate) -> None:
-        if self._behind is None:
-            try:
-                self._index_batch(result, rows, written)
-            except Exception as exc:
-                if not database_unavailable(exc):
-                    raise
-                written.wait()  # the batch's Gold rows are committed: recovery will find them
-                self._pause(result.batch_key, exc)
-        else:
-            written.wait()
-            self._behind = result.batch_key
-        self._finish(result)
+    def _choose(self) -> _Part | None:
+        """The newest waiting part that commutes with every older waiting one; else the oldest."""
+        waiting = [p for p in self._parts if not p.done]
+        if not waiting:
+            return None
+        for n in range(len(waiting) - 1, 0, -1):
+            if all(waiting[n].commutes_with(older) for older in waiting[:n]):
+                return waiting[n]
+        return waiting[0]
+
+    def _progress_with(self, part: _Part) -> int | None:
+        """The batch key to record with ``part``'s transaction: the last batch all of whose parts, and all before
+        them, are indexed once ``part`` is (parts indexed ahead of their turn included); None when an older part
+        still waits."""
+        key, reached = None, False
+        for p in self._parts:
+            if not (p.done or p is part):
+                break
+            reached = reached or p is part
+            if p.last:
+                key = p.batch.result.batch_key
+        return key if reached else None
+
+    def _take(self, part: _Part) -> None:
+        batch = part.batch
+        with self._changed:
+            progress = self._progress_with(part)
+        began = time.perf_counter()
+        try:
+            if part.rows:
+                batch.outcome.add(self._index_part(part.rows, progress, batch.written))
+            else:
+                batch.written.wait()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            self._pause(batch.result.batch_key, exc)
+            return
+        batch.seconds += time.perf_counter() - began
+        self._mark_done(part)
+
+    def _mark_done(self, part: _Part) -> None:
+        batch = part.batch
+        with self._changed:
+            part.done = True
+            batch.parts_left -= 1
+            while self._parts and self._parts[0].done:
+                self._parts.pop(0)
+            self._changed.notify_all()
+        if batch.parts_left == 0:
+            batch.result.phases["index"] = round(batch.seconds, 3)
+            batch.result.phases["embed"] = round(batch.outcome.embed_seconds, 3)
+            batch.result.indexed = {
+                k: getattr(batch.outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
+            }
+            self._finish(batch.result)
+
+    def _skip_all(self) -> None:
+        """While paused: every waiting batch's Gold rows are committed once its gate opens; recovery indexes them."""
+        with self._changed:
+            waiting = [p for p in self._parts if not p.done]
+        for part in waiting:
+            part.batch.written.wait()
+            self._behind = max(self._behind or -1, part.batch.result.batch_key)
+            self._mark_done(part)
 
     def _pause(self, batch_key: int, exc: BaseException) -> None:
         log.error(
@@ -128,6 +253,7 @@ class IndexWorker:
         self._behind = batch_key
         self._next_probe = time.monotonic() + RECOVERY_PROBE_S
         INDEX_PAUSED.set(1)
+        self._skip_all()  # the failed part too: recovery indexes from the recorded progress, in order
 
     def _try_recover(self) -> None:
         assert self._behind is not None

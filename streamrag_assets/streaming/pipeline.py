@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from streamrag_assets.documents.migrate import upgrade
-from streamrag_assets.documents.store import DocumentIndex, database_unavailable
+from streamrag_assets.documents.store import DocumentIndex, IndexResult, database_unavailable
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.kafka.admin import ensure_topic
 from streamrag_assets.kafka.gaps import ledger_dir
@@ -144,7 +144,7 @@ class MedallionBatch:
                 behind = -1 if last is None else epoch * EPOCH_STRIDE + last
                 log.error("Postgres is unavailable at start (%s); indexing waits for it", type(exc).__name__)
             if asynchronous:
-                self.worker = IndexWorker(self._index_batch, self._finish, self.recover, behind)
+                self.worker = IndexWorker(self._index_part, self._finish, self.recover, behind)
 
     def recover(self, upto: int | None) -> int:
         """Make the index current up to batch key ``upto`` (None: the checkpoint's last commit): migrate the schema
@@ -210,7 +210,7 @@ class MedallionBatch:
         written = WriteGate()
         if self.worker is not None:
             # The index thread embeds while the tables are written, and writes to Postgres once they are.
-            with _phase(phases, "queue"):  # waiting for the index thread to take the batch
+            with _phase(phases, "queue"):  # waiting only when the index is `MAX_PENDING_ROWS` behind
                 self.worker.submit(result, rows, written)
         try:
             result.delta_versions = write_layers(self.delta, layers, batch_key, phases)
@@ -241,6 +241,12 @@ class MedallionBatch:
         result.indexed = {
             k: getattr(outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
         }
+
+    def _index_part(self, rows: list[dict], progress_key: int | None, written: WriteGate) -> IndexResult:
+        """One index transaction of the `IndexWorker`, after the batch's Delta writes (``written``)."""
+        assert self.index is not None
+        progress = None if progress_key is None else (self.progress_name, progress_key)
+        return self.index.index(rows, progress=progress, before_write=written.wait)
 
     def _finish(self, result: BatchResult) -> None:
         # A slow batch says where its time went (refine includes reading the topic).

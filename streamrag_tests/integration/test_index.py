@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from streamrag_assets.documents.migrate import upgrade
-from streamrag_assets.documents.store import DocumentIndex
+from streamrag_assets.documents.store import DocumentIndex, embedding_input
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.streaming.refine import document, parse_event
@@ -135,7 +135,7 @@ def test_a_document_that_cannot_be_embedded_is_dead_lettered_then_retried(index)
 
     docs = [_gold(seq) for seq in range(200, 210)]
     poisoned = docs[4]["doc_id"]
-    marker = docs[4]["text"]
+    marker = embedding_input(docs[4]["text"])  # what the index embeds of it
     failing = DocumentIndex(str(index.engine.url.render_as_string(hide_password=False)), _FailsOn(marker))
     result = failing.index(docs)
     assert (result.embedded, result.dead_letters) == (9, 1), "the rest of the batch is indexed"
@@ -220,3 +220,59 @@ def test_indexed_at_is_when_a_document_was_written_not_when_its_batch_began(inde
         f"batch began {began:%H:%M:%S.%f}, written after {written_after[0]:%H:%M:%S.%f}, "
         f"committed by {committed:%H:%M:%S.%f}; indexed_at {[f'{s:%H:%M:%S.%f}' for s in stamps]}"
     )
+
+
+def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in_order(index) -> None:
+    """The index worker takes the newest waiting batch whose documents commute with the older ones (a live edit
+    does not wait for a backlog), goes in order otherwise (here: a deletion of a page an older batch edits), and
+    records a progress only below which every batch is in Postgres."""
+    from streamrag_assets.streaming.batch_result import BatchResult
+    from streamrag_assets.streaming.index_worker import IndexWorker, WriteGate
+
+    base = 70_000
+    edits = {key: _gold(base + key, title=f"Lane page {key}") for key in range(1, 5)}
+    deletion = _gold(
+        base + 9, type="log", log_id=base + 9, log_type="delete", log_action="delete", title=edits[1]["title"]
+    ) | {"revision": None}
+    batches = {
+        0: [_gold(base, title="Lane plug")],
+        1: [edits[1]],
+        2: [edits[2]],
+        3: [edits[3]],
+        4: [edits[4], deletion],
+    }
+    taken: list[tuple[int, int | None]] = []
+    finished: list[int] = []
+
+    def index_part(rows, progress_key, written):
+        key = next(k for k, b in batches.items() if b[0]["doc_id"] == rows[0]["doc_id"])
+        taken.append((key, progress_key))
+        return index.index(
+            rows, progress=None if progress_key is None else ("lanes", progress_key), before_write=written.wait
+        )
+
+    worker = IndexWorker(index_part, lambda result: finished.append(result.batch_key), recover=lambda upto: 0)
+    plug = WriteGate()  # the worker takes batch 0 first and waits for its tables while the others arrive
+    worker.submit(BatchResult(0, {}, {}, {}), batches[0], plug)
+    time.sleep(0.5)
+    for key in range(1, 5):
+        gate = WriteGate()
+        gate.open()
+        worker.submit(BatchResult(key, {}, {}, {}), batches[key], gate)
+    plug.open()
+    deadline = time.monotonic() + 60
+    while len(finished) < 5:
+        assert time.monotonic() < deadline, f"the worker indexed {taken} only"
+        time.sleep(0.05)
+    # 3 and 2 commute with everything older; 4 deletes the page 1 edits, so 1 goes before it.
+    assert [key for key, _ in taken] == [0, 3, 2, 1, 4]
+    assert [progress for _, progress in taken] == [0, None, None, 3, 4]
+    assert index.progress("lanes") == 4
+    with index.engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT doc_id, deleted FROM documents WHERE title LIKE 'Lane page %'")).all())
+    assert rows == {
+        edits[1]["doc_id"]: True,
+        edits[2]["doc_id"]: False,
+        edits[3]["doc_id"]: False,
+        edits[4]["doc_id"]: False,
+    }
