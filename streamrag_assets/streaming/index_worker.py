@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 RECOVERY_PROBE_S = 5.0  # while Postgres is unavailable, how often the index tries to catch up
 PART_ROWS = 100  # documents per index transaction: what a newer batch waits for at most before it goes first
-MAX_PENDING_ROWS = 2_000  # documents Spark may run ahead of the index (then `submit` holds it back)
+MAX_PENDING_ROWS = 5_000  # documents Spark may run ahead of the index (then `submit` holds it back): a minute and
+# a half at 50 events/s. A stop loses what waits; the restarted stream indexes it again while its JVM starts.
 
 Page = tuple[str, str]  # (wiki, title)
 
