@@ -235,6 +235,22 @@ def running(settings: Settings, processes: list[ManagedProcess], timeout_s: floa
             proc.stop()
 
 
+def started_code_server(settings: Settings) -> ManagedProcess:
+    """The Dagster code location's gRPC server, which `up` runs for the webserver and the daemon: started with
+    ``settings`` in its environment (sensors and runs execute in it) and ready."""
+    from streamrag_assets.runtime.dagster import dagster_code_process
+
+    code = dagster_code_process(settings)
+    code.env = {**settings.to_env(), **code.env}
+    code.start()
+    try:
+        code.wait_ready(180)
+    except BaseException:
+        code.stop()
+        raise
+    return code
+
+
 def indexed_doc_ids(settings: Settings) -> set[str]:
     """Every doc_id in the platform's pgvector `documents` table."""
     from sqlalchemy import create_engine, text

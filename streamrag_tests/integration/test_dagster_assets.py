@@ -201,6 +201,7 @@ def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(m
         reporter.close()
 
     with checkpoint_lock(settings):  # the Kafka sensor must not launch Spark runs meanwhile
+        code = harness.started_code_server(settings)  # the sensors run in it, with the test's webhook
         daemon.start()
         try:
             report_fresh_gold()  # PASS now, WARN after 60 s, FAIL after 75 s
@@ -209,6 +210,7 @@ def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(m
             wait_until(lambda: gold_states()[-1:] == ["PASS"], "no recovery alert")
         finally:
             daemon.stop()
+            code.stop()
             server.shutdown()
     recovered = next(m for m in _Receiver.received if m["asset"] == "gold_documents" and m["state"] == "PASS")
     assert "recovered" in recovered["text"] and recovered["previous_state"] == "FAIL"
@@ -293,6 +295,7 @@ def test_a_backfill_from_the_cli_runs_through_the_daemon_and_restores_lost_docum
     daemon = dagster_daemon_process(env)
     daemon.env = {**env.to_env(), **daemon.env}
     with checkpoint_lock(env):  # the Kafka sensor must not launch Spark runs meanwhile
+        code = harness.started_code_server(env)
         daemon.start()
         try:
             cli = subprocess.run(
@@ -320,6 +323,7 @@ def test_a_backfill_from_the_cli_runs_through_the_daemon_and_restores_lost_docum
                 runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
         finally:
             daemon.stop()
+            code.stop()
     assert runs and all(run.is_success for run in runs), [(run.run_id, run.status) for run in runs]
     assert set(hours) <= instance.get_materialized_partitions(GOLD)
     assert len(delta.read("gold")) == events_before and _stored_doc_ids(env) == docs_before
@@ -384,6 +388,7 @@ def test_the_daemon_runs_what_the_sensor_and_the_webserver_launch(materialized, 
     producer.flush()
     producer.close()
     heads = topic_heads(env.bootstrap_servers, env.topic)
+    code = harness.started_code_server(env)
     webserver.start()
     daemon.start()
     try:
@@ -435,6 +440,7 @@ def test_the_daemon_runs_what_the_sensor_and_the_webserver_launch(materialized, 
     finally:
         daemon.stop()
         webserver.stop()
+        code.stop()
     assert lost_events and lost_docs
     assert _stored_doc_ids(env) >= docs_before, "the replay job re-embedded the lost documents"
     assert len(delta.read("gold")) >= gold_before, "the backfill restored Gold"
@@ -506,6 +512,7 @@ def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_aft
         assert any("asked the continuous query to pause" in m for m in messages), "the run waited for the stream"
         return run_id
 
+    code = harness.started_code_server(env)
     webserver.start()
     daemon.start()
     stream.start()
@@ -543,3 +550,4 @@ def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_aft
         stream.stop()
         daemon.stop()
         webserver.stop()
+        code.stop()
