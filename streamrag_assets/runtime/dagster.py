@@ -47,15 +47,19 @@ def prepare_dagster_home(settings: Settings) -> None:
 
 
 def code_server_workspace(settings: Settings) -> Path:
-    """The workspace file of `up`'s webserver and daemon: the code location served by `dagster_code_process`."""
-    path = settings.dagster_home / "workspace.yaml"
+    """The workspace file of `up`'s webserver and daemon: the code location served by `dagster_code_process`
+    (written by their ``prepare``; building the process list writes nothing, so `status` works on a full disk)."""
+    return settings.dagster_home / "workspace.yaml"
+
+
+def write_code_server_workspace(settings: Settings) -> None:
+    path = code_server_workspace(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "# Written by `streamrag up`: the code location is the gRPC server it runs (dagster-code).\n"
         f"load_from:\n  - grpc_server:\n      host: {LOOPBACK_HOST}\n      port: {settings.dagster_code_port}\n"
         f"      location_name: {LOCATION_NAME}\n"
     )
-    return path
 
 
 def dagster_code_process(settings: Settings) -> ManagedProcess:
@@ -86,7 +90,7 @@ def dagster_webserver_process(settings: Settings) -> ManagedProcess:
 
     def prepare() -> None:
         prepare_dagster_home(settings)
-        code_server_workspace(settings)
+        write_code_server_workspace(settings)
 
     def ready() -> bool:
         return httpx.get(f"{settings.dagster_url}/server_info", timeout=2).status_code == 200
@@ -144,7 +148,7 @@ def dagster_daemon_process(settings: Settings) -> ManagedProcess:
 
     def prepare() -> None:
         prepare_dagster_home(settings)
-        code_server_workspace(settings)
+        write_code_server_workspace(settings)
         started["at"] = time.monotonic()
 
     def ready() -> bool:
