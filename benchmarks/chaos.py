@@ -46,6 +46,7 @@ KILL_ORDER = (
     "stream",
     "postgres",
     "api",
+    "dagster-code",
     "dagster-daemon",
     "dagster-webserver",
 )

@@ -133,6 +133,11 @@ class Embedder:
             return light.dimension
         return int(self._load().get_embedding_dimension())
 
+    def token_count(self, text: str) -> int | None:
+        """How many tokens the int8 model sees for ``text`` (after truncation); None when that model is not used."""
+        light = self._int8_light() if self.int8 else None
+        return None if light is None else len(light.features(text)["input_ids"][0])
+
     def warm(self) -> float:
         """Load the model and run one call on each of its threads, so the first real batch pays none of it (a
         stream that loaded it on its first micro-batch started with a backlog of seconds); returns the seconds."""

@@ -52,10 +52,11 @@ def code_server_workspace(settings: Settings) -> Path:
     return settings.dagster_home / "workspace.yaml"
 
 
-def write_code_server_workspace(settings: Settings) -> None:
-    path = code_server_workspace(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
+def prepare_code_server_client(settings: Settings) -> None:
+    """DAGSTER_HOME for the webserver and the daemon: the project's dagster.yaml and a workspace that loads the code
+    location from the code server (dagster-code)."""
+    prepare_dagster_home(settings)
+    code_server_workspace(settings).write_text(
         "# Written by `streamrag up`: the code location is the gRPC server it runs (dagster-code).\n"
         f"load_from:\n  - grpc_server:\n      host: {LOOPBACK_HOST}\n      port: {settings.dagster_code_port}\n"
         f"      location_name: {LOCATION_NAME}\n"
@@ -88,10 +89,6 @@ def _bin(name: str) -> str:
 def dagster_webserver_process(settings: Settings) -> ManagedProcess:
     workspace = code_server_workspace(settings)
 
-    def prepare() -> None:
-        prepare_dagster_home(settings)
-        write_code_server_workspace(settings)
-
     def ready() -> bool:
         return httpx.get(f"{settings.dagster_url}/server_info", timeout=2).status_code == 200
 
@@ -112,7 +109,7 @@ def dagster_webserver_process(settings: Settings) -> ManagedProcess:
         pid_path=settings.state_dir / "run" / "dagster-webserver.pid",
         ready=ready,
         live=lambda: http_answers(f"{settings.dagster_url}/server_info"),
-        prepare=prepare,
+        prepare=lambda: prepare_code_server_client(settings),
         address=settings.dagster_url,
         ports=[PortClaim(settings.dagster_port, "the Dagster webserver", "STREAMRAG_DAGSTER_PORT")],
         bind_host=settings.bind_host,
@@ -147,8 +144,7 @@ def dagster_daemon_process(settings: Settings) -> ManagedProcess:
     started = {"at": 0.0}
 
     def prepare() -> None:
-        prepare_dagster_home(settings)
-        write_code_server_workspace(settings)
+        prepare_code_server_client(settings)
         started["at"] = time.monotonic()
 
     def ready() -> bool:

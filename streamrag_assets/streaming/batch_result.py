@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from streamrag_assets.documents.store import IndexResult
 
 HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
 
@@ -23,6 +27,13 @@ class BatchResult:
     gold_hours: dict[str, int] = field(default_factory=dict)
     # Seconds per phase (refine, dedupe, queue, write_/maintain_<layer>, index, embed): where a slow batch's time went.
     phases: dict[str, float] = field(default_factory=dict)
+
+    def record_index(self, outcome: IndexResult, seconds: float) -> None:
+        """The batch's index phase: its time, the embedding's share and the documents' counts."""
+        self.phases["index"] = round(seconds, 3)
+        self.phases["embed"] = round(outcome.embed_seconds, 3)
+        names = ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
+        self.indexed = {name: getattr(outcome, name) for name in names}
 
 
 def hour_counts(times: pa.ChunkedArray) -> dict[str, int]:

@@ -228,11 +228,7 @@ class IndexWorker:
                 self._parts.pop(0)
             self._changed.notify_all()
         if batch.parts_left == 0:
-            batch.result.phases["index"] = round(batch.seconds, 3)
-            batch.result.phases["embed"] = round(batch.outcome.embed_seconds, 3)
-            batch.result.indexed = {
-                k: getattr(batch.outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
-            }
+            batch.result.record_index(batch.outcome, batch.seconds)
             self._finish(batch.result)
 
     def _skip_all(self) -> None:

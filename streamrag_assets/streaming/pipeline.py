@@ -237,10 +237,7 @@ class MedallionBatch:
             # Not gated on Gold's transaction beyond this: a batch re-run after a crash re-applies it (upserts are
             # idempotent), and the recorded progress never passes a batch whose Gold rows are not committed.
             outcome = self.index.index(rows, progress=(self.progress_name, result.batch_key), before_write=written.wait)
-        result.phases["embed"] = round(outcome.embed_seconds, 3)
-        result.indexed = {
-            k: getattr(outcome, k) for k in ("embedded", "upserted", "unchanged", "deleted", "dead_letters")
-        }
+        result.record_index(outcome, result.phases["index"])
 
     def _index_part(self, rows: list[dict], progress_key: int | None, written: WriteGate) -> IndexResult:
         """One index transaction of the `IndexWorker`, after the batch's Delta writes (``written``)."""
