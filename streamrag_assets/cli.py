@@ -249,7 +249,7 @@ def replay_reprocess(
     """Re-read the topic from an offset or time with a fresh checkpoint; a running `streamrag stream` pauses
     meanwhile and resumes in the new checkpoint."""
     from streamrag_assets.isotime import parse_iso_time
-    from streamrag_assets.operations.reprocess import reprocess
+    from streamrag_assets.operations.reprocess import OffsetsRemoved, reprocess
     from streamrag_assets.streaming.checkpoint import QueryAlreadyRunning
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
@@ -265,7 +265,7 @@ def replay_reprocess(
         done = reprocess(
             settings, offsets or None, when, _progress, who=f"`streamrag replay reprocess` (pid {os.getpid()})"
         )
-    except QueryAlreadyRunning as exc:
+    except (QueryAlreadyRunning, OffsetsRemoved) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"reprocessed from {done.start} (checkpoint epoch {done.epoch})")
 

@@ -76,6 +76,10 @@ STREAM_PROCESSED_OFFSET = Gauge(
 STREAM_IDLE_TRIGGERS = Counter(
     "streamrag_stream_idle_triggers", "Triggers of the continuous query that found no new events in the topic."
 )
+BROKER_BATCHES_REMOVED = Counter(
+    "streamrag_broker_removed_batches",
+    "Record batches the embedded broker's retention removed (Bronze held every record of each).",
+)
 STREAM_LAST_BATCH = Gauge("streamrag_stream_last_batch_timestamp_seconds", "When the last micro-batch finished.")
 STREAM_ERRORS = Counter("streamrag_stream_errors", "Failed micro-batches by stage and kind.", ["stage", "kind"])
 

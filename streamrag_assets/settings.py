@@ -209,6 +209,14 @@ class Settings(BaseSettings):
         "write) and lists them all on each fetch: at 50 events/s, 200 ms took SeaweedFS from 0.5 to 0.08 of a core "
         "and the broker from 0.14 to 0.01-0.02 (measured).",
     )
+    broker_retention_s: float = Field(
+        60.0,
+        ge=0,
+        description="The embedded broker keeps a record this long after Bronze has it, then the stream removes it "
+        "(0: keep every record). Tansu 0.6 lists every stored batch of a partition on each fetch, so its cost and the "
+        "object store's grow with what it keeps; Bronze is the long-term record, and older replays read Bronze. An "
+        "external broker keeps its own retention.",
+    )
     ingest_compression: Literal["gzip", "none"] | None = "gzip"
     ingest_position_interval_s: float = 0.5
     # --- streaming (Kafka -> Bronze/Silver/Gold) -------------------------------------------------------------

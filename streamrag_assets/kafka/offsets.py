@@ -195,7 +195,7 @@ def read_ranges(
                     if record.offset < reading.position:  # fetched again after a seek
                         continue
                     if record.offset > reading.position:
-                        gap(tp, reading.position, record.offset, SKIPPED, "the broker returned a later record")
+                        _jumped(consumer, tp, reading.position, record.offset, gap)
                     reading.position, reading.quiet_since = record.offset + 1, now
                     yield record
                 done = reading.position >= reading.end
@@ -227,6 +227,19 @@ def _poll(consumer: KafkaConsumer, pending: dict[TopicPartition, _Reading], gap)
         log.warning("fetching %s failed (%s); retrying", sorted(tp.partition for tp in pending), exc)
         time.sleep(RETRY_PAUSE_S)
         return {}
+
+
+def _jumped(consumer: KafkaConsumer, tp: TopicPartition, position: int, following: int, gap) -> None:
+    """The broker answered a fetch at ``position`` with a later record: offsets it holds no record for (skipped),
+    except those below the partition's beginning, which retention removed before they were read (lost). Kafka
+    refuses a fetch below its beginning (`_out_of_range`); Tansu answers it with its first stored batch."""
+    beginning = consumer.beginning_offsets([tp])[tp]
+    if beginning > position:
+        lost_until = min(beginning, following)
+        gap(tp, position, lost_until, RETENTION, f"the partition begins at {beginning}")
+        position = lost_until
+    if following > position:
+        gap(tp, position, following, SKIPPED, "the broker returned a later record")
 
 
 def _out_of_range(consumer: KafkaConsumer, tp: TopicPartition, reading: _Reading, gap) -> None:

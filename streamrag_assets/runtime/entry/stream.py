@@ -14,10 +14,11 @@ from py4j.protocol import Py4JError
 from pyspark.sql.streaming import StreamingQuery
 
 from streamrag_assets.documents.heartbeat import STREAM, HeartbeatThread
+from streamrag_assets.kafka.retention import BrokerRetention
 from streamrag_assets.metrics import STREAM_PAUSED
 from streamrag_assets.runtime.signals import Shutdown, note_on_signal, raise_on_signal, serve_metrics, stopping
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.checkpoint import checkpoint_lock, pause_request
+from streamrag_assets.streaming.checkpoint import checkpoint_lock, committed_offsets, pause_request
 from streamrag_assets.streaming.pipeline import start_query
 from streamrag_assets.streaming.status import StreamStatus
 
@@ -41,13 +42,15 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
     raise_on_signal()  # until the query runs (see `_run_until_stopped`)
-    reporter = heartbeat = None
+    reporter = heartbeat = retention = None
     status = StreamStatus(settings)
     if not available_now and settings.dagster_report_interval_s > 0:
         # Imported here: reporting loads Dagster's instance machinery, which an availableNow run does not need.
         from streamrag_assets.runtime.dagster_reporter import DagsterReporter
 
         reporter = DagsterReporter(settings)
+    if not available_now and settings.embedded_kafka and settings.broker_retention_s > 0:
+        retention = BrokerRetention(settings, floor=lambda: committed_offsets(settings)).start()
 
     def on_batch(result) -> None:
         status.on_batch(result)
@@ -74,7 +77,7 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
     except Shutdown:  # stopped while the query was starting, or while paused
         return
     finally:
-        for closing in (heartbeat, reporter, status):
+        for closing in (heartbeat, reporter, retention, status):
             if closing is not None:
                 closing.close()
     if outcome is _Outcome.PAUSED:
