@@ -25,6 +25,7 @@ from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.kafka.gaps import NO_RECORDS, RETENTION, SKIPPED, GapLedger, OffsetGap
 from streamrag_assets.kafka.retention import BrokerRetention
 from streamrag_assets.metrics import BROKER_BATCHES_REMOVED
+from streamrag_assets.operations.reprocess import OffsetsRemoved, resolve_start
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
 
@@ -85,7 +86,7 @@ def test_retention_removes_only_batches_bronze_holds_and_readers_count_what_they
     """Twenty batches of one record; Bronze holds offsets below 12. Nothing goes while the batches are younger than
     the retention; once older, exactly the batches below 12 go (never one holding an offset Bronze lacks). The broker
     then begins at 12, keeps its head (a new record takes offset 20, none is reused), and a read from offset 5 gets
-    every record from 12 on and declares 5..11 lost to retention, not skipped."""
+    every record from 12 on and declares 5..11 lost to retention, not skipped; a reprocess from 5 is refused."""
     bootstrap = stack.settings.bootstrap_servers
     topic = _new_topic(bootstrap, "retention")
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
@@ -112,6 +113,12 @@ def test_retention_removes_only_batches_bronze_holds_and_readers_count_what_they
         consumer.close()
     assert [r.value for r in records] == [f"r{i}".encode() for i in range(12, 21)]
     assert [(g.start, g.end, g.reason) for g in ledger.gaps(topic)] == [(5, 12, RETENTION)]
+    # A reprocess deletes the rows from its start offsets first: one below the beginning would lose them for good.
+    on_topic = stack.settings.model_copy(update={"topic": topic})
+    with pytest.raises(OffsetsRemoved, match="partition 0 begins at 12.*replay rebuild"):
+        resolve_start(on_topic, {0: 5}, None)
+    assert resolve_start(on_topic, {0: 12}, None) == {0: 12}
+    assert resolve_start(on_topic, None, None) == {0: 12}
 
 
 def test_a_read_waits_for_a_killed_broker_and_for_offsets_not_written_yet(stack, tmp_path: Path) -> None:
