@@ -14,7 +14,6 @@ from pathlib import Path
 import typer
 
 from streamrag_assets.runtime.process import ServiceError
-from streamrag_assets.runtime.supervisor import Supervisor, down, running_supervisor, status
 from streamrag_assets.settings import Settings
 
 app = typer.Typer(
@@ -78,6 +77,10 @@ def up(
 
     Runs in the foreground; Ctrl-C (or `streamrag down`, or SIGTERM) stops everything cleanly.
     """
+    # The supervisor (every service's module) is imported by the commands that need it, not by the module: each
+    # service runs as `python -m streamrag_assets.cli <service>` and would hold all their imports (~45 MiB each).
+    from streamrag_assets.runtime.supervisor import Supervisor
+
     settings = _settings()
     supervisor = Supervisor(
         settings, progress=lambda msg: typer.echo(f"[streamrag] {msg}"), with_prometheus=with_prometheus
@@ -406,6 +409,8 @@ def tables_command(
 @app.command("down")
 def down_command() -> None:
     """Stop a running `streamrag up` (and any process of ours it left behind)."""
+    from streamrag_assets.runtime.supervisor import down
+
     settings = _settings()
     try:
         stopped = down(settings)
@@ -419,6 +424,7 @@ def status_command(as_json: bool = typer.Option(False, "--json", help="Machine-r
     """Show each service: state, restarts, address, data size, and for a failing one its last exit and next
     restart. Exit code 0 only when all are up."""
     from streamrag_assets.runtime.disk import space_problem
+    from streamrag_assets.runtime.supervisor import running_supervisor, status
     from streamrag_assets.streaming.checkpoint import pause_request
 
     settings = _settings()

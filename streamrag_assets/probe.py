@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import httpx
 from kafka import KafkaProducer
 
-from streamrag_assets.ingest.events import event_key, try_parse
+from streamrag_assets.ingest.events import PROBE_WIKI, event_key, try_parse
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.metrics import (
     PROBE_LAST_FOUND,
@@ -25,7 +25,6 @@ from streamrag_assets.metrics import (
     TOPIC_HEAD_OFFSET,
 )
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.refine import PROBE_WIKI
 
 log = logging.getLogger(__name__)
 PROBE_DOMAIN = "probe.streamrag.invalid"

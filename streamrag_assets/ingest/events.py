@@ -9,6 +9,11 @@ import orjson
 
 from streamrag_assets.isotime import parse_iso_time
 
+# The canary probe's own events (`streamrag canary`): processed and indexed like any edit, so that the probe measures
+# the whole path, then kept out of user results by the API through their "probe" quality flag. (Wikimedia's own
+# canary events, meta.domain "canary", are dropped in Silver.)
+PROBE_WIKI = "streamrag_probe"
+
 
 def try_parse(raw: str | bytes) -> dict[str, Any] | None:
     try:

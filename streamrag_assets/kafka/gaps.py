@@ -28,10 +28,10 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ def declare(gap: OffsetGap, ledger: GapLedger | None) -> None:
 
 def offset_holes(offsets: pa.Array | pa.ChunkedArray, beginning: int) -> list[Span]:
     """The ranges of ``[beginning, max(offsets)]`` that no offset fills (duplicates allowed)."""
+    import numpy as np  # here, not at the top: the producers import this module and need neither (~45 MiB each)
+
     values = np.unique(np.asarray(offsets.to_numpy(), dtype=np.int64))  # sorted
     values = values[values >= beginning]
     if not len(values):
@@ -157,6 +159,9 @@ def unexplained_holes(
 ) -> dict[int, list[Span]]:
     """Per partition, the offsets from the beginning to Bronze's highest that are neither in Bronze nor explained by
     a declared gap. ``bronze`` needs the topic, partition and offset columns."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     rows = bronze.filter(pc.equal(bronze["topic"].cast(pa.string()), topic)) if len(bronze) else bronze
     found: dict[int, list[Span]] = {}
     for partition in sorted(pc.unique(rows["partition"]).to_pylist()) if len(rows) else []:

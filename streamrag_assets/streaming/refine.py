@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from streamrag_assets.ingest.events import PROBE_WIKI
 from streamrag_assets.isotime import parse_iso_time
 from streamrag_assets.streaming.schemas import DOCUMENT_TYPES, TRANSFORM_VERSION, VALID_TYPES
 
@@ -212,10 +213,6 @@ def _event_time(dt: str) -> datetime:
     return event_time
 
 
-# The canary probe's own events (`streamrag canary`): processed and indexed like any edit, so that the probe measures
-# the whole path, then kept out of user results by the API through their "probe" quality flag. (Wikimedia's own
-# canary events, meta.domain "canary", are dropped in Silver.)
-PROBE_WIKI = "streamrag_probe"
 
 
 def is_canary(event: dict[str, Any]) -> bool:
