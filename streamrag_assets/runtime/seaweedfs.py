@@ -20,15 +20,6 @@ def seaweedfs_ports(settings: Settings) -> dict[str, int]:
     return ports | grpc
 
 
-def filer_config(data_dir: Path) -> str:
-    """The filer's metadata store: SQLite. `weed mini`'s default, LevelDB in 8 shards of 16 MiB write buffers each,
-    grew the process by ~130 MiB within minutes of the broker's writes (a heap profile showed them as the largest
-    allocation). A state directory that already holds that store keeps it (its objects' metadata is there)."""
-    if (data_dir / "filerldb2").exists():
-        return f'[leveldb2]\nenabled = true\ndir = "{data_dir / "filerldb2"}"\n'
-    return f'[leveldb2]\nenabled = false\n[sqlite]\nenabled = true\ndbFile = "{data_dir / "filer.db"}"\n'
-
-
 def seaweedfs_process(settings: Settings) -> ManagedProcess:
     data_dir = settings.state_dir / "s3"
     ports = seaweedfs_ports(settings)
@@ -68,7 +59,6 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
     def prepare() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         (data_dir / "s3-identities.json").write_text(json.dumps(identities))
-        (data_dir / "filer.toml").write_text(filer_config(data_dir))
 
     def ready() -> bool:
         # The filer lists the bucket once `weed mini` has created it; the broker needs the bucket, not just a port.
@@ -82,7 +72,6 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
     return ManagedProcess(
         name="seaweedfs",
         argv=argv,
-        cwd=data_dir,  # where the filer reads its filer.toml
         log_path=settings.state_dir / "logs" / "seaweedfs.log",
         pid_path=settings.state_dir / "run" / "seaweedfs.pid",
         ready=ready,
