@@ -98,8 +98,9 @@ class BrokerRetention:
         return self
 
     def close(self) -> None:
+        """Stop sweeping; returns once a sweep in progress has ended (it removes nothing more once asked to stop)."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.wait(SWEEP_INTERVAL_S):
@@ -116,7 +117,7 @@ class BrokerRetention:
             listing = obstore.list(self.store, records_prefix(self.topic, partition), chunk_size=1000)
             batches = batch_objects(meta for chunk in listing for meta in chunk)
             gone = removable(batches, floor, modified_before)
-            if not gone:
+            if not gone or self._stop.is_set():
                 continue
             obstore.delete(self.store, [batch.path for batch in gone])
             BROKER_BATCHES_REMOVED.inc(len(gone))

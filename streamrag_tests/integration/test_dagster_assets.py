@@ -38,6 +38,9 @@ def platform(stack):
         sensor_interval_s=2,
         freshness_warn_minutes=1.0,  # Dagster's shortest windows
         freshness_fail_minutes=1.25,
+        # The replay test re-reads the topic from offset 0 after the stream has run for minutes: the broker keeps
+        # every record here (retention and what a reprocess below it does: test_offset_gaps.py).
+        broker_retention_s=0,
     )
     fill_topic(settings, EVENTS)
     yield settings

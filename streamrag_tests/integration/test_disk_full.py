@@ -94,6 +94,8 @@ def test_a_full_disk_stops_writes_with_a_clear_error_and_everything_resumes_when
                 "ingest_source": "recording",
                 "ingest_rate": 50.0,
                 "ingest_count": EVENTS,
+                # Reconciled against every record of the topic after minutes: the broker keeps them all here.
+                "broker_retention_s": 0,
                 "source_port": free_port(),
                 "ingest_metrics_port": free_port(),
                 "stream_metrics_port": free_port(),

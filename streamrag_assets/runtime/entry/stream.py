@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 
 from py4j.protocol import Py4JError
@@ -42,15 +43,13 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
     raise_on_signal()  # until the query runs (see `_run_until_stopped`)
-    reporter = heartbeat = retention = None
+    reporter = heartbeat = None
     status = StreamStatus(settings)
     if not available_now and settings.dagster_report_interval_s > 0:
         # Imported here: reporting loads Dagster's instance machinery, which an availableNow run does not need.
         from streamrag_assets.runtime.dagster_reporter import DagsterReporter
 
         reporter = DagsterReporter(settings)
-    if not available_now and settings.embedded_kafka and settings.broker_retention_s > 0:
-        retention = BrokerRetention(settings, floor=lambda: committed_offsets(settings)).start()
 
     def on_batch(result) -> None:
         status.on_batch(result)
@@ -71,19 +70,35 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
             status.query = query
             beat()
             announce(f"[streamrag] streaming {settings.topic} -> Delta tables under {settings.delta_location}")
-            outcome = _run_until_stopped(query, None if available_now else settings, status)
+            with _broker_retention(settings, enabled=not available_now):
+                outcome = _run_until_stopped(query, None if available_now else settings, status)
             if outcome is _Outcome.STOPPED:
                 return
     except Shutdown:  # stopped while the query was starting, or while paused
         return
     finally:
-        for closing in (heartbeat, reporter, retention, status):
+        for closing in (heartbeat, reporter, status):
             if closing is not None:
                 closing.close()
     if outcome is _Outcome.PAUSED:
         _start_afresh()
     if query.exception() is not None:
         raise QueryFailed(f"the streaming query failed: {query.exception()}")
+
+
+@contextmanager
+def _broker_retention(settings: Settings, enabled: bool) -> Iterator[None]:
+    """The embedded broker's retention while this query holds the checkpoints, and only then: its floor is this
+    query's progress, and a bounded run (a reprocess re-reading the topic) takes the checkpoints only after the last
+    sweep has ended."""
+    if not (enabled and settings.embedded_kafka and settings.broker_retention_s > 0):
+        yield
+        return
+    retention = BrokerRetention(settings, floor=lambda: committed_offsets(settings)).start()
+    try:
+        yield
+    finally:
+        retention.close()
 
 
 def _wait_while_paused(settings: Settings, status: StreamStatus, beat: Callable[[], None]) -> None:
