@@ -284,7 +284,8 @@ def _warm_python_worker(spark) -> None:
     """Start Spark's Python worker (reused by the topic's reader) before the query does: the first micro-batch with
     events otherwise paid for it and for its imports (3-5 s here), and began the stream with a backlog."""
     began = time.perf_counter()
-    spark.range(1).mapInArrow(pass_through, "id long").collect()  # the worker imports the reader's module
+    # One partition, one worker: the idle workers of a second partition would stay (~115 MiB) and take turns.
+    spark.range(1, numPartitions=1).mapInArrow(pass_through, "id long").collect()
     log.info("Spark's Python worker ready in %.1f s", time.perf_counter() - began)
 
 

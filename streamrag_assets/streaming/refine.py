@@ -213,8 +213,6 @@ def _event_time(dt: str) -> datetime:
     return event_time
 
 
-
-
 def is_canary(event: dict[str, Any]) -> bool:
     return event.get("domain") == "canary"
 
