@@ -14,6 +14,7 @@ minute; PSS per service at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import psutil
 import uvicorn
 
 from benchmarks.stack_footprint import _read_progress, _tree, services, usage
@@ -143,6 +145,14 @@ def _median(values) -> float:
     return round(statistics.median(list(values)), 3)
 
 
+def _platform(settings, up_pid: int) -> dict[str, list[psutil.Process]]:
+    """Each service's processes, and the supervisor (`streamrag up`) on its own: all of it is what a user runs."""
+    processes = {name: _tree(pid) for name, pid in services(settings.state_dir).items()}
+    with contextlib.suppress(psutil.NoSuchProcess):
+        processes["supervisor"] = [psutil.Process(up_pid)]
+    return processes
+
+
 def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict:
     home = scratch_dir(f"streamrag-e2e-{int(rate)}-")
     port = free_port()
@@ -171,13 +181,13 @@ def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict
         last: dict[str, float] = {}
         for minute in range(minutes):
             time.sleep(max(0.0, began + 60 * (minute + 1) - time.monotonic()))
-            now = {name: usage(_tree(pid))["cpu_s"] for name, pid in services(settings.state_dir).items()}
+            now = {name: usage(procs)["cpu_s"] for name, procs in _platform(settings, up.pid).items()}
             cpu_by_minute.append({name: round(cpu - last.get(name, 0.0), 1) for name, cpu in sorted(now.items())})
             last = now
             print(f"[{rate:g}/s] minute {minute + 1}: {per_minute(markers, began_wall, minute + 1)[-1]}", flush=True)
         time.sleep(5)  # the last minute's markers get a few seconds more
         result["pss_mib"] = {
-            name: round(usage(_tree(pid))["pss_mib"]) for name, pid in sorted(services(settings.state_dir).items())
+            name: round(usage(procs)["pss_mib"]) for name, procs in sorted(_platform(settings, up.pid).items())
         }
         result["pss_mib_total"] = sum(result["pss_mib"].values())
     finally:
@@ -193,6 +203,12 @@ def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict
     for row, cpu in zip(rows, cpu_by_minute, strict=True):
         row["cpu_s"] = cpu
     result["minutes"] = rows
+    # Markers sent within the run's minutes that no /search ever returned, with when they were sent (seconds since
+    # `up` started): to look for them in the kept state (`--keep-state`).
+    end = began_wall + 60 * minutes
+    result["never_found"] = {
+        t: round(at - began_wall, 1) for t, at in markers.sent.items() if at < end and t not in markers.found
+    }
     result["up_s"] = events.get("up_s")
     real_time = next((r["minute"] for r in rows if r.get("p50_s", 1e9) <= REAL_TIME_P50_S and not r["missing"]), None)
     result["real_time_from_s"] = None if real_time is None else 60 * (real_time - 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -72,6 +73,10 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
     return ManagedProcess(
         name="seaweedfs",
         argv=argv,
+        # Go's collector lets the heap grow to twice what is live before it runs; half that (GOGC=50) kept SeaweedFS
+        # at ~260 instead of ~410 MiB at 50 events/s with no CPU measured on top (a memory limit instead made the
+        # collector run without pause). A GOGC in the environment is kept.
+        env={"GOGC": os.environ.get("GOGC", "50")},
         log_path=settings.state_dir / "logs" / "seaweedfs.log",
         pid_path=settings.state_dir / "run" / "seaweedfs.pid",
         ready=ready,

@@ -5,12 +5,12 @@ pyspark wheel installs (``bin/spark-class`` runs the deploy classes). `up` start
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 import httpx
-import pyspark
 
 from streamrag_assets.runtime.process import ManagedProcess, PortClaim, http_answers
 from streamrag_assets.settings import Settings
@@ -20,7 +20,8 @@ WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 
 
 def spark_home() -> Path:
-    return Path(pyspark.__file__).parent
+    # Found, not imported: the supervisor would carry pyspark's modules (~20 MiB) for one path.
+    return Path(importlib.util.find_spec("pyspark").origin).parent
 
 
 def _env(settings: Settings) -> dict[str, str]:

@@ -36,6 +36,7 @@ from streamrag_assets.runtime.broker import broker_process
 from streamrag_assets.runtime.dagster import dagster_code_process, dagster_daemon_process, dagster_webserver_process
 from streamrag_assets.runtime.disk import space_problem
 from streamrag_assets.runtime.ingest import ingest_process
+from streamrag_assets.runtime.logs import rotate_if_large
 from streamrag_assets.runtime.observability import probe_process, prometheus_process
 from streamrag_assets.runtime.postgres import postgres_process
 from streamrag_assets.runtime.process import (
@@ -255,6 +256,7 @@ class Supervisor:
     hung_after_s: float = 30.0
     stable_after_s: float = 60.0
     crashing_after: int = 3
+    log_check_s: float = 30.0
 
     def __post_init__(self) -> None:
         self.stack: list[ManagedProcess] = []
@@ -267,6 +269,7 @@ class Supervisor:
         self._metrics_server: WSGIServer | None = None
         self._written = ""
         self._space_checked = -1e9
+        self._logs_checked = -1e9
 
     def request_stop(self, *_: object) -> None:
         self._stop = True
@@ -338,7 +341,21 @@ class Supervisor:
                     log.exception("supervising %s failed; carrying on", proc.name)
             self._write_state()
             self._check_space()
+            self._rotate_logs()
             time.sleep(poll_s)
+
+    def _rotate_logs(self) -> None:
+        """Keep each service's log near `Settings.log_max_mb`, looked at every ``log_check_s`` (`runtime.logs`)."""
+        now = time.monotonic()
+        if not self.settings.log_max_mb or now - self._logs_checked < self.log_check_s:
+            return
+        self._logs_checked = now
+        for proc in self.stack:
+            try:
+                if rotate_if_large(proc.log_path, int(self.settings.log_max_mb * 2**20), self.settings.log_keep):
+                    log.info("rotated %s's log (%s.1 holds the previous lines)", proc.name, proc.log_path.name)
+            except OSError as exc:  # a full disk, say: the log goes on growing until there is room
+                log.warning("could not rotate %s: %s", proc.log_path, exc)
 
     def _check_space(self, every_s: float = 60.0) -> None:
         """Say so, once a minute, while the state directory's disk is full: every writer fails then."""

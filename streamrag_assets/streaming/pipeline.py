@@ -308,7 +308,7 @@ def start_query(
         # The index side (migrations, the model's load and warm-up, catching up) gets ready on a thread while
         # the JVM starts: neither needs the other, and each takes seconds.
         batch_ready = setup.submit(MedallionBatch, settings, epoch, on_batch, asynchronous=not available_now)
-        spark = get_spark(settings)
+        spark = get_spark(settings, continuous=not available_now)
         listen_to_triggers(spark, SLOW_BATCH_S)
         if not available_now:
             _warm_python_worker(spark)

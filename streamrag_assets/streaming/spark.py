@@ -14,7 +14,11 @@ from streamrag_assets.streaming.spark_internals import jvm
 QUIET_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"
 
 
-def spark_conf(settings: Settings) -> dict[str, str]:
+def spark_conf(settings: Settings, continuous: bool = False) -> dict[str, str]:
+    """Spark's configuration; ``continuous``: for the process that runs the continuous query."""
+    java_options = settings.spark_driver_java_options
+    if continuous:
+        java_options = f"{java_options} {settings.stream_driver_java_options}".strip()
     return {
         # 200 shuffle partitions make every micro-batch take seconds on two cores.
         "spark.sql.shuffle.partitions": str(settings.spark_tasks),
@@ -25,7 +29,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.memory": "2g",
-        "spark.driver.extraJavaOptions": settings.spark_driver_java_options,
+        "spark.driver.extraJavaOptions": java_options,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.python.worker.reuse": "true",
         "spark.sql.streaming.stateStore.providerClass": (
@@ -48,7 +52,7 @@ def spark_conf(settings: Settings) -> dict[str, str]:
     }
 
 
-def session_conf(settings: Settings) -> dict[str, str]:
+def session_conf(settings: Settings, continuous: bool = False) -> dict[str, str]:
     """Everything a session needs, master and name included (what dagster-pyspark's resource is given)."""
     return {
         "spark.master": settings.spark_master_url,
@@ -56,7 +60,7 @@ def session_conf(settings: Settings) -> dict[str, str]:
         # Python workers run this venv's interpreter even when a session is made before our environment is set.
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
-    } | spark_conf(settings)
+    } | spark_conf(settings, continuous)
 
 
 def prepare_environment(settings: Settings) -> None:
@@ -67,13 +71,14 @@ def prepare_environment(settings: Settings) -> None:
     (settings.state_dir / "spark" / "tmp").mkdir(parents=True, exist_ok=True)
 
 
-def get_spark(settings: Settings | None = None) -> SparkSession:
+def get_spark(settings: Settings | None = None, continuous: bool = False) -> SparkSession:
     """The process's Spark session (start-up costs 7-15 s here, so it is made once and reused; a session made
-    earlier, e.g. by dagster-pyspark's resource, is the one returned)."""
+    earlier, e.g. by dagster-pyspark's resource, is the one returned). ``continuous``: the session is made for the
+    continuous query (its JVM options, when it is the first)."""
     settings = settings or get_settings()
     prepare_environment(settings)
     builder = SparkSession.builder
-    for key, value in session_conf(settings).items():
+    for key, value in session_conf(settings, continuous).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

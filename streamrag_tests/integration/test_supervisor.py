@@ -212,3 +212,34 @@ def test_a_failure_at_first_start_stops_what_was_started_and_raises(state_home: 
 def test_the_embedded_servers_liveness_probes_answer(stack) -> None:
     for proc in stack.processes:  # Tansu's ApiVersions answer, Postgres `select 1`, the SeaweedFS filer
         assert proc.is_live(), proc.name
+
+
+def test_a_chatty_service_log_is_rotated_while_it_keeps_writing(state_home: Path) -> None:
+    """A service that logs without pause: its log is copied aside and emptied at the size limit, the service's next
+    lines land at the start of the emptied file (no hole where the old end was), and only `log_keep` copies stay."""
+    settings = isolated_settings(state_home, log_max_mb=0.25, log_keep=2)
+    line = "x" * 1000
+    chatty = _python(
+        settings,
+        "probe",
+        f"import itertools, sys, time\nfor n in itertools.count():\n    print(n, '{line}', flush=True)\n"
+        "    time.sleep(0.0005)",
+    )
+    log_path = chatty.log_path
+    with supervising(Supervisor(settings, progress=lambda _: None, services=[chatty], **FAST | {"log_check_s": 0.2})):
+        _wait_for(lambda: log_path.with_name("probe.log.2").exists(), 30, "two rotations")
+        time.sleep(0.5)
+    copies = sorted(p.name for p in log_path.parent.glob("probe.log*"))
+    assert copies == ["probe.log", "probe.log.1", "probe.log.2"]
+
+    def numbers(path: Path) -> list[int]:
+        data = path.read_bytes()
+        assert not data.startswith(b"\0"), f"{path.name} begins with a hole: the writer kept its old offset"
+        return [int(text.split()[0]) for text in data.decode().splitlines() if text.endswith(line)]
+
+    older, old, live = (numbers(log_path.with_name(n)) for n in ("probe.log.2", "probe.log.1", "probe.log"))
+    for lines in (older, old, live):
+        assert lines == sorted(lines) and lines, "each file holds a run of consecutive lines, in order"
+    assert older[-1] < old[0] and old[-1] < live[0], "newest lines in probe.log, then .1, then .2"
+    # Each copy holds what was written between two looks: about the limit, not the whole history.
+    assert all(log_path.with_name(n).stat().st_size < 4 * 2**20 for n in ("probe.log.1", "probe.log.2"))
