@@ -74,7 +74,7 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         name="seaweedfs",
         argv=argv,
         # Go's collector lets the heap grow to twice what is live before it runs; half that (GOGC=50) kept SeaweedFS
-        # at ~260 instead of ~410 MiB at 50 events/s with no CPU measured on top (a memory limit instead made the
+        # at 260-320 instead of ~410 MiB at 20-50 events/s with no CPU measured on top (a memory limit instead made the
         # collector run without pause). A GOGC in the environment is kept.
         env={"GOGC": os.environ.get("GOGC", "50")},
         log_path=settings.state_dir / "logs" / "seaweedfs.log",

@@ -239,7 +239,7 @@ def test_a_chatty_service_log_is_rotated_while_it_keeps_writing(state_home: Path
 
     older, old, live = (numbers(log_path.with_name(n)) for n in ("probe.log.2", "probe.log.1", "probe.log"))
     for lines in (older, old, live):
-        assert lines == sorted(lines) and lines, "each file holds a run of consecutive lines, in order"
+        assert lines == sorted(lines) and lines, "each file holds a run of lines, in order"
     assert older[-1] < old[0] and old[-1] < live[0], "newest lines in probe.log, then .1, then .2"
     # Each copy holds what was written between two looks: about the limit, not the whole history.
     assert all(log_path.with_name(n).stat().st_size < 4 * 2**20 for n in ("probe.log.1", "probe.log.2"))
