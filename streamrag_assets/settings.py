@@ -196,6 +196,14 @@ class Settings(BaseSettings):
         "copies it to <name>.log.1 and empties it, so the service keeps writing.",
     )
     log_keep: int = Field(3, ge=0, description="Rotated copies kept of each service's log (<name>.log.1 is newest).")
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description="MALLOC_ARENA_MAX for every service `up` starts (0: glibc's default, 8 per core). The JVM and "
+        "the Python services run tens to hundreds of threads, and glibc gives threads their own arenas that keep "
+        "freed memory: two arenas took ~115 MiB PSS off the platform at 50 events/s (stream -60, API -40). A "
+        "MALLOC_ARENA_MAX already in the environment wins.",
+    )
 
     # --- ingest (SSE -> Kafka) ----------------------------------------------------------------------------
     ingest_source: Literal["wikimedia", "recording", "synthetic"] = Field(

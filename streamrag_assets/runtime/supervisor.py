@@ -79,6 +79,8 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
     if with_prometheus:
         stack.append(prometheus_process(settings))
     env = settings.to_env()
+    if settings.malloc_arena_max and "MALLOC_ARENA_MAX" not in os.environ:
+        env["MALLOC_ARENA_MAX"] = str(settings.malloc_arena_max)
     for proc in stack:
         proc.env = {**env, **proc.env}
     return stack

@@ -75,6 +75,10 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
         assert {r["name"] for r in rows} == set(EMBEDDED_SERVICES)
         assert all(r["up"] for r in rows), rows
         assert next(r for r in rows if r["name"] == "postgres")["data_bytes"] > 1_000_000
+        # Every service runs with glibc's malloc arenas bounded (STREAMRAG_MALLOC_ARENA_MAX, default 2).
+        for row in rows:
+            environ = Path(f"/proc/{row['pid']}/environ").read_bytes().split(b"\0")
+            assert b"MALLOC_ARENA_MAX=2" in environ, row["name"]
 
         # `up` ingests: the recording source's events reach the raw topic.
         deadline = time.monotonic() + 60
