@@ -122,3 +122,15 @@ class IndexProgress(Base):
     stream: Mapped[str] = mapped_column(String, primary_key=True)
     batch_key: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class StreamReport(Base):
+    """The continuous query's writes since its last report, as runless asset materializations to be (``events``:
+    `streaming.reports`). The stream writes a row every ``dagster_report_interval_s``; a sensor in the Dagster code
+    location reports them and removes them (`defs/medallion/sensors.py`): the stream's process never loads Dagster."""
+
+    __tablename__ = "stream_reports"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    events: Mapped[list] = mapped_column(JSONB)

@@ -181,7 +181,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 
 def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(materialized, env) -> None:
-    from streamrag_assets.runtime.dagster_reporter import DagsterReporter
+    from streamrag_assets.documents.reports import StreamReporter
     from streamrag_assets.streaming.batch_result import HOUR_KEY_FORMAT, BatchResult
     from streamrag_assets.streaming.checkpoint import checkpoint_lock
 
@@ -198,9 +198,10 @@ def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(m
         harness.wait_until(condition, what, timeout_s, lambda: f"received {_Receiver.received}")
 
     def report_fresh_gold() -> None:
-        reporter = DagsterReporter(settings.model_copy(update={"dagster_report_interval_s": 3600}))
+        """What the continuous query's process does: its summary goes through Postgres to the stream_reports sensor."""
+        reporter = StreamReporter(settings.app_database_url, interval_s=3600)
         hour = datetime.now(UTC).strftime(HOUR_KEY_FORMAT)
-        reporter.add(BatchResult(1, {"bronze": 1, "gold": 1}, {}, {0: 1}, {}, 0.1, gold_hours={hour: 1}))
+        reporter.add(BatchResult(1, {"bronze": 1, "gold": 1}, {"bad_json": 2}, {0: 1}, {}, 0.1, gold_hours={hour: 1}))
         reporter.close()
 
     with checkpoint_lock(settings):  # the Kafka sensor must not launch Spark runs meanwhile
@@ -217,6 +218,15 @@ def test_freshness_alerts_reach_a_webhook_when_a_table_goes_stale_and_recovers(m
             server.shutdown()
     recovered = next(m for m in _Receiver.received if m["asset"] == "gold_documents" and m["state"] == "PASS")
     assert "recovered" in recovered["text"] and recovered["previous_state"] == "FAIL"
+    # The report arrived whole: the offsets reached and the quarantine's reasons, as JSON metadata of the tables.
+    instance = dg.DagsterInstance.get()
+    assert _metadata(instance, BRONZE)["next_offsets"] == {"0": 1}
+    assert _metadata(instance, QUARANTINE)["reasons"] == {"bad_json": 2}
+    assert _metadata(instance, BRONZE)["source"] == "continuous query"
+    engine = create_engine(settings.app_database_url)
+    with engine.connect() as conn:  # what the sensor reported is removed (the last tick's reports at its next)
+        assert conn.execute(text("SELECT count(*) FROM stream_reports")).scalar_one() <= 1
+    engine.dispose()
 
 
 def _lose_documents(env, fraction: int = 3) -> tuple[set[str], set[str]]:

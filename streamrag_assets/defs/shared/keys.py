@@ -2,12 +2,14 @@
 
 import dagster as dg
 
+from streamrag_assets.streaming import reports
+
 TOPIC = dg.AssetKey("wikimedia_recentchange")
-BRONZE = dg.AssetKey("bronze_events")
-SILVER = dg.AssetKey("silver_events")
-QUARANTINE = dg.AssetKey("silver_quarantine")
-GOLD = dg.AssetKey("gold_documents")
-EMBEDDINGS = dg.AssetKey("document_embeddings")
+BRONZE = dg.AssetKey(reports.BRONZE)
+SILVER = dg.AssetKey(reports.SILVER)
+QUARANTINE = dg.AssetKey(reports.QUARANTINE)
+GOLD = dg.AssetKey(reports.GOLD)
+EMBEDDINGS = dg.AssetKey(reports.EMBEDDINGS)
 
 TABLES = (BRONZE, SILVER, QUARANTINE, GOLD, EMBEDDINGS)
 

@@ -15,6 +15,7 @@ from py4j.protocol import Py4JError
 from pyspark.sql.streaming import StreamingQuery
 
 from streamrag_assets.documents.heartbeat import STREAM, HeartbeatThread
+from streamrag_assets.documents.reports import StreamReporter
 from streamrag_assets.kafka.retention import BrokerRetention
 from streamrag_assets.metrics import STREAM_PAUSED
 from streamrag_assets.runtime.signals import Shutdown, note_on_signal, raise_on_signal, serve_metrics, stopping
@@ -46,10 +47,7 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
     reporter = heartbeat = None
     status = StreamStatus(settings)
     if not available_now and settings.dagster_report_interval_s > 0:
-        # Imported here: reporting loads Dagster's instance machinery, which an availableNow run does not need.
-        from streamrag_assets.runtime.dagster_reporter import DagsterReporter
-
-        reporter = DagsterReporter(settings)
+        reporter = StreamReporter(settings.app_database_url, settings.dagster_report_interval_s)
 
     def on_batch(result) -> None:
         status.on_batch(result)
