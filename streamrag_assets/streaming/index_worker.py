@@ -124,8 +124,8 @@ class IndexWorker:
         behind: int | None = None,
     ):
         """``index_part(rows, progress, written)`` indexes rows in one transaction that records batch key
-        ``progress`` (None: none), after ``written.wait()``; ``finish`` is called once per batch, when all of it is
-        indexed."""
+        ``progress`` (None: none), before or after the batch's tables are written (``written``); ``finish`` is
+        called once per batch, when all of it is indexed and its tables are written."""
         self._index_part = index_part
         self._finish = finish
         self._recover = recover
@@ -209,8 +209,8 @@ class IndexWorker:
         try:
             if part.rows:
                 batch.outcome.add(self._index_part(part.rows, progress, batch.written))
-            else:
-                batch.written.wait()
+            # Done once its tables are written too: its report names their versions, and a failed write stops here.
+            batch.written.wait()
         except Exception as exc:
             if not database_unavailable(exc):
                 raise

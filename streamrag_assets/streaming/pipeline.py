@@ -209,7 +209,7 @@ class MedallionBatch:
         rows = layers.gold.to_pylist() if self.index is not None else []
         written = WriteGate()
         if self.worker is not None:
-            # The index thread embeds while the tables are written, and writes to Postgres once they are.
+            # The index thread embeds and writes to Postgres while the tables are written (`_index_part`).
             with _phase(phases, "queue"):  # waiting only when the index is `MAX_PENDING_ROWS` behind
                 self.worker.submit(result, rows, written)
         try:
@@ -240,10 +240,15 @@ class MedallionBatch:
         result.record_index(outcome, result.phases["index"])
 
     def _index_part(self, rows: list[dict], progress_key: int | None, written: WriteGate) -> IndexResult:
-        """One index transaction of the `IndexWorker`, after the batch's Delta writes (``written``)."""
+        """One index transaction of the `IndexWorker`, as soon as its documents are embedded, while the batch's
+        Delta writes go on (the worker waits for them, ``written``, before the batch counts as done): an edit is
+        searchable ~0.1 s sooner (the three appends take ~0.1 s, embedding a live batch ~0.03 s on AVX-512).
+        Exactly once all the same: Spark re-runs a batch whose tables were not committed before a crash, and its
+        upserts then find the documents unchanged (a recorded progress ahead of Gold only skips what the re-run
+        indexes anyway)."""
         assert self.index is not None
         progress = None if progress_key is None else (self.progress_name, progress_key)
-        return self.index.index(rows, progress=progress, before_write=written.wait)
+        return self.index.index(rows, progress=progress)
 
     def _finish(self, result: BatchResult) -> None:
         # A slow batch says where its time went (refine includes reading the topic).
