@@ -333,6 +333,14 @@ class Settings(BaseSettings):
         6, ge=1, description="The hourly schedule reconciles this many trailing hours of Gold and pgvector."
     )
     backfill_cron: str = Field("10 * * * *", description="When the trailing-window backfill runs (cron, UTC).")
+    dagster_history_days: float = Field(
+        7.0,
+        ge=0,
+        description="Dagster keeps finished runs and the stream's runless table reports this many days (the newest "
+        "report of each table and partition always); the prune_dagster_history schedule removes older ones (0: keep "
+        "everything). The stream reports ~5 events every 15 s and the hourly backfill makes 24 runs a day.",
+    )
+    dagster_prune_cron: str = Field("40 3 * * *", description="When the Dagster history is pruned (cron, UTC).")
     ingest_metrics_port: int = Field(9108, description="Prometheus metrics of the ingest process (0 = off).")
     probe_interval_s: float = Field(10.0, gt=0, description="How often the freshness probe injects a marked event.")
     probe_timeout_s: float = Field(120.0, gt=0, description="A probe event not searchable by then counts as missing.")

@@ -564,3 +564,31 @@ def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_aft
         daemon.stop()
         webserver.stop()
         code.stop()
+
+
+def test_pruning_dagster_history_keeps_each_tables_newest_report_and_no_finished_run(materialized, env) -> None:
+    """Last in the module: it deletes the runs the tests above read. Nothing of Dagster's grows forever: finished
+    runs and runless reports older than the history to keep go; the newest report of each table stays."""
+    from streamrag_assets.defs.operations.jobs import prune_dagster_history_job
+    from streamrag_assets.operations.dagster_history import FINISHED
+
+    instance = dg.DagsterInstance.get()
+    for rows in (1, 2, 3):  # what the stream_reports sensor makes, every 15 s
+        instance.report_runless_asset_event(dg.AssetMaterialization(BRONZE, metadata={"rows": rows}))
+    finished = [r.dagster_run.run_id for r in instance.get_run_records(dg.RunsFilter(statuses=FINISHED))]
+    assert finished, "the module's runs"
+
+    def runless(key: dg.AssetKey) -> list:
+        return [r for r in instance.fetch_materializations(key, limit=1000).records if r.run_id == ""]
+
+    assert len(runless(BRONZE)) >= 3
+    result = prune_dagster_history_job.execute_in_process(
+        instance=instance, run_config={"ops": {"prune_dagster_history_op": {"config": {"older_than_days": 0}}}}
+    )
+    assert result.success
+    counts = result.output_for_node("prune_dagster_history_op")
+    assert counts["runs"] >= len(finished) and counts["runless_events"] >= 2
+    assert [run_id for run_id in finished if instance.get_run_by_id(run_id) is not None] == []
+    assert len(runless(BRONZE)) == 1 and _metadata(instance, BRONZE)["rows"] == 3
+    for key in (SILVER, QUARANTINE):  # reported by the freshness test's stream summaries, when it ran before
+        assert len(runless(key)) <= 1

@@ -93,3 +93,39 @@ def reprocess_topic_job():
 @dg.job(description="Re-embed a time range of Gold documents into pgvector.")
 def reembed_job():
     reembed_op()
+
+
+class PruneHistoryConfig(dg.Config):
+    older_than_days: float | None = Field(
+        None, description="Remove what is older than this many days (default: STREAMRAG_DAGSTER_HISTORY_DAYS)."
+    )
+
+
+@dg.op(description="Remove finished runs and the stream's runless table reports older than the history to keep.")
+def prune_dagster_history_op(context: dg.OpExecutionContext, config: PruneHistoryConfig) -> dict:
+    from datetime import UTC, datetime, timedelta
+
+    from streamrag_assets.operations.dagster_history import prune
+
+    days = get_settings().dagster_history_days if config.older_than_days is None else config.older_than_days
+    if days <= 0 and config.older_than_days is None:
+        context.log.info("STREAMRAG_DAGSTER_HISTORY_DAYS is 0: everything is kept")
+        return {"runs": 0, "runless_events": 0}
+    counts = prune(context.instance, datetime.now(UTC) - timedelta(days=days), context.log.info)
+    context.add_output_metadata(counts)
+    return counts
+
+
+@dg.job(description="Keeps Dagster's history to STREAMRAG_DAGSTER_HISTORY_DAYS (runs, the stream's table reports).")
+def prune_dagster_history_job():
+    prune_dagster_history_op()
+
+
+prune_dagster_history = dg.ScheduleDefinition(
+    name="prune_dagster_history",
+    job=prune_dagster_history_job,
+    cron_schedule=get_settings().dagster_prune_cron,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every day: finished runs and runless table reports older than STREAMRAG_DAGSTER_HISTORY_DAYS go.",
+)
