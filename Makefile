@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog clean
+.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -57,6 +57,12 @@ bench-stack: install
 # minute, real-time second, CPU per service per minute, PSS per service; 20 and 50 events/s (~22 minutes).
 bench-e2e: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.e2e $(ARGS)
+
+# The whole platform for two hours at 50 events/s after a backlog of 60,000 events (about 20 minutes of the stream
+# at that rate, served at once to age the tables), sampled every 10 minutes: sent -> searchable, /search latency,
+# PSS per service and disk per state folder. Override with ARGS, e.g. ARGS="--minutes 30".
+soak: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.e2e --rates 50 --minutes 120 --backlog 60000 --sample-every 10 $(ARGS)
 
 # A backlog of 10,000 events, then the stream: when its first and its last documents are searchable (~3 minutes).
 bench-backlog: install

@@ -52,6 +52,7 @@ class Markers:
         self.sent: dict[str, float] = {}
         self.found: dict[str, float] = {}
         self.stamps: dict[str, tuple[float, float]] = {}  # token -> (ingested_at, indexed_at) of the hit
+        self.searches: list[tuple[float, float]] = []  # (when, seconds) of each answered /search
         self.lock = threading.Lock()
 
     def event(self, seq: int) -> str:
@@ -75,9 +76,11 @@ class Markers:
             return [t for t in self.sent if t not in self.found]
 
 
-def serve(markers: Markers, rate: float, port: int) -> uvicorn.Server:
+def serve(markers: Markers, rate: float, port: int, backlog: int = 0) -> uvicorn.Server:
     server = uvicorn.Server(
-        uvicorn.Config(create_app(markers.event, rate), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(
+            create_app(markers.event, rate, backlog=backlog), host="127.0.0.1", port=port, log_level="warning"
+        )
     )
     threading.Thread(target=server.run, daemon=True).start()
     while not server.started:
@@ -90,9 +93,12 @@ def poll(api_url: str, markers: Markers, stop: threading.Event) -> None:
         while not stop.is_set():
             for token in markers.pending():
                 try:
+                    asked = time.perf_counter()
                     response = client.post("/search", json={"query": token, "mode": "keyword", "top_k": 3})
                 except httpx.HTTPError:
                     break  # the API is not up yet
+                if response.status_code == 200:
+                    markers.searches.append((time.time(), time.perf_counter() - asked))
                 hit = _hit(response, token)
                 if hit is not None:
                     with markers.lock:
@@ -163,18 +169,49 @@ def _platform(settings, up_pid: int) -> dict[str, list[psutil.Process]]:
     return processes
 
 
-def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict:
+def disk_mib(state_dir: Path) -> dict[str, float]:
+    """MiB on disk per top-level folder of the state directory (postgres, delta, s3 = the broker's objects, ...)."""
+    out = {}
+    for folder in sorted(p for p in state_dir.iterdir() if p.is_dir()):
+        total = 0
+        for path in folder.rglob("*"):
+            with contextlib.suppress(OSError):
+                if path.is_file() and not path.is_symlink():
+                    total += path.stat().st_blocks * 512
+        out[folder.name] = round(total / 2**20, 1)
+    return out
+
+
+def window(markers: Markers, since: float, until: float) -> dict:
+    """Sent -> searchable of the markers sent in [since, until), and the /search calls' own latency in it."""
+    delays = [markers.found[t] - at for t, at in markers.sent.items() if since <= at < until and t in markers.found]
+    searches = [s for when, s in markers.searches if since <= when < until]
+    out: dict = {}
+    if delays:
+        out |= {"p50_s": _median(delays), "p95_s": round(_percentile(delays, 0.95), 3)}
+    if searches:
+        out |= {
+            "search_p50_ms": round(1000 * statistics.median(searches), 1),
+            "search_p95_ms": round(1000 * _percentile(searches, 0.95), 1),
+        }
+    return out
+
+
+def run_rate(
+    rate: float, minutes: int, marker_every: float, keep: bool, backlog: int = 0, sample_every: int = 0
+) -> dict:
     home = scratch_dir(f"streamrag-e2e-{int(rate)}-")
     port = free_port()
     settings = isolated_settings(
         home / ".streamrag", ingest_source="wikimedia", wikimedia_url=f"http://127.0.0.1:{port}{STREAM_PATH}"
     )
     markers = Markers(rate, marker_every)
-    server = serve(markers, rate, port)
+    server = serve(markers, rate, port, backlog)
     lines: list[str] = []
     events: dict[str, float] = {}
     cpu_by_minute: list[dict[str, float]] = []
-    result: dict = {"rate": rate, "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+    result: dict = {"rate": rate, "backlog": backlog, "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+    samples: list[dict] = []
     began, began_wall = time.monotonic(), time.time()
     up = subprocess.Popen(
         [str(Path(sys.executable).with_name("streamrag")), "up"],
@@ -195,6 +232,15 @@ def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict
             cpu_by_minute.append({name: round(cpu - last.get(name, 0.0), 1) for name, cpu in sorted(now.items())})
             last = now
             print(f"[{rate:g}/s] minute {minute + 1}: {per_minute(markers, began_wall, minute + 1)[-1]}", flush=True)
+            if sample_every and (minute + 1) % sample_every == 0:  # the soak's trend: every `sample_every` minutes
+                since = began_wall + 60 * (minute + 1 - sample_every)
+                pss = {name: round(usage(procs)["pss_mib"]) for name, procs in _platform(settings, up.pid).items()}
+                samples.append(
+                    {"minute": minute + 1}
+                    | window(markers, since, since + 60 * sample_every)
+                    | {"pss_mib": pss, "pss_mib_total": sum(pss.values()), "disk_mib": disk_mib(settings.state_dir)}
+                )
+                print(f"[{rate:g}/s] sample: {samples[-1]}", flush=True)
         time.sleep(5)  # the last minute's markers get a few seconds more
         result["pss_mib"] = {
             name: round(usage(procs)["pss_mib"]) for name, procs in sorted(_platform(settings, up.pid).items())
@@ -213,6 +259,8 @@ def run_rate(rate: float, minutes: int, marker_every: float, keep: bool) -> dict
     for row, cpu in zip(rows, cpu_by_minute, strict=True):
         row["cpu_s"] = cpu
     result["minutes"] = rows
+    if samples:
+        result["samples"] = samples
     # Markers sent within the run's minutes that no /search ever returned, with when they were sent (seconds since
     # `up` started): to look for them in the kept state (`--keep-state`).
     end = began_wall + 60 * minutes
@@ -232,13 +280,24 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=10, help="Minutes per rate, from `up`'s start.")
     parser.add_argument("--marker-every", type=float, default=2.0, help="Seconds between marker edits.")
     parser.add_argument("--keep-state", action="store_true", help="Keep each run's state directory (logs, data).")
+    parser.add_argument(
+        "--backlog", type=int, default=0, help="Events served at once before the paced ones (to age the tables)."
+    )
+    parser.add_argument(
+        "--sample-every",
+        type=int,
+        default=0,
+        help="Every this many minutes also record PSS per service, disk per state folder, and sent -> searchable "
+        "and /search latency over the window (0: PSS at the end only).",
+    )
     args = parser.parse_args()
     cpuinfo = Path("/proc/cpuinfo").read_text()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
     flags = cpuinfo
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')}  {cpu}  {'AVX-512' if 'avx512f' in flags else 'AVX2'}")
     for rate in args.rates:
-        print(json.dumps(run_rate(rate, args.minutes, args.marker_every, args.keep_state), indent=1), flush=True)
+        result = run_rate(rate, args.minutes, args.marker_every, args.keep_state, args.backlog, args.sample_every)
+        print(json.dumps(result, indent=1), flush=True)
 
 
 if __name__ == "__main__":

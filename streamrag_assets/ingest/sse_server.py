@@ -18,7 +18,10 @@ from streamrag_assets.ingest.sources import EventFactory
 STREAM_PATH = "/v2/stream/recentchange"
 
 
-def create_app(factory: EventFactory, rate: float, count: int | None = None) -> FastAPI:
+def create_app(factory: EventFactory, rate: float, count: int | None = None, backlog: int = 0) -> FastAPI:
+    """The SSE endpoint at ``rate`` events/s (0: as fast as the client reads), ``count`` events in all (None: no
+    end); a first connection gets ``backlog`` events at once before the paced ones (what a consumer that was down
+    finds waiting)."""
     app = FastAPI(title="streamrag offline EventStreams")
 
     @app.get("/health")
@@ -30,7 +33,7 @@ def create_app(factory: EventFactory, rate: float, count: int | None = None) -> 
         last = request.headers.get("last-event-id", "")
         start = int(last) + 1 if last.strip().isdigit() else 0
         return StreamingResponse(
-            _frames(factory, start, rate, count),
+            _frames(factory, start, rate, count, backlog if start == 0 else 0),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -43,11 +46,14 @@ def sse_frame(seq: int, data: str) -> str:
     return f"id: {seq}\nevent: message\ndata: {data}\n\n"
 
 
-async def _frames(factory: EventFactory, start: int, rate: float, count: int | None) -> AsyncIterator[bytes]:
+async def _frames(
+    factory: EventFactory, start: int, rate: float, count: int | None, backlog: int = 0
+) -> AsyncIterator[bytes]:
     """Every event that is due goes out in one chunk: cheap at high rates, one event per chunk at low ones."""
     began = time.monotonic()
     seq = start
     last_write = began
+    start += backlog  # due at once; the pace counts from the event after them
     while count is None or seq < count:
         now = time.monotonic()
         due = (count if count is not None else seq + 500) if rate <= 0 else start + int((now - began) * rate) + 1
