@@ -103,11 +103,13 @@ class IndexWorker:
     that arrives while the backlog is embedded waits for one part, not for the backlog. Parts that do not commute
     go in order. Spark may run up to `MAX_PENDING_ROWS` documents ahead; beyond that ``submit`` holds it back.
 
-    **Exactly once.** Spark commits a batch before its documents are indexed, so each index transaction records a
+    **Exactly once.** Spark may commit a batch before its documents are indexed, so each index transaction records a
     batch key (`IndexProgress`) — only the last one below which every part is indexed, so the recorded progress
     never passes a document not yet in Postgres. A stream restarted after a crash indexes the committed Gold batches
     beyond it (`MedallionBatch.catch_up`), in order; parts indexed ahead of their turn are then found unchanged
-    (a lookup, no embedding).
+    (a lookup, no embedding). A part may also be indexed before its batch's tables are written: a batch that never
+    got them written was not committed by Spark, which runs it again after the crash, and its documents are then
+    found unchanged.
 
     **One layer down at a time.** When Postgres is unavailable the worker pauses indexing instead of failing the
     query. Batches go on into Bronze, Silver and Gold; the worker notes the last one whose tables are written and
