@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog soak clean
+.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog bench-scale soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-e2e: install
 # The whole platform for two hours at 50 events/s after a backlog of 60,000 events (about 20 minutes of the stream
 # at that rate, served at once to age the tables), sampled every 10 minutes: sent -> searchable, /search latency,
 # PSS per service and disk per state folder. Override with ARGS, e.g. ARGS="--minutes 30".
+# Search, recall@10 and indexing as the documents table grows to 1M, 5M and 10M documents (hours at 10M).
+bench-scale: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.scale $(ARGS)
+
 soak: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.e2e --rates 50 --minutes 120 --backlog 60000 --sample-every 10 $(ARGS)
 

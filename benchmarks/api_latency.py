@@ -170,6 +170,8 @@ def _vector_literal(vector: np.ndarray) -> str:
 
 
 def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> dict:
+    """Fill the documents table to ``total`` rows (see the module's doc); a table that already holds some (a
+    smaller corpus of the same seed) is grown with further variants, and its HNSW index built again."""
     url = settings.app_database_url
     upgrade(url)
     rng = random.Random(seed)
@@ -204,12 +206,13 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> di
             "SELECT indexdef FROM pg_indexes WHERE tablename = 'documents' AND indexname = 'documents_embedding_hnsw'"
         ).fetchone()[0]
         conn.execute("DROP INDEX documents_embedding_hnsw")
+        existing = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
         began = time.perf_counter()
         with (
             conn.cursor() as cur,
             cur.copy(f"COPY documents ({', '.join(map(_quote, _COPY_COLUMNS))}) FROM STDIN") as copy,
         ):
-            for i in range(total - len(bases)):
+            for i in range(existing - len(bases), total - len(bases)):
                 base = bases[i % len(bases)]
                 row = _variant(base, i, rng, now)
                 vector = stored[base["doc_id"]] + np_rng.normal(0.0, noise, stored[base["doc_id"]].shape)

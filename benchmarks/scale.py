@@ -1,0 +1,226 @@
+"""Benchmark: search and indexing as the documents table grows (issue 26, item 1).
+
+    make bench-scale                                    # 1M, 5M and 10M documents
+    PYTHONPATH=. .venv/bin/python -m benchmarks.scale --sizes 20000 40000 --seconds 10
+
+One embedded Postgres (pgvector) and the API as `up` runs it. For each size, smallest first, the table is grown to
+that many documents and then measured:
+1. corpus (`api_latency.build_corpus`): ``--real-docs`` documents embedded with the real model, the rest variants of
+   them (another title, time, size and ids; vector = normalise(real vector + N(0, ``--noise``) per dimension)), so
+   each real document has a cloud of near neighbours as an edited page does; the HNSW index is built again after
+   each growth (its time is reported).
+2. recall@10 of the vector search the API runs (HNSW, `hnsw.ef_search` as configured) against exact search (the
+   same query with index scans off) over ``--recall-queries`` queries: the question list embedded, and real
+   documents' vectors with fresh noise (a query near one cloud).
+3. /search at 1 and ``--clients`` clients per mode (hybrid, vector, keyword), as `make bench-api` measures it.
+4. indexing while searching: new real documents indexed through `DocumentIndex` (embedding included, batches of 32)
+   for ``--insert-seconds`` while ``--clients`` clients run hybrid /search; documents/s and the search latency.
+5. PSS of Postgres and the API, the table's and its indexes' size on disk, and per million documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import psycopg
+
+from benchmarks.api_latency import (
+    QUESTIONS,
+    _keyword_index_ready,
+    _summary_ms,
+    _vector_literal,
+    build_corpus,
+    run_phase,
+)
+from benchmarks.stack_footprint import _tree, usage
+from streamrag_assets.documents.store import DocumentIndex
+from streamrag_assets.embedding.embedder import get_embedder
+from streamrag_assets.runtime.api import api_process
+from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings, release, scratch_dir
+
+VECTOR_QUERY = "SELECT doc_id FROM documents WHERE NOT deleted ORDER BY embedding <=> %s::vector LIMIT 10"
+
+
+def _conninfo(settings) -> str:
+    return settings.app_database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def query_vectors(settings, count: int, noise: float, seed: int) -> list[str]:
+    """The questions embedded, then real documents' vectors with fresh noise, ``count`` in all."""
+    embedder = get_embedder()
+    vectors = [v for v in embedder.embed(QUESTIONS[:count])]
+    rng = np.random.default_rng(seed + 1)
+    with psycopg.connect(_conninfo(settings)) as conn:
+        real = conn.execute(
+            "SELECT embedding::text FROM documents WHERE doc_id NOT LIKE %s ORDER BY doc_id LIMIT %s",
+            ("%:9_________", max(1, count - len(vectors))),
+        ).fetchall()
+    for (literal,) in real[: count - len(vectors)]:
+        vector = np.asarray(json.loads(literal)) + rng.normal(0.0, noise, 384)
+        vectors.append(vector / np.linalg.norm(vector))
+    return [_vector_literal(np.asarray(v)) for v in vectors]
+
+
+def recall_at_10(settings, queries: list[str]) -> dict:
+    """Mean overlap of the HNSW top 10 with the exact top 10, and each one's latency."""
+    overlaps, approximate_ms, exact_ms = [], [], []
+    with psycopg.connect(_conninfo(settings)) as conn:
+        for query in queries:
+            began = time.perf_counter()
+            found = {row[0] for row in conn.execute(VECTOR_QUERY, (query,))}
+            approximate_ms.append((time.perf_counter() - began) * 1000)
+            with conn.transaction():
+                conn.execute("SET LOCAL enable_indexscan = off")
+                conn.execute("SET LOCAL enable_bitmapscan = off")
+                began = time.perf_counter()
+                exact = {row[0] for row in conn.execute(VECTOR_QUERY, (query,))}
+                exact_ms.append((time.perf_counter() - began) * 1000)
+            overlaps.append(len(found & exact) / max(1, len(exact)))
+        ef_search = conn.execute("SHOW hnsw.ef_search").fetchone()[0]
+    return {
+        "queries": len(queries),
+        "recall_at_10": round(statistics.fmean(overlaps), 4),
+        "recall_min": round(min(overlaps), 2),
+        "hnsw_ef_search": int(ef_search),
+        "hnsw_query_ms": _summary_ms(approximate_ms),
+        "exact_query_ms": _summary_ms(exact_ms),
+    }
+
+
+def search_load(settings, clients: int, warmup_s: float, seconds: float, pids: dict[str, int]) -> dict:
+    """/search per mode at 1 and ``clients`` clients (client-side latency, ms)."""
+    out = {}
+    for mode in ("hybrid", "vector", "keyword"):
+
+        def body(i: int, mode: str = mode) -> dict:
+            return {"query": QUESTIONS[i % len(QUESTIONS)], "top_k": 10, "mode": mode}
+
+        for n in (1, clients):
+            result, _, _, _ = run_phase(settings.api_url, "/search", body, n, warmup_s, seconds, lambda data: {}, pids)
+            out[f"{mode}_{n}_clients"] = {
+                "requests": result["requests"],
+                "errors": result["errors"],
+                "latency_ms": result["latency_ms"],
+            }
+    return out
+
+
+def index_while_searching(settings, clients: int, seconds: float, seed: int, pids: dict[str, int]) -> dict:
+    """New real documents indexed (embedded and written) for ``seconds`` while ``clients`` clients search."""
+    docs = gold_documents(20_000, texts="synthetic")
+    random.Random(seed).shuffle(docs)
+    for n, doc in enumerate(docs):  # not yet in the table: the corpus' real documents are the first ones
+        doc["doc_id"] = f"{doc['doc_id']}:scale{n}"
+    index = DocumentIndex(settings.app_database_url, get_embedder())
+    indexed = 0
+    stop = threading.Event()
+
+    def writer() -> None:
+        nonlocal indexed
+        for start in range(0, len(docs), 32):
+            if stop.is_set():
+                return
+            indexed += index.index(docs[start : start + 32]).upserted
+
+    thread = threading.Thread(target=writer, daemon=True)
+    began = time.perf_counter()
+    thread.start()
+
+    def body(i: int) -> dict:
+        return {"query": QUESTIONS[i % len(QUESTIONS)], "top_k": 10, "mode": "hybrid"}
+
+    result, _, _, _ = run_phase(settings.api_url, "/search", body, clients, 0.0, seconds, lambda data: {}, pids)
+    stop.set()
+    thread.join()
+    elapsed = time.perf_counter() - began
+    index.engine.dispose()
+    return {
+        "documents_indexed": indexed,
+        "documents_per_s": round(indexed / elapsed, 1),
+        "hybrid_search_latency_ms": result["latency_ms"],
+        "search_errors": result["errors"],
+    }
+
+
+def footprint(settings, pids: dict[str, int], documents: int) -> dict:
+    with psycopg.connect(_conninfo(settings)) as conn:
+        table, indexes = conn.execute("SELECT pg_table_size('documents'), pg_indexes_size('documents')").fetchone()
+        database = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    pss = {name: round(usage(_tree(pid))["pss_mib"]) for name, pid in pids.items()}
+    return {
+        "pss_mib": pss,
+        "table_mib": round(table / 2**20),
+        "indexes_mib": round(indexes / 2**20),
+        "database_mib": round(database / 2**20),
+        "database_mib_per_million": round(database / 2**20 / (documents / 1e6)),
+    }
+
+
+def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
+    result: dict = {"size": size, "corpus": build_corpus(settings, size, args.real_docs, args.noise, args.seed)}
+    print(json.dumps(result), flush=True)
+    api = api_process(settings)
+    api.env = {**settings.to_env(), **api.env}
+    began = time.perf_counter()
+    api.start()
+    try:
+        api.wait_ready(600)
+        result["api_start_s"] = round(time.perf_counter() - began, 1)
+        result["keyword_index_ready_s"] = _keyword_index_ready(settings, size, began, timeout_s=3600)
+        pids = {"api": api.proc.pid, "postgres": stack.postgres.proc.pid}
+        result["recall"] = recall_at_10(settings, query_vectors(settings, args.recall_queries, args.noise, args.seed))
+        print(json.dumps({"recall": result["recall"]}), flush=True)
+        result["search"] = search_load(settings, args.clients, args.warmup, args.seconds, pids)
+        print(json.dumps({"search": result["search"]}), flush=True)
+        result["indexing_while_searching"] = index_while_searching(
+            settings, args.clients, args.insert_seconds, args.seed, pids
+        )
+        result["footprint"] = footprint(settings, pids, size)
+    finally:
+        api.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000])
+    parser.add_argument("--real-docs", type=int, default=5000, help="Documents embedded with the real model.")
+    parser.add_argument("--noise", type=float, default=0.015, help="Per-dimension sigma of a variant's vector noise.")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30, help="Measured seconds per mode and client count.")
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--recall-queries", type=int, default=200)
+    parser.add_argument("--insert-seconds", type=float, default=60)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep-state", action="store_true")
+    args = parser.parse_args()
+    home = scratch_dir("streamrag-scale-")
+    settings = isolated_settings(home / ".streamrag")
+    stack = EmbeddedStack(settings)
+    cpu = "AVX-512" if "avx512f" in Path("/proc/cpuinfo").read_text() else "AVX2"
+    results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": cpu, "args": vars(args)}
+    try:
+        stack.start(stack.postgres)  # the API needs Postgres only
+        results["load_avg_start"] = [round(x, 2) for x in os.getloadavg()]
+        results["sizes"] = []
+        for size in sorted(args.sizes):
+            results["sizes"].append(measure(settings, stack, size, args))
+            print(json.dumps(results["sizes"][-1]), flush=True)
+        results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(results, indent=1, ensure_ascii=False))
+    finally:
+        stack.stop_all()
+        release(home, keep=args.keep_state)
+
+
+if __name__ == "__main__":
+    main()
