@@ -9,9 +9,9 @@ that many documents and then measured:
    them (another title, time, size and ids; vector = normalise(real vector + N(0, ``--noise``) per dimension)), so
    each real document has a cloud of near neighbours as an edited page does; the HNSW index is built again after
    each growth (its time is reported).
-2. recall@10 of the vector search the API runs (HNSW, `hnsw.ef_search` as configured) against exact search (the
-   same query with index scans off) over ``--recall-queries`` queries: the question list embedded, and real
-   documents' vectors with fresh noise (a query near one cloud).
+2. recall@10 of the vector search as the API runs it (HNSW with the API's `SEARCH_CONNECT_OPTIONS`: ef_search,
+   iterative scans) against exact search (the same query with index scans off) over ``--recall-queries`` queries:
+   the question list embedded, and real documents' vectors with fresh noise (a query near one cloud).
 3. /search at 1 and ``--clients`` clients per mode (hybrid, vector, keyword), as `make bench-api` measures it.
 4. indexing while searching: new real documents indexed through `DocumentIndex` (embedding included, batches of 32)
    for ``--insert-seconds`` while ``--clients`` clients run hybrid /search; documents/s and the search latency.
@@ -42,6 +42,7 @@ from benchmarks.api_latency import (
     run_phase,
 )
 from benchmarks.stack_footprint import _tree, usage
+from streamrag_api.search import SEARCH_CONNECT_OPTIONS
 from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.api import api_process
@@ -73,7 +74,12 @@ def query_vectors(settings, count: int, noise: float, seed: int) -> list[str]:
 def recall_at_10(settings, queries: list[str]) -> dict:
     """Mean overlap of the HNSW top 10 with the exact top 10, and each one's latency."""
     overlaps, approximate_ms, exact_ms = [], [], []
-    with psycopg.connect(_conninfo(settings)) as conn:
+    # Autocommit: each exact query's SET LOCAL ends with its own transaction (inside one long transaction, a
+    # savepoint's release would keep index scans off for every later query). No prepared statements: a plan made
+    # with index scans on would serve the exact queries too.
+    with psycopg.connect(
+        _conninfo(settings), autocommit=True, prepare_threshold=None, options=SEARCH_CONNECT_OPTIONS
+    ) as conn:
         for query in queries:
             began = time.perf_counter()
             found = {row[0] for row in conn.execute(VECTOR_QUERY, (query,))}
