@@ -48,7 +48,10 @@ from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.api import api_process
 from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings, release, scratch_dir
 
-VECTOR_QUERY = "SELECT doc_id FROM documents WHERE NOT deleted ORDER BY embedding <=> %s::vector LIMIT 10"
+VECTOR_QUERY = (
+    "SELECT doc_id, embedding <=> %(q)s::vector FROM documents WHERE NOT deleted "
+    "ORDER BY embedding <=> %(q)s::vector LIMIT 10"
+)
 
 
 def _conninfo(settings) -> str:
@@ -72,8 +75,11 @@ def query_vectors(settings, count: int, noise: float, seed: int) -> list[str]:
 
 
 def recall_at_10(settings, queries: list[str]) -> dict:
-    """Mean overlap of the HNSW top 10 with the exact top 10, and each one's latency."""
-    overlaps, approximate_ms, exact_ms = [], [], []
+    """Mean overlap of the HNSW top 10 with the exact top 10, and each one's latency. The variants of one real
+    document lie at almost the same distance from a query near it, so which ten of them are "the" exact top 10 is
+    close to a tie; ``recall_at_10_by_distance`` also counts a hit as found when it is no farther than the exact
+    tenth (what a user sees: results as near as the best ones)."""
+    overlaps, by_distance, approximate_ms, exact_ms = [], [], [], []
     # Autocommit: each exact query's SET LOCAL ends with its own transaction (inside one long transaction, a
     # savepoint's release would keep index scans off for every later query). No prepared statements: a plan made
     # with index scans on would serve the exact queries too.
@@ -82,20 +88,24 @@ def recall_at_10(settings, queries: list[str]) -> dict:
     ) as conn:
         for query in queries:
             began = time.perf_counter()
-            found = {row[0] for row in conn.execute(VECTOR_QUERY, (query,))}
+            found = dict(conn.execute(VECTOR_QUERY, {"q": query}).fetchall())
             approximate_ms.append((time.perf_counter() - began) * 1000)
             with conn.transaction():
                 conn.execute("SET LOCAL enable_indexscan = off")
                 conn.execute("SET LOCAL enable_bitmapscan = off")
                 began = time.perf_counter()
-                exact = {row[0] for row in conn.execute(VECTOR_QUERY, (query,))}
+                exact = dict(conn.execute(VECTOR_QUERY, {"q": query}).fetchall())
                 exact_ms.append((time.perf_counter() - began) * 1000)
-            overlaps.append(len(found & exact) / max(1, len(exact)))
+            overlaps.append(len(found.keys() & exact.keys()) / max(1, len(exact)))
+            tenth = max(exact.values(), default=0.0) + 1e-9
+            by_distance.append(min(1.0, sum(1 for d in found.values() if d <= tenth) / max(1, len(exact))))
         ef_search = conn.execute("SHOW hnsw.ef_search").fetchone()[0]
     return {
         "queries": len(queries),
         "recall_at_10": round(statistics.fmean(overlaps), 4),
         "recall_min": round(min(overlaps), 2),
+        "recall_at_10_by_distance": round(statistics.fmean(by_distance), 4),
+        "recall_by_distance_min": round(min(by_distance), 2),
         "hnsw_ef_search": int(ef_search),
         "hnsw_query_ms": _summary_ms(approximate_ms),
         "exact_query_ms": _summary_ms(exact_ms),
