@@ -107,10 +107,12 @@ def prune_dagster_history_op(context: dg.OpExecutionContext, config: PruneHistor
 
     from streamrag_assets.operations.dagster_history import prune
 
-    days = get_settings().dagster_history_days if config.older_than_days is None else config.older_than_days
-    if days <= 0 and config.older_than_days is None:
-        context.log.info("STREAMRAG_DAGSTER_HISTORY_DAYS is 0: everything is kept")
-        return {"runs": 0, "runless_events": 0}
+    days = config.older_than_days
+    if days is None:
+        days = get_settings().dagster_history_days
+        if days <= 0:
+            context.log.info("STREAMRAG_DAGSTER_HISTORY_DAYS is 0: everything is kept")
+            return {"runs": 0, "runless_events": 0}
     counts = prune(context.instance, datetime.now(UTC) - timedelta(days=days), context.log.info)
     context.add_output_metadata(counts)
     return counts
