@@ -169,9 +169,18 @@ def _vector_literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{x:.6f}" for x in vector.tolist()) + "]"
 
 
-def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> dict:
+VARIANT_KINDS = ("copies", "blends")
+
+
+def build_corpus(settings, total: int, real: int, noise: float, seed: int, kind: str = "copies") -> dict:
     """Fill the documents table to ``total`` rows (see the module's doc); a table that already holds some (a
-    smaller corpus of the same seed) is grown with further variants, and its HNSW index built again."""
+    smaller corpus of the same seed) is grown with further variants, and its HNSW index built again.
+
+    ``kind`` is how a variant's vector is made: ``copies``, the real document's vector plus noise (each real document
+    becomes a tight cloud of ``total / real`` near-copies, the harder the more documents); ``blends``, a mix of its
+    real document's vector (weight 0.5-1) and another real document's plus the same noise (variants fill the space
+    between real documents, as edits that share a title with one page and a summary with another do)."""
+    assert kind in VARIANT_KINDS, kind
     url = settings.app_database_url
     upgrade(url)
     rng = random.Random(seed)
@@ -191,7 +200,7 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> di
     embed_s = time.perf_counter() - began
     with index.engine.connect() as conn:
         stored = {
-            doc_id: np.asarray(vector, dtype=np.float64)
+            doc_id: vector.to_numpy().astype(np.float64)
             for doc_id, vector in conn.execute(select(Document.doc_id, Document.embedding)).all()
         }
         model_name = conn.execute(select(Document.model_name).limit(1)).scalar()
@@ -200,7 +209,6 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> di
     assert len(bases) == len(docs), f"{len(bases)} of {len(docs)} real documents stored"
 
     conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    np_rng = np.random.default_rng(seed)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         hnsw_def = conn.execute(
             "SELECT indexdef FROM pg_indexes WHERE tablename = 'documents' AND indexname = 'documents_embedding_hnsw'"
@@ -213,9 +221,17 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> di
             cur.copy(f"COPY documents ({', '.join(map(_quote, _COPY_COLUMNS))}) FROM STDIN") as copy,
         ):
             for i in range(existing - len(bases), total - len(bases)):
+                # Each variant draws from generators of its own (seed, number): a grown table holds the rows a fresh
+                # one of that size would, never a repeat of an earlier variant's vector (one shared generator,
+                # restarted at each growth, made every variant past the first size a copy of one before it).
                 base = bases[i % len(bases)]
-                row = _variant(base, i, rng, now)
-                vector = stored[base["doc_id"]] + np_rng.normal(0.0, noise, stored[base["doc_id"]].shape)
+                row = _variant(base, i, random.Random(f"{seed}:{i}"), now)
+                noise_rng = np.random.default_rng((seed, i))
+                vector = stored[base["doc_id"]] + noise_rng.normal(0.0, noise, stored[base["doc_id"]].shape)
+                if kind == "blends":
+                    weight = noise_rng.uniform(0.5, 1.0)
+                    other = stored[bases[int(noise_rng.integers(len(bases)))]["doc_id"]]
+                    vector = weight * vector + (1 - weight) * other
                 vector /= np.linalg.norm(vector)
                 row |= {"embedding": _vector_literal(vector), "model_name": model_name, "indexed_at": now}
                 copy.write_row([row[c] for c in _COPY_COLUMNS])
@@ -231,7 +247,8 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> di
         spread = conn.execute(
             "SELECT count(DISTINCT wiki), count(DISTINCT lang), count(DISTINCT type), avg(bot::int), "
             "min(event_time), max(event_time), pg_size_pretty(pg_total_relation_size('documents')), "
-            "pg_size_pretty(pg_relation_size('documents_embedding_hnsw')) FROM documents"
+            "pg_size_pretty(pg_relation_size('documents_embedding_hnsw')), count(DISTINCT md5(embedding::text)) "
+            "FROM documents"
         ).fetchone()
         probe = _vector_literal(stored[bases[0]["doc_id"]])
         plan = conn.execute(
@@ -247,10 +264,13 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int) -> di
     if not uses_hnsw:  # expected on a small table only: the planner prefers a sequential scan there
         print(f"warning: the vector query does not use the HNSW index on {count} rows", flush=True)
     assert count == total, f"{count} of {total} documents in the table"
+    repeated_real = len(bases) - len({stored[d["doc_id"]].tobytes() for d in bases})  # the same synthetic text twice
+    assert count - spread[8] == repeated_real, f"{count - spread[8]} of {count} documents repeat another's vector"
     return {
         "documents": count,
         "real_embedded": len(bases),
         "variants": count - len(bases),
+        "variant_kind": kind,
         "noise_sigma": noise,
         "embed_and_index_s": round(embed_s, 1),
         "copy_s": round(copy_s, 1),

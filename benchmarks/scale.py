@@ -6,9 +6,12 @@
 One embedded Postgres (pgvector) and the API as `up` runs it. For each size, smallest first, the table is grown to
 that many documents and then measured:
 1. corpus (`api_latency.build_corpus`): ``--real-docs`` documents embedded with the real model, the rest variants of
-   them (another title, time, size and ids; vector = normalise(real vector + N(0, ``--noise``) per dimension)), so
-   each real document has a cloud of near neighbours as an edited page does; the HNSW index is built again after
-   each growth (its time is reported).
+   them (another title, time, size and ids). A variant's vector (``--variants``): by default a blend of its real
+   document's vector (weight 0.5-1) and another's, plus N(0, ``--noise``) per dimension, normalised — variants fill
+   the space between real documents as edits mixing one page's title with another's summary do; or ``copies``, the
+   real vector plus noise only, which makes each real document a tight cloud of size / real-docs near-copies (a bot
+   run over many alike pages; HNSW's hardest case, reported beside). The HNSW index is built again after each
+   growth (its time is reported).
 2. recall@10 of the vector search as the API runs it (HNSW with the API's `SEARCH_CONNECT_OPTIONS`: ef_search,
    iterative scans) against exact search (the same query with index scans off) over ``--recall-queries`` queries:
    the question list embedded, and real documents' vectors with fresh noise (a query near one cloud).
@@ -35,6 +38,7 @@ import psycopg
 
 from benchmarks.api_latency import (
     QUESTIONS,
+    VARIANT_KINDS,
     _keyword_index_ready,
     _summary_ms,
     _vector_literal,
@@ -182,7 +186,8 @@ def footprint(settings, pids: dict[str, int], documents: int) -> dict:
 
 
 def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
-    result: dict = {"size": size, "corpus": build_corpus(settings, size, args.real_docs, args.noise, args.seed)}
+    corpus = build_corpus(settings, size, args.real_docs, args.noise, args.seed, kind=args.variants)
+    result: dict = {"size": size, "corpus": corpus}
     print(json.dumps(result), flush=True)
     api = api_process(settings)
     api.env = {**settings.to_env(), **api.env}
@@ -211,6 +216,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000])
     parser.add_argument("--real-docs", type=int, default=5000, help="Documents embedded with the real model.")
     parser.add_argument("--noise", type=float, default=0.015, help="Per-dimension sigma of a variant's vector noise.")
+    parser.add_argument(
+        "--variants",
+        choices=VARIANT_KINDS,
+        default="blends",
+        help="How variants' vectors are made: blends of two real documents (default) or copies of one (tight clouds).",
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30, help="Measured seconds per mode and client count.")
     parser.add_argument("--warmup", type=float, default=5)

@@ -276,3 +276,63 @@ def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in
         edits[3]["doc_id"]: False,
         edits[4]["doc_id"]: False,
     }
+
+
+def test_vectors_written_before_halfvec_are_kept_and_found_through_the_new_index(stack) -> None:
+    """Migration 0008 on a table with documents: each keeps its vector (to half precision), the column is halfvec,
+    the HNSW index is built again with its parameters, and a nearest-neighbour query uses it and finds them."""
+    url = fresh_database(stack, "halfvec")
+    upgrade(url, "0007")
+    old = DocumentIndex(url, get_embedder())
+    docs = [_gold(3000 + seq) for seq in range(40)]
+    assert old.apply(docs).upserted == 40
+    with old.engine.connect() as conn:
+        before = {
+            r.doc_id: json.loads(r.v) for r in conn.execute(text("SELECT doc_id, embedding::text AS v FROM documents"))
+        }
+    old.engine.dispose()
+
+    upgrade(url)
+    index = DocumentIndex(url, get_embedder())
+    with index.engine.connect() as conn:
+        kind = conn.execute(
+            text(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'documents'::regclass "
+                "AND attname = 'embedding'"
+            )
+        ).scalar()
+        index_def = conn.execute(
+            text("SELECT indexdef FROM pg_indexes WHERE indexname = 'documents_embedding_hnsw'")
+        ).scalar()
+        after = {
+            r.doc_id: json.loads(r.v) for r in conn.execute(text("SELECT doc_id, embedding::text AS v FROM documents"))
+        }
+        conn.execute(text("SET enable_seqscan = off"))
+        probe = str(before[docs[7]["doc_id"]])
+        plan = "\n".join(
+            conn.execute(
+                text("EXPLAIN SELECT doc_id FROM documents ORDER BY embedding <=> CAST(:v AS vector) LIMIT 3"),
+                {"v": probe},
+            ).scalars()
+        )
+        nearest = dict(
+            conn.execute(
+                text(
+                    "SELECT doc_id, embedding <=> CAST(:v AS vector) FROM documents "
+                    "ORDER BY embedding <=> CAST(:v AS vector) LIMIT 3"
+                ),
+                {"v": probe},
+            ).all()
+        )
+    assert kind == "halfvec(384)"
+    assert "halfvec_cosine_ops" in index_def and "m='24'" in index_def and "ef_construction='96'" in index_def
+    assert after.keys() == before.keys()
+    worst = max(abs(a - b) for doc_id in before for a, b in zip(after[doc_id], before[doc_id], strict=True))
+    assert worst < 1e-3, f"a vector moved by {worst} in the conversion"
+    assert "documents_embedding_hnsw" in plan
+    assert nearest[docs[7]["doc_id"]] < 1e-3, f"the document is not found by its own vector: {nearest}"
+    # A document written after the migration is stored as halfvec and found by its title.
+    fresh = _gold(3100, title="Halfvec Lighthouse of Alexandria")
+    assert index.apply([fresh]).upserted == 1
+    assert _search(index, "Lighthouse of Alexandria", k=1) == [(fresh["doc_id"], fresh["title"])]
+    index.engine.dispose()
