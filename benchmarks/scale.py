@@ -19,6 +19,8 @@ that many documents and then measured:
 4. indexing while searching: new real documents indexed through `DocumentIndex` (embedding included, batches of 32)
    for ``--insert-seconds`` while ``--clients`` clients run hybrid /search; documents/s and the search latency.
 5. PSS of Postgres and the API, the table's and its indexes' size on disk, and per million documents.
+6. at the largest size only, a day of retention: the oldest of the seven days pruned as the daily schedule prunes
+   it, and VACUUM, while ``--clients`` clients run hybrid /search (its latency per 5-s window).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from benchmarks.api_latency import (
 )
 from benchmarks.stack_footprint import _tree, usage
 from streamrag_api.search import SEARCH_CONNECT_OPTIONS
+from streamrag_assets.documents.retention import prune
 from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.api import api_process
@@ -185,6 +188,39 @@ def footprint(settings, pids: dict[str, int], documents: int) -> dict:
     }
 
 
+def retention_day(settings, clients: int, pids: dict[str, int]) -> dict:
+    """The daily retention prune at this size: the oldest of the corpus' seven days deleted as `streamrag`'s
+    schedule deletes it (one statement; the removal log's trigger included), then VACUUM, while ``clients`` run
+    hybrid /search; its time, the rows, and the search latency meanwhile. Rows are gone afterwards: run last."""
+    done = threading.Event()
+    timings: dict = {}
+
+    def prune_then_vacuum() -> None:
+        try:
+            began = time.perf_counter()
+            timings["rows_deleted"] = prune(settings.app_database_url, older_than_days=6)
+            timings["delete_s"] = round(time.perf_counter() - began, 1)
+            with psycopg.connect(_conninfo(settings), autocommit=True) as conn:
+                began = time.perf_counter()
+                conn.execute("VACUUM documents")
+                timings["vacuum_s"] = round(time.perf_counter() - began, 1)
+        finally:
+            done.set()
+
+    def body(i: int) -> dict:
+        return {"query": QUESTIONS[i % len(QUESTIONS)], "top_k": 10, "mode": "hybrid"}
+
+    worker = threading.Thread(target=prune_then_vacuum)
+    began = time.perf_counter()
+    worker.start()
+    windows = []  # hybrid /search in 5-s windows until the prune and its VACUUM are done
+    while not done.is_set():
+        result, _, _, _ = run_phase(settings.api_url, "/search", body, clients, 0.0, 5.0, lambda data: {}, pids)
+        windows.append({k: result["latency_ms"].get(k) for k in ("p50", "p95")} | {"requests": result["requests"]})
+    worker.join()
+    return {**timings, "total_s": round(time.perf_counter() - began, 1), "hybrid_search_ms_per_5s": windows}
+
+
 def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
     corpus = build_corpus(settings, size, args.real_docs, args.noise, args.seed, kind=args.variants)
     result: dict = {"size": size, "corpus": corpus}
@@ -206,6 +242,9 @@ def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
             settings, args.clients, args.insert_seconds, args.seed, pids
         )
         result["footprint"] = footprint(settings, pids, size)
+        if size == max(args.sizes):
+            result["retention_day"] = retention_day(settings, args.clients, pids)
+            print(json.dumps({"retention_day": result["retention_day"]}), flush=True)
     finally:
         api.stop()
     return result

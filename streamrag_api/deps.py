@@ -29,7 +29,9 @@ class Services:
         self.engine = search_engine(self.settings.app_database_url, pool_size=10, max_overflow=10, pool_timeout=5)
         self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
         self.keyword_index = (
-            KeywordIndex(self.engine, self.settings.keyword_refresh_s) if self.settings.keyword_index else None
+            KeywordIndex(self.engine, self.settings.keyword_refresh_s, self.settings.keyword_index_path)
+            if self.settings.keyword_index
+            else None
         )
         self.searcher = Searcher(
             self.engine, self.embedder, self.settings.keyword_rank_window, keyword_index=self.keyword_index

@@ -1,4 +1,4 @@
-"""Keyword retrieval: BM25 over an in-memory tantivy index of the live documents, kept in step with Postgres.
+"""Keyword retrieval: BM25 over a tantivy index of the live documents, kept in step with Postgres.
 
 Postgres stays the one source of truth. A follower thread reads what committed since its last snapshot (each row
 carries the id of the transaction that last wrote it, and deleted rows are logged; see migration 0004), applies it
@@ -12,16 +12,30 @@ Each poll reads the rows written since the oldest transaction still open at the 
 it has applied): a transaction left open elsewhere in the cluster makes every poll re-read what was written since it
 began. Cheap at this platform's write rate; worth knowing if one is ever left idle in a transaction for hours.
 
+Kept on disk (``path``, `Settings.keyword_index_dir`): the index's segments are memory-mapped files - in the page
+cache, which the kernel can reclaim, not the API's heap - and a restarted API resumes from the snapshot it last saved
+(`STATE_FILE`) instead of reading the whole table again (minutes at millions of documents). It reads the table anew
+when the saved state is for another database (`queries.database_identity`) or another schema of the index, or is
+older than the removal log keeps (`retention.REMOVALS_KEPT`). Re-applying changes already in the index is harmless
+(each is a delete and an add by doc_id), so the state is saved after the index commits. Without a path, or when
+another process holds the directory, the index lives in memory and is read anew at each start.
+
 Why not Postgres alone: a question's words are common across edits, and ranking full-text matches in Postgres cost
 10-35 ms of its CPU per question at 100k documents (every match is read to rank it); the index answers the same
 in about a millisecond (measured), with BM25 instead of cover density."""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
 
 import tantivy
 from sqlalchemy.engine import Engine
@@ -29,6 +43,7 @@ from sqlalchemy.exc import DBAPIError
 
 from streamrag_api.schemas import Filters
 from streamrag_assets.documents import queries
+from streamrag_assets.documents.retention import REMOVALS_KEPT
 from streamrag_assets.metrics import (
     KEYWORD_INDEX_CAUGHT_UP,
     KEYWORD_INDEX_CHANGES,
@@ -40,6 +55,13 @@ log = logging.getLogger(__name__)
 
 TOKENIZER = "streamrag"
 MAX_TERMS = 32
+# Raise when `_schema` or `analyzer` change: an index saved with another one is read anew.
+SCHEMA_VERSION = 1
+STATE_FILE = "streamrag-state.json"
+LOCK_FILE = "streamrag.lock"
+# A saved snapshot older than this is not resumed from: the removal log may have lost what was deleted since.
+RESUMABLE_FOR_S = REMOVALS_KEPT.total_seconds() / 2
+STATE_SAVE_IDLE_S = 60.0  # with nothing to apply, the advanced snapshot is saved at most this often
 # Words too common to say anything about relevance; left out of keyword queries (so that an OR of the question's
 # words does not match, and rank, most of the table).
 STOP_WORDS = frozenset(
@@ -150,19 +172,70 @@ def _micros(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000)
 
 
+def _saved_state(path: Path) -> dict | None:
+    try:
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 class KeywordIndex:
-    def __init__(self, engine: Engine, refresh_s: float = 2.0) -> None:
+    def __init__(self, engine: Engine, refresh_s: float = 2.0, path: Path | None = None) -> None:
         self.engine = engine
         self.refresh_s = refresh_s
         self.schema = _schema()
-        self.index = tantivy.Index(self.schema)  # in memory: rebuilt from Postgres when the process starts
         self.analyzer = analyzer()
-        self.index.register_tokenizer(TOKENIZER, analyzer())
-        self.writer = self.index.writer(heap_size=50_000_000, num_threads=1)
+        self.path: Path | None = None  # where the index and its state are kept; None: in memory
+        self._lock: IO | None = None  # the directory's lock file, held while the index writes there
+        self.saved: dict | None = None  # the state saved with the index on disk, until the first refresh
+        self.index, self.writer = self._open(path)
         self.snapshot: str | None = None  # the Postgres snapshot the index reflects
+        self.database: str | None = None  # which database that snapshot is of
+        self._state_saved_at = 0.0
         self._stop = threading.Event()
         self._woken = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _open(self, path: Path | None) -> tuple[tantivy.Index, tantivy.IndexWriter]:
+        if path is not None:
+            try:
+                return self._open_on_disk(path)
+            except (OSError, ValueError) as exc:  # another API holds it, or no disk
+                log.warning("keyword index kept in memory: %s cannot be used (%s)", path, exc)
+                if self._lock is not None:
+                    self._lock.close()
+                    self._lock = None
+        return self._with_writer(tantivy.Index(self.schema))
+
+    def _open_on_disk(self, path: Path) -> tuple[tantivy.Index, tantivy.IndexWriter]:
+        path.mkdir(parents=True, exist_ok=True)
+        # Held for the process' life (the kernel lets go when it dies, even by SIGKILL): one API per directory.
+        lock = (path / LOCK_FILE).open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise OSError("another process is using it") from None
+        self._lock = lock
+        saved = _saved_state(path)
+        if saved is not None and saved.get("schema") == SCHEMA_VERSION:
+            try:
+                opened = self._with_writer(tantivy.Index(self.schema, path=str(path), reuse=True))
+                self.path, self.saved = path, saved
+                return opened
+            except ValueError as exc:
+                log.warning("keyword index at %s cannot be opened (%s); building it again", path, exc)
+        for entry in path.iterdir():  # no state, another schema, or unreadable: start from nothing
+            if entry.name != LOCK_FILE:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        opened = self._with_writer(tantivy.Index(self.schema, path=str(path), reuse=False))
+        self.path = path
+        return opened
+
+    def _with_writer(self, index: tantivy.Index) -> tuple[tantivy.Index, tantivy.IndexWriter]:
+        index.register_tokenizer(TOKENIZER, analyzer())
+        return index, index.writer(heap_size=50_000_000, num_threads=1)
 
     @property
     def ready(self) -> bool:
@@ -179,10 +252,17 @@ class KeywordIndex:
         self._woken.set()
 
     def stop(self) -> None:
+        """Stop following Postgres and let go of the directory (the index still answers searches)."""
         self._stop.set()
         self._woken.set()
         if self._thread is not None:
             self._thread.join(10)
+            if self._thread.is_alive():
+                return  # a refresh still holds the writer
+        if self._lock is not None:
+            self.writer.wait_merging_threads()  # drops the writer and tantivy's lock with it
+            self._lock.close()
+            self._lock = None
 
     def _follow(self) -> None:
         failing = False
@@ -201,7 +281,8 @@ class KeywordIndex:
             self._woken.wait(self.refresh_s)
 
     def refresh(self) -> int:
-        """Apply what committed since the last snapshot (everything, the first time); the changes applied."""
+        """Apply what committed since the last snapshot (everything, the first time, unless the index on disk can
+        resume from its saved one); the changes applied."""
         began = time.perf_counter()
         previous = self.snapshot
         with self.engine.connect() as conn:
@@ -209,7 +290,16 @@ class KeywordIndex:
             try:
                 with conn.begin():
                     snapshot = queries.current_snapshot(conn)
-                    changes = self._rebuild(conn) if previous is None else self._catch_up(conn, previous)
+                    if previous is None:
+                        self.database = queries.database_identity(conn)
+                        resume_from = self._resumable(self.database)
+                        if resume_from is not None:
+                            changes = self._catch_up(conn, resume_from)
+                            log.info("keyword index resumed from its saved snapshot: %d changes since", changes)
+                        else:
+                            changes = self._rebuild(conn)
+                    else:
+                        changes = self._catch_up(conn, previous)
             except BaseException:
                 self.writer.rollback()  # half a change set: drop it, read it again next time
                 raise
@@ -218,9 +308,38 @@ class KeywordIndex:
             self.index.reload()
             KEYWORD_INDEX_DOCUMENTS.set(self.index.searcher().num_docs)
         self.snapshot = snapshot
+        self._save_state(force=bool(changes) or previous is None)
         KEYWORD_INDEX_CAUGHT_UP.set_to_current_time()
         KEYWORD_INDEX_REFRESH.observe(time.perf_counter() - began)
         return changes
+
+    def _resumable(self, database: str) -> str | None:
+        """The saved snapshot to catch up from, if the index on disk holds this database up to a recent one."""
+        saved, self.saved = self.saved, None
+        if saved is None:
+            return None
+        age = time.time() - float(saved.get("saved_at", 0))
+        if saved.get("database") != database:
+            log.info("keyword index on disk is of another database; reading the table anew")
+        elif not 0 <= age <= RESUMABLE_FOR_S:
+            log.info("keyword index on disk was saved %.0f s ago, past what the removal log keeps; reading anew", age)
+        elif isinstance(saved.get("snapshot"), str):
+            return saved["snapshot"]
+        return None
+
+    def _save_state(self, force: bool) -> None:
+        """After a commit: the snapshot the index on disk now reflects (written whole, then renamed into place)."""
+        now = time.time()
+        if self.path is None or (not force and now - self._state_saved_at < STATE_SAVE_IDLE_S):
+            return
+        state = {"schema": SCHEMA_VERSION, "database": self.database, "snapshot": self.snapshot, "saved_at": now}
+        partial = self.path / f"{STATE_FILE}.partial"
+        try:
+            partial.write_text(json.dumps(state))
+            os.replace(partial, self.path / STATE_FILE)
+            self._state_saved_at = now
+        except OSError as exc:  # a full disk: the index still serves; a restart reads the table anew
+            log.warning("keyword index state not saved (%s)", exc)
 
     def _rebuild(self, conn) -> int:
         self.writer.delete_all_documents()

@@ -61,8 +61,13 @@ class Settings(BaseSettings):
     )
     keyword_index: bool = Field(
         True,
-        description="Keyword search on the API's own BM25 index (tantivy, in memory, following Postgres); "
+        description="Keyword search on the API's own BM25 index (tantivy, following Postgres); "
         "off = Postgres full text only.",
+    )
+    keyword_index_dir: Path | None = Field(
+        None,
+        description="Where the API keeps its keyword index (memory-mapped segments and the snapshot they reflect, "
+        "so a restart resumes instead of reading the whole table): absent = <home>/keyword-index.",
     )
     search_concurrency: int | None = Field(
         None, ge=1, le=256, description="Searches the API computes at once (the rest wait in order); none: cores + 1."
@@ -387,6 +392,10 @@ class Settings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def keyword_index_path(self) -> Path:
+        return self.keyword_index_dir or self.state_dir / "keyword-index"
 
     @property
     def embedded_kafka(self) -> bool:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import BigInteger, Boolean, Computed, DateTime, Index, Integer, String, Text, func
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
 
@@ -136,3 +136,13 @@ class StreamReport(Base):
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     reported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     events: Mapped[list] = mapped_column(JSONB)
+
+
+class DatabaseIdentity(Base):
+    """One row, made with the schema (migration 0009): which database this is, for state kept about it elsewhere."""
+
+    __tablename__ = "database_identity"
+
+    id: Mapped[str] = mapped_column(UUID(as_uuid=False), primary_key=True, server_default=func.gen_random_uuid())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    only_one: Mapped[bool] = mapped_column(Boolean, server_default="true", unique=True)

@@ -181,6 +181,11 @@ def current_snapshot(conn: Connection) -> str:
     return conn.execute(text("SELECT pg_current_snapshot()::text")).scalar_one()
 
 
+def database_identity(conn: Connection) -> str:
+    """This database's id (migration 0009): state kept about it elsewhere is for it and no other."""
+    return str(conn.execute(text("SELECT id FROM database_identity")).scalar_one())
+
+
 def keyword_index_documents(conn: Connection) -> Iterable[Row]:
     """Every live document as the keyword index holds it (`KEYWORD_INDEX_COLUMNS`), streamed 5,000 rows at a time."""
     return conn.execution_options(yield_per=5000).execute(

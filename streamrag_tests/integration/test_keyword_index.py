@@ -307,3 +307,54 @@ def test_no_document_is_missed_while_writers_commit_concurrently_and_searches_ru
     assert not failures, failures
     assert len(tokens) == 300
     assert keyword.index.searcher().num_docs == _live(store) == 300
+
+
+def test_an_index_kept_on_disk_resumes_after_a_restart_and_is_read_anew_for_another_database(
+    database, stack, tmp_path
+) -> None:
+    """A restarted API applies only what changed while it was down (edits, a deleted page, retention), a second
+    API on the same directory keeps its own index in memory, and an index saved for another database, or saved
+    longer ago than the removal log keeps, is read anew."""
+    store = DocumentIndex(database, get_embedder())
+    docs = [_gold(seq, title=f"Okapi stripes {seq}") for seq in range(12)]
+    store.apply(docs)
+    path = tmp_path / "keyword-index"
+    first = KeywordIndex(search_engine(database), path=path)
+    assert first.refresh() == 12
+    beside = KeywordIndex(search_engine(database), path=path)
+    assert beside.path is None and first.path == path, "one API per directory; the other keeps its index in memory"
+    beside.stop()
+    first.stop()
+
+    tongue = _gold(100, title="Okapi tongue")
+    store.apply([tongue, _log(101, "delete", docs[0]["title"])])
+    with store.engine.begin() as conn:
+        conn.execute(
+            text("UPDATE documents SET event_time = :old WHERE doc_id = :d"),
+            {"old": datetime.now(UTC) - timedelta(days=30), "d": docs[1]["doc_id"]},
+        )
+    assert prune(database, older_than_days=7) == 1
+
+    restarted = KeywordIndex(search_engine(database), path=path)
+    changes = restarted.refresh()
+    assert changes < 6, f"{changes} changes applied: the whole table was read again"
+    found = set(_found(restarted, "okapi"))
+    assert tongue["doc_id"] in found
+    assert docs[0]["doc_id"] not in found and docs[1]["doc_id"] not in found
+    assert found == {d["doc_id"] for d in docs[2:]} | {tongue["doc_id"]}
+    assert restarted.index.searcher().num_docs == _live(store)
+    restarted.stop()
+
+    state = json.loads((path / "streamrag-state.json").read_text())
+    (path / "streamrag-state.json").write_text(json.dumps(state | {"saved_at": time.time() - 2 * 86400}))
+    stale = KeywordIndex(search_engine(database), path=path)
+    assert stale.refresh() == _live(store), "a state older than the removal log keeps is read anew"
+    stale.stop()
+
+    other = fresh_database(stack, "kw")
+    upgrade(other)
+    DocumentIndex(other, get_embedder()).apply([_gold(200, title="Tapir snout")])
+    elsewhere = KeywordIndex(search_engine(other), path=path)
+    assert elsewhere.refresh() == 1
+    assert _found(elsewhere, "okapi") == [] and len(_found(elsewhere, "tapir")) == 1
+    elsewhere.stop()
