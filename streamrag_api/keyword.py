@@ -278,6 +278,11 @@ class KeywordIndex:
                     log.warning("keyword index cannot read Postgres (%s); retrying", type(exc.orig or exc).__name__)
                 failing = True
                 self._stop.wait(2)
+            except (OSError, ValueError) as exc:  # tantivy could not write (a full disk): the same, from the snapshot
+                if not failing:
+                    log.warning("keyword index cannot write its segments (%s); retrying", exc)
+                failing = True
+                self._stop.wait(2)
             self._woken.wait(self.refresh_s)
 
     def refresh(self) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.streaming.refine import PROBE_WIKI, document, parse_event
 from streamrag_tests.harness import fresh_database
+from streamrag_tests.integration.test_disk_full import fill, small_filesystem
 
 pytestmark = pytest.mark.integration
 
@@ -358,3 +360,36 @@ def test_an_index_kept_on_disk_resumes_after_a_restart_and_is_read_anew_for_anot
     assert elsewhere.refresh() == 1
     assert _found(elsewhere, "okapi") == [] and len(_found(elsewhere, "tapir")) == 1
     elsewhere.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_full_disk_under_the_index_pauses_it_and_it_catches_up_when_space_returns(database) -> None:
+    """tantivy cannot write its segments: the follower keeps the index it has (searches still answer), keeps
+    trying, and applies everything once space returns."""
+    store = DocumentIndex(database, get_embedder())
+    before = _gold(300, title="Manatee flippers")
+    store.apply([before])
+    with small_filesystem(8) as mount:
+        keyword = KeywordIndex(search_engine(database), refresh_s=0.2, path=mount / "keyword-index")
+        keyword.start()
+        try:
+            _wait_until(lambda: _found(keyword, "manatee") == [before["doc_id"]])
+            filler = mount / "filler"
+            fill(filler)
+            during = [_gold(310 + n, title=f"Dugong seagrass {n}", comment="x" * 2000) for n in range(40)]
+            store.apply(during)
+            time.sleep(2)
+            assert keyword._thread.is_alive(), "the follower survives a failed write"
+            assert _found(keyword, "manatee") == [before["doc_id"]], "searches answer from what the index has"
+            filler.unlink()
+            _wait_until(lambda: len(_found(keyword, "dugong seagrass")) == 40)
+            assert keyword.index.searcher().num_docs == _live(store) == 41
+        finally:
+            keyword.stop()
+
+
+def _wait_until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
