@@ -179,8 +179,16 @@ def footprint(settings, pids: dict[str, int], documents: int) -> dict:
         table, indexes = conn.execute("SELECT pg_table_size('documents'), pg_indexes_size('documents')").fetchone()
         database = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     pss = {name: round(usage(_tree(pid))["pss_mib"]) for name, pid in pids.items()}
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pids['api']}/status").read_text().splitlines() if ":" in line
+    )
+    keyword_dir = settings.keyword_index_path
     return {
         "pss_mib": pss,
+        # The API's own memory (heap, model) apart from the file pages it maps (the keyword index' segments).
+        "api_rss_anon_mib": round(int(status["RssAnon"].split()[0]) / 1024),
+        "api_rss_file_mib": round(int(status["RssFile"].split()[0]) / 1024),
+        "keyword_index_disk_mib": round(sum(f.stat().st_size for f in keyword_dir.rglob("*") if f.is_file()) / 2**20),
         "table_mib": round(table / 2**20),
         "indexes_mib": round(indexes / 2**20),
         "database_mib": round(database / 2**20),
