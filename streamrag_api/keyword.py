@@ -61,6 +61,7 @@ STATE_FILE = "streamrag-state.json"
 LOCK_FILE = "streamrag.lock"
 # A saved snapshot older than this is not resumed from: the removal log may have lost what was deleted since.
 RESUMABLE_FOR_S = REMOVALS_KEPT.total_seconds() / 2
+WRITER_HEAP = 50_000_000
 STATE_SAVE_IDLE_S = 60.0  # with nothing to apply, the advanced snapshot is saved at most this often
 # Words too common to say anything about relevance; left out of keyword queries (so that an OR of the question's
 # words does not match, and rank, most of the table).
@@ -189,7 +190,8 @@ class KeywordIndex:
         self.path: Path | None = None  # where the index and its state are kept; None: in memory
         self._lock: IO | None = None  # the directory's lock file, held while the index writes there
         self.saved: dict | None = None  # the state saved with the index on disk, until the first refresh
-        self.index, self.writer = self._open(path)
+        self.index, writer = self._open(path)
+        self.writer: tantivy.IndexWriter | None = writer
         self.snapshot: str | None = None  # the Postgres snapshot the index reflects
         self.database: str | None = None  # which database that snapshot is of
         self._state_saved_at = 0.0
@@ -235,7 +237,7 @@ class KeywordIndex:
 
     def _with_writer(self, index: tantivy.Index) -> tuple[tantivy.Index, tantivy.IndexWriter]:
         index.register_tokenizer(TOKENIZER, analyzer())
-        return index, index.writer(heap_size=50_000_000, num_threads=1)
+        return index, index.writer(heap_size=WRITER_HEAP, num_threads=1)
 
     @property
     def ready(self) -> bool:
@@ -260,7 +262,8 @@ class KeywordIndex:
             if self._thread.is_alive():
                 return  # a refresh still holds the writer
         if self._lock is not None:
-            self.writer.wait_merging_threads()  # drops the writer and tantivy's lock with it
+            if self.writer is not None:
+                self.writer.wait_merging_threads()  # drops the writer and tantivy's lock with it
             self._lock.close()
             self._lock = None
 
@@ -290,6 +293,8 @@ class KeywordIndex:
         resume from its saved one); the changes applied."""
         began = time.perf_counter()
         previous = self.snapshot
+        if self.writer is None:  # the last one died: a new one (tantivy's lock is free once the old one is gone)
+            self.writer = self.index.writer(heap_size=WRITER_HEAP, num_threads=1)
         with self.engine.connect() as conn:
             conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for all the reads
             try:
@@ -306,17 +311,30 @@ class KeywordIndex:
                     else:
                         changes = self._catch_up(conn, previous)
             except BaseException:
-                self.writer.rollback()  # half a change set: drop it, read it again next time
+                self._drop_pending()  # half a change set: drop it, read it again next time
                 raise
-        if changes or previous is None:  # the first commit makes even an empty table's index ready to search
-            self.writer.commit()
-            self.index.reload()
-            KEYWORD_INDEX_DOCUMENTS.set(self.index.searcher().num_docs)
+        try:
+            if changes or previous is None:  # the first commit makes even an empty table's index ready to search
+                self.writer.commit()
+                self.index.reload()
+                KEYWORD_INDEX_DOCUMENTS.set(self.index.searcher().num_docs)
+        except BaseException:
+            self._drop_pending()
+            raise
         self.snapshot = snapshot
         self._save_state(force=bool(changes) or previous is None)
         KEYWORD_INDEX_CAUGHT_UP.set_to_current_time()
         KEYWORD_INDEX_REFRESH.observe(time.perf_counter() - began)
         return changes
+
+    def _drop_pending(self) -> None:
+        """Forget what was added since the last commit. A write tantivy could not make (a full disk) kills its
+        writer, which then refuses even this: it is dropped, and the next refresh takes a new one."""
+        try:
+            self.writer.rollback()
+        except ValueError as exc:
+            log.warning("keyword index writer lost (%s); a new one is taken at the next refresh", exc)
+            self.writer = None
 
     def _resumable(self, database: str) -> str | None:
         """The saved snapshot to catch up from, if the index on disk holds this database up to a recent one."""
