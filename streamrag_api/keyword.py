@@ -276,14 +276,16 @@ class KeywordIndex:
                 if failing:
                     log.info("keyword index following Postgres again")
                 failing = False
-            except DBAPIError as exc:  # Postgres down or restarting: keep the index, resume from the snapshot
+            # Postgres down or restarting, or tantivy unable to write (a full disk): keep the index, retry from the
+            # snapshot.
+            except (DBAPIError, OSError, ValueError) as exc:
                 if not failing:
-                    log.warning("keyword index cannot read Postgres (%s); retrying", type(exc.orig or exc).__name__)
-                failing = True
-                self._stop.wait(2)
-            except (OSError, ValueError) as exc:  # tantivy could not write (a full disk): the same, from the snapshot
-                if not failing:
-                    log.warning("keyword index cannot write its segments (%s); retrying", exc)
+                    reason = (
+                        f"cannot read Postgres ({type(exc.orig or exc).__name__})"
+                        if isinstance(exc, DBAPIError)
+                        else f"cannot write its segments ({exc})"
+                    )
+                    log.warning("keyword index %s; retrying", reason)
                 failing = True
                 self._stop.wait(2)
             self._woken.wait(self.refresh_s)

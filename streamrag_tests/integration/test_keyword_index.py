@@ -25,7 +25,7 @@ from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.streaming.refine import PROBE_WIKI, document, parse_event
-from streamrag_tests.harness import fresh_database
+from streamrag_tests.harness import fresh_database, wait_until
 from streamrag_tests.integration.test_disk_full import fill, small_filesystem
 
 pytestmark = pytest.mark.integration
@@ -373,7 +373,7 @@ def test_a_full_disk_under_the_index_pauses_it_and_it_catches_up_when_space_retu
         keyword = KeywordIndex(search_engine(database), refresh_s=0.2, path=mount / "keyword-index")
         keyword.start()
         try:
-            _wait_until(lambda: _found(keyword, "manatee") == [before["doc_id"]])
+            wait_until(lambda: _found(keyword, "manatee") == [before["doc_id"]], "the first read", 30)
             filler = mount / "filler"
             fill(filler)
             during = [_gold(310 + n, title=f"Dugong seagrass {n}", comment="x" * 2000) for n in range(40)]
@@ -382,14 +382,7 @@ def test_a_full_disk_under_the_index_pauses_it_and_it_catches_up_when_space_retu
             assert keyword._thread.is_alive(), "the follower survives a failed write"
             assert _found(keyword, "manatee") == [before["doc_id"]], "searches answer from what the index has"
             filler.unlink()
-            _wait_until(lambda: len(_found(keyword, "dugong seagrass")) == 40)
+            wait_until(lambda: len(_found(keyword, "dugong seagrass")) == 40, "catching up once space returns", 30)
             assert keyword.index.searcher().num_docs == _live(store) == 41
         finally:
             keyword.stop()
-
-
-def _wait_until(condition, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
