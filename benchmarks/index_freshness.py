@@ -32,6 +32,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
+from streamrag_assets.credentials import OWNER_ROLE
 from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.queries import document_count
 from streamrag_assets.documents.store import DocumentIndex
@@ -57,7 +58,7 @@ def throughput(settings, count: int, stage_batch: int, texts: str, rounds: int) 
     table): on a shared two-core machine one pair of two-second windows moves by ±15%, so the ratio reported is the
     median of the rounds' ratios."""
     with admin_connect(settings) as conn:
-        conn.execute("CREATE DATABASE bench_index")
+        conn.execute(f"CREATE DATABASE bench_index OWNER {OWNER_ROLE}")
     url = settings.app_database_url.rsplit("/", 1)[0] + "/bench_index"
     upgrade(url)
     embedder = get_embedder()

@@ -8,6 +8,7 @@ reported. When nothing retrieved is close enough to the question, the answer is 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from streamrag_api.schemas import Citation, Hit
 from streamrag_api.search import query_terms
 from streamrag_assets.metrics import API_LLM_DURATION
 from streamrag_assets.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DONT_KNOW = "I don't know: nothing indexed is close enough to the question."
 MAX_QUOTED = 3
@@ -112,8 +115,8 @@ def llm(settings: Settings, query: str, sources: list[Hit]) -> Answer:
         raise LLMFailed(f"no answer within {settings.llm_timeout_s:g} s") from None
     except httpx.HTTPStatusError as exc:
         raise LLMFailed(f"HTTP {exc.response.status_code}") from None
-    except httpx.HTTPError as exc:
-        raise LLMFailed(f"{type(exc).__name__}: {exc}") from None
+    except httpx.HTTPError as exc:  # its text names the URL: the type alone goes to clients
+        raise LLMFailed(type(exc).__name__) from None
     except (ValueError, KeyError, IndexError, TypeError):
         raise LLMFailed("the response is not an OpenAI chat completion") from None
     if not isinstance(content, str) or not content.strip():
@@ -135,8 +138,9 @@ def answer(settings: Settings, query: str, hits: list[Hit]) -> Answer:
             API_LLM_DURATION.labels("llm", "ok").observe(time.perf_counter() - began)
         except LLMFailed as exc:
             API_LLM_DURATION.labels("llm", "fallback").observe(time.perf_counter() - began)
+            log.warning("the LLM at %s failed (%s); answering extractively", settings.llm_base_url, exc)
             result = extractive(query, sources)
-            result.fallback = f"the LLM at {settings.llm_base_url} failed ({exc}); extractive answer given"
+            result.fallback = f"the LLM failed ({exc}); extractive answer given"
     else:
         result = extractive(query, sources)
         API_LLM_DURATION.labels("extractive", "ok").observe(time.perf_counter() - began)

@@ -11,6 +11,7 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy.engine import make_url
 
+from streamrag_api.access import Access, Caller
 from streamrag_api.errors import call_database
 from streamrag_api.keyword import KeywordIndex
 from streamrag_api.live import LiveFeed
@@ -25,8 +26,10 @@ class Services:
 
     def __init__(self) -> None:
         self.settings = get_settings()
-        # No pre-ping (a round trip per request): `call_database` retries once on a connection found dead instead.
-        self.engine = search_engine(self.settings.app_database_url, pool_size=10, max_overflow=10, pool_timeout=5)
+        self.access = Access(self.settings)
+        # The API's own read-only role. No pre-ping (a round trip per request): `call_database` retries once on a
+        # connection found dead instead.
+        self.engine = search_engine(self.settings.reader_database_url, pool_size=10, max_overflow=10, pool_timeout=5)
         self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
         self.keyword_index = (
             KeywordIndex(self.engine, self.settings.keyword_refresh_s, self.settings.keyword_index_path)
@@ -39,7 +42,7 @@ class Services:
         self.retrieval_slots = anyio.CapacityLimiter(
             self.settings.search_concurrency or (os.cpu_count() or 1) + 1
         )  # made inside the event loop (lifespan)
-        url = make_url(self.settings.app_database_url).set(drivername="postgresql")
+        url = make_url(self.settings.reader_database_url).set(drivername="postgresql")
         wake = self.keyword_index.wake if self.keyword_index is not None else None
         self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine, on_commit=wake)
 
@@ -60,3 +63,16 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_caller(request: Request) -> Caller:
+    """The caller of a route that needs an API key when keys are configured (401 otherwise)."""
+    return request.app.state.services.access.caller(request)
+
+
+async def get_optional_caller(request: Request) -> Caller:
+    return request.app.state.services.access.optional_caller(request)
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+OptionalCallerDep = Annotated[Caller, Depends(get_optional_caller)]

@@ -10,8 +10,10 @@ from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg.errors import UndefinedTable
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
 
 RETRY_AFTER_S = 5  # what a 503 tells clients to wait: about one health probe of the supervisor
 T = TypeVar("T")
@@ -29,6 +31,11 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
         problems.append(f"{where}: {error.get('msg')}")
     return JSONResponse({"message": "; ".join(problems), "detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
+def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """4xx from the routes and their dependencies (keys, limits, not found), as {"message": …} like the others."""
+    return JSONResponse({"message": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def dependency_down(request: Request, exc: DependencyDown) -> JSONResponse:
@@ -61,5 +68,7 @@ def call_database(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _raise_if_down(exc: DBAPIError) -> None:
+    if isinstance(exc.orig, UndefinedTable):  # a new database before the stream (or `streamrag migrate`) made it
+        raise DependencyDown("postgres", "the documents schema is not there yet; the stream makes it") from None
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         raise DependencyDown("postgres", type(exc.orig).__name__ if exc.orig else str(exc)) from None

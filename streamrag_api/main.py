@@ -10,18 +10,21 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import make_asgi_app
-from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.types import Receive, Scope, Send
 
+from streamrag_api.access import BodyLimit, is_loopback
 from streamrag_api.deps import Services
-from streamrag_api.errors import DependencyDown, dependency_down, invalid_request
+from streamrag_api.errors import DependencyDown, dependency_down, http_error, invalid_request
 from streamrag_api.middleware import RequestMetrics
 from streamrag_api.routes import answer, feed, health, search
-from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.settings import get_settings
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -31,10 +34,7 @@ STATIC = Path(__file__).parent / "static"
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = Services()
     app.state.services = services
-    try:  # the schema this service reads; idempotent, and serialised with the other processes that migrate
-        await asyncio.to_thread(upgrade, services.settings.app_database_url)
-    except (OperationalError, DBAPIError) as exc:
-        log.warning("could not migrate the documents database yet (%s); requests will say so", exc)
+    # The schema is the stream's (and `streamrag migrate`'s) to make: this service's role only reads.
     await asyncio.to_thread(services.embedder.warm)  # load the model before the first question
     services.feed.start()
     if services.keyword_index is not None:
@@ -54,11 +54,27 @@ app = FastAPI(
     description="Real-time retrieval over Wikimedia recent changes: hybrid search, cited answers, a live feed.",
     lifespan=lifespan,
 )
-app.mount("/metrics", make_asgi_app())  # a mount, not a route: routers cannot carry one
+_metrics = make_asgi_app()
+
+
+async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+    """Prometheus' /metrics: to a loopback caller (the Prometheus `up` runs) or one with an API key."""
+    if scope["type"] == "http" and not is_loopback(scope["client"][0] if scope.get("client") else None):
+        try:
+            app.state.services.access.caller(Request(scope))
+        except HTTPException as exc:
+            await http_error(Request(scope), exc)(scope, receive, send)
+            return
+    await _metrics(scope, receive, send)
+
+
+app.mount("/metrics", metrics)  # a mount, not a route: routers cannot carry one
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
 app.exception_handler(RequestValidationError)(invalid_request)
 app.exception_handler(DependencyDown)(dependency_down)
-app.add_middleware(RequestMetrics)
+app.exception_handler(StarletteHTTPException)(http_error)
+app.add_middleware(BodyLimit, max_bytes=get_settings().api_max_body_bytes)
+app.add_middleware(RequestMetrics)  # outermost: counts what the others refuse too
 for routes in (search, answer, feed, health):
     app.include_router(routes.router)
 

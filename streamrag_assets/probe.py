@@ -71,7 +71,9 @@ class FreshnessProbe:
         self.producer = KafkaProducer(
             bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=0, **settings.kafka_client_config()
         )
-        self.http = httpx.Client(base_url=settings.api_url, timeout=10)
+        keys = settings.api_key_list()  # the API needs one when keys are configured
+        headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
+        self.http = httpx.Client(base_url=settings.api_url, timeout=10, headers=headers)
 
     def once(self, poll_s: float = 0.1, stop: threading.Event | None = None) -> float | None:
         """Produce one probe event and wait for /search to return it; the delay in seconds, or None when missing (or

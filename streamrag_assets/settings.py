@@ -7,14 +7,31 @@ present the external one is used and nothing embedded starts.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamrag_assets.credentials import API_ROLE, DAGSTER_ROLE, OWNER_ROLE, read_password
+
 LOOPBACK = "127.0.0.1"
+# Settings that are or carry secrets: never written to disk or logged, given to a child only if it uses them.
+SECRET_FIELDS = frozenset(
+    {
+        "database_url",
+        "api_database_url",
+        "dagster_database_url",
+        "kafka_sasl_password",
+        "s3_secret_key",
+        "llm_api_key",
+        "alert_webhook_url",
+        "api_keys",
+    }
+)
 
 
 class Settings(BaseSettings):
@@ -32,8 +49,26 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL (absent: the system's).")
-    database_url: str | None = Field(None, description="Postgres (with pgvector) SQLAlchemy URL.")
-    dagster_database_url: str | None = Field(None, description="Postgres URL for the Dagster instance.")
+    # URLs carry passwords: kept out of repr() (logs), out of run/settings.json, and given only to the processes that
+    # connect with them (`SECRET_FIELDS`).
+    database_url: str | None = Field(
+        None,
+        repr=False,
+        description="Postgres (with pgvector) SQLAlchemy URL of a role that owns the documents schema (the stream, "
+        "ingest, Dagster's jobs and migrations connect with it).",
+    )
+    api_database_url: str | None = Field(
+        None,
+        repr=False,
+        description="External Postgres: the URL of a read-only role for the API (absent: database_url). Embedded: "
+        "the API always connects as its own read-only role.",
+    )
+    dagster_database_url: str | None = Field(None, repr=False, description="Postgres URL for the Dagster instance.")
+    postgres_secrets_dir: Path | None = Field(
+        None,
+        description="Where the embedded Postgres' generated role passwords are kept (a 0700 folder, a 0600 file per "
+        "role): absent = <home>/secrets.",
+    )
     spark_master: str | None = Field(
         None,
         description="Spark master URL (spark://host:7077, k8s://…); absent = the local cluster `up` starts when "
@@ -112,6 +147,28 @@ class Settings(BaseSettings):
         None, description="Where other processes (the API's /health) reach the Dagster webserver."
     )
     bind_host: str = Field(LOOPBACK, description="Interface the embedded services and the API listen on.")
+
+    # --- API access -----------------------------------------------------------------------------------------
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated keys the API accepts as `Authorization: Bearer <key>`; when set, every route "
+        "but /health and the UI's page needs one.",
+    )
+    api_auth: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: keys are required when api_keys is set, and the API refuses to listen beyond loopback "
+        "without them; off: no keys even beyond loopback (behind a gateway that authenticates).",
+    )
+    api_rate_limit: str | None = Field(
+        "50/second",
+        description="/search and /answer requests each client (its key, else its address) may make, in the limits "
+        "library's notation ('50/second', '1000/hour', several separated by ';'); beyond it a 429 with Retry-After. "
+        "Loopback callers of an API without keys are not limited. Empty: no limit.",
+    )
+    api_max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get a 413.")
+    api_max_stream_clients: int = Field(
+        100, ge=1, description="Concurrent /stream subscribers; one more gets a 503 with Retry-After."
+    )
 
     # --- Spark --------------------------------------------------------------------------------------------
     spark_local_workers: int = Field(
@@ -328,7 +385,9 @@ class Settings(BaseSettings):
     freshness_fail_minutes: float = Field(
         15.0, ge=1, description="A table older than this is FAIL in Dagster (more than the warn window)."
     )
-    alert_webhook_url: str | None = Field(None, description="Slack-compatible webhook for freshness alerts.")
+    alert_webhook_url: str | None = Field(
+        None, repr=False, description="Slack-compatible webhook for freshness alerts (a secret: its URL is the key)."
+    )
     quarantine_max_rate: float = Field(0.05, ge=0, le=1, description="Asset check limit: quarantine / Bronze.")
     sensor_interval_s: int = Field(30, ge=1, description="How often the Kafka and freshness-alert sensors run.")
     partitions_start: str = Field(
@@ -392,6 +451,30 @@ class Settings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         return self.home.resolve()
+
+    def api_key_list(self) -> list[str]:
+        if self.api_keys is None:
+            return []
+        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
+    def api_auth_problem(self) -> str | None:
+        """Why the API must not start as configured (listening beyond loopback with no key), or None."""
+        loopback = self.bind_host in (LOOPBACK, "localhost", "::1")
+        if self.api_auth == "auto" and not loopback and not self.api_key_list():
+            return (
+                f"the API would listen on {self.bind_host} with no API key: set STREAMRAG_API_KEYS (clients send "
+                "`Authorization: Bearer <key>`), or STREAMRAG_API_AUTH=off when a gateway in front authenticates"
+            )
+        return None
+
+    @property
+    def postgres_secrets_path(self) -> Path:
+        return self.postgres_secrets_dir or self.state_dir / "secrets"
+
+    def _embedded_url(self, role: str, database: str, driver: str = "psycopg") -> str:
+        password = read_password(self.postgres_secrets_path, role)
+        credentials = role if password is None else f"{role}:{quote(password, safe='')}"
+        return f"postgresql+{driver}://{credentials}@{LOOPBACK}:{self.postgres_port}/{database}"
 
     @property
     def keyword_index_path(self) -> Path:
@@ -481,7 +564,16 @@ class Settings(BaseSettings):
         """SQLAlchemy URL (psycopg 3 driver) of the application database."""
         if self.database_url:
             return self.database_url
-        return f"postgresql+psycopg://postgres@{LOOPBACK}:{self.postgres_port}/{self.postgres_db}"
+        return self._embedded_url(OWNER_ROLE, self.postgres_db)
+
+    @property
+    def reader_database_url(self) -> str:
+        """SQLAlchemy URL the API reads with: its read-only role (embedded), or the URL given for it."""
+        if self.api_database_url:
+            return self.api_database_url
+        if self.database_url:
+            return self.database_url
+        return self._embedded_url(API_ROLE, self.postgres_db)
 
     @property
     def dagster_storage_url(self) -> str:
@@ -490,7 +582,7 @@ class Settings(BaseSettings):
             return self.dagster_database_url
         if self.database_url:
             return self.database_url.replace("+psycopg://", "+psycopg2://", 1)
-        return f"postgresql+psycopg2://postgres@{LOOPBACK}:{self.postgres_port}/{self.postgres_dagster_db}"
+        return self._embedded_url(DAGSTER_ROLE, self.postgres_dagster_db, driver="psycopg2")
 
     @property
     def dagster_home(self) -> Path:
@@ -518,11 +610,12 @@ class Settings(BaseSettings):
             config["ssl_cafile"] = str(self.kafka_ssl_cafile)
         return config
 
-    def to_env(self) -> dict[str, str]:
-        """These settings as STREAMRAG_* variables, so child processes see exactly what the parent saw."""
+    def to_env(self, secrets: Collection[str] | None = None) -> dict[str, str]:
+        """These settings as STREAMRAG_* variables, so child processes see exactly what the parent saw; of the
+        `SECRET_FIELDS`, only ``secrets`` (None: all of them — a test's or a tool's own child)."""
         env: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            if value is None:
+            if value is None or (secrets is not None and name in SECRET_FIELDS and name not in secrets):
                 continue
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()

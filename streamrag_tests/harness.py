@@ -20,6 +20,7 @@ import httpx
 import pyarrow as pa
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamrag_assets.credentials import DAGSTER_ROLE, OWNER_ROLE
 from streamrag_assets.ingest.sources import recorded_event, synthetic_event
 from streamrag_assets.runtime.broker import broker_process
 from streamrag_assets.runtime.postgres import postgres_process
@@ -90,6 +91,8 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
     """Settings for a stack that cannot collide with a running `streamrag up` or another test stack."""
     values: dict[str, object] = {
         "home": home,
+        # Explicit, so that settings copied to another home (a test's own platform) keep the cluster's passwords.
+        "postgres_secrets_dir": home.resolve() / "secrets",
         "kafka_port": free_port(),
         "postgres_port": free_port(),
         "s3_port": free_port(),
@@ -196,8 +199,8 @@ def fresh_database(stack, prefix: str) -> str:
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"postgresql+psycopg://postgres@127.0.0.1:{stack.settings.postgres_port}/{name}"
+        conn.execute(f"CREATE DATABASE {name} OWNER {OWNER_ROLE}")
+    return stack.settings.model_copy(update={"postgres_db": name}).app_database_url
 
 
 def separate_platform(stack, prefix: str, dagster_db: bool = False, **overrides: object) -> Settings:
@@ -208,10 +211,15 @@ def separate_platform(stack, prefix: str, dagster_db: bool = False, **overrides:
     from streamrag_assets.runtime.postgres import admin_connect
 
     with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE app_{suffix}")
+        conn.execute(f"CREATE DATABASE app_{suffix} OWNER {OWNER_ROLE}")
         if dagster_db:
-            conn.execute(f"CREATE DATABASE dagster_{suffix}")
-    names = {"home": home / ".streamrag", "topic": f"raw-{suffix}", "postgres_db": f"app_{suffix}"}
+            conn.execute(f"CREATE DATABASE dagster_{suffix} OWNER {DAGSTER_ROLE}")
+    names = {
+        "home": home / ".streamrag",
+        "topic": f"raw-{suffix}",
+        "postgres_db": f"app_{suffix}",
+        "postgres_secrets_dir": stack.settings.postgres_secrets_path,  # the shared cluster's role passwords
+    }
     if dagster_db:
         names["postgres_dagster_db"] = f"dagster_{suffix}"
     settings = stack.settings.model_copy(update=names | overrides)

@@ -9,7 +9,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 
 from streamrag_api import answer as answering
-from streamrag_api.deps import ServicesDep
+from streamrag_api.access import forbidden
+from streamrag_api.deps import CallerDep, ServicesDep
 from streamrag_api.schemas import AnswerRequest, AnswerResponse
 from streamrag_api.search import Timings
 
@@ -17,7 +18,11 @@ router = APIRouter()
 
 
 @router.post("/answer", response_model=AnswerResponse, summary="An answer with numbered citations of the sources used")
-async def answer(body: AnswerRequest, svc: ServicesDep) -> AnswerResponse:
+async def answer(body: AnswerRequest, svc: ServicesDep, caller: CallerDep) -> AnswerResponse:
+    for asked, what in ((body.include_probes, "include_probes"), (body.debug, "debug")):
+        if asked and not caller.trusted:
+            raise forbidden(what)
+    svc.access.check_rate(caller, "answer")
     timings = Timings()
     began = time.perf_counter()
     hits = await svc.retrieve(body, timings, similarity=True)

@@ -8,13 +8,13 @@ import json
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sse_starlette.sse import EventSourceResponse
 
-from streamrag_api.deps import ServicesDep
-from streamrag_api.errors import call_database
+from streamrag_api.deps import ServicesDep, get_caller
+from streamrag_api.errors import DependencyDown, call_database
 from streamrag_api.schemas import Document, Freshness, RecentEvents
 from streamrag_api.search import document_from_row
 from streamrag_assets.documents.heartbeat import STREAM, latest
@@ -22,7 +22,7 @@ from streamrag_assets.documents.queries import index_freshness, recent_documents
 
 FRESHNESS_EVERY_S = 5.0
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(get_caller)])  # a key for each, when keys are configured
 
 
 def read_recent(engine: Engine, limit: int) -> list[Document]:
@@ -58,6 +58,8 @@ def freshness(svc: ServicesDep) -> Freshness:
 
 @router.get("/stream", summary="Server-sent events: each document as it is indexed, and freshness every 5 s")
 async def stream(svc: ServicesDep) -> EventSourceResponse:
+    if len(svc.feed.clients) >= svc.settings.api_max_stream_clients:
+        raise DependencyDown("the live feed", f"it serves {svc.settings.api_max_stream_clients} subscribers already")
     queue = svc.feed.subscribe()
 
     async def events():

@@ -6,7 +6,8 @@ import time
 
 from fastapi import APIRouter
 
-from streamrag_api.deps import ServicesDep
+from streamrag_api.access import forbidden
+from streamrag_api.deps import CallerDep, ServicesDep
 from streamrag_api.schemas import SearchRequest, SearchResponse
 from streamrag_api.search import Timings
 
@@ -14,7 +15,10 @@ router = APIRouter()
 
 
 @router.post("/search", response_model=SearchResponse, summary="Hybrid, vector or keyword search with filters")
-async def search(body: SearchRequest, svc: ServicesDep) -> SearchResponse:
+async def search(body: SearchRequest, svc: ServicesDep, caller: CallerDep) -> SearchResponse:
+    if body.include_probes and not caller.trusted:
+        raise forbidden("include_probes")
+    svc.access.check_rate(caller, "search")
     began = time.perf_counter()
     hits = await svc.retrieve(body, Timings())
     return SearchResponse(

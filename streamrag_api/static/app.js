@@ -3,6 +3,27 @@
 "use strict";
 
 const FEED_MAX = 50;
+const KEY_STORE = "streamrag-api-key";
+
+// An API that requires keys answers 401: ask for one once, keep it for this tab, send it as a Bearer token (and as
+// access_token on /stream, since EventSource cannot send headers).
+function apiKey() { return sessionStorage.getItem(KEY_STORE) || ""; }
+
+async function api(path, options = {}) {
+  const call = () => fetch(path, {
+    ...options,
+    headers: { ...(options.headers || {}), ...(apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {}) },
+  });
+  let response = await call();
+  if (response.status === 401) {
+    const key = window.prompt("This streamrag API needs a key:");
+    if (key) {
+      sessionStorage.setItem(KEY_STORE, key.trim());
+      response = await call();
+    }
+  }
+  return response;
+}
 
 function el(tag, text, className) {
   const node = document.createElement(tag);
@@ -69,14 +90,14 @@ function addToFeed(doc) {
 }
 
 async function loadRecent() {
-  const response = await fetch("/events/recent?limit=20");
+  const response = await api("/events/recent?limit=20");
   if (!response.ok) return;
   const body = await response.json();
   body.events.slice().reverse().forEach(addToFeed);
 }
 
 function connect() {
-  const source = new EventSource("/stream");
+  const source = new EventSource(apiKey() ? `/stream?access_token=${encodeURIComponent(apiKey())}` : "/stream");
   const state = document.getElementById("f-feed");
   source.onopen = () => { state.textContent = "live"; };
   source.onerror = () => { state.textContent = "reconnecting…"; };
@@ -124,7 +145,7 @@ document.getElementById("question-form").addEventListener("submit", async (e) =>
   const status = document.getElementById("status");
   status.textContent = "thinking…";
   try {
-    const response = await fetch("/answer", {
+    const response = await api("/answer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ query }),

@@ -27,5 +27,8 @@ def api_process(settings: Settings) -> ManagedProcess:
         # /health waits on every dependency (up to 5 s each); liveness asks only whether the server answers.
         live=lambda: http_answers(f"{settings.api_url}/metrics/", timeout=3),
         address=settings.api_url,
+        # The API reads with its own URL; the owner's only when no reader URL is given for an external Postgres.
+        secrets=frozenset({"api_database_url", "llm_api_key", "api_keys"})
+        | (frozenset() if settings.api_database_url else frozenset({"database_url"})),
         ports=[PortClaim(settings.api_port, "the API", "STREAMRAG_API_PORT")],
     )

@@ -79,6 +79,10 @@ def dagster_code_process(settings: Settings) -> ManagedProcess:
         address=f"grpc://{LOOPBACK_HOST}:{port}",
         ports=[PortClaim(port, "the Dagster code server", "STREAMRAG_DAGSTER_CODE_PORT")],
         niceness=DAGSTER_NICENESS,
+        # Sensors and the runs it launches read the topic, the tables and the documents, and post alerts.
+        secrets=frozenset(
+            {"database_url", "dagster_database_url", "kafka_sasl_password", "s3_secret_key", "alert_webhook_url"}
+        ),
     )
 
 

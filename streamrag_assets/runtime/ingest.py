@@ -36,5 +36,6 @@ def ingest_process(settings: Settings) -> ManagedProcess:
         ready=ready,
         live=metrics_answer(settings.ingest_metrics_port),
         address=f"{settings.ingest_source} -> {settings.topic}",
+        secrets=frozenset({"kafka_sasl_password"}),
         ports=ports,
     )

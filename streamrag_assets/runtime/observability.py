@@ -36,6 +36,7 @@ def probe_process(settings: Settings) -> ManagedProcess:
         ready=lambda: True,
         live=metrics_answer(settings.probe_metrics_port),
         address=f"every {settings.probe_interval_s:g} s -> {settings.api_url}/search",
+        secrets=frozenset({"api_keys", "kafka_sasl_password"}),
         ports=metrics_claim(settings.probe_metrics_port, "probe metrics", "STREAMRAG_PROBE_METRICS_PORT"),
     )
 

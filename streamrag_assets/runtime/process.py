@@ -126,6 +126,8 @@ class ManagedProcess:
     prepare: Callable[[], None] | None = None
     after_ready: Callable[[], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # The settings in `SECRET_FIELDS` this process uses: `up` gives it those and no other secret.
+    secrets: frozenset[str] = frozenset()
     cwd: Path | None = None
     user: str | None = None
     stop_signal: int = signal.SIGTERM

@@ -59,7 +59,10 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
 
     def prepare() -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        (data_dir / "s3-identities.json").write_text(json.dumps(identities))
+        config = data_dir / "s3-identities.json"  # the embedded store's own credentials: its owner reads them only
+        config.touch(mode=0o600)
+        config.chmod(0o600)
+        config.write_text(json.dumps(identities))
 
     def ready() -> bool:
         # The filer lists the bucket once `weed mini` has created it; the broker needs the bucket, not just a port.

@@ -55,6 +55,7 @@ def stream_process(settings: Settings) -> ManagedProcess:
         # Ready means the metrics port answers; the query (and its heartbeat) can take a minute more to start.
         liveness_grace_s=settings.startup_timeout_s,
         address=f"{settings.topic} -> {settings.delta_location}",
+        secrets=frozenset({"database_url", "kafka_sasl_password", "s3_secret_key"}),
         ports=metrics_claim(settings.stream_metrics_port, "stream metrics", "STREAMRAG_STREAM_METRICS_PORT"),
         stop_timeout_s=30.0,
         # The driver stops the query (the micro-batch in progress finishes) before the JVM goes; signalled too,

@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
+from streamrag_assets.credentials import ROLES, ensure_password
 from streamrag_assets.metrics import SERVICE_CRASHING, SERVICE_RESTARTS, SERVICE_UP
 from streamrag_assets.runtime.api import api_process
 from streamrag_assets.runtime.broker import broker_process
@@ -49,7 +50,7 @@ from streamrag_assets.runtime.process import (
 from streamrag_assets.runtime.seaweedfs import seaweedfs_process
 from streamrag_assets.runtime.spark_cluster import spark_cluster_processes
 from streamrag_assets.runtime.stream import stream_process
-from streamrag_assets.settings import Settings
+from streamrag_assets.settings import SECRET_FIELDS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +79,11 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
     ]
     if with_prometheus:
         stack.append(prometheus_process(settings))
-    env = settings.to_env()
+    extra = {}
     if settings.malloc_arena_max and "MALLOC_ARENA_MAX" not in os.environ:
-        env["MALLOC_ARENA_MAX"] = str(settings.malloc_arena_max)
-    for proc in stack:
-        proc.env = {**env, **proc.env}
+        extra["MALLOC_ARENA_MAX"] = str(settings.malloc_arena_max)
+    for proc in stack:  # every setting, and of the secrets only those the process uses
+        proc.env = {**settings.to_env(secrets=proc.secrets), **extra, **proc.env}
     return stack
 
 
@@ -283,6 +284,12 @@ class Supervisor:
         if other is not None:
             raise ServiceError(f"streamrag is already running here (pid {other}); `streamrag down` stops it")
         check_external(self.settings)
+        problem = self.settings.api_auth_problem()
+        if problem:
+            raise ServiceError(problem)
+        if self.settings.embedded_postgres:  # made before the processes, whose settings carry their roles' URLs
+            for role in ROLES:
+                ensure_password(self.settings.postgres_secrets_path, role)
         self.stack = self.services if self.services is not None else build_stack(self.settings, self.with_prometheus)
         self.health = {proc.name: ServiceHealth() for proc in self.stack}
         for proc in self.stack:  # every port checked before anything starts
@@ -295,8 +302,8 @@ class Supervisor:
                 "STREAMRAG_SUPERVISOR_METRICS_PORT",
             )
         _pid_file(self.settings).write_text(str(os.getpid()))
-        # Secrets stay out of the file; everything else lets `status` describe this run.
-        public = self.settings.model_dump(mode="json", exclude={"s3_secret_key", "llm_api_key", "kafka_sasl_password"})
+        # Secrets (and URLs that may carry them) stay out of the file; the rest lets `status` describe this run.
+        public = self.settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
         _settings_file(self.settings).write_text(json.dumps(public))
         try:
             self._serve_metrics()

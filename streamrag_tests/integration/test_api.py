@@ -4,6 +4,7 @@ is a 422 that says what is wrong, and a Postgres outage is a 503 that names it."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -106,6 +107,7 @@ def pipeline(stack):
         stream_metrics_port=0,
         dagster_report_interval_s=0,
         stream_trigger_ms=250,
+        api_max_stream_clients=3,
     )
     processes = [ingest_process(settings), stream_process(settings), api_process(settings)]
     try:
@@ -291,6 +293,124 @@ def test_the_live_stream_delivers_new_documents(pipeline) -> None:
                 if title in seen:
                     break
     assert title in seen
+
+
+# --- access: keys, trusted callers, rate limits, body size, live feed subscribers ------------------------------------
+@contextlib.contextmanager
+def in_process_api(pipeline, monkeypatch, **overrides):
+    """The API in this process on the pipeline's database with ``overrides``: one client calling from loopback (it
+    runs the app's start-up) and one from a documentation address (203.0.113.7) beyond it."""
+    from fastapi.testclient import TestClient
+
+    from streamrag_api.main import app
+    from streamrag_assets.settings import get_settings
+
+    settings, _ = pipeline
+    env = settings.to_env() | {f"STREAMRAG_{name.upper()}": str(value) for name, value in overrides.items()}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    try:
+        with TestClient(app, client=("127.0.0.1", 40000)) as local:
+            yield local, TestClient(app, client=("203.0.113.7", 40000))
+    finally:
+        get_settings.cache_clear()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_api_keys_guard_every_route_but_health_and_the_page_and_limit_each_key(pipeline, monkeypatch) -> None:
+    with in_process_api(pipeline, monkeypatch, api_keys="key-one,key-two", api_rate_limit="3/minute") as (
+        local,
+        remote,
+    ):
+        bare = remote.post("/search", json={"query": "moon"})
+        assert bare.status_code == 401 and "Authorization: Bearer" in bare.json()["message"]
+        assert bare.headers["www-authenticate"].startswith("Bearer")
+        wrong = remote.post("/search", json={"query": "moon"}, headers=bearer("key-three"))
+        assert wrong.status_code == 401 and "not valid" in wrong.json()["message"]
+        basic = remote.post("/search", json={"query": "moon"}, headers={"Authorization": "Basic a2V5LW9uZQ=="})
+        assert basic.status_code == 401 and "Bearer <key>" in basic.json()["message"]
+        for path in ("/events/recent", "/freshness", "/stream"):
+            assert remote.get(path).status_code == 401, path
+        assert local.post("/search", json={"query": "moon"}).status_code == 401, "keys bind loopback callers too"
+
+        # A key holder may ask for probe documents and debug output.
+        probes = remote.post("/search", json={"query": "moon", "include_probes": True}, headers=bearer("key-two"))
+        assert probes.status_code == 200
+        debug = remote.post("/answer", json={"query": "moon", "debug": True}, headers=bearer("key-one"))
+        assert debug.status_code == 200 and debug.json()["debug"]["timings_ms"]
+
+        # Three searches a minute per key: key-two has made one.
+        for _ in range(2):
+            assert remote.post("/search", json={"query": "moon"}, headers=bearer("key-two")).status_code == 200
+        limited = remote.post("/search", json={"query": "moon"}, headers=bearer("key-two"))
+        assert limited.status_code == 429 and "3 per 1 minute" in limited.json()["message"]
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert remote.post("/search", json={"query": "moon"}, headers=bearer("key-one")).status_code == 200
+        assert remote.post("/answer", json={"query": "moon"}, headers=bearer("key-two")).status_code == 200
+
+        # /health is open, but its details (internal addresses) only for a key; /metrics needs one beyond loopback.
+        health = remote.get("/health").json()
+        assert health["dependencies"] and all(set(d) == {"status"} for d in health["dependencies"].values())
+        detailed = remote.get("/health", headers=bearer("key-one")).json()
+        assert "detail" in detailed["dependencies"]["postgres"]
+        assert remote.get("/metrics/").status_code == 401
+        assert remote.get("/metrics/", headers=bearer("key-one")).status_code == 200
+        assert local.get("/metrics/").status_code == 200
+        assert remote.get("/").status_code == 200, "the page itself asks for the key"
+
+
+def test_without_keys_only_loopback_callers_get_debug_and_probes_and_others_are_rate_limited(
+    pipeline, monkeypatch
+) -> None:
+    with in_process_api(pipeline, monkeypatch, api_rate_limit="2/minute") as (local, remote):
+        debug = remote.post("/answer", json={"query": "moon", "debug": True})
+        assert debug.status_code == 403 and debug.json()["message"].startswith("debug is only for callers")
+        probes = remote.post("/search", json={"query": "moon", "include_probes": True})
+        assert probes.status_code == 403 and "include_probes" in probes.json()["message"]
+        for _ in range(2):
+            assert remote.post("/search", json={"query": "moon"}).status_code == 200
+        assert remote.post("/search", json={"query": "moon"}).status_code == 429
+        for _ in range(4):  # the operator's own tools on the machine are not limited
+            assert local.post("/search", json={"query": "moon", "include_probes": True}).status_code == 200
+        assert local.post("/answer", json={"query": "moon", "debug": True}).json()["debug"]
+        assert all(set(d) == {"status"} for d in remote.get("/health").json()["dependencies"].values())
+        assert "detail" in local.get("/health").json()["dependencies"]["postgres"]
+
+
+def test_a_body_over_the_limit_is_a_413_declared_or_chunked(pipeline) -> None:
+    _, client = pipeline
+    big = json.dumps({"query": "moon", "filters": {"wiki": ["enwiki"] * 12_000}}).encode()
+    assert len(big) > 65_536
+    declared = client.post("/search", content=big, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and "65536 bytes" in declared.json()["message"]
+    chunks = (big[i : i + 4096] for i in range(0, len(big), 4096))  # no Content-Length: sent chunked
+    chunked = client.post("/search", content=chunks, headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+    assert client.post("/search", json={"query": "moon"}).status_code == 200
+
+
+def test_live_feed_subscribers_are_capped(pipeline) -> None:
+    settings, _ = pipeline  # the pipeline's API serves at most 3
+    with contextlib.ExitStack() as open_streams:
+        for _ in range(3):
+            sse = open_streams.enter_context(httpx.Client(base_url=settings.api_url, timeout=httpx.Timeout(5, read=30)))
+            assert open_streams.enter_context(sse.stream("GET", "/stream")).status_code == 200
+        extra = httpx.get(f"{settings.api_url}/stream", timeout=5)
+        assert extra.status_code == 503 and "3 subscribers" in extra.json()["message"]
+        assert int(extra.headers["retry-after"]) > 0
+
+    def served() -> bool:
+        with (
+            httpx.Client(base_url=settings.api_url, timeout=httpx.Timeout(5, read=5)) as sse,
+            sse.stream("GET", "/stream") as response,
+        ):
+            return response.status_code == 200
+
+    wait_for(served, "a subscriber gone makes room for a new one", timeout_s=30)
 
 
 def test_postgres_down_is_a_503_naming_it(pipeline, stack) -> None:

@@ -187,7 +187,7 @@ def test_state_directory_postgres_user_cannot_reach_is_a_one_line_error(state_ho
     assert _our_processes(home) == [], "what had started was stopped again"
 
 
-def test_wrong_external_urls_are_one_line_errors(state_home: Path) -> None:
+def test_wrong_external_urls_are_one_line_errors(state_home: Path, stack) -> None:
     closed = isolated_settings(state_home).kafka_port  # a free port: nothing listens there
     message = _one_line_error(
         run_cli("up", settings=isolated_settings(state_home, kafka_bootstrap_servers=f"127.0.0.1:{closed}"))
@@ -203,3 +203,9 @@ def test_wrong_external_urls_are_one_line_errors(state_home: Path) -> None:
         )
     )
     assert "not reachable" in message and "STREAMRAG_DATABASE_URL" in message
+
+    # A Postgres that answers but refuses the password: said as Postgres says it, with the setting to fix.
+    wrong = f"postgresql+psycopg://streamrag_owner:not-the-password@127.0.0.1:{stack.settings.postgres_port}/x"
+    message = _one_line_error(run_cli("up", settings=isolated_settings(state_home, database_url=wrong)))
+    assert 'password authentication failed for user "streamrag_owner"' in message, message
+    assert "STREAMRAG_DATABASE_URL" in message and "not-the-password" not in message

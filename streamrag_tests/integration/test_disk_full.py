@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from streamrag_assets.credentials import OWNER_ROLE
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.postgres import admin_connect
 from streamrag_assets.runtime.stream import stream_process
@@ -84,7 +85,7 @@ def _wait(condition, what: str, timeout_s: float) -> None:
 def test_a_full_disk_stops_writes_with_a_clear_error_and_everything_resumes_when_space_returns(stack, caplog) -> None:
     suffix = uuid.uuid4().hex[:8]
     with admin_connect(stack.settings) as conn:
-        conn.execute(f"CREATE DATABASE app_{suffix}")
+        conn.execute(f"CREATE DATABASE app_{suffix} OWNER {OWNER_ROLE}")
     with small_filesystem(256) as mount:
         settings = stack.settings.model_copy(
             update={

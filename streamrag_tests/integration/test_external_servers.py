@@ -39,24 +39,17 @@ PASSWORD = f"rag-secret-{uuid.uuid4().hex[:6]}"
 EVENTS = 1500
 
 
-def _require_scram(servers, data_dir) -> None:
-    """What a DBA does: a login role without superuser, its databases and the vector extension, then passwords
-    (scram) for every TCP connection."""
+def _require_scram(servers) -> None:
+    """What a DBA does: a login role without superuser, its databases and the vector extension (every TCP
+    connection to the cluster already authenticates with scram-sha-256)."""
     with admin_connect(servers) as conn:
         conn.autocommit = True
-        conn.execute("SET password_encryption = 'scram-sha-256'")
         conn.execute(f"CREATE ROLE rag LOGIN PASSWORD '{PASSWORD}' NOSUPERUSER NOCREATEDB NOCREATEROLE")
         conn.execute("CREATE DATABASE rag OWNER rag")
         conn.execute("CREATE DATABASE rag_dagster OWNER rag")
-        conn.execute(f"ALTER ROLE postgres PASSWORD 'admin-{PASSWORD}'")
     with admin_connect(servers, "rag") as conn:
         conn.autocommit = True
-        conn.execute("CREATE EXTENSION vector")
-        hba = data_dir / "pg_hba.conf"
-        hba.write_text(
-            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n"
-        )
-        conn.execute("SELECT pg_reload_conf()")
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
 
 def _create_bucket(settings, bucket: str) -> None:
@@ -76,7 +69,7 @@ def test_the_platform_runs_against_external_postgres_kafka_and_a_grpc_code_serve
     code_port = free_port()
     try:
         with running(servers, [postgres, broker]):
-            _require_scram(servers, servers.state_dir / "postgres")
+            _require_scram(servers)
             database = f"127.0.0.1:{servers.postgres_port}"
             settings = isolated_settings(
                 home / "platform" / ".streamrag",

@@ -1,10 +1,21 @@
-"""The embedded Postgres has pgvector, answers HNSW cosine queries, and keeps data across a restart."""
+"""The embedded Postgres has pgvector, answers HNSW cosine queries, and keeps data across a restart; every
+connection authenticates, and each service's role may do only what the service needs."""
 
 from __future__ import annotations
 
-import pytest
+import os
+import pwd
+import subprocess
 
-from streamrag_assets.runtime.postgres import admin_connect
+import psycopg
+import pytest
+from psycopg import errors
+
+from streamrag_assets.credentials import API_ROLE, DAGSTER_ROLE, OWNER_ROLE, SUPERUSER, password_path
+from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.runtime.postgres import POSTGRES_BIN_PATH, admin_connect, postgres_process
+from streamrag_assets.runtime.process import ServiceError, postgres_dsn
+from streamrag_tests.harness import isolated_settings, release, scratch_dir
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +54,110 @@ def test_hnsw_cosine_neighbours_survive_restart(stack) -> None:
     stack.postgres.stop()
     stack.start(stack.postgres)
     assert neighbours() == ["north", "north-east", "east"]
+
+
+def _connect(url: str) -> psycopg.Connection:
+    return psycopg.connect(postgres_dsn(url), connect_timeout=3, autocommit=True)
+
+
+def test_the_api_role_only_reads_and_no_service_role_is_a_superuser(stack) -> None:
+    settings = stack.settings
+    upgrade(settings.app_database_url)  # as the owner role: the schema is the stream's to make
+    with _connect(settings.app_database_url) as owner:
+        owner.execute("CREATE TABLE IF NOT EXISTS owners_scratch (id int)")
+        owner.execute("DROP TABLE owners_scratch")
+        count = owner.execute("SELECT count(*) FROM documents").fetchone()[0]
+    with _connect(settings.reader_database_url) as api:
+        assert api.execute("SELECT count(*) FROM documents").fetchone()[0] == count
+        api.execute("LISTEN streamrag_documents")  # the live feed's notifications need no privilege
+        for statement in (
+            "INSERT INTO pipeline_heartbeats (component, detail) VALUES ('x', '{}')",
+            "DELETE FROM documents",
+            "UPDATE documents SET title = 'x'",
+            "CREATE TABLE api_scratch (id int)",
+            "CREATE TEMPORARY TABLE api_scratch (id int)",
+            "DROP TABLE documents",
+            "COPY documents TO PROGRAM 'true'",
+        ):
+            with pytest.raises(errors.InsufficientPrivilege):
+                api.execute(statement)
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        _connect(settings.model_copy(update={"postgres_db": settings.postgres_dagster_db}).reader_database_url)
+    with admin_connect(settings) as conn:
+        roles = dict(conn.execute("SELECT rolname, rolsuper FROM pg_roles WHERE rolname LIKE 'streamrag%'").fetchall())
+    assert roles == {OWNER_ROLE: False, API_ROLE: False, DAGSTER_ROLE: False}
+
+
+def _single_user(settings, database: str, statements: str) -> None:
+    result = subprocess.run(
+        [str(POSTGRES_BIN_PATH / "postgres"), "--single", "-D", str(settings.state_dir / "postgres"), database],
+        input=statements,
+        user=settings.postgres_run_as if os.geteuid() == 0 else None,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_cluster_made_with_trust_gets_passwords_and_its_objects_move_to_the_owner_role() -> None:
+    """An installation from before roles: initdb --auth=trust, everything made by the superuser."""
+    home = scratch_dir("streamrag-pg-upgrade-")
+    settings = isolated_settings(home / ".streamrag")
+    data_dir = settings.state_dir / "postgres"
+    data_dir.mkdir(parents=True)
+    run_as = settings.postgres_run_as if os.geteuid() == 0 else None
+    if run_as is not None:
+        postgres_process(settings)  # (makes nothing) the user exists once any test started the shared stack
+        entry = pwd.getpwnam(run_as)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+    initdb = [
+        str(POSTGRES_BIN_PATH / "initdb"),
+        "-D",
+        str(data_dir),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--no-locale",
+    ]
+    assert subprocess.run(initdb, user=run_as, capture_output=True, check=False).returncode == 0
+    _single_user(settings, "postgres", f"CREATE DATABASE {settings.postgres_db};\n")
+    _single_user(
+        settings,
+        settings.postgres_db,
+        "CREATE TABLE old_notes (id serial PRIMARY KEY, note text);\n"
+        "CREATE FUNCTION old_answer() RETURNS int LANGUAGE sql AS 'SELECT 42';\n",
+    )
+    server = postgres_process(settings)
+    try:
+        server.start()
+        server.wait_ready(60)
+        assert "trust" not in "".join(
+            line for line in (data_dir / "pg_hba.conf").read_text().splitlines() if not line.lstrip().startswith("#")
+        )
+        bare = f"host=127.0.0.1 port={settings.postgres_port} user=postgres dbname=postgres connect_timeout=3"
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(bare)
+        with _connect(settings.app_database_url) as owner:
+            owner.execute("INSERT INTO old_notes (note) VALUES ('kept')")  # the table and its sequence moved
+            assert owner.execute("SELECT old_answer()").fetchone() == (42,)
+            owner.execute("ALTER FUNCTION old_answer() RENAME TO old_answer2")
+        with _connect(settings.reader_database_url) as api:
+            assert api.execute("SELECT note FROM old_notes").fetchall() == [("kept",)]
+        server.stop()
+
+        # A superuser password that is not the cluster's: a clear error naming the file, not a timeout.
+        kept = password_path(settings.postgres_secrets_path, SUPERUSER)
+        real = kept.read_text()
+        kept.write_text("not-the-password\n")
+        with pytest.raises(ServiceError, match=f"refused the superuser password in {kept}"):
+            server.start()
+            server.wait_ready(60)
+        server.stop()
+        kept.write_text(real)
+        server.start()
+        server.wait_ready(60)
+    finally:
+        server.stop()
+        release(home)

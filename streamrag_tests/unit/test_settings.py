@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from streamrag_assets.credentials import OWNER_ROLE, ensure_password, password_path, read_password
 from streamrag_assets.runtime.supervisor import build_stack
 from streamrag_assets.settings import Settings
 from streamrag_tests.harness import EMBEDDED_SERVICES
@@ -16,7 +17,56 @@ def test_defaults_start_every_embedded_service(tmp_path: Path) -> None:
     names = [p.name for p in build_stack(settings)]
     assert names == EMBEDDED_SERVICES
     assert settings.bootstrap_servers == "127.0.0.1:9092"
-    assert settings.app_database_url.startswith("postgresql+psycopg://postgres@127.0.0.1:5432/")
+    # Each service connects as a role of its own with the password `up` generated, never as the superuser.
+    ensure_password(settings.postgres_secrets_path, OWNER_ROLE)
+    owner = read_password(settings.postgres_secrets_path, OWNER_ROLE)
+    assert settings.app_database_url == f"postgresql+psycopg://streamrag_owner:{owner}@127.0.0.1:5432/streamrag"
+    assert settings.reader_database_url.startswith("postgresql+psycopg://streamrag_api@127.0.0.1:5432/")
+    assert settings.dagster_storage_url.startswith("postgresql+psycopg2://streamrag_dagster@127.0.0.1:5432/")
+    folder = settings.postgres_secrets_path
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert password_path(folder, OWNER_ROLE).stat().st_mode & 0o777 == 0o600
+
+
+SECRETS = {
+    "llm_api_key": "sk-llm-secret-1",
+    "s3_secret_key": "s3-secret-2",
+    "alert_webhook_url": "http://hooks.example/secret-3",
+    "api_keys": "api-key-secret-4",
+    "kafka_sasl_password": "sasl-secret-5",
+}
+
+
+def test_each_service_gets_only_the_secrets_it_uses(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="rag",
+        **SECRETS,
+    )
+    assert not any(value in repr(settings) for value in SECRETS.values()), "secrets never reach logs"
+    given = {
+        proc.name: {name for name, value in SECRETS.items() if value in " ".join(proc.env.values())}
+        for proc in build_stack(settings)
+    }
+    assert given["api"] == {"llm_api_key", "api_keys"}
+    assert given["probe"] == {"api_keys", "kafka_sasl_password"}
+    assert given["ingest"] == {"kafka_sasl_password"}
+    assert given["stream"] == {"kafka_sasl_password", "s3_secret_key"}
+    assert given["dagster-code"] == {"kafka_sasl_password", "s3_secret_key", "alert_webhook_url"}
+    assert given["kafka"] == {"s3_secret_key"}  # the embedded broker's storage
+    for name in ("postgres", "dagster-webserver", "dagster-daemon"):
+        assert given[name] == set(), name
+
+
+def test_the_api_refuses_to_listen_beyond_loopback_without_a_key(tmp_path: Path) -> None:
+    assert Settings(home=tmp_path).api_auth_problem() is None
+    problem = Settings(home=tmp_path, bind_host="0.0.0.0").api_auth_problem()
+    assert problem and "STREAMRAG_API_KEYS" in problem and "STREAMRAG_API_AUTH=off" in problem
+    assert Settings(home=tmp_path, bind_host="0.0.0.0", api_keys="k1,k2").api_auth_problem() is None
+    assert Settings(home=tmp_path, bind_host="0.0.0.0", api_auth="off").api_auth_problem() is None
+    assert Settings(home=tmp_path, api_keys=" k1, ,k2 ").api_key_list() == ["k1", "k2"]
 
 
 def test_external_addresses_replace_embedded_services(tmp_path: Path) -> None:
