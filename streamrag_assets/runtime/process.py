@@ -157,7 +157,9 @@ class ManagedProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.env},
+                # Not the parent's own STREAMRAG_* variables: `env` holds the settings, and only the secrets this
+                # process uses (`up` itself may have been given every one).
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("STREAMRAG_")}, **self.env},
                 cwd=self.cwd,
                 user=self.user,
                 start_new_session=True,

@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -65,8 +66,81 @@ def _down(settings, up_proc: subprocess.Popen) -> None:
     assert up_proc.wait(60) == 0
 
 
-def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Path) -> None:
-    settings = isolated_settings(state_home)
+def _configured_secrets(state_home: Path) -> dict[str, str]:
+    closed = isolated_settings(state_home).api_port  # a free port: the LLM and the webhook cannot be reached
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "llm_base_url": f"http://127.0.0.1:{closed}/v1",
+        "llm_api_key": f"sk-llm-{tag}",
+        "alert_webhook_url": f"http://127.0.0.1:{closed}/hooks/T0/{tag}",
+        "s3_secret_key": f"s3-secret-{tag}",
+        "api_keys": f"api-key-{tag}",
+    }
+
+
+def _no_secret_leaks(settings, configured: dict[str, str], rows: list[dict]) -> None:
+    """No configured or generated secret in a log, in run/, in any /metrics or in what the API tells clients; each
+    process' environment holds only the secrets it uses; no process is connected as the Postgres superuser."""
+    folder = settings.postgres_secrets_path
+    secrets = {name: value for name, value in configured.items() if name != "llm_base_url"}
+    secrets |= {path.name: path.read_text().strip() for path in folder.glob("postgres-*.password")}
+    assert len(secrets) == 8 and all(len(value) >= 10 for value in secrets.values())
+    assert folder.stat().st_mode & 0o777 == 0o700 and all(
+        path.stat().st_mode & 0o777 == 0o600 for path in folder.iterdir()
+    )
+    key = {"Authorization": f"Bearer {configured['api_keys']}"}
+    with httpx.Client(base_url=settings.api_url, timeout=30) as api:
+        said = [
+            api.post("/search", json={"query": "moon"}),  # 401
+            api.post("/search", json={"query": "moon"}, headers={"Authorization": "Bearer wrong"}),  # 401
+            api.post("/search", json={"query": ""}, headers=key),  # 422
+            api.post("/answer", json={"query": "Wikipedia"}, headers=key),  # the unreachable LLM: a fallback
+            api.get("/health"),
+            api.get("/metrics/"),
+        ]
+    assert [r.status_code for r in said[:3]] == [401, 401, 422]
+    fallback = said[3].json()
+    assert said[3].status_code == 200 and (fallback["fallback"] or fallback["citations"] == []), fallback
+    assert configured["llm_base_url"] not in said[3].text, "clients are not told internal addresses"
+    for port in (settings.ingest_metrics_port, settings.stream_metrics_port, settings.probe_metrics_port):
+        said.append(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10))
+    said.append(httpx.get(f"http://127.0.0.1:{settings.supervisor_metrics_port}/metrics", timeout=10))
+    texts = {f"response {r.request.method} {r.request.url.path} {r.status_code}": r.text for r in said}
+    for folder_name in ("logs", "run"):
+        for path in (settings.state_dir / folder_name).rglob("*"):
+            if path.is_file():
+                texts[str(path)] = path.read_text(errors="replace")
+    for where, text in texts.items():
+        for name, value in secrets.items():
+            assert value not in text, f"{name} is in {where}"
+
+    uses = {  # the configured secrets each service is given; the Postgres passwords are files its role reads
+        "api": {"llm_api_key", "api_keys"},
+        "probe": {"api_keys"},
+        "stream": {"s3_secret_key"},
+        "dagster-code": {"alert_webhook_url", "s3_secret_key"},
+        "kafka": {"s3_secret_key"},  # its bucket's credentials
+        "dagster-webserver": {"postgres-streamrag_dagster.password"},  # its instance storage URL
+        "dagster-daemon": {"postgres-streamrag_dagster.password"},
+    }
+    uses["dagster-code"] |= uses["dagster-webserver"]
+    for row in rows:
+        environ = Path(f"/proc/{row['pid']}/environ").read_bytes().decode(errors="replace")
+        given = {name for name, value in secrets.items() if value in environ}
+        assert given == uses.get(row["name"], set()), row["name"]
+    with admin_connect(settings) as conn:
+        users = {
+            user
+            for (user,) in conn.execute(
+                "SELECT usename FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+        }
+    assert users and users <= {"streamrag_owner", "streamrag_api", "streamrag_dagster"}, users
+
+
+def test_up_status_down_and_restart_keeps_messages_offsets_tables_and_no_secret_leaks(state_home: Path) -> None:
+    configured = _configured_secrets(state_home)
+    settings = isolated_settings(state_home, **configured)
     up = _start_up(settings)
     try:
         status = run_cli("status", "--json", settings=settings)
@@ -93,6 +167,7 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables(state_home: Pa
                 ingested += batch
         raw.close()
         assert len(ingested) >= 20 and all(dict(r.headers).get("sse_id") for r in ingested)
+        _no_secret_leaks(settings, configured, rows)
 
         # Leave state behind: messages, a group's committed offsets, a table.
         topic, group = f"keep-{uuid.uuid4().hex[:6]}", "keeper"

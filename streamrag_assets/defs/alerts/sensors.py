@@ -70,8 +70,11 @@ def evaluate(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         if settings.alert_webhook_url:
             try:
                 post(settings.alert_webhook_url, payload)
-            except httpx.HTTPError as exc:
-                context.log.error(f"the freshness alert for {asset} could not be posted: {exc}")
+            except httpx.HTTPError as exc:  # not the exception's text: it names the URL, and the URL is the secret
+                reason = (
+                    f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
+                )
+                context.log.error(f"the freshness alert for {asset} could not be posted to the webhook: {reason}")
     return dg.SensorResult(cursor=cursor)
 
 
