@@ -14,7 +14,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import make_asgi_app
+from prometheus_client import make_asgi_app, start_http_server
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
@@ -34,6 +34,9 @@ STATIC = Path(__file__).parent / "static"
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services = Services()
     app.state.services = services
+    metrics_server = None
+    if services.settings.api_metrics_port:  # for a scraper on an internal network; the API's own port needs a key
+        metrics_server, _ = start_http_server(services.settings.api_metrics_port, addr=services.settings.bind_host)
     # The schema is the stream's (and `streamrag migrate`'s) to make: this service's role only reads.
     await asyncio.to_thread(services.embedder.warm)  # load the model before the first question
     services.feed.start()
@@ -46,6 +49,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if services.keyword_index is not None:
             await asyncio.to_thread(services.keyword_index.stop)
         services.engine.dispose()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
 
 
 app = FastAPI(

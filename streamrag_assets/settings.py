@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         "Loopback callers of an API without keys are not limited. Empty: no limit.",
     )
     api_max_body_bytes: int = Field(65_536, ge=1024, description="Larger request bodies get a 413.")
+    api_metrics_port: int = Field(
+        0,
+        ge=0,
+        description="Also serve the API's Prometheus metrics on this port, without a key (0: off): for a scraper on an "
+        "internal network when the API itself needs keys. /metrics on the API's port answers loopback callers and "
+        "key holders.",
+    )
     api_max_stream_clients: int = Field(
         100, ge=1, description="Concurrent /stream subscribers; one more gets a 503 with Retry-After."
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -158,6 +159,48 @@ def test_a_cluster_made_with_trust_gets_passwords_and_its_objects_move_to_the_ow
         kept.write_text(real)
         server.start()
         server.wait_ready(60)
+    finally:
+        server.stop()
+        release(home)
+
+
+def test_the_compose_init_script_makes_roles_the_platform_runs_with() -> None:
+    """deploy/postgres/init.sh (what compose and the README give a DBA) on a bare cluster: the owner role can migrate,
+    the API role only reads, Dagster's role owns its database."""
+    home = scratch_dir("streamrag-pg-init-")
+    settings = isolated_settings(home / ".streamrag", postgres_db="streamrag", postgres_dagster_db="dagster")
+    server = postgres_process(settings)
+    server.after_ready = None  # a bare cluster: the superuser and nothing else, as the Postgres image makes it
+    passwords = {"owner": "owner-pw-1", "api": "api-pw-2", "dagster": "dagster-pw-3"}
+    try:
+        server.start()
+        server.wait_ready(60)
+        env = {
+            "PATH": f"{POSTGRES_BIN_PATH}:{os.environ['PATH']}",
+            "PGHOST": "127.0.0.1",
+            "PGPORT": str(settings.postgres_port),
+            "PGPASSWORD": password_path(settings.postgres_secrets_path, SUPERUSER).read_text().strip(),
+            "POSTGRES_USER": "postgres",
+            "POSTGRES_OWNER_PASSWORD": passwords["owner"],
+            "POSTGRES_API_PASSWORD": passwords["api"],
+            "POSTGRES_DAGSTER_PASSWORD": passwords["dagster"],
+        }
+        script = Path(__file__).parents[2] / "deploy" / "postgres" / "init.sh"
+        result = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+        at = f"127.0.0.1:{settings.postgres_port}"
+        owner = f"postgresql+psycopg://streamrag_owner:{passwords['owner']}@{at}/streamrag"
+        upgrade(owner)
+        with _connect(owner) as conn:
+            conn.execute("INSERT INTO pipeline_heartbeats (component, detail) VALUES ('init-test', '{}')")
+        with _connect(f"postgresql+psycopg://streamrag_api:{passwords['api']}@{at}/streamrag") as api:
+            assert api.execute("SELECT component FROM pipeline_heartbeats").fetchall() == [("init-test",)]
+            with pytest.raises(errors.InsufficientPrivilege):
+                api.execute("DELETE FROM pipeline_heartbeats")
+        with _connect(f"postgresql+psycopg://streamrag_dagster:{passwords['dagster']}@{at}/dagster") as dagster:
+            dagster.execute("CREATE TABLE runs (id int)")  # dagster-postgres makes its schema on first use
+        with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+            _connect(f"postgresql+psycopg://streamrag_api:{passwords['api']}@{at}/dagster")
     finally:
         server.stop()
         release(home)

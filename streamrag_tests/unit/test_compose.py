@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,14 +23,32 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_file_validates_against_compose_spec() -> None:
-    assert shutil.which("docker-compose"), "Debian's docker-compose is installed by `make test`"
-    result = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+# The secrets compose requires (it has no defaults for them).
+REQUIRED_SECRETS = {
+    "POSTGRES_PASSWORD": "pg-super-1",
+    "POSTGRES_OWNER_PASSWORD": "pg-owner-2",
+    "POSTGRES_API_PASSWORD": "pg-api-3",
+    "POSTGRES_DAGSTER_PASSWORD": "pg-dagster-4",
+    "S3_SECRET_KEY": "s3-secret-5",
+    "STREAMRAG_API_KEYS": "api-key-6",
+    "GRAFANA_ADMIN_PASSWORD": "grafana-7",
+}
+
+
+def _config(env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
+    return subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
         capture_output=True,
         text=True,
         cwd=ROOT,
+        env=clean | env,
     )
+
+
+def test_compose_file_validates_against_compose_spec() -> None:
+    assert shutil.which("docker-compose"), "Debian's docker-compose is installed by `make test`"
+    result = _config(REQUIRED_SECRETS)
     assert result.returncode == 0, result.stderr
     jsonschema.validate(_compose(), json.loads(COMPOSE_SCHEMA.read_text()))
 
@@ -72,7 +91,6 @@ def test_every_streamrag_service_command_exists_in_the_package() -> None:
         # Every address comes from the environment, never baked into the image.
         env = svc["environment"]
         assert env["STREAMRAG_KAFKA_BOOTSTRAP_SERVERS"] == "redpanda:9092"
-        assert "postgres:5432" in env["STREAMRAG_DATABASE_URL"]
 
 
 def test_every_streamrag_service_shares_one_state_volume_and_reaches_others_by_service_name() -> None:
@@ -94,7 +112,9 @@ def test_every_streamrag_service_shares_one_state_volume_and_reaches_others_by_s
             host = env[key].split("//")[1].split(":")[0]
             assert host in services, f"{name}: {key} points at {host}, not a service"
         assert env["STREAMRAG_KAFKA_BOOTSTRAP_SERVERS"].split(":")[0] in services
-        assert env["STREAMRAG_DATABASE_URL"].split("@")[1].split(":")[0] in services
+        for key in ("STREAMRAG_DATABASE_URL", "STREAMRAG_API_DATABASE_URL", "STREAMRAG_DAGSTER_STORAGE_URL"):
+            if key in env:
+                assert env[key].split("@")[1].split(":")[0] in services
 
 
 def test_compose_runs_the_stream_on_a_spark_cluster_with_the_tables_on_object_storage() -> None:
@@ -119,3 +139,47 @@ def test_compose_runs_the_stream_on_a_spark_cluster_with_the_tables_on_object_st
 
     settings = Settings(**{k[len("STREAMRAG_") :].lower(): v for k, v in env.items() if k.startswith("STREAMRAG_")})
     assert settings.spark_on_cluster and settings.delta_on_s3 and settings.spark_master is not None
+
+
+def test_compose_needs_every_secret_and_gives_each_service_only_the_ones_it_uses() -> None:
+    for name in REQUIRED_SECRETS:
+        missing = _config({k: v for k, v in REQUIRED_SECRETS.items() if k != name})
+        assert missing.returncode != 0 and name in missing.stderr, f"compose starts without {name}"
+    services = yaml.safe_load(_config(REQUIRED_SECRETS).stdout)["services"]
+    given = {
+        name: {key for key, value in REQUIRED_SECRETS.items() if value in json.dumps(svc.get("environment", {}))}
+        for name, svc in services.items()
+    }
+    assert given["postgres"] == {
+        "POSTGRES_PASSWORD",
+        "POSTGRES_OWNER_PASSWORD",
+        "POSTGRES_API_PASSWORD",
+        "POSTGRES_DAGSTER_PASSWORD",
+    }
+    assert given["api"] == {"POSTGRES_API_PASSWORD", "STREAMRAG_API_KEYS"}
+    assert given["probe"] == {"STREAMRAG_API_KEYS"}
+    assert given["stream"] == {"POSTGRES_OWNER_PASSWORD", "S3_SECRET_KEY"}
+    assert given["dagster-code"] == {"POSTGRES_OWNER_PASSWORD", "POSTGRES_DAGSTER_PASSWORD", "S3_SECRET_KEY"}
+    assert given["dagster-webserver"] == given["dagster-daemon"] == {"POSTGRES_DAGSTER_PASSWORD"}
+    assert given["grafana"] == {"GRAFANA_ADMIN_PASSWORD"} and given["minio"] == {"S3_SECRET_KEY"}
+    for name in ("ingest", "spark-master", "spark-worker-1", "spark-worker-2", "redpanda", "prometheus"):
+        assert given[name] == set(), name
+    # No streamrag service connects as the superuser.
+    for name, svc in services.items():
+        for key, value in svc.get("environment", {}).items():
+            if key.endswith("_URL") and "@postgres:" in str(value):
+                assert str(value).split("//")[1].split(":")[0].startswith("streamrag_"), (name, key)
+
+
+def test_what_has_no_authentication_of_its_own_is_published_on_loopback_only() -> None:
+    services = _compose()["services"]
+    for name in ("dagster-webserver", "prometheus", "spark-master"):
+        for port in services[name].get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host"
+    api = services["api"]["environment"]
+    assert api["STREAMRAG_BIND_HOST"] == "0.0.0.0" and "STREAMRAG_API_KEYS" in api, "a published API needs keys"
+    grafana = services["grafana"]["environment"]
+    assert (
+        grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+        and "GRAFANA_ADMIN_PASSWORD" in grafana["GF_SECURITY_ADMIN_PASSWORD"]
+    )
