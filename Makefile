@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast fuzz chaos lint install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog bench-scale soak clean
+.PHONY: up down status test test-fast fuzz chaos lint audit install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog bench-scale soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -76,6 +76,10 @@ bench-backlog: install
 # recovery time, events lost and doubled per fault (~12 minutes; figures go to benchmarks/RESULTS.md).
 chaos: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.chaos $(ARGS)
+
+# Known vulnerabilities of every installed dependency (needs PyPI's JSON API; the test suite skips it without).
+audit: install
+	$(BIN)/pip-audit --skip-editable --strict --progress-spinner off
 
 lint: install
 	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests

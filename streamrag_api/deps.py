@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -20,6 +21,14 @@ from streamrag_api.search import Searcher, Timings, search_engine
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.settings import get_settings
 
+T = TypeVar("T")
+
+# The pool's 20 connections: retrieval (cores + 1), these reads, /health's and /stream's checks (the event loop's
+# default executor, ~6 threads), the keyword index' follower. A burst of requests waits for a slot in order instead
+# of timing out of the pool (which would be a 503).
+POOL_SIZE, POOL_OVERFLOW = 10, 10
+READ_SLOTS = 8
+
 
 class Services:
     """One connection pool, the embedding model, the searcher and its keyword index, the live feed."""
@@ -29,7 +38,9 @@ class Services:
         self.access = Access(self.settings)
         # The API's own read-only role. No pre-ping (a round trip per request): `call_database` retries once on a
         # connection found dead instead.
-        self.engine = search_engine(self.settings.reader_database_url, pool_size=10, max_overflow=10, pool_timeout=5)
+        self.engine = search_engine(
+            self.settings.reader_database_url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_timeout=5
+        )
         self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
         self.keyword_index = (
             KeywordIndex(self.engine, self.settings.keyword_refresh_s, self.settings.keyword_index_path)
@@ -42,6 +53,7 @@ class Services:
         self.retrieval_slots = anyio.CapacityLimiter(
             self.settings.search_concurrency or (os.cpu_count() or 1) + 1
         )  # made inside the event loop (lifespan)
+        self.read_slots = anyio.CapacityLimiter(READ_SLOTS)
         url = make_url(self.settings.reader_database_url).set(drivername="postgresql")
         wake = self.keyword_index.wake if self.keyword_index is not None else None
         self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine, on_commit=wake)
@@ -55,6 +67,10 @@ class Services:
             partial(call_database, self.searcher.search, body, timings, similarity=similarity),
             limiter=self.retrieval_slots,
         )
+
+    async def read(self, call: Callable[..., T], *args: Any) -> T:
+        """A database read of a route other than retrieval, in a worker thread, at most `READ_SLOTS` at once."""
+        return await anyio.to_thread.run_sync(partial(call_database, call, *args), limiter=self.read_slots)
 
 
 async def get_services(request: Request) -> Services:

@@ -523,7 +523,7 @@ class Settings(BaseSettings):
     @property
     def spark_cluster_host(self) -> str:
         """Where the local cluster's master and workers listen (the interface `up` binds its servers to)."""
-        return LOOPBACK if self.bind_host in ("0.0.0.0", "::") else self.bind_host
+        return LOOPBACK if self.bind_host in ("0.0.0.0", "::") else self.bind_host  # noqa: S104 (a comparison)
 
     @property
     def spark_on_cluster(self) -> bool:

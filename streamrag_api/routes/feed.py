@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sse_starlette.sse import EventSourceResponse
 
 from streamrag_api.deps import ServicesDep, get_caller
-from streamrag_api.errors import DependencyDown, call_database
+from streamrag_api.errors import DependencyDown
 from streamrag_api.schemas import Document, Freshness, RecentEvents
 from streamrag_api.search import document_from_row
 from streamrag_assets.documents.heartbeat import STREAM, latest
@@ -47,13 +47,13 @@ def read_freshness(engine: Engine) -> Freshness:
 
 
 @router.get("/events/recent", response_model=RecentEvents, summary="The latest cleaned events, newest indexed first")
-def recent_events(svc: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> RecentEvents:
-    return RecentEvents(events=call_database(read_recent, svc.engine, limit))
+async def recent_events(svc: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> RecentEvents:
+    return RecentEvents(events=await svc.read(read_recent, svc.engine, limit))
 
 
 @router.get("/freshness", response_model=Freshness, summary="How fresh the index is: lag, last indexed, latency")
-def freshness(svc: ServicesDep) -> Freshness:
-    return call_database(read_freshness, svc.engine)
+async def freshness(svc: ServicesDep) -> Freshness:
+    return await svc.read(read_freshness, svc.engine)
 
 
 @router.get("/stream", summary="Server-sent events: each document as it is indexed, and freshness every 5 s")

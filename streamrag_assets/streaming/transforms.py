@@ -6,6 +6,7 @@ normalise, render) and collected as one Arrow table, which ``split_layers`` cuts
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -111,10 +112,8 @@ def refine_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch
 def refined_batch(rows: list[dict]) -> pa.RecordBatch:
     """Refined rows as one record batch. A row whose values do not fit the tables' types (an integer past int64, a
     string Arrow cannot encode) is found by converting one row at a time, and goes to quarantine with the reason."""
-    try:
+    with contextlib.suppress(Exception):  # some row does not fit: found one row at a time below
         return pa.RecordBatch.from_pylist(rows, schema=REFINED_ARROW)
-    except Exception:
-        pass
     fitted = []
     for row in rows:
         try:

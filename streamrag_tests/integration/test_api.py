@@ -8,12 +8,16 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from xml.etree import ElementTree
 
 import httpx
 import pytest
@@ -552,6 +556,45 @@ def test_no_request_makes_a_server_error(api_schema) -> None:
                 case.validate_response(response, checks=[not_a_server_error])
 
         fuzz()
+
+
+def test_concurrent_generated_requests_beside_a_burst_beyond_the_pool_get_no_server_error(pipeline, tmp_path) -> None:
+    """schemathesis with 8 workers over every operation (but /stream, endless, and /health, whose 503 means Dagster
+    is not running here) while 48 clients read /events/recent and /freshness at once: more requests than the API's 20
+    pooled connections. None may get a 5xx — a burst waits its turn."""
+    settings, _ = pipeline
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def reader(path: str) -> None:
+        with httpx.Client(base_url=settings.api_url, timeout=60) as client:
+            while not stop.is_set():
+                status = client.get(path).status_code
+                with lock:
+                    statuses[status] += 1
+
+    burst = [threading.Thread(target=reader, args=(path,)) for path in ("/events/recent?limit=200", "/freshness") * 24]
+    for thread in burst:
+        thread.start()
+    try:
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "schemathesis"), "run", f"{settings.api_url}/openapi.json"]
+            + ["--workers", "8", "--checks", "not_a_server_error", "--max-examples", "25", "--request-timeout", "60"]
+            + ["--exclude-path", "/stream", "--exclude-path", "/health", "--phases", "examples,fuzzing"]
+            + ["--report", "junit", "--report-junit-path", str(tmp_path / "junit.xml")],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    finally:
+        stop.set()
+        for thread in burst:
+            thread.join()
+    assert result.returncode == 0, result.stdout[-4000:]
+    tested = {case.get("name") for case in ElementTree.parse(tmp_path / "junit.xml").iter("testcase")}
+    assert {"POST /search", "POST /answer", "GET /events/recent", "GET /freshness"} <= tested, tested
+    assert sum(statuses.values()) > 200 and all(status < 500 for status in statuses), statuses
 
 
 # --- the UI in a real headless Chromium -----------------------------------------------------------------------------
