@@ -134,7 +134,10 @@ def api_command(
     """Serve the retrieval API and UI (what `up` runs; use it alone against external servers)."""
     from streamrag_assets.runtime.entry import api
 
-    api.main(_settings(), host, port)
+    try:
+        api.main(_settings(), host, port)
+    except ServiceError as exc:
+        raise _fail(str(exc)) from None
 
 
 class Source(StrEnum):

@@ -284,3 +284,12 @@ def test_wrong_external_urls_are_one_line_errors(state_home: Path, stack) -> Non
     message = _one_line_error(run_cli("up", settings=isolated_settings(state_home, database_url=wrong)))
     assert 'password authentication failed for user "streamrag_owner"' in message, message
     assert "STREAMRAG_DATABASE_URL" in message and "not-the-password" not in message
+
+
+def test_listening_beyond_loopback_without_an_api_key_is_a_one_line_error(state_home: Path) -> None:
+    open_api = isolated_settings(state_home, bind_host="0.0.0.0")
+    for args in (("up",), ("api",), ("api", "--host", "0.0.0.0")):
+        settings = open_api if args != ("api", "--host", "0.0.0.0") else isolated_settings(state_home)
+        message = _one_line_error(run_cli(*args, settings=settings))
+        assert "STREAMRAG_API_KEYS" in message and "STREAMRAG_API_AUTH=off" in message, args
+    assert _our_processes(state_home) == [], "nothing was started"
