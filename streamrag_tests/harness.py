@@ -4,6 +4,7 @@ servers started as real processes, and readers of what the platform holds."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import socket
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import httpx
 import pyarrow as pa
+from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrag_assets.credentials import DAGSTER_ROLE, OWNER_ROLE
+from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.ingest.sources import recorded_event, synthetic_event
 from streamrag_assets.runtime.broker import broker_process
 from streamrag_assets.runtime.postgres import postgres_process
@@ -44,6 +47,7 @@ EMBEDDED_SERVICES = [
     "dagster-daemon",
 ]
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RECORDING = PROJECT_ROOT / "streamrag_assets" / "ingest" / "data" / "recentchange_sample.ndjson"
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -111,6 +115,64 @@ def isolated_settings(home: Path, **overrides: object) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def recentchange(title: str, comment: str, **changes) -> dict:
+    """A recentchange event like the recorded ones, for ``title``, happening now."""
+    event = json.loads(RECORDING.read_text().splitlines()[0])
+    now = dt.datetime.now(dt.UTC)
+    revision = 1_500_000_000 + uuid.uuid4().int % 500_000_000  # documents are keyed by wiki and revision
+    event["meta"] |= {
+        "id": str(uuid.uuid4()),
+        "dt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "uri": f"https://en.wikipedia.org/wiki/{title.replace(' ', '_')}",
+    }
+    event |= {
+        "title": title,
+        "title_url": event["meta"]["uri"],
+        "comment": comment,
+        "parsedcomment": comment,
+        "timestamp": int(now.timestamp()),
+        "id": revision,
+        "revision": {"old": revision - 1, "new": revision},
+        "notify_url": f"https://en.wikipedia.org/w/index.php?diff={revision}&oldid={revision - 1}",
+    }
+    for key, value in changes.items():
+        event[key] = value
+    return event
+
+
+def deletion(title: str, wiki: str = "enwiki") -> dict:
+    event = recentchange(title, "Housekeeping: page created in error", type="log", wiki=wiki)
+    for key in ("length", "revision", "minor", "notify_url"):
+        event.pop(key, None)
+    event |= {
+        "log_type": "delete",
+        "log_action": "delete",
+        "log_id": uuid.uuid4().int % 1_000_000_000,
+        "log_params": [],
+        "log_action_comment": "deleted",
+    }
+    return event
+
+
+def produce(settings, *events: dict) -> list[tuple[int, int]]:
+    """Send events to the raw topic as the ingest process does; returns (partition, offset) of each."""
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    futures = []
+    for event in events:
+        line = json.dumps(event)
+        headers = [
+            ("sse_id", f"test-{uuid.uuid4().hex[:8]}".encode()),
+            ("ingested_at", str(int(time.time() * 1000)).encode()),
+        ]
+        futures.append(
+            producer.send(settings.topic, key=event_key(try_parse(line)), value=line.encode(), headers=headers)
+        )
+    producer.flush()
+    where = [(f.get(10).partition, f.get(10).offset) for f in futures]
+    producer.close()
+    return where
 
 
 def fill_topic(settings: Settings, events: int, seed: int = 5, first: int = 0) -> None:

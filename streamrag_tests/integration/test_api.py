@@ -24,76 +24,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
-from kafka import KafkaProducer
 from schemathesis.checks import not_a_server_error
 
-from streamrag_assets.ingest.events import event_key, try_parse
 from streamrag_assets.runtime.api import api_process
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.stream import stream_process
-from streamrag_tests.harness import free_port, running, separate_platform
+from streamrag_tests.harness import deletion, free_port, produce, recentchange, running, separate_platform
 
 pytestmark = pytest.mark.integration
-
-SAMPLE = Path(__file__).parents[2] / "streamrag_assets" / "ingest" / "data" / "recentchange_sample.ndjson"
-
-
-def recentchange(title: str, comment: str, **changes) -> dict:
-    """A recentchange event like the recorded ones, for ``title``, happening now."""
-    event = json.loads(SAMPLE.read_text().splitlines()[0])
-    now = datetime.now(UTC)
-    revision = 1_500_000_000 + uuid.uuid4().int % 500_000_000  # documents are keyed by wiki and revision
-    event["meta"] |= {
-        "id": str(uuid.uuid4()),
-        "dt": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "uri": f"https://en.wikipedia.org/wiki/{title.replace(' ', '_')}",
-    }
-    event |= {
-        "title": title,
-        "title_url": event["meta"]["uri"],
-        "comment": comment,
-        "parsedcomment": comment,
-        "timestamp": int(now.timestamp()),
-        "id": revision,
-        "revision": {"old": revision - 1, "new": revision},
-        "notify_url": f"https://en.wikipedia.org/w/index.php?diff={revision}&oldid={revision - 1}",
-    }
-    for key, value in changes.items():
-        event[key] = value
-    return event
-
-
-def deletion(title: str, wiki: str = "enwiki") -> dict:
-    event = recentchange(title, "Housekeeping: page created in error", type="log", wiki=wiki)
-    for key in ("length", "revision", "minor", "notify_url"):
-        event.pop(key, None)
-    event |= {
-        "log_type": "delete",
-        "log_action": "delete",
-        "log_id": uuid.uuid4().int % 1_000_000_000,
-        "log_params": [],
-        "log_action_comment": "deleted",
-    }
-    return event
-
-
-def produce(settings, *events: dict) -> list[tuple[int, int]]:
-    """Send events to the raw topic as the ingest process does; returns (partition, offset) of each."""
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    futures = []
-    for event in events:
-        line = json.dumps(event)
-        headers = [
-            ("sse_id", f"test-{uuid.uuid4().hex[:8]}".encode()),
-            ("ingested_at", str(int(time.time() * 1000)).encode()),
-        ]
-        futures.append(
-            producer.send(settings.topic, key=event_key(try_parse(line)), value=line.encode(), headers=headers)
-        )
-    producer.flush()
-    where = [(f.get(10).partition, f.get(10).offset) for f in futures]
-    producer.close()
-    return where
 
 
 @pytest.fixture(scope="module")
