@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up down status test test-fast fuzz chaos lint audit install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog bench-scale soak clean
+.PHONY: up down status test test-fast fuzz chaos lint audit install system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog bench-scale soak eval-answers clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -67,6 +67,11 @@ bench-scale: install
 
 soak: install
 	PYTHONPATH=. $(BIN)/python -m benchmarks.e2e --rates 50 --minutes 120 --backlog 60000 --sample-every 10 $(ARGS)
+
+# Answer quality: the labelled questions of benchmarks/eval/answers.yaml asked of /answer over the bundled recording
+# and crafted edits; citation precision and recall, "I don't know" accuracy, overall and per kind (~3 minutes).
+eval-answers: install
+	PYTHONPATH=. $(BIN)/python -m benchmarks.eval_answers $(ARGS)
 
 # A backlog of 10,000 events, then the stream: when its first and its last documents are searchable (~3 minutes).
 bench-backlog: install

@@ -31,6 +31,7 @@ import httpx
 import psutil
 import uvicorn
 
+from benchmarks.cpu import cpu_kind
 from benchmarks.stack_footprint import _read_progress, _tree, services, usage
 from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.ingest.sse_server import STREAM_PATH, create_app
@@ -291,10 +292,7 @@ def main() -> None:
         "and /search latency over the window (0: PSS at the end only).",
     )
     args = parser.parse_args()
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "")
-    flags = cpuinfo
-    print(f"{datetime.now(UTC).isoformat(timespec='seconds')}  {cpu}  {'AVX-512' if 'avx512f' in flags else 'AVX2'}")
+    print(f"{datetime.now(UTC).isoformat(timespec='seconds')}  {cpu_kind()}")
     for rate in args.rates:
         result = run_rate(rate, args.minutes, args.marker_every, args.keep_state, args.backlog, args.sample_every)
         print(json.dumps(result, indent=1), flush=True)
