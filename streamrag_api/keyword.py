@@ -332,6 +332,8 @@ class KeywordIndex:
     def _drop_pending(self) -> None:
         """Forget what was added since the last commit. A write tantivy could not make (a full disk) kills its
         writer, which then refuses even this: it is dropped, and the next refresh takes a new one."""
+        if self.writer is None:
+            return
         try:
             self.writer.rollback()
         except ValueError as exc:
@@ -367,29 +369,33 @@ class KeywordIndex:
             log.warning("keyword index state not saved (%s)", exc)
 
     def _rebuild(self, conn) -> int:
-        self.writer.delete_all_documents()
+        writer = self.writer
+        assert writer is not None, "refreshes take a writer first"
+        writer.delete_all_documents()
         count = 0
         for row in queries.keyword_index_documents(conn):
-            self.writer.add_document(self._document(row))
+            writer.add_document(self._document(row))
             count += 1
         log.info("keyword index built from %d documents", count)
         KEYWORD_INDEX_CHANGES.labels("read").inc(count)
         return count
 
     def _catch_up(self, conn, previous: str) -> int:
+        writer = self.writer
+        assert writer is not None, "refreshes take a writer first"
         changes = 0
         for doc_id in queries.removed_since(conn, previous):
             if doc_id == queries.EVERY_DOCUMENT:
-                self.writer.delete_all_documents()
+                writer.delete_all_documents()
             else:
-                self.writer.delete_documents_by_term("doc_id", doc_id)
+                writer.delete_documents_by_term("doc_id", doc_id)
             changes += 1
         KEYWORD_INDEX_CHANGES.labels("removed").inc(changes)
         # Removals first: the rows read next are each document's state as of this snapshot.
         for row in queries.written_since(conn, previous):
-            self.writer.delete_documents_by_term("doc_id", row.doc_id)
+            writer.delete_documents_by_term("doc_id", row.doc_id)
             if not row.deleted:
-                self.writer.add_document(self._document(row))
+                writer.add_document(self._document(row))
             KEYWORD_INDEX_CHANGES.labels("tombstoned" if row.deleted else "written").inc()
             changes += 1
         return changes

@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import obstore
 from obstore.store import S3Store
@@ -49,7 +50,7 @@ def records_prefix(topic: str, partition: int) -> str:
     return f"clusters/{CLUSTER_ID}/topics/{topic}/partitions/{partition:010d}/records/"
 
 
-def batch_objects(metas: Iterable[dict]) -> list[BatchObject]:
+def batch_objects(metas: Iterable[Mapping[str, Any]]) -> list[BatchObject]:
     """The record batches among a listing of a partition's records folder, in offset order."""
     found = []
     for meta in metas:

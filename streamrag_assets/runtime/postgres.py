@@ -143,16 +143,17 @@ def create_databases(settings: Settings) -> None:
                 sql.Identifier(settings.postgres_db), sql.Identifier(API_ROLE)
             )
         )
-    for name, owner in (
+    owners: list[tuple[str, str | None]] = [
         ("template1", None),  # databases made later (`streamrag` on a new name, tests) have pgvector from the start
         (settings.postgres_db, OWNER_ROLE),
         (settings.postgres_dagster_db, DAGSTER_ROLE),
-    ):
+    ]
+    for name, new_owner in owners:
         with admin_connect(settings, name) as conn:
-            if owner is None or owner == OWNER_ROLE:
+            if new_owner is None or new_owner == OWNER_ROLE:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            if owner is not None:
-                conn.execute(_HAND_OVER.replace("{role}", owner))
+            if new_owner is not None:
+                conn.execute(_HAND_OVER.replace("{role}", new_owner))
 
 
 def _init_cluster(data_dir: Path, run_as: str | None, password: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from streamrag_assets.runtime.process import ManagedProcess, PortClaim, http_answers
+from streamrag_assets.runtime.process import ManagedProcess, PortClaim, ServiceError, http_answers
 from streamrag_assets.settings import Settings
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -22,7 +22,10 @@ WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 def spark_home() -> Path:
     # Found, not imported: the supervisor needs only the path (importing pyspark alone costs ~20 MiB RSS; the
     # supervisor's PSS in a whole-platform run did not change measurably, ~112 MiB either way).
-    return Path(importlib.util.find_spec("pyspark").origin).parent
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or spec.origin is None:
+        raise ServiceError("pyspark is not installed; reinstall the project")
+    return Path(spec.origin).parent
 
 
 def _env(settings: Settings) -> dict[str, str]:

@@ -19,7 +19,8 @@ def evaluate(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipRe
         reports.forget(engine, reported)
         unread = reports.unread(engine, reported)
     except SQLAlchemyError as exc:
-        return dg.SkipReason(f"the stream's reports cannot be read ({type(exc.orig or exc).__name__})")
+        cause = getattr(exc, "orig", None) or exc  # a DBAPIError's driver exception, when there is one
+        return dg.SkipReason(f"the stream's reports cannot be read ({type(cause).__name__})")
     finally:
         engine.dispose()
     if not unread:
