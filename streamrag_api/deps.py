@@ -16,8 +16,9 @@ from streamrag_api.access import Access, Caller
 from streamrag_api.errors import call_database
 from streamrag_api.keyword import KeywordIndex
 from streamrag_api.live import LiveFeed
-from streamrag_api.schemas import Hit, SearchRequest
+from streamrag_api.schemas import Hit, SearchRequest, Watermark
 from streamrag_api.search import Searcher, Timings, search_engine
+from streamrag_api.watermark import WatermarkReader
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.settings import get_settings
 
@@ -54,6 +55,7 @@ class Services:
             self.settings.search_concurrency or (os.cpu_count() or 1) + 1
         )  # made inside the event loop (lifespan)
         self.read_slots = anyio.CapacityLimiter(READ_SLOTS)
+        self.watermarks = WatermarkReader(self.settings, self.engine)
         url = make_url(self.settings.reader_database_url).set(drivername="postgresql")
         wake = self.keyword_index.wake if self.keyword_index is not None else None
         self.feed = LiveFeed(url.render_as_string(hide_password=False), self.engine, on_commit=wake)
@@ -67,6 +69,9 @@ class Services:
             partial(call_database, self.searcher.search, body, timings, similarity=similarity),
             limiter=self.retrieval_slots,
         )
+
+    async def watermark(self) -> Watermark:
+        return await self.read(self.watermarks.current)
 
     async def read(self, call: Callable[..., T], *args: Any) -> T:
         """A database read of a route other than retrieval, in a worker thread, at most `READ_SLOTS` at once."""

@@ -48,6 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.feed.stop()
         if services.keyword_index is not None:
             await asyncio.to_thread(services.keyword_index.stop)
+        services.watermarks.close()
         services.engine.dispose()
         if metrics_server is not None:
             metrics_server.shutdown()

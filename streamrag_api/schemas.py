@@ -110,11 +110,26 @@ class Hit(Document):
     similarity: float | None = Field(None, description="Cosine similarity of the query and the document, when known.")
 
 
+class Watermark(BaseModel):
+    """How current the index is (a low watermark from its progress per partition and the topic's heads)."""
+
+    ingested_through: datetime | None = Field(
+        ..., description="Every event received (ingested) before this is searchable; now when nothing waits."
+    )
+    event_time_through: datetime | None = Field(
+        ..., description="The same for the time of the edits (within a partition edits arrive in about that order)."
+    )
+    lag_events: int | None = Field(..., description="Events in the topic not indexed yet (None: broker unreachable).")
+    ingested_to_searchable_p95_s: float | None = Field(..., description="Over the last 5 minutes' documents.")
+    checked_at: datetime
+
+
 class SearchResponse(BaseModel):
     query: str
     mode: Mode
     hits: list[Hit]
     took_ms: float
+    watermark: Watermark | None = None
 
 
 class AnswerRequest(SearchRequest):
@@ -140,10 +155,12 @@ class AnswerResponse(BaseModel):
     answerer: Literal["extractive", "llm"]
     fallback: str | None = Field(None, description="Why the LLM was not used, when it was configured but failed.")
     debug: dict | None = None
+    watermark: Watermark | None = None
 
 
 class RecentEvents(BaseModel):
     events: list[Document]
+    watermark: Watermark | None = None
 
 
 class Freshness(BaseModel):
@@ -153,3 +170,4 @@ class Freshness(BaseModel):
     stream_heartbeat_at: datetime | None
     ingested_to_searchable_p50_s: float | None = Field(None, description="Over the last 5 minutes' documents.")
     ingested_to_searchable_p95_s: float | None = None
+    watermark: Watermark | None = None

@@ -13,6 +13,7 @@ from streamrag_api.access import forbidden
 from streamrag_api.deps import CallerDep, ServicesDep
 from streamrag_api.schemas import AnswerRequest, AnswerResponse
 from streamrag_api.search import Timings
+from streamrag_api.watermark import sentence
 
 router = APIRouter()
 
@@ -47,11 +48,13 @@ async def answer(body: AnswerRequest, svc: ServicesDep, caller: CallerDep) -> An
                 for hit in hits
             ],
         }
+    watermark = await svc.watermark()
     return AnswerResponse(
         query=body.query,
-        answer=result.text,
+        answer=f"{result.text} {sentence(watermark)}",
         citations=result.citations,
         answerer=result.answerer,
         fallback=result.fallback,
         debug=jsonable_encoder(debug) if debug else None,
+        watermark=watermark,
     )

@@ -48,12 +48,14 @@ def read_freshness(engine: Engine) -> Freshness:
 
 @router.get("/events/recent", response_model=RecentEvents, summary="The latest cleaned events, newest indexed first")
 async def recent_events(svc: ServicesDep, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> RecentEvents:
-    return RecentEvents(events=await svc.read(read_recent, svc.engine, limit))
+    return RecentEvents(events=await svc.read(read_recent, svc.engine, limit), watermark=await svc.watermark())
 
 
 @router.get("/freshness", response_model=Freshness, summary="How fresh the index is: lag, last indexed, latency")
 async def freshness(svc: ServicesDep) -> Freshness:
-    return await svc.read(read_freshness, svc.engine)
+    current = await svc.read(read_freshness, svc.engine)
+    current.watermark = await svc.watermark()
+    return current
 
 
 @router.get("/stream", summary="Server-sent events: each document as it is indexed, and freshness every 5 s")
@@ -70,6 +72,7 @@ async def stream(svc: ServicesDep) -> EventSourceResponse:
                     next_freshness = time.monotonic() + FRESHNESS_EVERY_S
                     try:
                         current = await asyncio.to_thread(read_freshness, svc.engine)
+                        current.watermark = await asyncio.to_thread(svc.watermarks.current)
                         yield {"event": "freshness", "data": current.model_dump_json()}
                     except (OperationalError, DBAPIError):
                         yield {"event": "freshness", "data": json.dumps({"error": "postgres is unavailable"})}

@@ -21,6 +21,5 @@ async def search(body: SearchRequest, svc: ServicesDep, caller: CallerDep) -> Se
     svc.access.check_rate(caller, "search")
     began = time.perf_counter()
     hits = await svc.retrieve(body, Timings())
-    return SearchResponse(
-        query=body.query, mode=body.mode, hits=hits, took_ms=round((time.perf_counter() - began) * 1000, 2)
-    )
+    took_ms = round((time.perf_counter() - began) * 1000, 2)
+    return SearchResponse(query=body.query, mode=body.mode, hits=hits, took_ms=took_ms, watermark=await svc.watermark())

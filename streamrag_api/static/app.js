@@ -63,6 +63,12 @@ function showFreshness(f) {
   document.getElementById("f-documents").textContent = f.documents;
   document.getElementById("f-last").textContent = secondsAgo(f.last_indexed_at);
   document.getElementById("f-lag").textContent = f.lag === null ? "unknown" : f.lag;
+  // Every edit received before this time is searchable (the index's low watermark).
+  const mark = f.watermark;
+  document.getElementById("f-watermark").textContent = !mark || !mark.ingested_through
+    ? "unknown"
+    : `${new Date(mark.ingested_through).toISOString().slice(11, 19)} UTC` +
+      (mark.lag_events ? ` (${mark.lag_events} waiting)` : " (all)");
   const p50 = f.ingested_to_searchable_p50_s, p95 = f.ingested_to_searchable_p95_s;
   document.getElementById("f-latency").textContent =
     p50 === null ? "no documents in the last 5 min" : `${p50.toFixed(2)} s / ${p95.toFixed(2)} s`;

@@ -124,6 +124,9 @@ class IndexProgress(Base):
     stream: Mapped[str] = mapped_column(String, primary_key=True)
     batch_key: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Per partition of the topic, how far the batches up to `batch_key` reached (migration 0010;
+    # `documents.progress.Progress.marks_json`): with the topic's heads, the API's low watermark.
+    partitions: Mapped[dict] = mapped_column(JSONB, server_default="{}")
 
 
 class StreamReport(Base):

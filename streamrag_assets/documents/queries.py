@@ -175,6 +175,23 @@ def index_freshness(conn: Connection) -> IndexFreshness:
     return IndexFreshness(documents, last, p50, p95)
 
 
+def index_progress_partitions(conn: Connection, stream: str) -> dict[str, Any] | None:
+    """The partition marks the index recorded for ``stream`` (`documents.progress`); None before any."""
+    return conn.execute(
+        text("SELECT partitions FROM index_progress WHERE stream = :stream"), {"stream": stream}
+    ).scalar_one_or_none()
+
+
+def searchable_p95_s(conn: Connection) -> float | None:
+    """p95 of ingested -> indexed over the documents indexed in the last five minutes (None: none were)."""
+    return conn.execute(
+        text(
+            "SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM indexed_at - ingested_at)) "
+            "FROM documents WHERE indexed_at > now() - interval '5 minutes' AND ingested_at IS NOT NULL"
+        )
+    ).scalar_one()
+
+
 # --- followers of the table (the keyword index) ---------------------------------------------------------------------
 def current_snapshot(conn: Connection) -> str:
     """The snapshot the connection's transaction reads, to follow the table from (see `removed_since`)."""

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from streamrag_assets.documents.models import DeadLetter, Document, IndexProgress
+from streamrag_assets.documents.progress import Progress
 from streamrag_assets.embedding.embedder import Embedder
 from streamrag_assets.metrics import (
     EVENT_TIME_TO_INDEXED,
@@ -106,7 +107,7 @@ class DocumentIndex:
         self,
         gold_rows: list[dict[str, Any]],
         attempts: dict[str, int] | None = None,
-        progress: tuple[str, int] | None = None,
+        progress: Progress | None = None,
         before_write: Callable[[], None] | None = None,
     ) -> IndexResult:
         """``apply`` plus metrics: outcome counts and the ingested/event-time -> indexed latencies. A batch that
@@ -139,7 +140,7 @@ class DocumentIndex:
         self,
         gold_rows: list[dict[str, Any]],
         attempts: dict[str, int] | None = None,
-        progress: tuple[str, int] | None = None,
+        progress: Progress | None = None,
         before_write: Callable[[], None] | None = None,
     ) -> IndexResult:
         """`apply_once`, tried again with backoff while Postgres is unavailable (``db_attempts`` tries in all)."""
@@ -157,7 +158,7 @@ class DocumentIndex:
         self,
         gold_rows: list[dict[str, Any]],
         attempts: dict[str, int] | None = None,
-        progress: tuple[str, int] | None = None,
+        progress: Progress | None = None,
         before_write: Callable[[], None] | None = None,
     ) -> IndexResult:
         """Apply the rows one transaction each, in event order; a row Postgres refuses becomes a dead letter with
@@ -181,18 +182,18 @@ class DocumentIndex:
             total.add(one)
             total.doc_ids += one.doc_ids
         if progress is not None:
-            self.set_progress(*progress)
+            self.set_progress(progress)
         return total
 
     def apply_once(
         self,
         gold_rows: list[dict[str, Any]],
         attempts: dict[str, int] | None = None,
-        progress: tuple[str, int] | None = None,
+        progress: Progress | None = None,
         before_write: Callable[[], None] | None = None,
     ) -> IndexResult:
         """Apply Gold rows (in event order) in one transaction; ``attempts`` numbers re-tried dead letters;
-        ``progress`` = (stream, batch_key) is recorded in the same transaction (see `IndexProgress`);
+        ``progress`` (the stream's batch and partition marks reached) is recorded in the same transaction;
         ``before_write`` is called between embedding and the first write (the stream waits there for Gold)."""
         result = IndexResult()
         rows = sorted(gold_rows, key=lambda r: (r["event_time"], r["partition"], r["offset"]))
@@ -265,7 +266,7 @@ class DocumentIndex:
                 result.doc_ids.append(row["doc_id"])
             self._upsert(session, pending)
             if progress is not None:
-                _record_progress(session, *progress)
+                _record_progress(session, progress)
             _notify(session, result.doc_ids, other_changes=result.deleted + result.renamed)
         return result
 
@@ -274,9 +275,9 @@ class DocumentIndex:
         with Session(self.engine) as session:
             return session.scalar(select(IndexProgress.batch_key).where(IndexProgress.stream == stream))
 
-    def set_progress(self, stream: str, batch_key: int) -> None:
+    def set_progress(self, progress: Progress) -> None:
         with Session(self.engine) as session, session.begin():
-            _record_progress(session, stream, batch_key)
+            _record_progress(session, progress)
 
     @staticmethod
     def _upsert(session: Session, values: list[dict[str, Any]]) -> None:
@@ -351,13 +352,18 @@ NOTIFY_CHANNEL = "streamrag_documents"
 _NOTIFY_CHUNK = 150  # doc ids per notification (Postgres caps a payload at 8000 bytes)
 
 
-def _record_progress(session: Session, stream: str, batch_key: int) -> None:
-    statement = insert(IndexProgress).values(stream=stream, batch_key=batch_key)
+def _record_progress(session: Session, progress: Progress) -> None:
+    """The progress only moves on; a partition's mark replaces the one recorded (progress is recorded in batch
+    order, so a later mark is never behind), partitions not in this one keep theirs."""
+    statement = insert(IndexProgress).values(
+        stream=progress.stream, batch_key=progress.batch_key, partitions=progress.marks_json()
+    )
     session.execute(
         statement.on_conflict_do_update(
             index_elements=[IndexProgress.stream],
             set_={
                 "batch_key": func.greatest(IndexProgress.batch_key, statement.excluded.batch_key),
+                "partitions": IndexProgress.partitions.op("||")(statement.excluded.partitions),
                 "updated_at": func.now(),
             },
         )

@@ -28,7 +28,8 @@ def api_process(settings: Settings) -> ManagedProcess:
         live=lambda: http_answers(f"{settings.api_url}/metrics/", timeout=3),
         address=settings.api_url,
         # The API reads with its own URL; the owner's only when no reader URL is given for an external Postgres.
-        secrets=frozenset({"api_database_url", "llm_api_key", "api_keys"})
+        # It reads the topic's heads for the watermark.
+        secrets=frozenset({"api_database_url", "llm_api_key", "api_keys", "kafka_sasl_password"})
         | (frozenset() if settings.api_database_url else frozenset({"database_url"})),
         ports=[PortClaim(settings.api_port, "the API", "STREAMRAG_API_PORT")],
     )

@@ -8,10 +8,23 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamrag_assets.documents.progress import Marks, PartitionMark
+
 if TYPE_CHECKING:
     from streamrag_assets.documents.store import IndexResult
 
 HOUR_KEY_FORMAT = "%Y-%m-%d-%H:%M"  # Dagster's hourly partition keys
+
+
+def partition_marks(refined: pa.Table) -> Marks:
+    """Per partition of a refined micro-batch (every record, rejected ones too): its `PartitionMark`."""
+    grouped = refined.group_by("partition").aggregate(
+        [("offset", "max"), ("ingested_at", "max"), ("event_time", "max")]
+    )
+    return {
+        row["partition"]: PartitionMark(row["offset_max"] + 1, row["ingested_at_max"], row["event_time_max"])
+        for row in grouped.to_pylist()
+    }
 
 
 @dataclass
@@ -27,6 +40,7 @@ class BatchResult:
     gold_hours: dict[str, int] = field(default_factory=dict)
     # Seconds per phase (refine, dedupe, queue, write_/maintain_<layer>, index, embed): where a slow batch's time went.
     phases: dict[str, float] = field(default_factory=dict)
+    marks: Marks = field(default_factory=dict)  # `offsets` with the newest ingest and event times of each partition
 
     def record_index(self, outcome: IndexResult, seconds: float) -> None:
         """The batch's index phase: its time, the embedding's share and the documents' counts."""

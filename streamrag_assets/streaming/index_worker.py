@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamrag_assets.documents.progress import Marks, merged
 from streamrag_assets.documents.store import IndexResult, database_unavailable
 from streamrag_assets.metrics import INDEX_PAUSED
 from streamrag_assets.streaming.batch_result import BatchResult
@@ -105,11 +106,12 @@ class IndexWorker:
 
     **Exactly once.** Spark may commit a batch before its documents are indexed, so each index transaction records a
     batch key (`IndexProgress`) — only the last one below which every part is indexed, so the recorded progress
-    never passes a document not yet in Postgres. A stream restarted after a crash indexes the committed Gold batches
-    beyond it (`MedallionBatch.catch_up`), in order; parts indexed ahead of their turn are then found unchanged
-    (a lookup, no embedding). A part may also be indexed before its batch's tables are written: a batch that never
-    got them written was not committed by Spark, which runs it again after the crash, and its documents are then
-    found unchanged.
+    never passes a document not yet in Postgres — and the partition marks (offset, newest ingest and event times)
+    of every batch up to it: the low watermark the API reports. A stream restarted after a crash indexes the
+    committed Gold batches beyond it (`MedallionBatch.catch_up`), in order; parts indexed ahead of their turn are
+    then found unchanged (a lookup, no embedding). A part may also be indexed before its batch's tables are written:
+    a batch that never got them written was not committed by Spark, which runs it again after the crash, and its
+    documents are then found unchanged.
 
     **One layer down at a time.** When Postgres is unavailable the worker pauses indexing instead of failing the
     query. Batches go on into Bronze, Silver and Gold; the worker notes the last one whose tables are written and
@@ -120,14 +122,15 @@ class IndexWorker:
 
     def __init__(
         self,
-        index_part: Callable[[list[dict[str, Any]], int | None, WriteGate], IndexResult],
+        index_part: Callable[[list[dict[str, Any]], tuple[int, Marks] | None, WriteGate], IndexResult],
         finish: Callable[[BatchResult], None],
         recover: Callable[[int], object],
         behind: int | None = None,
     ):
-        """``index_part(rows, progress, written)`` indexes rows in one transaction that records batch key
-        ``progress`` (None: none), before or after the batch's tables are written (``written``); ``finish`` is
-        called once per batch, when all of it is indexed and its tables are written."""
+        """``index_part(rows, progress, written)`` indexes rows in one transaction that records ``progress`` — a batch
+        key and the partition marks of every batch up to it (None: none) — before or after the batch's tables are
+        written (``written``); ``finish`` is called once per batch, when all of it is indexed and its tables are
+        written."""
         self._index_part = index_part
         self._finish = finish
         self._recover = recover
@@ -135,6 +138,7 @@ class IndexWorker:
         self._next_probe = 0.0
         INDEX_PAUSED.set(0 if behind is None else 1)
         self._parts: list[_Part] = []  # in batch order: those waiting, and those indexed ahead of an older one
+        self._reached: Marks = {}  # the partition marks of the batches done and gone from `_parts`
         self._changed = threading.Condition()
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="index-worker", daemon=True)
@@ -190,18 +194,18 @@ class IndexWorker:
                 return waiting[n]
         return waiting[0]
 
-    def _progress_with(self, part: _Part) -> int | None:
-        """The batch key to record with ``part``'s transaction: the last batch all of whose parts, and all before
-        them, are indexed once ``part`` is (parts indexed ahead of their turn included); None when an older part
-        still waits."""
-        key, reached = None, False
+    def _progress_with(self, part: _Part) -> tuple[int, Marks] | None:
+        """The progress to record with ``part``'s transaction: the last batch all of whose parts, and all before
+        them, are indexed once ``part`` is (parts indexed ahead of their turn included), and the marks of every
+        batch up to it; None when an older part still waits."""
+        key, marks, reached = None, self._reached, False
         for p in self._parts:
             if not (p.done or p is part):
                 break
             reached = reached or p is part
             if p.last:
-                key = p.batch.result.batch_key
-        return key if reached else None
+                key, marks = p.batch.result.batch_key, merged(marks, p.batch.result.marks)
+        return (key, marks) if reached and key is not None else None
 
     def _take(self, part: _Part) -> None:
         batch = part.batch
@@ -227,7 +231,9 @@ class IndexWorker:
             part.done = True
             batch.parts_left -= 1
             while self._parts and self._parts[0].done:
-                self._parts.pop(0)
+                gone = self._parts.pop(0)
+                if gone.last:
+                    self._reached = merged(self._reached, gone.batch.result.marks)
             self._changed.notify_all()
         if batch.parts_left == 0:
             batch.result.record_index(batch.outcome, batch.seconds)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
 
 from streamrag_assets.documents.migrate import upgrade
+from streamrag_assets.documents.progress import PartitionMark, Progress, marks_from_json
 from streamrag_assets.documents.store import DocumentIndex, embedding_input
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.ingest.sources import recorded_event
@@ -163,7 +164,7 @@ def test_a_document_postgres_refuses_is_dead_lettered_and_the_rest_of_the_batch_
     docs = [_gold(seq) for seq in range(300, 306)]
     refused = docs[2] | {"text": docs[2]["text"] + "\x00"}
     docs[2] = refused
-    result = index.index(docs, progress=("refusal-test", 7))
+    result = index.index(docs, progress=Progress("refusal-test", 7))
     assert (result.upserted, result.dead_letters) == (5, 1)
     with index.engine.connect() as conn:
         stored = set(conn.execute(text("SELECT doc_id FROM documents")).scalars())
@@ -244,21 +245,31 @@ def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in
     taken: list[tuple[int, int | None]] = []
     finished: list[int] = []
 
-    def index_part(rows, progress_key, written):
+    def index_part(rows, reached, written):
         key = next(k for k, b in batches.items() if b[0]["doc_id"] == rows[0]["doc_id"])
-        taken.append((key, progress_key))
+        taken.append((key, None if reached is None else reached[0]))
         return index.index(
-            rows, progress=None if progress_key is None else ("lanes", progress_key), before_write=written.wait
+            rows, progress=None if reached is None else Progress("lanes", *reached), before_write=written.wait
         )
+
+    # Partition 0 has records in every batch, partition 1 in batch 2 only: the marks recorded with batch 4 are
+    # batch 4's for partition 0 and still batch 2's for partition 1 (batch 2 was indexed before batch 1).
+    at = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+    def marks(key: int) -> dict[int, PartitionMark]:
+        found = {0: PartitionMark(100 + key, at + timedelta(seconds=key), at - timedelta(minutes=5 - key))}
+        if key == 2:
+            found[1] = PartitionMark(7, at - timedelta(seconds=30), None)
+        return found
 
     worker = IndexWorker(index_part, lambda result: finished.append(result.batch_key), recover=lambda upto: 0)
     plug = WriteGate()  # the worker takes batch 0 first and waits for its tables while the others arrive
-    worker.submit(BatchResult(0, {}, {}, {}), batches[0], plug)
+    worker.submit(BatchResult(0, {}, {}, {}, marks=marks(0)), batches[0], plug)
     time.sleep(0.5)
     for key in range(1, 5):
         gate = WriteGate()
         gate.open()
-        worker.submit(BatchResult(key, {}, {}, {}), batches[key], gate)
+        worker.submit(BatchResult(key, {}, {}, {}, marks=marks(key)), batches[key], gate)
     plug.open()
     deadline = time.monotonic() + 60
     while len(finished) < 5:
@@ -268,6 +279,12 @@ def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in
     assert [key for key, _ in taken] == [0, 3, 2, 1, 4]
     assert [progress for _, progress in taken] == [0, None, None, 3, 4]
     assert index.progress("lanes") == 4
+    with index.engine.connect() as conn:
+        recorded = conn.execute(text("SELECT partitions FROM index_progress WHERE stream = 'lanes'")).scalar_one()
+    assert marks_from_json(recorded) == {
+        0: PartitionMark(104, at + timedelta(seconds=4), at - timedelta(minutes=1)),
+        1: PartitionMark(7, at - timedelta(seconds=30), None),
+    }
     with index.engine.connect() as conn:
         rows = dict(conn.execute(text("SELECT doc_id, deleted FROM documents WHERE title LIKE 'Lane page %'")).all())
     assert rows == {

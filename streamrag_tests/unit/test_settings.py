@@ -50,7 +50,7 @@ def test_each_service_gets_only_the_secrets_it_uses(tmp_path: Path) -> None:
         proc.name: {name for name, value in SECRETS.items() if value in " ".join(proc.env.values())}
         for proc in build_stack(settings)
     }
-    assert given["api"] == {"llm_api_key", "api_keys"}
+    assert given["api"] == {"llm_api_key", "api_keys", "kafka_sasl_password"}
     assert given["probe"] == {"api_keys", "kafka_sasl_password"}
     assert given["ingest"] == {"kafka_sasl_password"}
     assert given["stream"] == {"kafka_sasl_password", "s3_secret_key"}

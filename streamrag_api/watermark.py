@@ -1,0 +1,109 @@
+"""How current the index is, for every response: a true low watermark.
+
+Per partition of the topic, the index's progress (`documents.progress`, recorded in its own transactions) says up to
+which offset every record is indexed, and the newest ingest and event times among them; the topic's heads say how
+many records are past it. A partition with none past it is current; the watermark is the oldest of the lagging
+partitions' marks — every event ingested before it is searchable — or now when none lags. Read at most once a
+second per process (`REFRESH_S`): a response's watermark is at most that much older than the response.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy.engine import Engine
+
+from streamrag_api.schemas import Watermark
+from streamrag_assets.documents import queries
+from streamrag_assets.documents.progress import Marks, marks_from_json
+from streamrag_assets.kafka import offsets as kafka_offsets
+from streamrag_assets.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REFRESH_S = 1.0
+
+
+def low_watermark(
+    marks: Marks, heads: dict[int, int] | None, now: datetime
+) -> tuple[datetime | None, datetime | None, int | None]:
+    """(ingested through, event time through, events not yet indexed) from the index's marks and the topic's heads
+    (None: unknown, the broker did not answer — the marks alone then, lag unknown)."""
+    if heads is None:
+        lagging = list(marks)
+        lag = None
+    else:
+        behind = {p: max(0, head - (marks[p].offset if p in marks else 0)) for p, head in heads.items()}
+        lagging = [p for p, records in behind.items() if records]
+        lag = sum(behind.values())
+    if heads is not None and not lagging:
+        return now, now, 0
+    ingested = [t for p in lagging if p in marks and (t := marks[p].ingested_at) is not None]
+    events = [t for p in lagging if p in marks and (t := marks[p].event_time) is not None]
+    # A lagging partition with no mark yet (nothing of it indexed): nothing is known to be current.
+    known = all(p in marks for p in lagging)
+    return (min(ingested) if known and ingested else None, min(events) if known and events else None, lag)
+
+
+class WatermarkReader:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.stream = f"medallion:{settings.topic}"  # the stream's progress name (`MedallionBatch.progress_name`)
+        self._lock = threading.Lock()
+        self._consumer = None
+        self._heads: dict[int, int] | None = None
+        self._current: Watermark | None = None
+        self._read_at = 0.0
+
+    def current(self) -> Watermark:
+        """The watermark, read again when older than `REFRESH_S` (one reader at a time; the others wait for it)."""
+        with self._lock:
+            if self._current is None or time.monotonic() - self._read_at >= REFRESH_S:
+                self._current = self._read()
+                self._read_at = time.monotonic()
+            return self._current
+
+    def _read(self) -> Watermark:
+        now = datetime.now(UTC)
+        with self.engine.connect() as conn:
+            marks = marks_from_json(queries.index_progress_partitions(conn, self.stream))
+            p95 = queries.searchable_p95_s(conn)
+        heads = self._topic_heads()
+        ingested, event_time, lag = low_watermark(marks, heads, now)
+        return Watermark(
+            ingested_through=ingested,
+            event_time_through=event_time,
+            lag_events=lag,
+            ingested_to_searchable_p95_s=None if p95 is None else round(float(p95), 3),
+            checked_at=now,
+        )
+
+    def _topic_heads(self) -> dict[int, int] | None:
+        try:
+            if self._consumer is None:
+                self._consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
+            tps = kafka_offsets.topic_partitions(self._consumer, self.settings.topic, timeout_s=2)
+            self._heads = kafka_offsets.high_watermarks(self._consumer, tps, timeout_s=2, near=self._heads)
+            return self._heads
+        except Exception as exc:  # the broker is down or slow: the lag is unknown, the rest still holds
+            log.info("topic heads unknown (%s): the watermark has no lag", type(exc).__name__)
+            return None
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+def sentence(watermark: Watermark) -> str:
+    """The watermark in one sentence, for the answers."""
+    if watermark.ingested_through is None:
+        return "How current the index is cannot be told right now."
+    when = watermark.ingested_through.strftime("%Y-%m-%d %H:%M:%S UTC")
+    if watermark.lag_events == 0:
+        return f"This reflects every edit received up to {when}."
+    waiting = "" if watermark.lag_events is None else f"; {watermark.lag_events} more are not indexed yet"
+    return f"This reflects every edit received up to {when}{waiting}."
