@@ -4,7 +4,9 @@ Per partition of the topic, the index's progress (`documents.progress`, recorded
 which offset every record is indexed, and the newest ingest and event times among them; the topic's heads say how
 many records are past it. A partition with none past it is current; the watermark is the oldest of the lagging
 partitions' marks — every event ingested before it is searchable — or now when none lags. Read at most once a
-second per process (`REFRESH_S`): a response's watermark is at most that much older than the response.
+second per process (`REFRESH_S`): a response's watermark is at most that much older than the response. The heads
+come from a thread of their own (a broker that is down or slow must not hold up a search), which asks the broker
+only while responses want them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from streamrag_assets.settings import Settings
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
+HEADS_WANTED_S = 10.0  # the heads thread stops asking the broker this long after the last response wanted them
 
 
 def low_watermark(
@@ -55,13 +58,20 @@ class WatermarkReader:
         self.stream = f"medallion:{settings.topic}"  # the stream's progress name (`MedallionBatch.progress_name`)
         self._lock = threading.Lock()
         self._consumer = None
-        self._heads: dict[int, int] | None = None
+        self._heads: dict[int, int] | None = None  # None: not known (yet, or the broker does not answer)
+        self._wanted_at = 0.0
+        self._stop = threading.Event()
+        self._heads_thread: threading.Thread | None = None
         self._current: Watermark | None = None
         self._read_at = 0.0
 
     def current(self) -> Watermark:
         """The watermark, read again when older than `REFRESH_S` (one reader at a time; the others wait for it)."""
         with self._lock:
+            self._wanted_at = time.monotonic()
+            if self._heads_thread is None:
+                self._heads_thread = threading.Thread(target=self._follow_heads, name="topic-heads", daemon=True)
+                self._heads_thread.start()
             if self._current is None or time.monotonic() - self._read_at >= REFRESH_S:
                 self._current = self._read()
                 self._read_at = time.monotonic()
@@ -72,8 +82,7 @@ class WatermarkReader:
         with self.engine.connect() as conn:
             marks = marks_from_json(queries.index_progress_partitions(conn, self.stream))
             p95 = queries.searchable_p95_s(conn)
-        heads = self._topic_heads()
-        ingested, event_time, lag = low_watermark(marks, heads, now)
+        ingested, event_time, lag = low_watermark(marks, self._heads, now)
         return Watermark(
             ingested_through=ingested,
             event_time_through=event_time,
@@ -82,18 +91,25 @@ class WatermarkReader:
             checked_at=now,
         )
 
-    def _topic_heads(self) -> dict[int, int] | None:
-        try:
-            if self._consumer is None:
-                self._consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
-            tps = kafka_offsets.topic_partitions(self._consumer, self.settings.topic, timeout_s=2)
-            self._heads = kafka_offsets.high_watermarks(self._consumer, tps, timeout_s=2, near=self._heads)
-            return self._heads
-        except Exception as exc:  # the broker is down or slow: the lag is unknown, the rest still holds
-            log.info("topic heads unknown (%s): the watermark has no lag", type(exc).__name__)
-            return None
+    def _follow_heads(self) -> None:
+        near: dict[int, int] | None = None
+        while not self._stop.wait(REFRESH_S):
+            if time.monotonic() - self._wanted_at > HEADS_WANTED_S:
+                continue
+            try:
+                if self._consumer is None:
+                    self._consumer = kafka_offsets.make_consumer(self.settings.bootstrap_servers)
+                tps = kafka_offsets.topic_partitions(self._consumer, self.settings.topic, timeout_s=2)
+                near = self._heads = kafka_offsets.high_watermarks(self._consumer, tps, timeout_s=2, near=near)
+            except Exception as exc:  # the broker is down or slow: the lag is unknown, the rest still holds
+                if self._heads is not None:
+                    log.warning("topic heads unknown (%s): watermarks have no lag until the broker answers", exc)
+                self._heads = None
 
     def close(self) -> None:
+        self._stop.set()
+        if self._heads_thread is not None:
+            self._heads_thread.join(timeout=10)
         if self._consumer is not None:
             self._consumer.close()
 

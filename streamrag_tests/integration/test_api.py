@@ -380,7 +380,7 @@ def test_every_response_carries_a_low_watermark_that_stops_while_the_stream_is_d
         produce(
             settings, *(recentchange(f"Watermark Pier {tag} {n}", "Planks replaced after the storm") for n in range(5))
         )
-        time.sleep(1.5)  # past the API's one-second reading
+        time.sleep(3)  # past the API's one-second readings of the marks and of the heads
         stopped = watermark()
         assert stopped["lag_events"] >= 5
         time.sleep(3)
