@@ -20,6 +20,7 @@ import ipaddress
 import math
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from fastapi import HTTPException, Request
 from limits import RateLimitItem, parse_many
@@ -28,6 +29,7 @@ from limits.strategies import MovingWindowRateLimiter
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from streamrag_api.schemas import SearchRequest
 from streamrag_assets.settings import Settings
 
 BEARER = "bearer"
@@ -115,6 +117,16 @@ class Access:
 
 def _unauthorised(message: str) -> HTTPException:
     return HTTPException(401, detail=message, headers={"WWW-Authenticate": 'Bearer realm="streamrag"'})
+
+
+def check_as_of(body: SearchRequest, settings: Settings) -> None:
+    """An ``as_of`` older than the retention window is a 422: what was indexed before it is pruned."""
+    if body.as_of is not None and body.as_of < datetime.now(UTC) - timedelta(days=settings.retention_days):
+        raise HTTPException(
+            422,
+            detail=f"as_of: older than the retention window ({settings.retention_days:g} days, "
+            "STREAMRAG_RETENTION_DAYS): the documents of that time are pruned",
+        )
 
 
 def forbidden(what: str) -> HTTPException:

@@ -70,6 +70,19 @@ class SearchRequest(BaseModel):
         0.0, ge=0, le=10, description="Favour recent edits: score x (1 + boost x 2^(-age / 24 h)). 0 = off."
     )
     include_probes: bool = Field(False, description="Also return the freshness probe's documents (for the probe).")
+    as_of: datetime | None = Field(
+        None,
+        description="Search the index as it stood then: the documents written by that time, pages deleted since "
+        "included, later ones left out (UTC when no zone is given; within the retention window).",
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def _as_of_zone(cls, value: datetime | None) -> datetime | None:
+        value = _utc(value)
+        if value is not None and value > datetime.now(UTC):
+            raise ValueError("as_of is in the future: leave it out to search the index as it is now")
+        return value
 
     @field_validator("query")
     @classmethod

@@ -105,10 +105,12 @@ class Searcher:
         """The best ``top_k`` hits; ``similarity`` computes the query/document cosine in keyword mode too."""
         timings = timings or Timings()
         vector = self.embed(request.query, timings) if request.mode != "keyword" or similarity else None
-        where, params = queries.filter_clause(request.filters, request.include_probes)
+        where, params = queries.filter_clause(request.filters, request.include_probes, request.as_of)
         pool = request.top_k if request.mode != "hybrid" else max(40, 4 * request.top_k)
         began = time.perf_counter()
         index = self.keyword_index if self.keyword_index is not None and self.keyword_index.ready else None
+        if request.as_of is not None:  # the keyword index holds the present only: Postgres' full text, as of then
+            index = None
         by_keyword: list[Candidate] = []
         if request.mode != "vector" and index is not None:
             hits = index.search(request.query, request.filters, pool, request.include_probes)

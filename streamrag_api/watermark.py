@@ -114,8 +114,10 @@ class WatermarkReader:
             self._consumer.close()
 
 
-def sentence(watermark: Watermark) -> str:
-    """The watermark in one sentence, for the answers."""
+def sentence(watermark: Watermark, as_of: datetime | None = None) -> str:
+    """The watermark in one sentence, for the answers (or the time asked about, for an as-of answer)."""
+    if as_of is not None:
+        return f"This is the index as it stood at {as_of.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}."
     if watermark.ingested_through is None:
         return "How current the index is cannot be told right now."
     when = watermark.ingested_through.strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 
 from streamrag_api import answer as answering
-from streamrag_api.access import forbidden
+from streamrag_api.access import check_as_of, forbidden
 from streamrag_api.deps import CallerDep, ServicesDep
 from streamrag_api.schemas import AnswerRequest, AnswerResponse
 from streamrag_api.search import Timings
@@ -23,6 +23,7 @@ async def answer(body: AnswerRequest, svc: ServicesDep, caller: CallerDep) -> An
     for asked, what in ((body.include_probes, "include_probes"), (body.debug, "debug")):
         if asked and not caller.trusted:
             raise forbidden(what)
+    check_as_of(body, svc.settings)
     svc.access.check_rate(caller, "answer")
     timings = Timings()
     began = time.perf_counter()
@@ -51,7 +52,7 @@ async def answer(body: AnswerRequest, svc: ServicesDep, caller: CallerDep) -> An
     watermark = await svc.watermark()
     return AnswerResponse(
         query=body.query,
-        answer=f"{result.text} {sentence(watermark)}",
+        answer=f"{result.text} {sentence(watermark, body.as_of)}",
         citations=result.citations,
         answerer=result.answerer,
         fallback=result.fallback,

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter
 
-from streamrag_api.access import forbidden
+from streamrag_api.access import check_as_of, forbidden
 from streamrag_api.deps import CallerDep, ServicesDep
 from streamrag_api.schemas import SearchRequest, SearchResponse
 from streamrag_api.search import Timings
@@ -18,6 +18,7 @@ router = APIRouter()
 async def search(body: SearchRequest, svc: ServicesDep, caller: CallerDep) -> SearchResponse:
     if body.include_probes and not caller.trusted:
         raise forbidden("include_probes")
+    check_as_of(body, svc.settings)
     svc.access.check_rate(caller, "search")
     began = time.perf_counter()
     hits = await svc.retrieve(body, Timings())

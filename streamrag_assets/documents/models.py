@@ -56,6 +56,12 @@ class Document(Base):
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.clock_timestamp())
     # A deleted page's documents are tombstoned (hidden from retrieval), so a late upsert cannot resurrect them.
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # As-of search (migration 0011): when the row was first written (NULL for older rows: their `indexed_at`) and
+    # when it was tombstoned.
+    first_indexed_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), server_default=func.clock_timestamp()
+    )
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     search: Mapped[str] = mapped_column(
         TSVECTOR, Computed("to_tsvector('simple', coalesce(title, '') || ' ' || coalesce(text, ''))", persisted=True)
     )

@@ -55,10 +55,21 @@ class DocumentFilters(Protocol):
     def exclude_bots(self) -> bool: ...
 
 
-def filter_clause(filters: DocumentFilters, include_probes: bool = False) -> tuple[str, dict[str, Any]]:
-    """The WHERE clause of a search (live documents passing the filters) and its parameters."""
-    clauses: list[str] = ["NOT deleted"]
-    params: dict[str, Any] = {}
+# A document as the index held it at :as_of: written by then (`first_indexed_at`, migration 0011; before that
+# migration, its `indexed_at`) and not tombstoned by then (`deleted_at`; tombstones older than the migration count as
+# deleted when written).
+AS_OF = (
+    "COALESCE(first_indexed_at, indexed_at) <= :as_of AND (NOT deleted OR COALESCE(deleted_at, indexed_at) > :as_of)"
+)
+
+
+def filter_clause(
+    filters: DocumentFilters, include_probes: bool = False, as_of: datetime | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause of a search (live documents passing the filters; with ``as_of``, the documents as the
+    index held them then, pages deleted since included) and its parameters."""
+    clauses: list[str] = ["NOT deleted"] if as_of is None else [AS_OF]
+    params: dict[str, Any] = {} if as_of is None else {"as_of": as_of}
     if not include_probes:
         clauses.append(NOT_A_PROBE)
     for name in ("wiki", "lang", "namespace", "type"):

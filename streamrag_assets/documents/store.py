@@ -233,7 +233,7 @@ class DocumentIndex:
                                 Document.title == row["title"],
                                 Document.deleted.is_(False),
                             )
-                            .values(deleted=True)
+                            .values(deleted=True, deleted_at=func.clock_timestamp())
                         ),
                     )
                     result.deleted += outcome.rowcount or 0

@@ -397,6 +397,57 @@ def test_every_response_carries_a_low_watermark_that_stops_while_the_stream_is_d
     assert watermark()["ingested_through"] > stopped["ingested_through"]
 
 
+def test_as_of_searches_and_answers_cite_what_the_index_held_at_each_moment(pipeline) -> None:
+    """One page edited, edited again, then deleted: asked as of each moment, search and /answer return the versions
+    the index held then (the deleted page's included), and nothing of it now."""
+    settings, client = pipeline
+    title = f"Asof Lighthouse {uuid.uuid4().hex[:6]}"
+
+    def found(**body) -> set[str]:
+        return {h["doc_id"] for h in search(client, f"lantern {title}", top_k=50, **body) if h["title"] == title}
+
+    def moment() -> datetime:  # a time strictly between two writes
+        time.sleep(1.1)
+        now = datetime.now(UTC)
+        time.sleep(1.1)
+        return now
+
+    first = recentchange(title, "Installed a brass lantern made in Glasgow")
+    second = recentchange(title, "Replaced the brass lantern with an LED beacon")
+    first_id, second_id = (f"enwiki:rev:{e['revision']['new']}" for e in (first, second))
+    produce(settings, first)
+    wait_for(lambda: found(mode="keyword") == {first_id}, "the first edit searchable")
+    after_first = moment()
+    produce(settings, second)
+    wait_for(lambda: found(mode="keyword") == {first_id, second_id}, "the second edit searchable")
+    after_second = moment()
+    produce(settings, deletion(title))
+    wait_for(lambda: not found(mode="keyword"), "the deleted page gone")
+
+    for mode in ("keyword", "vector", "hybrid"):
+        assert found(mode=mode, as_of=after_first.isoformat()) == {first_id}, mode
+        assert found(mode=mode, as_of=after_second.isoformat()) == {first_id, second_id}, mode
+        assert found(mode=mode, as_of=datetime.now(UTC).isoformat()) == set(), mode
+
+    then = client.post(
+        "/answer", json={"query": f"What lantern does the {title} have?", "as_of": after_first.isoformat()}
+    )
+    cited = {c["doc_id"] for c in then.json()["citations"]}
+    assert then.status_code == 200 and cited == {first_id}, then.json()
+    assert "This is the index as it stood at" in then.json()["answer"]
+    later = client.post(
+        "/answer", json={"query": f"What replaced the lantern of {title}?", "as_of": after_second.isoformat()}
+    )
+    assert second_id in {c["doc_id"] for c in later.json()["citations"]}, later.json()
+    now = client.post("/answer", json={"query": f"What lantern does the {title} have?"}).json()
+    assert not {c["doc_id"] for c in now["citations"]} & {first_id, second_id}
+
+    too_old = client.post("/search", json={"query": "lantern", "as_of": "2020-01-01T00:00:00Z"})
+    assert too_old.status_code == 422 and "retention window" in too_old.json()["message"]
+    future = client.post("/search", json={"query": "lantern", "as_of": "2999-01-01T00:00:00Z"})
+    assert future.status_code == 422 and future.json()["message"].startswith("as_of: ")
+
+
 def test_postgres_down_is_a_503_naming_it(pipeline, stack) -> None:
     _, client = pipeline
     stack.postgres.kill()
