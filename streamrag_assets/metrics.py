@@ -148,6 +148,12 @@ INGESTED_TO_INDEXED = Histogram(
 INDEX_LAST_INDEXED = Gauge(
     "streamrag_index_last_indexed_timestamp_seconds", "When a document was last written to pgvector."
 )
+ENRICH_DIFFS = Counter(
+    "streamrag_enrich_diffs",
+    "Edit documents offered for diff enrichment (STREAMRAG_ENRICH_DIFFS), by outcome: enriched, empty (nothing "
+    "added or removed), failed (the compare API or the index), skipped (the queue was full), gone (deleted meanwhile).",
+    ["outcome"],
+)
 INDEX_PAUSED = Gauge(
     "streamrag_index_paused",
     "1 while the stream's indexing waits for Postgres (Bronze/Silver/Gold go on; the index catches up after).",

@@ -383,6 +383,19 @@ class Settings(BaseSettings):
         None, description="Where exported models are kept; absent = $XDG_CACHE_HOME (or ~/.cache)/streamrag/models."
     )
     retention_days: float = Field(7.0, description="Documents older than this are pruned by `streamrag prune`.")
+    enrich_diffs: bool = Field(
+        False,
+        description="Add what each edit added and removed (its diff, from the wiki's compare API) to its indexed "
+        "document, and embed it again. Needs the wikis to be reachable; failures leave documents as they are.",
+    )
+    diff_api_url: str | None = Field(
+        None, description="The compare API to ask for every wiki (absent: the edit's own wiki, <server>/w/api.php)."
+    )
+    enrich_rate_limit: str = Field(
+        "5/second", description="Compare API requests at most, in the limits library's notation (one at a time)."
+    )
+    enrich_timeout_s: float = Field(10.0, gt=0, description="How long one compare API request may take.")
+    enrich_max_chars: int = Field(300, ge=20, description="Added and removed text kept per document, each.")
     # --- Dagster --------------------------------------------------------------------------------------------
     dagster_report_interval_s: float = Field(
         15.0, ge=0, description="How often the continuous query reports its writes to Dagster (0 = never)."

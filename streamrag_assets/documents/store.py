@@ -270,6 +270,23 @@ class DocumentIndex:
             _notify(session, result.doc_ids, other_changes=result.deleted + result.renamed)
         return result
 
+    def replace_text(self, doc_id: str, text: str) -> bool:
+        """A document's text made richer (its diff, `enrichment.diffs`) and embedded again; its content hash stays
+        the Gold row's, so the row indexed again (a replay) is found unchanged. False: it is deleted or gone."""
+        vector = self.embedder.embed([embedding_input(text)])[0].tolist()
+        with Session(self.engine) as session, session.begin():
+            outcome = cast(
+                CursorResult,
+                session.execute(
+                    update(Document)
+                    .where(Document.doc_id == doc_id, Document.deleted.is_(False))
+                    .values(text=text, embedding=vector)
+                ),
+            )
+            if outcome.rowcount:
+                _notify(session, [doc_id])
+            return bool(outcome.rowcount)
+
     def progress(self, stream: str) -> int | None:
         """The last batch key of ``stream`` whose documents are committed (None before the first)."""
         with Session(self.engine) as session:

@@ -20,6 +20,7 @@ from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.progress import Marks, Progress
 from streamrag_assets.documents.store import DocumentIndex, IndexResult, database_unavailable
 from streamrag_assets.embedding.embedder import get_embedder
+from streamrag_assets.enrichment.diffs import Enricher
 from streamrag_assets.kafka.admin import ensure_topic
 from streamrag_assets.kafka.gaps import ledger_dir
 from streamrag_assets.kafka.spark_source import pass_through
@@ -122,6 +123,7 @@ class MedallionBatch:
         self.refine_on_driver = asynchronous and not settings.spark_on_cluster
         self.index = None
         self.worker: IndexWorker | None = None
+        self.enricher: Enricher | None = None
         self.progress_name = f"medallion:{settings.topic}"
         if settings.index_enabled:
             # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.
@@ -145,6 +147,8 @@ class MedallionBatch:
                 log.error("Postgres is unavailable at start (%s); indexing waits for it", type(exc).__name__)
             if asynchronous:
                 self.worker = IndexWorker(self._index_part, self._finish, self.recover, behind)
+            if asynchronous and settings.enrich_diffs:  # the live stream only: replays keep the documents as they are
+                self.enricher = Enricher(settings, self.index.replace_text)
 
     def recover(self, upto: int | None) -> int:
         """Make the index current up to batch key ``upto`` (None: the checkpoint's last commit): migrate the schema
@@ -260,7 +264,10 @@ class MedallionBatch:
         indexes anyway)."""
         assert self.index is not None
         progress = None if reached is None else Progress(self.progress_name, *reached)
-        return self.index.index(rows, progress=progress)
+        outcome = self.index.index(rows, progress=progress)
+        if self.enricher is not None:
+            self.enricher.offer(rows)
+        return outcome
 
     def _finish(self, result: BatchResult) -> None:
         # A slow batch says where its time went (refine includes reading the topic).

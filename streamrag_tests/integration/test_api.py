@@ -17,6 +17,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
 import httpx
@@ -37,8 +38,41 @@ pytestmark = pytest.mark.integration
 PIPELINE_PROCESSES: dict = {}  # the pipeline's processes by name, for the tests that stop one
 
 
+class _CompareAPI(BaseHTTPRequestHandler):
+    """A wiki's action API as far as `action=compare` goes: the diffs a test registers by revision, "no such
+    revision" for every other one (the recording's edits keep their text)."""
+
+    diffs: dict[str, str] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        body = self.diffs.get(query.get("torev", ""))
+        reply = (
+            {"compare": {"torevid": int(query["torev"]), "body": body}} if body else {"error": {"code": "nosuchrevid"}}
+        )
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def pipeline(stack):
+def compare_api():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _CompareAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/w/api.php"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack, compare_api):
     """ingest (bundled recording, replayed at 5 events/s) -> stream -> pgvector -> API, on the shared servers with
     its own topic, state and database."""
     settings = separate_platform(
@@ -53,6 +87,8 @@ def pipeline(stack):
         dagster_report_interval_s=0,
         stream_trigger_ms=250,
         api_max_stream_clients=3,
+        enrich_diffs=True,  # against the local compare API: only the diffs a test registers exist
+        diff_api_url=compare_api,
     )
     processes = [ingest_process(settings), stream_process(settings), api_process(settings)]
     PIPELINE_PROCESSES.update((proc.name, proc) for proc in processes)
@@ -446,6 +482,29 @@ def test_as_of_searches_and_answers_cite_what_the_index_held_at_each_moment(pipe
     assert too_old.status_code == 422 and "retention window" in too_old.json()["message"]
     future = client.post("/search", json={"query": "lantern", "as_of": "2999-01-01T00:00:00Z"})
     assert future.status_code == 422 and future.json()["message"].startswith("as_of: ")
+
+
+def test_an_edit_gets_what_its_diff_added_and_the_answer_quotes_it(pipeline) -> None:
+    settings, client = pipeline
+    title = f"Diff Museum {uuid.uuid4().hex[:6]}"
+    edit = recentchange(title, "Updated the collection section")
+    doc_id = f"enwiki:rev:{edit['revision']['new']}"
+    _CompareAPI.diffs[str(edit["revision"]["new"])] = (
+        '<tr><td class="diff-deletedline diff-side-deleted"><div>It holds <del class="diffchange">40</del> xylophones.'
+        '</div></td><td class="diff-addedline diff-side-added"><div>It holds <ins class="diffchange">52 bronze</ins> '
+        'xylophones.</div></td></tr><tr><td class="diff-addedline diff-side-added"><div>The gamelan gallery from '
+        "Java opened in March.</div></td></tr>"
+    )
+    produce(settings, edit)
+
+    def enriched() -> dict | None:
+        hits = search(client, f"{title} gamelan gallery Java", mode="keyword", top_k=5)
+        return next((h for h in hits if h["doc_id"] == doc_id and 'Added: "52 bronze' in h["text"]), None)
+
+    hit = wait_for(enriched, "the edit's document with its diff")
+    assert 'Removed: "40".' in hit["text"]
+    reply = client.post("/answer", json={"query": f"Which gallery opened at the {title}?"}).json()
+    assert doc_id in {c["doc_id"] for c in reply["citations"]} and "gamelan gallery" in reply["answer"], reply
 
 
 def test_postgres_down_is_a_503_naming_it(pipeline, stack) -> None:
