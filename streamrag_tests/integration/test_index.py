@@ -16,6 +16,7 @@ from streamrag_assets.documents.progress import PartitionMark, Progress, marks_f
 from streamrag_assets.documents.store import DocumentIndex, embedding_input
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.ingest.sources import recorded_event
+from streamrag_assets.runtime.postgres import admin_connect
 from streamrag_assets.streaming.refine import document, parse_event
 from streamrag_tests.harness import fresh_database
 
@@ -177,7 +178,7 @@ def test_a_document_postgres_refuses_is_dead_lettered_and_the_rest_of_the_batch_
     assert index.progress("refusal-test") == 7, "the batch's progress is recorded once the others are in"
 
 
-def test_a_document_row_keeps_its_vector_in_the_table_page(index) -> None:
+def test_a_document_row_keeps_its_vector_in_the_table_page(index, stack) -> None:
     """Rows over 2 kB (a long comment) keep their vector inline: a search computing each hit's similarity then
     reads no TOAST pages (migration 0005; the default target moved the vector out of line)."""
     comment = "Reverted vandalism and restored the sourced paragraph about the river's course. " * 6
@@ -189,8 +190,9 @@ def test_a_document_row_keeps_its_vector_in_the_table_page(index) -> None:
             text("SELECT pg_column_size(d.*) FROM documents d WHERE doc_id = ANY(:ids)"), {"ids": ids}
         ).scalars()
         assert min(sizes) > 2100, "rows big enough for Postgres' default target to move their vector out"
-        toast = conn.execute(text("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'documents'"))
-        chunks = conn.execute(text(f"SELECT count(*) FROM {toast.scalar()}")).scalar()
+    with admin_connect(stack.settings, index.engine.url.database) as admin:  # TOAST tables: the superuser's to read
+        toast = admin.execute("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'documents'")
+        chunks = admin.execute(f"SELECT count(*) FROM {toast.fetchone()[0]}").fetchone()[0]
     assert chunks == 0, "no document value is stored out of line"
 
 
