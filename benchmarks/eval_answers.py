@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 
 from benchmarks.cpu import cpu_kind
 from streamrag_api.answer import DONT_KNOW
+from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.runtime.api import api_process
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_tests.harness import (
@@ -159,6 +160,7 @@ def run(questions_path: Path, keep: bool) -> dict[str, Any]:
     stack = EmbeddedStack(settings)
     try:
         stack.start_all()
+        upgrade(settings.app_database_url)  # as `up` does before the stream and the API start
         with running(settings, [stream_process(settings), api_process(settings)]):
             now = datetime.now(UTC)
             recorded = recording_events(now)
