@@ -134,6 +134,7 @@ class Outcome:
     cited: list[str]
     said_idk: bool
     answer: str
+    retrieved: list[tuple[str, float | None]] = field(default_factory=list)  # (doc id, similarity), best first
     tally: Tally = field(default_factory=Tally)
 
 
@@ -150,7 +151,10 @@ def judge(item: dict[str, Any], names: dict[str, str], reply: dict[str, Any]) ->
         questions=1,
         idk_right=int(said_idk == (not expected)),
     )
-    return Outcome(item["question"], item["kind"], expected, allowed, cited, said_idk, reply["answer"], tally)
+    retrieved = [(hit["doc_id"], hit["similarity"]) for hit in (reply.get("debug") or {}).get("retrieved", [])]
+    return Outcome(
+        item["question"], item["kind"], expected, allowed, cited, said_idk, reply["answer"], retrieved, tally
+    )
 
 
 def run(questions_path: Path, keep: bool) -> dict[str, Any]:
@@ -187,7 +191,7 @@ def run(questions_path: Path, keep: bool) -> dict[str, Any]:
                 time.sleep(2 * settings.keyword_refresh_s)  # and the deletions after it
                 outcomes = []
                 for item in labels["questions"]:
-                    body: dict[str, Any] = {"query": item["question"]}
+                    body: dict[str, Any] = {"query": item["question"], "debug": True}
                     filters = {}
                     if "since_hours" in item:
                         filters["since"] = (datetime.now(UTC) - timedelta(hours=item["since_hours"])).isoformat()
@@ -223,6 +227,7 @@ def report(outcomes: list[Outcome]) -> dict[str, Any]:
                 "missed": [doc for doc in o.expected if doc not in o.cited],
                 "said_idk": o.said_idk,
                 "answer": o.answer[:300],
+                "retrieved": [(doc, None if sim is None else round(sim, 3)) for doc, sim in o.retrieved[:5]],
             }
             for o in outcomes
         ],
