@@ -79,9 +79,16 @@ def up(
     """
     # The supervisor (every service's module) is imported by the commands that need it, not by the module: each
     # service runs as `python -m streamrag_assets.cli <service>` and would hold all their imports (~45 MiB each).
+    from streamrag_assets.runtime.doctor import diagnose
     from streamrag_assets.runtime.supervisor import Supervisor
 
     settings = _settings()
+    checks = diagnose(settings, live_stream=False)  # the live stream is tried (and said about) once up
+    failed = [check for check in checks if check.status == "fail"]
+    if failed:
+        for check in checks:
+            typer.echo(check.line)
+        raise _fail(failed[0].line[2:])
     supervisor = Supervisor(
         settings, progress=lambda msg: typer.echo(f"[streamrag] {msg}"), with_prometheus=with_prometheus
     )
@@ -115,6 +122,20 @@ def up(
     finally:
         supervisor.stop()
         typer.echo("[streamrag] stopped")
+
+
+@app.command("doctor")
+def doctor_command() -> None:
+    """Check this machine for `up`: Python and Java, the state directory (writable, free space), every port, the
+    configured external servers, the live stream. One line each (✓ ok, ! warning, ✗ fails `up`) with the fix."""
+    from streamrag_assets.runtime.doctor import diagnose
+
+    checks = diagnose(_settings())
+    for check in checks:
+        color = {"ok": typer.colors.GREEN, "warn": typer.colors.YELLOW, "fail": typer.colors.RED}[check.status]
+        typer.secho(check.line, fg=color)
+    if any(check.status == "fail" for check in checks):
+        raise typer.Exit(code=1)
 
 
 @app.command("probe")

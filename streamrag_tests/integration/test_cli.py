@@ -293,3 +293,19 @@ def test_listening_beyond_loopback_without_an_api_key_is_a_one_line_error(state_
         message = _one_line_error(run_cli(*args, settings=settings))
         assert "STREAMRAG_API_KEYS" in message and "STREAMRAG_API_AUTH=off" in message, args
     assert _our_processes(state_home) == [], "nothing was started"
+
+
+def test_doctor_says_what_the_machine_has_and_what_blocks_up(state_home: Path) -> None:
+    settings = isolated_settings(state_home)
+    healthy = run_cli("doctor", settings=settings)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    lines = healthy.stdout.splitlines()
+    for name in ("Python", "Java", "state directory", "disk", "ports", "API access"):
+        assert any(line.startswith(f"✓ {name}: ") for line in lines), (name, lines)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", settings.api_port))
+        squatter.listen()
+        blocked = run_cli("doctor", settings=settings)
+    assert blocked.returncode == 1
+    [line] = [line for line in blocked.stdout.splitlines() if line.startswith("✗ ")]
+    assert f"port {settings.api_port}" in line and "the API" in line and "STREAMRAG_API_PORT" in line
