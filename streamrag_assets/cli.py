@@ -15,6 +15,7 @@ import typer
 
 from streamrag_assets.runtime.process import ServiceError
 from streamrag_assets.settings import Settings
+from streamrag_assets.terminal import progress_bar
 
 app = typer.Typer(
     help="streamrag: real-time RAG over the Wikimedia recentchange stream.",
@@ -258,7 +259,9 @@ def replay_rebuild() -> None:
 
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     try:
-        counts = rebuild_from_bronze(_settings(), _progress, who=f"`streamrag replay rebuild` (pid {os.getpid()})")
+        with progress_bar("rebuilding from Bronze", "rows") as steps:
+            who = f"`streamrag replay rebuild` (pid {os.getpid()})"
+            counts = rebuild_from_bronze(_settings(), _progress, who=who, steps=steps)
     except QueryAlreadyRunning as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps(counts))
@@ -386,7 +389,8 @@ def index_command(
         result, failing = dead_letters.retry(settings, _progress)
         typer.echo(json.dumps({"upserted": result.upserted, "still_failing": failing}))
         raise typer.Exit(code=1 if failing else 0)
-    result = reindex_window(settings, start, end, batch_size, _progress)
+    with progress_bar("indexing Gold", "rows") as steps:
+        result = reindex_window(settings, start, end, batch_size, _progress, steps=steps)
     summary = {
         k: getattr(result, k) for k in ("embedded", "upserted", "unchanged", "deleted", "renamed", "dead_letters")
     }

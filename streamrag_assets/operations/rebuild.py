@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pyarrow.compute as pc
 
-from streamrag_assets.operations.progress import Progress, reporter
+from streamrag_assets.operations.progress import Progress, Steps, counter, reporter
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.checkpoint import checkpoints_for_run
 from streamrag_assets.streaming.delta import DeltaTables
@@ -21,16 +21,19 @@ log = logging.getLogger(__name__)
 
 
 def rebuild_from_bronze(
-    settings: Settings, progress: Progress | None = None, who: str = "a rebuild from Bronze"
+    settings: Settings,
+    progress: Progress | None = None,
+    who: str = "a rebuild from Bronze",
+    steps: Steps | None = None,
 ) -> dict[str, int]:
     """Recompute Silver/quarantine/Gold from all of Bronze, the continuous query paused meanwhile (``who`` says what
     it waits for); returns the row counts."""
     report = reporter(progress, log)
     with checkpoints_for_run(settings, who, progress=report):
-        return _rebuild(settings, report)
+        return _rebuild(settings, report, counter(steps))
 
 
-def _rebuild(settings: Settings, report: Progress) -> dict[str, int]:
+def _rebuild(settings: Settings, report: Progress, count: Steps) -> dict[str, int]:
     """Bronze in chunks of whole micro-batches, in batch order, so that memory stays bounded whatever Bronze holds
     and duplicates are still told by their first occurrence across all of it (the ids already kept are carried
     from chunk to chunk). The first chunk overwrites each table, the others append."""
@@ -49,6 +52,8 @@ def _rebuild(settings: Settings, report: Progress) -> dict[str, int]:
     totals: dict[str, int] = {}
     version = int(time.time())
     now = datetime.now(UTC)
+    bronze_rows = sum(s["counts"] for s in batch_sizes)
+    count(0, bronze_rows)
     for number, (first, last) in enumerate(chunks):
         rows = bronze.to_table(filter=(pc.field("batch_id") >= first) & (pc.field("batch_id") <= last))
         refined = refine_dataframe(spark.createDataFrame(rows)).toArrow()
@@ -64,6 +69,7 @@ def _rebuild(settings: Settings, report: Progress) -> dict[str, int]:
         for name, count in layers.counts.items():
             totals[name] = totals.get(name, 0) + count
         report(f"rebuilt chunk {number + 1}/{len(chunks)}: {totals['bronze']} Bronze rows so far")
+        count(totals["bronze"], bronze_rows)
     report(f"rebuilt from {totals['bronze']} Bronze rows in {time.perf_counter() - began:.1f} s: {totals}")
     return totals
 

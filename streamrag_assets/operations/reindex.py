@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from streamrag_assets.documents.store import DocumentIndex, IndexResult
-from streamrag_assets.operations.progress import Progress, reporter
+from streamrag_assets.operations.progress import Progress, Steps, counter, reporter
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
 
@@ -37,13 +37,17 @@ def reindex_window(
     batch_size: int = 256,
     progress: Progress | None = None,
     index: DocumentIndex | None = None,
+    steps: Steps | None = None,
 ) -> IndexResult:
-    """Apply every Gold row with ``since <= event_time < until`` (either end open) to pgvector; reports each batch.
-    ``index``: one the caller also uses for other work (absent: the platform's, made here)."""
-    report = reporter(progress, log)
+    """Apply every Gold row with ``since <= event_time < until`` (either end open) to pgvector; reports each batch
+    (``steps``: Gold rows done of the range's). ``index``: one the caller also uses for other work (absent: the
+    platform's, made here)."""
+    report, count = reporter(progress, log), counter(steps)
 
     def batch_done(done: int, total: int, so_far: IndexResult) -> None:
-        report(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")
+        count(done, total)
+        if steps is None:  # a bar shows the counts; lines are for logs (Dagster's run, a pipe)
+            report(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")
 
     index = index if index is not None else document_index(settings)
     return reindex(index, DeltaTables.from_settings(settings), since, until, batch_size, batch_done)
