@@ -14,15 +14,16 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, metadata
 from pathlib import Path
 
 import httpx
+from packaging.specifiers import SpecifierSet
 
 from streamrag_assets.runtime.disk import human_bytes
 from streamrag_assets.runtime.process import ServiceError, ensure_port_free
 from streamrag_assets.settings import Settings
 
-PYTHONS = ((3, 11), (3, 13))  # the versions the project installs and is tested on, inclusive
 JAVA_MAJOR = 17  # Spark 4 needs Java 17 or newer
 RECOMMENDED_FREE = 5 * 2**30  # a day of the live stream, the model files and the logs, with room to spare
 
@@ -41,12 +42,15 @@ class Check:
 
 
 def python_check() -> Check:
-    version = sys.version_info[:2]
+    """This Python against the project's own `requires-python` (pyproject.toml, as installed)."""
     shown = ".".join(map(str, sys.version_info[:3]))
-    if PYTHONS[0] <= version <= PYTHONS[1]:
+    try:
+        required = SpecifierSet(metadata("streamrag")["Requires-Python"] or "")
+    except PackageNotFoundError:  # run from a checkout without the install: nothing to compare with
         return Check("Python", "ok", shown)
-    supported = f"{PYTHONS[0][0]}.{PYTHONS[0][1]}–{PYTHONS[1][0]}.{PYTHONS[1][1]}"
-    return Check("Python", "fail", f"{shown} is not supported", f"use Python {supported} (PYTHON=python3.x make up)")
+    if shown in required:
+        return Check("Python", "ok", f"{shown} ({required})")
+    return Check("Python", "fail", f"{shown} is not {required}", "make up with a Python it is (PYTHON=python3.x)")
 
 
 def java_check() -> Check:
