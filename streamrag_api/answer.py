@@ -59,6 +59,7 @@ def _citation(n: int, hit: Hit) -> Citation:
         event_time=hit.event_time,
         indexed_at=hit.indexed_at,
         lineage=hit.lineage,
+        similarity=None if hit.similarity is None else round(hit.similarity, 3),
     )
 
 

@@ -159,6 +159,7 @@ class Citation(BaseModel):
     event_time: datetime
     indexed_at: datetime
     lineage: Lineage
+    similarity: float | None = Field(None, description="Why it was chosen: its cosine similarity to the question.")
 
 
 class AnswerResponse(BaseModel):

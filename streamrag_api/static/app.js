@@ -138,6 +138,9 @@ function showAnswer(body) {
     item.appendChild(link(c.page_url, c.title));
     item.appendChild(el("span", " "));
     if (c.diff_url) item.appendChild(link(c.diff_url, "(diff)"));
+    if (typeof c.similarity === "number") {
+      item.appendChild(el("div", `why: similarity ${c.similarity.toFixed(2)} to the question`, "why"));
+    }
     item.appendChild(el("div",
       `event ${c.lineage.event_id} · partition ${c.lineage.partition} offset ${c.lineage.offset} · ` +
       `edited ${when(c.event_time)} · indexed ${when(c.indexed_at)}`, "meta provenance"));
@@ -168,4 +171,99 @@ document.getElementById("question-form").addEventListener("submit", async (e) =>
   }
 });
 
+// --- search view ----------------------------------------------------------------------------------------------
+function csv(id) {
+  const values = document.getElementById(id).value.split(",").map((v) => v.trim()).filter(Boolean);
+  return values.length ? values : null;
+}
+
+function searchBody() {
+  const filters = {};
+  const wiki = csv("search-wiki"), lang = csv("search-lang");
+  if (wiki) filters.wiki = wiki;
+  if (lang) filters.lang = lang;
+  const namespace = document.getElementById("search-namespace").value;
+  if (namespace !== "") filters.namespace = [Number(namespace)];
+  const hours = document.getElementById("search-since").value;
+  if (hours) filters.since = new Date(Date.now() - Number(hours) * 3600 * 1000).toISOString();
+  if (document.getElementById("search-no-bots").checked) filters.exclude_bots = true;
+  return {
+    query: document.getElementById("search-query").value,
+    mode: document.getElementById("search-mode").value,
+    top_k: 20,
+    filters,
+  };
+}
+
+function resultItem(hit) {
+  const item = el("li", null, "result");
+  item.dataset.docId = hit.doc_id;
+  item.appendChild(link(hit.page_url, hit.title));
+  item.appendChild(el("span", " "));
+  if (hit.diff_url) item.appendChild(link(hit.diff_url, "(diff)"));
+  item.appendChild(el("div", hit.text, "event-text"));
+  const why = typeof hit.similarity === "number" ? ` · similarity ${hit.similarity.toFixed(2)}` : "";
+  item.appendChild(el("div", `score ${hit.score.toFixed(3)}${why} · ${hit.wiki} · ${hit.lang}` +
+    ` · ns ${hit.namespace}${hit.bot ? " · bot" : ""} · edited ${when(hit.event_time)}`, "meta"));
+  return item;
+}
+
+document.getElementById("search-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const status = document.getElementById("search-status");
+  const results = document.getElementById("results");
+  status.textContent = "searching…";
+  try {
+    const response = await api("/search", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(searchBody()),
+    });
+    const body = await response.json();
+    if (!response.ok) {
+      status.textContent = body.message || `error ${response.status}`;
+      return;
+    }
+    results.textContent = "";
+    body.hits.forEach((hit) => results.appendChild(resultItem(hit)));
+    status.textContent = `${body.hits.length} result(s), ${body.mode}, ${body.took_ms.toFixed(0)} ms`;
+  } catch (err) {
+    status.textContent = `the service did not answer (${err})`;
+  }
+});
+
+// Every control submits on a change: filters act at once.
+document.querySelectorAll("#search-form select, #search-form input[type=checkbox]").forEach((control) => {
+  control.addEventListener("change", () => {
+    if (document.getElementById("search-query").value) document.getElementById("search-form").requestSubmit();
+  });
+});
+
+// "/" puts the cursor in the search box (unless already typing somewhere).
+document.addEventListener("keydown", (e) => {
+  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
+  if (e.key === "/" && !typing) {
+    e.preventDefault();
+    document.getElementById("search-query").focus();
+  }
+});
+
+// --- health ---------------------------------------------------------------------------------------------------
+async function checkHealth() {
+  const box = document.getElementById("health");
+  const text = document.getElementById("health-text");
+  try {
+    const response = await fetch("/health");
+    const body = await response.json();
+    const down = Object.entries(body.dependencies || {}).filter(([, d]) => d.status !== "up").map(([n]) => n);
+    box.dataset.state = down.length ? "degraded" : "up";
+    text.textContent = down.length ? `degraded: ${down.join(", ")} down` : "all services up";
+  } catch (err) {
+    box.dataset.state = "down";
+    text.textContent = "the API does not answer";
+  }
+}
+
+checkHealth();
+setInterval(checkHealth, 15000);
 loadRecent().finally(connect);

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -693,7 +695,7 @@ def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_ev
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     settings, _ = pipeline
     wait = WebDriverWait(browser, 120, poll_frequency=0.3)
@@ -726,10 +728,37 @@ def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_ev
     assert f"offset {offset}" in ours[0].text and event["meta"]["id"] in ours[0].text
     hrefs = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#answer-text a.cite")}
     assert event["notify_url"] in hrefs, "the citation links to the diff of the edit"
+    assert re.search(r"why: similarity 0\.\d\d to the question", ours[0].text), "each citation says why it was chosen"
     assert browser.execute_script("return window.__pwned") is None
-    shot = Path(os.environ.get("STREAMRAG_UI_SCREENSHOT", settings.state_dir / "ui.png"))
-    shot.parent.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(shot))
+    # The health header: every dependency but Dagster (not run here) is up.
+    wait.until(lambda d: d.find_element(By.ID, "health").get_attribute("data-state") == "degraded")
+    assert browser.find_element(By.ID, "health-text").text == "degraded: dagster down"
+    shots = Path(os.environ.get("STREAMRAG_UI_SCREENSHOTS", settings.state_dir))
+    shots.mkdir(parents=True, exist_ok=True)
+    _screenshot(browser, shots / "ui.png")
+
+    # The search view, from the keyboard: "/" focuses it, Enter searches, a filter change searches again.
+    browser.find_element(By.TAG_NAME, "body").send_keys("/")
+    assert browser.switch_to.active_element.get_attribute("id") == "search-query"
+    browser.switch_to.active_element.send_keys(f"Harbour Crane {tag} orange")
+    browser.find_element(By.ID, "search-wiki").send_keys("enwiki")
+    browser.find_element(By.ID, "search-query").submit()
+    wait.until(lambda d: any(tag in r.text for r in d.find_elements(By.CSS_SELECTOR, "#results li")))
+    [hit] = [r for r in browser.find_elements(By.CSS_SELECTOR, "#results li") if tag in r.text]
+    assert "enwiki" in hit.text and re.search(r"similarity 0\.\d\d", hit.text), hit.text
+    assert event["notify_url"] in {a.get_attribute("href") for a in hit.find_elements(By.TAG_NAME, "a")}
+    assert browser.find_element(By.ID, "search-status").text.endswith(" ms")
+    _screenshot(browser, shots / "ui-search.png")
+    Select(browser.find_element(By.ID, "search-namespace")).select_by_value("2")  # user pages: not ours
+    wait.until(lambda d: not any(tag in r.text for r in d.find_elements(By.CSS_SELECTOR, "#results li")))
+    assert browser.execute_script("return window.__pwned") is None
+
+
+def _screenshot(browser, path: Path) -> None:
+    """A screenshot of the page as the assertions before it saw it; a blank or cut one fails."""
+    browser.save_screenshot(str(path))
+    width, height = struct.unpack(">II", path.read_bytes()[16:24])  # the PNG's IHDR
+    assert width >= 1000 and height >= 800 and path.stat().st_size > 40_000, (path, width, height)
 
 
 def test_health_reports_a_stream_that_is_alive_but_stuck(stack) -> None:
