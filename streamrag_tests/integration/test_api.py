@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -32,7 +33,15 @@ from schemathesis.checks import not_a_server_error
 from streamrag_assets.runtime.api import api_process
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.stream import stream_process
-from streamrag_tests.harness import deletion, free_port, produce, recentchange, running, separate_platform
+from streamrag_tests.harness import (
+    PROJECT_ROOT,
+    deletion,
+    free_port,
+    produce,
+    recentchange,
+    running,
+    separate_platform,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -507,6 +516,33 @@ def test_an_edit_gets_what_its_diff_added_and_the_answer_quotes_it(pipeline) -> 
     assert 'Removed: "40".' in hit["text"]
     reply = client.post("/answer", json={"query": f"Which gallery opened at the {title}?"}).json()
     assert doc_id in {c["doc_id"] for c in reply["citations"]} and "gamelan gallery" in reply["answer"], reply
+
+
+def test_the_readmes_quickstart_commands_answer_as_it_shows(pipeline) -> None:
+    """The README's quickstart `curl` commands, run as written against this pipeline's API (its address for
+    127.0.0.1:8000; the pipeline ingests the same bundled recording): each answers with the fields shown after it,
+    and the hits and citations the README shows."""
+    settings, client = pipeline
+    quickstart = (PROJECT_ROOT / "README.md").read_text().split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    blocks = [(lang, textwrap.dedent(body)) for lang, body in re.findall(r"```(\w+)\n(.*?)\s*```", quickstart, re.S)]
+    commands = [body for lang, body in blocks if lang == "bash" and body.startswith("curl")]
+    shown = [json.loads(body) for lang, body in blocks if lang == "json"]
+    assert len(commands) == len(shown) == 2
+    wait_for(lambda: search(client, "Billy Strachan categories", mode="keyword"), "the recording's edits searchable")
+    for command, example in zip(commands, shown, strict=True):
+        run = subprocess.run(
+            ["bash", "-c", command.replace("http://127.0.0.1:8000", settings.api_url)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        reply = json.loads(run.stdout)
+        assert set(reply) == set(example), (sorted(reply), sorted(example))
+        if "hits" in example:
+            assert [h["title"] for h in reply["hits"]] == [h["title"] for h in example["hits"]]
+        else:
+            assert {c["title"] for c in reply["citations"]} == {c["title"] for c in example["citations"]}
 
 
 def test_postgres_down_is_a_503_naming_it(pipeline, stack) -> None:
