@@ -181,7 +181,13 @@ class Embedder:
     def _prepared(self, model: Callable[[], Any]) -> Path:
         """The ONNX file this embedder runs (with int8, the quantised copy), made on first use; ``model`` gives the
         sentence-transformers model, loaded only when the file has to be exported."""
-        path = self._cached(self._onnx_file(), lambda unfinished: _export(model(), unfinished))
+        from streamrag_assets.embedding import onnx_bert  # onnx itself only when a file is made
+
+        source = Path(self._resolved_path())
+        if onnx_bert.exportable(source):  # written straight from the weights: no torch
+            path = self._cached(self._onnx_file(), lambda unfinished: onnx_bert.export(source, unfinished))
+        else:
+            path = self._cached(self._onnx_file(), lambda unfinished: _export(model(), unfinished))
         if self.int8:
             path = self._cached(self._onnx_file(int8=True), lambda target: _quantise(path, target))
         return path

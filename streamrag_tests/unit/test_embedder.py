@@ -103,3 +103,35 @@ def test_int8_embeds_without_torch_exactly_as_the_models_own_tokenizer_would(tmp
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"name": "all-MiniLM-L6-v2:int8", "dimension": 384, "loaded": []}
     assert np.array_equal(np.load(tmp_path / "vectors.npy"), expected)
+
+
+def test_the_model_file_is_made_without_torch_and_computes_what_the_torch_model_does(tmp_path) -> None:
+    """On a machine's first start the ONNX file is written straight from the safetensors weights (`onnx_bert`): no
+    torch in the process, and its hidden states are those of the model torch runs."""
+    import torch
+
+
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from streamrag_assets.embedding.embedder import Embedder\n"
+        f"Embedder(threads=1, int8=True, cache_dir=Path({str(tmp_path)!r})).embed(['Talk page archived by a bot'])\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", "the file was made and used without torch"
+    assert len(list(tmp_path.glob("*.onnx"))) == 2
+
+    import onnxruntime as ort
+
+    model = Embedder(threads=1, int8=False, backend="torch")._load()
+    [made] = [p for p in tmp_path.glob("*.onnx") if "int8" not in p.name]
+    texts = ["The History Wizard of Cambridge added a category", "a", "Die Linie 3 wurde verlängert " * 20]
+    batch = model.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        expected = model[0].auto_model(**batch).last_hidden_state.numpy()
+    session = ort.InferenceSession(str(made), providers=["CPUExecutionProvider"])
+    got = session.run(None, {i.name: batch[i.name].numpy() for i in session.get_inputs()})[0]
+    attended = batch["attention_mask"].numpy()[..., None].astype(bool)
+    assert np.abs(np.where(attended, got - expected, 0)).max() < 1e-4
