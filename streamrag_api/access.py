@@ -59,7 +59,6 @@ class Access:
         self.key_digests = [_digest(key) for key in settings.api_key_list()]
         self.limits: list[RateLimitItem] = parse_many(settings.api_rate_limit) if settings.api_rate_limit else []
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
-        self.rate_limit_text = settings.api_rate_limit or ""
 
     @property
     def keys_required(self) -> bool:
