@@ -43,7 +43,7 @@ def sse_source_process(
     return ManagedProcess(
         name=f"{source}-source",
         argv=argv,
-        env=settings.to_env(),
+        env=settings.to_env(secrets=()),  # it serves events: no secret
         log_path=settings.state_dir / "logs" / f"{source}-source.log",
         pid_path=settings.state_dir / "run" / f"{source}-source.pid",
         ready=ready,
