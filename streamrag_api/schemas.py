@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -21,6 +21,9 @@ def _text(value: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("must be valid Unicode (it holds an unpaired surrogate)") from None
     return value
+
+
+AS_OF_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -80,7 +83,7 @@ class SearchRequest(BaseModel):
     @classmethod
     def _as_of_zone(cls, value: datetime | None) -> datetime | None:
         value = _utc(value)
-        if value is not None and value > datetime.now(UTC):
+        if value is not None and value > datetime.now(UTC) + AS_OF_CLOCK_SKEW:  # a client's clock a little ahead
             raise ValueError("as_of is in the future: leave it out to search the index as it is now")
         return value
 
