@@ -168,13 +168,13 @@ def run(questions_path: Path, keep: bool) -> dict[str, Any]:
         with running(settings, [stream_process(settings), api_process(settings)]):
             now = datetime.now(UTC)
             recorded = recording_events(now)
-            crafted = {edit["key"]: crafted_event(edit, now) for edit in labels["edits"]}
+            crafted = {edit["key"]: crafted_event(edit, now) for edit in labels.get("edits") or []}
             names = {key: doc_id(event) for key, event in crafted.items()}
             produce(settings, *recorded, *crafted.values())
             every = [doc_id(event) for event in recorded] + list(names.values())
             print(f"produced {len(recorded)} recorded and {len(crafted)} crafted edits; waiting for the index …")
             wait_for(lambda: len(document_states(settings.app_database_url, every)) == len(set(every)), "the index")
-            gone = [edit["key"] for edit in labels["edits"] if edit.get("deleted")]
+            gone = [edit["key"] for edit in labels.get("edits") or [] if edit.get("deleted")]
             for key in gone:
                 produce(settings, deletion(crafted[key]["title"], crafted[key]["wiki"]))
             wait_for(
@@ -187,7 +187,9 @@ def run(questions_path: Path, keep: bool) -> dict[str, Any]:
                     body = {"query": title, "mode": "keyword", "top_k": 5}
                     return any(h["title"] == title for h in api.post("/search", json=body).json().get("hits", []))
 
-                wait_for(lambda: keyword_sees("Lake Titicaca"), "the keyword index")
+                kept = [event for key, event in crafted.items() if key not in gone]
+                last = kept[-1] if kept else recorded[-1]  # produced last (and not deleted): seen last
+                wait_for(lambda: keyword_sees(last["title"]), "the keyword index")
                 time.sleep(2 * settings.keyword_refresh_s)  # and the deletions after it
                 outcomes = []
                 for item in labels["questions"]:
