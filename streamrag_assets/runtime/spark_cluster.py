@@ -108,6 +108,7 @@ def spark_worker_process(settings: Settings, number: int) -> ManagedProcess:
         data_dir=work_dir,
         prepare=lambda: work_dir.mkdir(parents=True, exist_ok=True),
         env=_env(settings),
+        secrets=frozenset({"kafka_sasl_password"}),  # its executors read the topic
     )
 
 
