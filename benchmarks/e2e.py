@@ -56,6 +56,15 @@ class Markers:
         self.searches: list[tuple[float, float]] = []  # (when, seconds) of each answered /search
         self.lock = threading.Lock()
 
+    def snapshot(self) -> Markers:
+        """A copy to read while the SSE server and the poller go on adding (iterating the live dicts raised
+        "dictionary changed size during iteration" 101 minutes into a soak); each copy is one C-level step."""
+        copy = Markers.__new__(Markers)
+        copy.stride, copy.run, copy.lock = self.stride, self.run, self.lock
+        copy.sent, copy.found, copy.stamps = dict(self.sent), dict(self.found), dict(self.stamps)
+        copy.searches = list(self.searches)
+        return copy
+
     def event(self, seq: int) -> str:
         line = recorded_event(seq)
         if seq % self.stride:
@@ -129,6 +138,7 @@ def per_minute(markers: Markers, began_wall: float, minutes: int) -> list[dict]:
     `IN_FLIGHT_S` are ``in_flight`` instead, not yet due), and p50/p95/p99 of sent -> searchable."""
     rows = []
     now = time.time()
+    markers = markers.snapshot()
     for minute in range(minutes):
         start, end = began_wall + 60 * minute, began_wall + 60 * (minute + 1)
         sent = [t for t, at in markers.sent.items() if start <= at < end]
@@ -185,6 +195,7 @@ def disk_mib(state_dir: Path) -> dict[str, float]:
 
 def window(markers: Markers, since: float, until: float) -> dict:
     """Sent -> searchable of the markers sent in [since, until), and the /search calls' own latency in it."""
+    markers = markers.snapshot()
     delays = [markers.found[t] - at for t, at in markers.sent.items() if since <= at < until and t in markers.found]
     searches = [s for when, s in markers.searches if since <= when < until]
     out: dict = {}
@@ -265,6 +276,7 @@ def run_rate(
     # Markers sent within the run's minutes that no /search ever returned, with when they were sent (seconds since
     # `up` started): to look for them in the kept state (`--keep-state`).
     end = began_wall + 60 * minutes
+    markers = markers.snapshot()
     result["never_found"] = {
         t: round(at - began_wall, 1) for t, at in markers.sent.items() if at < end and t not in markers.found
     }
