@@ -33,7 +33,7 @@ def rebuild_from_bronze(
         return _rebuild(settings, report, counter(steps))
 
 
-def _rebuild(settings: Settings, report: Progress, count: Steps) -> dict[str, int]:
+def _rebuild(settings: Settings, report: Progress, advance: Steps) -> dict[str, int]:
     """Bronze in chunks of whole micro-batches, in batch order, so that memory stays bounded whatever Bronze holds
     and duplicates are still told by their first occurrence across all of it (the ids already kept are carried
     from chunk to chunk). The first chunk overwrites each table, the others append."""
@@ -53,7 +53,7 @@ def _rebuild(settings: Settings, report: Progress, count: Steps) -> dict[str, in
     version = int(time.time())
     now = datetime.now(UTC)
     bronze_rows = sum(s["counts"] for s in batch_sizes)
-    count(0, bronze_rows)
+    advance(0, bronze_rows)
     for number, (first, last) in enumerate(chunks):
         rows = bronze.to_table(filter=(pc.field("batch_id") >= first) & (pc.field("batch_id") <= last))
         refined = refine_dataframe(spark.createDataFrame(rows)).toArrow()
@@ -69,7 +69,7 @@ def _rebuild(settings: Settings, report: Progress, count: Steps) -> dict[str, in
         for name, count in layers.counts.items():
             totals[name] = totals.get(name, 0) + count
         report(f"rebuilt chunk {number + 1}/{len(chunks)}: {totals['bronze']} Bronze rows so far")
-        count(totals["bronze"], bronze_rows)
+        advance(totals["bronze"], bronze_rows)
     report(f"rebuilt from {totals['bronze']} Bronze rows in {time.perf_counter() - began:.1f} s: {totals}")
     return totals
 
