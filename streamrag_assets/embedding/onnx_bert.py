@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -51,7 +52,7 @@ class _Graph:
         value = self.weights[key]
         return self.const(key, np.ascontiguousarray(value.T if transpose else value).astype(np.float32))
 
-    def op(self, kind: str, inputs: list[str], **attributes: object) -> str:
+    def op(self, kind: str, inputs: list[str], **attributes: Any) -> str:
         self._count += 1
         output = f"{kind.lower()}_{self._count}"
         self.nodes.append(helper.make_node(kind, inputs, [output], **attributes))

@@ -17,6 +17,7 @@ from streamrag_assets.runtime.dagster import (
     dagster_webserver_process,
     prepare_dagster_home,
 )
+from streamrag_assets.runtime.postgres import admin_connect
 from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, free_port
 
 pytestmark = pytest.mark.integration
@@ -110,12 +111,13 @@ def test_webserver_answers_with_the_asset_graph(stack, browser) -> None:
             "gold_documents": ["silver_events"],
             "document_embeddings": ["gold_documents"],
         }, "the lineage of the asset graph"
-        # The instance lives in the embedded Postgres, not in files under DAGSTER_HOME.
-        with __import__("psycopg").connect(
-            f"host=127.0.0.1 port={settings.postgres_port} user=postgres dbname={settings.postgres_dagster_db}"
-        ) as conn:
-            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")}
-        assert {"runs", "event_logs"} <= tables
+        # The instance lives in the embedded Postgres, not in files under DAGSTER_HOME: in Dagster's database, owned by
+        # Dagster's role.
+        with admin_connect(settings, settings.postgres_dagster_db) as conn:
+            tables = dict(
+                conn.execute("SELECT tablename, tableowner FROM pg_tables WHERE schemaname='public'").fetchall()
+            )
+        assert {"runs", "event_logs"} <= set(tables) and tables["runs"] == "streamrag_dagster"
 
         # What an operator sees: the lineage graph and an asset page with its freshness policy, in a real browser.
         docs = Path(os.environ.get("STREAMRAG_DOCS_DIR", settings.state_dir / "docs"))

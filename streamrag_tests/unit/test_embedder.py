@@ -110,7 +110,6 @@ def test_the_model_file_is_made_without_torch_and_computes_what_the_torch_model_
     torch in the process, and its hidden states are those of the model torch runs."""
     import torch
 
-
     script = (
         "import sys\n"
         "from pathlib import Path\n"
