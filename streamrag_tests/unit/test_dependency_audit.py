@@ -29,10 +29,14 @@ def _advisory_service_reachable() -> str | None:
     return None
 
 
+UNREACHABLE = _advisory_service_reachable()  # asked once, when the tests are collected
+
+
+@pytest.mark.skipif(
+    UNREACHABLE is not None,
+    reason=f"no advisory service reachable ({UNREACHABLE}); run `make audit` where PyPI's JSON API answers",
+)
 def test_no_installed_dependency_has_a_known_vulnerability(tmp_path: Path) -> None:
-    unreachable = _advisory_service_reachable()
-    if unreachable:
-        pytest.skip(f"no advisory service reachable ({unreachable}); run `make audit` where PyPI is")
     report = tmp_path / "audit.json"
     result = subprocess.run(
         [str(Path(sys.executable).parent / "pip-audit"), "--skip-editable", "--progress-spinner", "off"]
