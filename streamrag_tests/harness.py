@@ -11,11 +11,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pyarrow as pa
@@ -349,11 +352,12 @@ def stream_triggers(settings: Settings) -> int:
 
 
 def run_cli(
-    *args: str, settings: Settings, timeout: float = 120, cwd: Path | None = None
+    *args: str, settings: Settings, timeout: float = 120, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
+    """``streamrag *args`` with ``settings`` (and ``env`` over the inherited environment, without STREAMRAG_*)."""
     return subprocess.run(
         [str(VENV_BIN / "streamrag"), *args],
-        env={**clean_env(), **settings.to_env()},
+        env={**(clean_env() if env is None else env), **settings.to_env()},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -425,3 +429,69 @@ def wait_until(condition: Callable[[], object], what: str, timeout_s: float, det
     while not condition():
         assert time.monotonic() < deadline, f"{what}\n{detail()}"
         time.sleep(0.5)
+
+
+@contextmanager
+def small_filesystem(size_mb: int) -> Iterator[Path]:
+    """A tmpfs of ``size_mb`` MiB mounted on a fresh directory (needs root), unmounted and removed afterwards."""
+    mount = Path(tempfile.mkdtemp(prefix="streamrag-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+class FakeCompareAPI:
+    """A wiki's action API on loopback as far as `action=compare` goes (real HTTP, MediaWiki's response shape):
+    ``diffs`` holds a diff body per new revision (None: "no such revision"); any other revision gets ``default`` or,
+    without one, "no such revision"; the first ``fail_first`` requests get a 503. ``requests`` keeps each request."""
+
+    def __init__(self) -> None:
+        self.diffs: dict[str, str | None] = {}
+        self.default: str | None = None
+        self.fail_first = 0
+        self.requests: list[dict] = []
+        self.url = ""
+
+    def answer(self, query: dict[str, str], agent: str | None) -> tuple[int, dict | None]:
+        self.requests.append({"query": query, "agent": agent, "at": time.monotonic()})
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            return 503, None
+        revision = query.get("torev", "")
+        body = self.diffs.get(revision, self.default)
+        if body is None:
+            return 200, {"error": {"code": "nosuchrevid", "info": "There is no revision with that ID."}}
+        revisions = {"fromrevid": int(query.get("fromrev", 0)), "torevid": int(query["torev"])}
+        return 200, {"compare": {**revisions, "body": body}}
+
+
+@contextmanager
+def compare_api_server() -> Iterator[FakeCompareAPI]:
+    """A `FakeCompareAPI` serving on 127.0.0.1 (its ``url`` is the api.php address) while the block runs."""
+    fake = FakeCompareAPI()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+            status, reply = fake.answer(query, self.headers.get("User-Agent"))
+            data = json.dumps(reply).encode() if reply is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fake.url = f"http://127.0.0.1:{server.server_port}/w/api.php"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()

