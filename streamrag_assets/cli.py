@@ -292,9 +292,9 @@ def replay_reprocess(
     except ValueError:
         raise _fail("--from-offset takes PARTITION:OFFSET with integers; --from-time an ISO-8601 time") from None
     try:
-        done = reprocess(
-            settings, offsets or None, when, _progress, who=f"`streamrag replay reprocess` (pid {os.getpid()})"
-        )
+        with progress_bar("re-reading the topic", "events") as steps:
+            who = f"`streamrag replay reprocess` (pid {os.getpid()})"
+            done = reprocess(settings, offsets or None, when, _progress, who=who, steps=steps)
     except (QueryAlreadyRunning, OffsetsRemoved) as exc:
         raise _fail(str(exc)) from None
     typer.echo(f"reprocessed from {done.start} (checkpoint epoch {done.epoch})")

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from streamrag_assets.kafka import offsets as kafka_offsets
-from streamrag_assets.operations.progress import Progress, reporter
+from streamrag_assets.operations.progress import Progress, Steps, counter, reporter
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.batch_result import BatchResult
 from streamrag_assets.streaming.checkpoint import checkpoint_root, checkpoints_for_run, current_epoch
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.pipeline import start_query
@@ -34,18 +35,61 @@ def reprocess(
     from_time: datetime | None,
     progress: Progress | None = None,
     who: str = "a reprocess of the topic",
+    steps: Steps | None = None,
 ) -> Reprocessed:
     """Re-read the topic from ``from_offsets`` (partitions not named: from their beginning) or from the first offset
     at or after ``from_time``, the continuous query paused meanwhile (it resumes in the new epoch). Raises
-    QueryAlreadyRunning when the query does not pause."""
+    QueryAlreadyRunning when the query does not pause. ``steps`` counts the events re-read against the topic's heads
+    when it began."""
     report = reporter(progress, log)
     with checkpoints_for_run(settings, who, progress=report):
         start = resolve_start(settings, from_offsets, from_time)
         epoch = prepare_reprocess(settings, start, report)
-        report(f"re-reading the topic from {start} into checkpoint epoch {epoch}")
-        query = start_query(settings, available_now=True, starting_offsets=starting_offsets_option(start), epoch=epoch)
+        re_read = _ReReading(start, topic_heads(settings), counter(steps))
+        report(f"re-reading the topic from {start} into checkpoint epoch {epoch} ({re_read.total:,} events)")
+        query = start_query(
+            settings,
+            available_now=True,
+            starting_offsets=starting_offsets_option(start),
+            epoch=epoch,
+            on_batch=re_read.batch_done,
+        )
         query.awaitTermination()
+        re_read.finished()
     return Reprocessed(start, epoch)
+
+
+class _ReReading:
+    """How many of the events between the start offsets and the heads the query has re-read, told to ``advance``."""
+
+    def __init__(self, start: dict[int, int], heads: dict[int, int], advance: Steps) -> None:
+        self.start = start
+        self.reached = dict(start)
+        self.total = sum(max(heads.get(p, o) - o, 0) for p, o in start.items())
+        self.advance = advance
+        advance(0, self.total)
+
+    def batch_done(self, result: BatchResult) -> None:
+        for partition, offset in result.offsets.items():
+            self.reached[partition] = max(self.reached.get(partition, 0), offset + 1)
+        done = self._done()
+        self.advance(done, max(self.total, done))  # events produced since the start count as they arrive
+
+    def finished(self) -> None:
+        done = max(self.total, self._done())
+        self.advance(done, done)
+
+    def _done(self) -> int:
+        return sum(max(self.reached[p] - o, 0) for p, o in self.start.items())
+
+
+def topic_heads(settings: Settings) -> dict[int, int]:
+    """The offset each partition's next record will get."""
+    consumer = kafka_offsets.make_consumer(settings.bootstrap_servers)
+    try:
+        return kafka_offsets.high_watermarks(consumer, kafka_offsets.topic_partitions(consumer, settings.topic))
+    finally:
+        consumer.close()
 
 
 def resolve_start(

@@ -173,11 +173,18 @@ def test_rebuild_from_bronze_gives_the_same_gold(medallion) -> None:
 def test_reprocess_from_an_offset_keeps_each_offset_once(medallion) -> None:
     delta = DeltaTables(medallion.state_dir / "delta")
     before = {layer: len(delta.read(layer)) for layer in ("bronze", "silver", "quarantine", "gold")}
+    held = delta.read("bronze")
+    re_read = sum(
+        1
+        for p, o in zip(held["partition"].to_pylist(), held["offset"].to_pylist(), strict=True)
+        if (p == 0 and o >= 10) or p != 0
+    )
     result = run_cli(
         "replay", "reprocess", "--from-offset", "0:10", "--from-offset", "3:0", settings=medallion, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "epoch 1" in result.stdout
+    assert f"({re_read:,} events)" in result.stderr, "the events to re-read, counted before it starts"
     delta = DeltaTables(medallion.state_dir / "delta")
     bronze = delta.read("bronze")
     positions = list(zip(bronze["partition"].to_pylist(), bronze["offset"].to_pylist(), strict=True))
