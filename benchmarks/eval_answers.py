@@ -46,6 +46,7 @@ from streamrag_tests.harness import (
     release,
     running,
     scratch_dir,
+    wait_until,
 )
 
 QUESTIONS = Path(__file__).parent / "eval" / "answers.yaml"
@@ -93,14 +94,6 @@ def document_states(url: str, ids: list[str]) -> dict[str, bool]:
             return {row.doc_id: row.deleted for row in rows}
     finally:
         engine.dispose()
-
-
-def wait_for(condition, what: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(1.0)
 
 
 @dataclass
@@ -173,13 +166,16 @@ def run(questions_path: Path, keep: bool) -> dict[str, Any]:
             produce(settings, *recorded, *crafted.values())
             every = [doc_id(event) for event in recorded] + list(names.values())
             print(f"produced {len(recorded)} recorded and {len(crafted)} crafted edits; waiting for the index …")
-            wait_for(lambda: len(document_states(settings.app_database_url, every)) == len(set(every)), "the index")
+            wait_until(
+                lambda: len(document_states(settings.app_database_url, every)) == len(set(every)), "the index", 300
+            )
             gone = [edit["key"] for edit in labels.get("edits") or [] if edit.get("deleted")]
             for key in gone:
                 produce(settings, deletion(crafted[key]["title"], crafted[key]["wiki"]))
-            wait_for(
+            wait_until(
                 lambda: all(document_states(settings.app_database_url, [names[k] for k in gone]).values()),
                 "the deleted pages' tombstones",
+                300,
             )
             with httpx.Client(base_url=settings.api_url, timeout=60) as api:
 
@@ -189,7 +185,7 @@ def run(questions_path: Path, keep: bool) -> dict[str, Any]:
 
                 kept = [event for key, event in crafted.items() if key not in gone]
                 last = kept[-1] if kept else recorded[-1]  # produced last (and not deleted): seen last
-                wait_for(lambda: keyword_sees(last["title"]), "the keyword index")
+                wait_until(lambda: keyword_sees(last["title"]), "the keyword index", 300)
                 time.sleep(2 * settings.keyword_refresh_s)  # and the deletions after it
                 outcomes = []
                 for item in labels["questions"]:

@@ -20,7 +20,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
 import httpx
@@ -35,6 +34,7 @@ from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.stream import stream_process
 from streamrag_tests.harness import (
     PROJECT_ROOT,
+    compare_api_server,
     deletion,
     free_port,
     produce,
@@ -49,37 +49,10 @@ pytestmark = pytest.mark.integration
 PIPELINE_PROCESSES: dict = {}  # the pipeline's processes by name, for the tests that stop one
 
 
-class _CompareAPI(BaseHTTPRequestHandler):
-    """A wiki's action API as far as `action=compare` goes: the diffs a test registers by revision, "no such
-    revision" for every other one (the recording's edits keep their text)."""
-
-    diffs: dict[str, str] = {}
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-        body = self.diffs.get(query.get("torev", ""))
-        reply = (
-            {"compare": {"torevid": int(query["torev"]), "body": body}} if body else {"error": {"code": "nosuchrevid"}}
-        )
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def compare_api():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CompareAPI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/w/api.php"
-    finally:
-        server.shutdown()
+    with compare_api_server() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +72,7 @@ def pipeline(stack, compare_api):
         stream_trigger_ms=250,
         api_max_stream_clients=3,
         enrich_diffs=True,  # against the local compare API: only the diffs a test registers exist
-        diff_api_url=compare_api,
+        diff_api_url=compare_api.url,
     )
     processes = [ingest_process(settings), stream_process(settings), api_process(settings)]
     PIPELINE_PROCESSES.update((proc.name, proc) for proc in processes)
@@ -495,12 +468,12 @@ def test_as_of_searches_and_answers_cite_what_the_index_held_at_each_moment(pipe
     assert future.status_code == 422 and future.json()["message"].startswith("as_of: ")
 
 
-def test_an_edit_gets_what_its_diff_added_and_the_answer_quotes_it(pipeline) -> None:
+def test_an_edit_gets_what_its_diff_added_and_the_answer_quotes_it(pipeline, compare_api) -> None:
     settings, client = pipeline
     title = f"Diff Museum {uuid.uuid4().hex[:6]}"
     edit = recentchange(title, "Updated the collection section")
     doc_id = f"enwiki:rev:{edit['revision']['new']}"
-    _CompareAPI.diffs[str(edit["revision"]["new"])] = (
+    compare_api.diffs[str(edit["revision"]["new"])] = (
         '<tr><td class="diff-deletedline diff-side-deleted"><div>It holds <del class="diffchange">40</del> xylophones.'
         '</div></td><td class="diff-addedline diff-side-added"><div>It holds <ins class="diffchange">52 bronze</ins> '
         'xylophones.</div></td></tr><tr><td class="diff-addedline diff-side-added"><div>The gamelan gallery from '
@@ -788,6 +761,41 @@ def test_the_page_shows_the_live_feed_answers_with_citation_links_and_renders_ev
     Select(browser.find_element(By.ID, "search-namespace")).select_by_value("2")  # user pages: not ours
     wait.until(lambda d: not any(tag in r.text for r in d.find_elements(By.CSS_SELECTOR, "#results li")))
     assert browser.execute_script("return window.__pwned") is None
+
+
+def test_a_page_whose_api_needs_a_key_asks_for_it_once_and_then_searches_and_streams(pipeline, browser) -> None:
+    from pydantic import SecretStr
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings, _ = pipeline
+    keyed = settings.model_copy(update={"api_port": free_port(), "api_keys": SecretStr("ui-key-1,ui-key-2")})
+    with running(keyed, [api_process(keyed)]):
+        wait = WebDriverWait(browser, 60, poll_frequency=0.3)
+        browser.get(keyed.api_url)
+        wrong = wait.until(ec.alert_is_present())
+        assert wrong.text == "This streamrag API needs a key:"
+        wrong.send_keys("not-a-key")
+        wrong.accept()
+        assert browser.find_elements(By.CSS_SELECTOR, "#feed li") == [], "nothing is shown without a valid key"
+
+        box = browser.find_element(By.ID, "search-query")
+        box.send_keys("Billy Strachan")
+        box.submit()  # the refused key was forgotten: asked again
+        again = wait.until(ec.alert_is_present())
+        assert again.text == "This streamrag API needs a key:"
+        again.send_keys("ui-key-2")
+        again.accept()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li"))
+        assert browser.find_element(By.ID, "search-status").text.endswith(" ms")
+        assert browser.execute_script("return sessionStorage.getItem('streamrag-api-key')") == "ui-key-2"
+        wait.until(lambda d: d.find_element(By.ID, "f-feed").text == "live")  # the refused stream, with the key now
+
+        browser.refresh()  # the tab keeps the key: no prompt, the feed streams with it
+        wait.until(lambda d: d.find_element(By.ID, "f-feed").text == "live")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#feed li")) > 0)
+        assert not ec.alert_is_present()(browser)
 
 
 def _screenshot(browser, path: Path) -> None:

@@ -3,11 +3,7 @@ rate limit, retries, cache) against a local server that answers as MediaWiki's a
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -20,6 +16,7 @@ from streamrag_assets.enrichment.diffs import (
     parse_compare,
 )
 from streamrag_assets.settings import Settings
+from streamrag_tests.harness import compare_api_server
 
 # The shape of a real `action=compare&prop=diff&formatversion=2` answer: a changed line (words in <del>/<ins>), a
 # line only added, context around them.
@@ -66,56 +63,31 @@ def test_the_request_comes_from_the_diff_url_and_the_text_says_what_changed() ->
     assert len(enriched_text("t", Diff(["word " * 200], []), max_chars=50)) < 70
 
 
-class _CompareAPI(BaseHTTPRequestHandler):
-    requests: list[dict] = []
-    fail_first = 0
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
-        type(self).requests.append({"query": query, "agent": self.headers.get("User-Agent"), "at": time.monotonic()})
-        if type(self).fail_first > 0:
-            type(self).fail_first -= 1
-            self.send_response(503)
-            self.end_headers()
-            return
-        body = ANSWER if query.get("torev") != "404" else {"error": {"code": "nosuchrevid"}}
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def compare_api(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _CompareAPI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _CompareAPI.requests.clear()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/w/api.php"
-    finally:
-        server.shutdown()
+def compare_api():
+    with compare_api_server() as fake:
+        fake.default = BODY
+        fake.diffs["404"] = None
+        yield fake
 
 
 def test_the_fetcher_names_itself_waits_its_turn_retries_and_asks_once(compare_api, tmp_path) -> None:
-    settings = Settings(home=tmp_path, diff_api_url=compare_api, enrich_rate_limit="2/second", user_agent="test-ua/1")
+    settings = Settings(
+        home=tmp_path, diff_api_url=compare_api.url, enrich_rate_limit="2/second", user_agent="test-ua/1"
+    )
     fetcher = DiffFetcher(settings, sleep=lambda s: time.sleep(min(s, 0.05)))
-    _CompareAPI.fail_first = 1  # a 503 first: tried again
+    compare_api.fail_first = 1  # a 503 first: tried again
     assert fetcher.fetch(DIFF_URL).added == ["52 bronze", "A <b>new</b> wing opened in 2026."]
-    assert len(_CompareAPI.requests) == 2 and {r["agent"] for r in _CompareAPI.requests} == {"test-ua/1"}
+    assert len(compare_api.requests) == 2 and {r["agent"] for r in compare_api.requests} == {"test-ua/1"}
     fetcher.fetch(DIFF_URL)
-    assert len(_CompareAPI.requests) == 2, "the same diff is asked once"
+    assert len(compare_api.requests) == 2, "the same diff is asked once"
     for new in (201, 202):  # the rate limit: no more than two requests in any second
         fetcher.fetch(f"https://en.wikipedia.org/w/index.php?diff={new}&oldid={new - 1}")
-    times = [r["at"] for r in _CompareAPI.requests]
+    times = [r["at"] for r in compare_api.requests]
     assert all(later - earlier >= 0.95 for earlier, later in zip(times, times[2:], strict=False))
     with pytest.raises(DiffUnavailable, match="nosuchrevid"):
         fetcher.fetch("https://en.wikipedia.org/w/index.php?diff=404&oldid=403")
-    _CompareAPI.fail_first = 5
+    compare_api.fail_first = 5
     with pytest.raises(DiffUnavailable, match="HTTP 503"):
         fetcher.fetch("https://en.wikipedia.org/w/index.php?diff=301&oldid=300")
     fetcher.close()
