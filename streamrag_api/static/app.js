@@ -16,10 +16,12 @@ async function api(path, options = {}) {
   });
   let response = await call();
   if (response.status === 401) {
-    const key = window.prompt("This streamrag API needs a key:");
+    const key = window.prompt(apiKey() ? "That key was refused; another key:" : "This streamrag API needs a key:");
     if (key) {
       sessionStorage.setItem(KEY_STORE, key.trim());
       response = await call();
+      if (response.status === 401) sessionStorage.removeItem(KEY_STORE);  // asked again at the next call
+      else if (stream && stream.readyState === EventSource.CLOSED) connect();  // refused before: now with the key
     }
   }
   return response;
@@ -102,8 +104,11 @@ async function loadRecent() {
   body.events.slice().reverse().forEach(addToFeed);
 }
 
+let stream = null;  // the /stream EventSource
+
 function connect() {
   const source = new EventSource(apiKey() ? `/stream?access_token=${encodeURIComponent(apiKey())}` : "/stream");
+  stream = source;
   const state = document.getElementById("f-feed");
   source.onopen = () => { state.textContent = "live"; };
   source.onerror = () => { state.textContent = "reconnecting…"; };
