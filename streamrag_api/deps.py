@@ -71,7 +71,9 @@ class Services:
         )
 
     async def watermark(self) -> Watermark:
-        return await self.read(self.watermarks.current)
+        """The newest watermark at once; only a process's first response waits for a read (in a worker thread)."""
+        latest = self.watermarks.latest()
+        return latest if latest is not None else await self.read(self.watermarks.current)
 
     async def read(self, call: Callable[..., T], *args: Any) -> T:
         """A database read of a route other than retrieval, in a worker thread, at most `READ_SLOTS` at once."""

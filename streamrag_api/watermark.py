@@ -3,10 +3,14 @@
 Per partition of the topic, the index's progress (`documents.progress`, recorded in its own transactions) says up to
 which offset every record is indexed, and the newest ingest and event times among them; the topic's heads say how
 many records are past it. A partition with none past it is current; the watermark is the oldest of the lagging
-partitions' marks — every event ingested before it is searchable — or now when none lags. Read at most once a
-second per process (`REFRESH_S`): a response's watermark is at most that much older than the response. The heads
-come from a thread of their own (a broker that is down or slow must not hold up a search), which asks the broker
-only while responses want them.
+partitions' marks — every event ingested before it is searchable — or now when none lags.
+
+Responses never wait for it: two threads keep it current while responses want it (and stop asking once none has for
+`WANTED_S`) — one reads the index's marks and the searchable p95 from Postgres every `REFRESH_S`, one the topic's
+heads from the broker (a broker that is down or slow must not hold up the marks) — and a response takes the newest
+value as it is, so its watermark is about `REFRESH_S` older than the response at most. Only the first response of a
+process waits for a read. (Read on each response's path it cost ~1 ms and a thread hand-over a request, measured in
+`make bench-api`.)
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from streamrag_assets.settings import Settings
 log = logging.getLogger(__name__)
 
 REFRESH_S = 1.0
-HEADS_WANTED_S = 10.0  # the heads thread stops asking the broker this long after the last response wanted them
+WANTED_S = 10.0  # the threads stop reading this long after the last response wanted a watermark
 
 
 def low_watermark(
@@ -61,20 +65,29 @@ class WatermarkReader:
         self._heads: dict[int, int] | None = None  # None: not known (yet, or the broker does not answer)
         self._wanted_at = 0.0
         self._stop = threading.Event()
-        self._heads_thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._current: Watermark | None = None
-        self._read_at = 0.0
+
+    def latest(self) -> Watermark | None:
+        """The newest watermark read, without waiting (None before the first read); asking keeps it current."""
+        self._wanted_at = time.monotonic()
+        if not self._threads:
+            with self._lock:
+                if not self._threads:
+                    for name, loop in (("watermark", self._follow_marks), ("topic-heads", self._follow_heads)):
+                        thread = threading.Thread(target=loop, name=name, daemon=True)
+                        thread.start()
+                        self._threads.append(thread)
+        return self._current
 
     def current(self) -> Watermark:
-        """The watermark, read again when older than `REFRESH_S` (one reader at a time; the others wait for it)."""
+        """The newest watermark, read now when there is none yet (a blocking call: run it off the event loop)."""
+        latest = self.latest()
+        if latest is not None:
+            return latest
         with self._lock:
-            self._wanted_at = time.monotonic()
-            if self._heads_thread is None:
-                self._heads_thread = threading.Thread(target=self._follow_heads, name="topic-heads", daemon=True)
-                self._heads_thread.start()
-            if self._current is None or time.monotonic() - self._read_at >= REFRESH_S:
+            if self._current is None:
                 self._current = self._read()
-                self._read_at = time.monotonic()
             return self._current
 
     def _read(self) -> Watermark:
@@ -91,10 +104,25 @@ class WatermarkReader:
             checked_at=now,
         )
 
+    def _wanted(self) -> bool:
+        return time.monotonic() - self._wanted_at <= WANTED_S
+
+    def _follow_marks(self) -> None:
+        while not self._stop.wait(REFRESH_S):
+            if not self._wanted():
+                continue
+            try:
+                self._current = self._read()
+            except Exception as exc:  # Postgres is away: responses keep the last watermark, which says when it was read
+                log.warning("watermark not read (%s): responses keep the one checked at %s", exc, self._checked_at())
+
+    def _checked_at(self) -> str:
+        return "never" if self._current is None else self._current.checked_at.isoformat()
+
     def _follow_heads(self) -> None:
         near: dict[int, int] | None = None
         while not self._stop.wait(REFRESH_S):
-            if time.monotonic() - self._wanted_at > HEADS_WANTED_S:
+            if not self._wanted():
                 continue
             try:
                 if self._consumer is None:
@@ -108,8 +136,8 @@ class WatermarkReader:
 
     def close(self) -> None:
         self._stop.set()
-        if self._heads_thread is not None:
-            self._heads_thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
         if self._consumer is not None:
             self._consumer.close()
 

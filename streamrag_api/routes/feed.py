@@ -72,7 +72,7 @@ async def stream(svc: ServicesDep) -> EventSourceResponse:
                     next_freshness = time.monotonic() + FRESHNESS_EVERY_S
                     try:
                         current = await asyncio.to_thread(read_freshness, svc.engine)
-                        current.watermark = await asyncio.to_thread(svc.watermarks.current)
+                        current.watermark = await svc.watermark()
                         yield {"event": "freshness", "data": current.model_dump_json()}
                     except (OperationalError, DBAPIError):
                         yield {"event": "freshness", "data": json.dumps({"error": "postgres is unavailable"})}
