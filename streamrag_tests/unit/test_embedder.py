@@ -13,9 +13,21 @@ from streamrag_assets.embedding.embedder import Embedder
 from streamrag_tests.harness import gold_documents
 
 
+def needs_torch() -> None:
+    """The full-precision engines are the `torch` extra, which `make test` installs (CI always has it); an install
+    without it (`make up`'s, or a Python torch has no CPU wheel for here) runs the int8 tests alone."""
+    pytest.importorskip("sentence_transformers", reason="the full-precision engines need the torch extra")
+
+
 @pytest.fixture(scope="module")
-def engines() -> tuple[Embedder, Embedder]:
-    return Embedder(threads=2, int8=True), Embedder(threads=2, backend="torch", bf16=False)
+def int8() -> Embedder:
+    return Embedder(threads=2, int8=True)
+
+
+@pytest.fixture(scope="module")
+def engines(int8) -> tuple[Embedder, Embedder]:
+    needs_torch()
+    return int8, Embedder(threads=2, backend="torch", bf16=False)
 
 
 def test_int8_vectors_retrieve_what_float32_retrieves(engines) -> None:
@@ -43,9 +55,8 @@ def test_int8_vectors_retrieve_what_float32_retrieves(engines) -> None:
     assert page_mrr(found) >= page_mrr(reference) - 0.03
 
 
-def test_an_int8_vector_depends_on_its_text_alone(engines) -> None:
+def test_an_int8_vector_depends_on_its_text_alone(int8) -> None:
     """Dynamic quantisation scales a call's activations together; the embedder must not let batch mates leak in."""
-    int8, _ = engines
     texts = [d["text"] for d in gold_documents(24)]
     together = int8.embed(texts)
     alone = np.vstack([int8.embed([t]) for t in texts[:6]])
@@ -64,9 +75,8 @@ def test_int8_model_is_prepared_once_and_shared(tmp_path) -> None:
     assert abs(float(np.linalg.norm(vector[0])) - 1.0) < 1e-5
 
 
-def test_int8_threads_embed_documents_at_once_with_the_same_vectors(engines) -> None:
+def test_int8_threads_embed_documents_at_once_with_the_same_vectors(int8) -> None:
     """Two threads each embed their own documents: every vector is the one a single thread makes, in call order."""
-    int8, _ = engines
     single = Embedder(threads=1, int8=True)
     assert (int8.workers, single.workers) == (2, 1)
     texts = [d["text"] for d in gold_documents(40)]
@@ -83,6 +93,7 @@ def test_int8_embeds_without_torch_exactly_as_the_models_own_tokenizer_would(tmp
         "Zürich 北京市 ירושלים Łódź <script>alert(1)</script>",
         "long " * 400,  # truncated at the model's 256 tokens
     ]
+    needs_torch()
     reference = Embedder(threads=1, int8=True)
     model = reference._load()  # the general path: sentence-transformers' model and its transformers tokenizer
     assert reference._onnx(model) is not None  # also prepares the int8 file, as the first start on a machine does
@@ -108,8 +119,6 @@ def test_int8_embeds_without_torch_exactly_as_the_models_own_tokenizer_would(tmp
 def test_the_model_file_is_made_without_torch_and_computes_what_the_torch_model_does(tmp_path) -> None:
     """On a machine's first start the ONNX file is written straight from the safetensors weights (`onnx_bert`): no
     torch in the process, and its hidden states are those of the model torch runs."""
-    import torch
-
     script = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -124,7 +133,9 @@ def test_the_model_file_is_made_without_torch_and_computes_what_the_torch_model_
     assert done.stdout.strip().splitlines()[-1] == "[]", "the file was made and used without torch"
     assert len(list(tmp_path.glob("*.onnx"))) == 2
 
+    needs_torch()
     import onnxruntime as ort
+    import torch
 
     model = Embedder(threads=1, int8=False, backend="torch")._load()
     [made] = [p for p in tmp_path.glob("*.onnx") if "int8" not in p.name]
