@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +17,7 @@ import typer
 
 from streamrag_assets.runtime.process import ServiceError
 from streamrag_assets.settings import Settings
-from streamrag_assets.terminal import progress_bar
+from streamrag_assets.terminal import progress_bar, working
 
 app = typer.Typer(
     help="streamrag: real-time RAG over the Wikimedia recentchange stream.",
@@ -90,6 +92,7 @@ def up(
         for check in checks:
             typer.echo(check.line)
         raise _fail(failed[0].line[2:])
+    _prepare_model_once(settings)
     supervisor = Supervisor(
         settings, progress=lambda msg: typer.echo(f"[streamrag] {msg}"), with_prometheus=with_prometheus
     )
@@ -123,6 +126,38 @@ def up(
     finally:
         supervisor.stop()
         typer.echo("[streamrag] stopped")
+
+
+def _prepare_model_once(settings: Settings) -> None:
+    """On a machine's first `up`, the model's ONNX files are made before the services start (which would each wait
+    for them, silently): in a child process, whose imports (onnx, the quantiser) the supervisor then does not hold."""
+    from streamrag_assets.embedding.embedder import get_embedder
+
+    if get_embedder(settings).prepared():
+        return
+    typer.echo("[streamrag] preparing the embedding model (its ONNX files, once per machine) …")
+    began = time.monotonic()
+    made = subprocess.run(
+        [sys.executable, "-m", "streamrag_assets.cli", "prepare-model"], env={**os.environ, **settings.to_env()}
+    )
+    if made.returncode != 0:
+        raise _fail("the embedding model could not be prepared (its error is above)")
+    typer.echo(f"[streamrag] embedding model ready in {time.monotonic() - began:.0f} s")
+
+
+@app.command("prepare-model")
+def prepare_model_command() -> None:
+    """Make the embedding model's ONNX files (written from its weights, quantised to int8), once per machine; `up`
+    does it when they are missing. A container image can run it at build time."""
+    from streamrag_assets.embedding.embedder import get_embedder
+
+    embedder = get_embedder(_settings())
+    if embedder.prepared():
+        typer.echo(f"{embedder.model_name}: ready")
+        return
+    with working("writing the model's ONNX file and quantising it …"):
+        embedder.warm()
+    typer.echo(f"{embedder.model_name}: ready")
 
 
 @app.command("doctor")

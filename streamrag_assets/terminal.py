@@ -43,3 +43,15 @@ def progress_bar(what: str, unit: str, stream: IO[str] | None = None) -> Iterato
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+@contextmanager
+def working(what: str, stream: IO[str] | None = None) -> Iterator[None]:
+    """A spinner saying ``what`` on ``stream`` (stderr) while the block runs, for work with no count; nothing when
+    the stream is not a terminal."""
+    stream = stream if stream is not None else sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    with Console(file=stream).status(what):
+        yield

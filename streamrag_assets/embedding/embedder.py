@@ -218,6 +218,15 @@ class Embedder:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
+    def prepared(self) -> bool:
+        """Whether the ONNX files this embedder runs are made (without loading anything; False for a model that can
+        only run on torch, which makes none)."""
+        try:
+            files = [self._onnx_file(), *([self._onnx_file(int8=True)] if self.int8 else [])]
+        except ModelMissing:
+            return False
+        return all(file.exists() for file in files)
+
     def _onnx_file(self, int8: bool = False) -> Path:
         """Where the ONNX file of the model's transformer is cached (made on first use, shared by every process):
         named by a fingerprint of the weights' files, so that other weights get their own."""

@@ -368,3 +368,17 @@ def _path_without(program: str, path: str, folder: Path) -> str:
             if other.name != program and not (folder / other.name).exists():
                 (folder / other.name).symlink_to(other)
     return os.pathsep.join([*kept, str(folder)])
+
+
+def test_prepare_model_makes_the_onnx_files_once(state_home: Path) -> None:
+    cache = state_home / "models"
+    settings = isolated_settings(state_home, model_cache_dir=cache)
+    made = run_cli("prepare-model", settings=settings, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert made.stdout.strip() == "all-MiniLM-L6-v2:int8: ready"
+    files = sorted(p.name for p in cache.glob("*.onnx"))
+    assert len(files) == 2 and any(f.endswith("-int8.onnx") for f in files), files
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob("*.onnx")}
+    again = run_cli("prepare-model", settings=settings, timeout=60)
+    assert again.returncode == 0 and again.stdout.strip() == "all-MiniLM-L6-v2:int8: ready"
+    assert {p: p.stat().st_mtime_ns for p in cache.glob("*.onnx")} == stamps, "made once"
