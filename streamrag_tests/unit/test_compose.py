@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from streamrag_assets.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
+# Debian bookworm's docker-compose (1.29, Python) ships the compose spec's schema; the Go docker-compose 2 of later
+# Debian releases validates against the spec inside `config` itself.
 COMPOSE_SCHEMA = Path("/usr/lib/python3/dist-packages/compose/config/compose_spec.json")
 
 
@@ -50,7 +52,8 @@ def test_compose_file_validates_against_compose_spec() -> None:
     assert shutil.which("docker-compose"), "Debian's docker-compose is installed by `make test`"
     result = _config(REQUIRED_SECRETS)
     assert result.returncode == 0, result.stderr
-    jsonschema.validate(_compose(), json.loads(COMPOSE_SCHEMA.read_text()))
+    if COMPOSE_SCHEMA.exists():
+        jsonschema.validate(_compose(), json.loads(COMPOSE_SCHEMA.read_text()))
 
 
 def test_compose_has_the_production_shape() -> None:
