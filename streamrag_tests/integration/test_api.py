@@ -395,6 +395,7 @@ def test_every_response_carries_a_low_watermark_that_stops_while_the_stream_is_d
     wait_for(current, "a running stream keeps the watermark within seconds of now")
     stream = PIPELINE_PROCESSES["stream"]
     stream.stop()
+    stopped_at = datetime.now(UTC)
     try:
         tag = uuid.uuid4().hex[:6]
         produce(
@@ -403,8 +404,10 @@ def test_every_response_carries_a_low_watermark_that_stops_while_the_stream_is_d
 
         # The API reads the marks and the heads every second, each on a thread of its own.
         def lagging(at_least: int):
+            """A watermark read after the stream's last commit (it has exited), with at least this lag."""
             mark = watermark()
-            return mark if (mark["lag_events"] or 0) >= at_least else None
+            read_after_stop = datetime.fromisoformat(mark["checked_at"]) > stopped_at
+            return mark if read_after_stop and (mark["lag_events"] or 0) >= at_least else None
 
         stopped = wait_for(lambda: lagging(5), "a lag of the five edits", 15)
         later = wait_for(lambda: lagging(stopped["lag_events"] + 1), "a lag that grows while ingest goes on", 15)
