@@ -40,7 +40,11 @@ class Services:
         # The API's own read-only role. No pre-ping (a round trip per request): `call_database` retries once on a
         # connection found dead instead.
         self.engine = search_engine(
-            self.settings.reader_database_url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_timeout=5
+            self.settings.reader_database_url,
+            ef_search=self.settings.search_ef_search,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+            pool_timeout=5,
         )
         self.embedder = get_embedder(self.settings, threads=1)  # many small requests at once: a core each
         self.keyword_index = (

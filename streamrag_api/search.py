@@ -63,15 +63,24 @@ class Timings:
 
 # Filtered HNSW scans keep going until enough rows pass the filter (pgvector >= 0.8); set once per connection
 # (a placeholder until pgvector loads, which adopts it) instead of two SET statements per search. A candidate list
-# of 200, not 100: a question lies far from every edit, its nearest documents are near ties, and 100 found ~0.75
-# of the exact ten against ~0.86 at 200 (200k documents), for ~0.6 ms more a search (benchmarks/RESULTS.md).
-SEARCH_CONNECT_OPTIONS = "-c hnsw.ef_search=200 -c hnsw.iterative_scan=relaxed_order"
+# of 200 by default (`search_ef_search`), not 100: a question lies far from every edit, its nearest documents are
+# near ties, and 100 found ~0.75 of the exact ten against ~0.86 at 200 (200k documents) (benchmarks/RESULTS.md).
+DEFAULT_EF_SEARCH = 200
 
 
-def search_engine(url: str, **pool: Any) -> Engine:
+def search_connect_options(ef_search: int = DEFAULT_EF_SEARCH) -> str:
+    """The pgvector settings of a search connection, as libpq `options`."""
+    return f"-c hnsw.ef_search={int(ef_search)} -c hnsw.iterative_scan=relaxed_order"
+
+
+SEARCH_CONNECT_OPTIONS = search_connect_options()
+
+
+def search_engine(url: str, ef_search: int = DEFAULT_EF_SEARCH, **pool: Any) -> Engine:
     """The engine searches run on: autocommit (a read needs no BEGIN/ROLLBACK round trips), the HNSW settings, and
     query vectors sent as numpy arrays in pgvector's binary format (its text form costs ~0.2 ms a vector to make)."""
-    engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"options": SEARCH_CONNECT_OPTIONS}, **pool)
+    options = search_connect_options(ef_search)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"options": options}, **pool)
     event.listen(engine, "connect", lambda connection, _: register_vector(connection))
     return engine
 

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
         description="Where the API keeps its keyword index (memory-mapped segments and the snapshot they reflect, "
         "so a restart resumes instead of reading the whole table): absent = <home>/keyword-index.",
     )
+    search_ef_search: int = Field(
+        200,
+        ge=10,
+        le=1000,
+        description="HNSW candidate list of a vector search (pgvector's hnsw.ef_search): higher finds more of the "
+        "exact nearest documents for more Postgres time a search (200: ~0.86 of the exact ten at 200k documents "
+        "against ~0.75 at 100; benchmarks/RESULTS.md).",
+    )
     search_concurrency: int | None = Field(
         None, ge=1, le=256, description="Searches the API computes at once (the rest wait in order); none: cores + 1."
     )

@@ -287,6 +287,18 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def test_the_vector_searchs_candidate_list_is_a_setting_postgres_gets(pipeline, monkeypatch) -> None:
+    from sqlalchemy import text
+
+    from streamrag_api.main import app
+
+    with in_process_api(pipeline, monkeypatch, search_ef_search=40) as (local, _):
+        hits = local.post("/search", json={"query": "moon", "mode": "vector"})
+        assert hits.status_code == 200 and hits.json()["hits"]
+        with app.state.services.engine.connect() as conn:
+            assert conn.execute(text("SHOW hnsw.ef_search")).scalar_one() == "40"
+
+
 def test_api_keys_guard_every_route_but_health_and_the_page_and_limit_each_key(pipeline, monkeypatch) -> None:
     with in_process_api(pipeline, monkeypatch, api_keys="key-one,key-two", api_rate_limit="3/minute") as (
         local,
