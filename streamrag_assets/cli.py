@@ -152,11 +152,9 @@ def prepare_model_command() -> None:
     from streamrag_assets.embedding.embedder import get_embedder
 
     embedder = get_embedder(_settings())
-    if embedder.prepared():
-        typer.echo(f"{embedder.model_name}: ready")
-        return
-    with working("writing the model's ONNX file and quantising it …"):
-        embedder.warm()
+    if not embedder.prepared():
+        with working("writing the model's ONNX file and quantising it …"):
+            embedder.warm()
     typer.echo(f"{embedder.model_name}: ready")
 
 

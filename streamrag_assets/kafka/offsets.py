@@ -100,6 +100,17 @@ def high_watermarks(
     return marks
 
 
+def topic_heads(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """The offset each partition's next record will get, asked with a consumer of its own that gives up after
+    ``timeout_s`` (connecting, the topic's metadata, the fetches)."""
+    timeout_ms = int(timeout_s * 1000)
+    consumer = make_consumer(bootstrap_servers, request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms)
+    try:
+        return high_watermarks(consumer, topic_partitions(consumer, topic, timeout_s=timeout_s), timeout_s=timeout_s)
+    finally:
+        consumer.close()
+
+
 def topic_size(bootstrap_servers: str, topic: str, wait_for_topic_s: float = 10.0) -> int:
     """Records ever written to ``topic`` (the sum of its partitions' heads); 0 while it does not exist."""
     consumer = make_consumer(bootstrap_servers)

