@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -54,29 +55,46 @@ RECORDING = PROJECT_ROOT / "streamrag_assets" / "ingest" / "data" / "recentchang
 VENV_BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
+def _below_ephemeral_range() -> range:
+    """Ports the kernel never gives an outgoing connection. A port from its ephemeral range (what binding port 0
+    returns) can be taken by any client socket — a Kafka or JDBC connection of a server already started — between the
+    pick and the bind of the server it was picked for: CI saw Postgres refuse its port that way."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(10000, max(low, 12000))
+
+
+_PORTS = _below_ephemeral_range()
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port_block(size: int) -> int:
-    """First port of ``size`` consecutive free ports (SeaweedFS takes a block: base..base+14)."""
-    for _ in range(200):
-        base = free_port()
-        if base + size > 65000:
-            continue
-        ok = True
-        for port in range(base, base + size):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no block of free ports")
+    """First port of ``size`` consecutive free ports, never handed out before by this process and below the kernel's
+    ephemeral range (SeaweedFS takes a block: base..base+14)."""
+    with _port_lock:
+        for _ in range(500):
+            base = random.randrange(_PORTS.start, _PORTS.stop - size)
+            block = range(base, base + size)
+            if not _handed_out.intersection(block) and all(_bindable(port) for port in block):
+                _handed_out.update(block)
+                return base
+    raise RuntimeError(f"no block of {size} free ports in {_PORTS.start}..{_PORTS.stop - 1}")
+
+
+def free_port() -> int:
+    return free_port_block(1)
 
 
 def gold_documents(count: int, texts: str = "recording") -> list[dict]:
