@@ -4,6 +4,7 @@ that fails costs no batch."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -110,3 +111,26 @@ def test_a_failed_maintenance_loses_no_batch_and_is_tried_again_at_the_next_due_
         assert len(delta.read(layer, ["batch_id"])) == 14, f"{layer}: every batch's rows"
     # Batch 6's maintenance ran: batches 1-6 in one file, batch 7 in its own.
     assert len(data_files(tmp_path / "silver")) == 2
+
+
+def test_files_compacted_away_are_deleted_once_past_the_retention_however_many_commits_came_between(
+    tmp_path,
+) -> None:
+    """delta-rs checkpoints a table by itself every 100 commits, and a checkpoint forgets removals past the retention:
+    a removal that expired before such a checkpoint was never seen by a vacuum, and its file stayed for good (a
+    two-hour soak kept 98% dead files)."""
+    delta = DeltaTables(tmp_path, maintain_every=120, retention_minutes=1)
+    delta.retention = "interval 1 second"  # the setting's floor is a minute; a second keeps the test short
+    batch = 0
+    for round_ in range(2):
+        for _ in range(120):  # more than 100 commits after the last maintenance
+            batch += 1
+            delta.write_once("silver", silver_rows([f"e{batch}"], TODAY, batch), "app-silver", batch)
+        done = delta.maintain("silver")
+        if round_ == 0:
+            assert done == {"files_compacted": 120, "files_deleted": 0}
+            time.sleep(1.5)  # what this compaction removed is past the retention before the next 120 commits
+    assert done == {"files_compacted": 121, "files_deleted": 120}, "the first round's files, past the retention"
+    # On disk: the current file, and the 121 the last compaction removed (within the retention).
+    assert len(data_files(tmp_path / "silver")) == 1 + 121
+    assert len(delta.read("silver", ["event_id"])) == 240
