@@ -212,7 +212,7 @@ class DocumentIndex:
                 else {}
             )
             # Embedded again only when the content or the model changed.
-            model = f"{self.embedder.model_name};input={EMBEDDING_INPUT_VERSION}"  # what the vector was made of
+            model = self.vector_version
             fresh = [r for r in upserts if known.get(r["doc_id"]) != (r["content_hash"], model)]
             result.unchanged = len(upserts) - len(fresh)
             vectors = self._embed(session, fresh, result, attempts or {})
@@ -232,6 +232,9 @@ class DocumentIndex:
                                 Document.wiki == row["wiki"],
                                 Document.title == row["title"],
                                 Document.deleted.is_(False),
+                                # What the page held when it was deleted: a page made again later under the same
+                                # title keeps its documents when the delete is applied a second time (a replay).
+                                Document.event_time <= row["event_time"],
                             )
                             .values(deleted=True, deleted_at=func.clock_timestamp())
                         ),
@@ -244,7 +247,13 @@ class DocumentIndex:
                         CursorResult,
                         session.execute(
                             update(Document)
-                            .where(Document.wiki == row["wiki"], Document.title == row["title"])
+                            .where(
+                                Document.wiki == row["wiki"],
+                                Document.title == row["title"],
+                                # Likewise the page's documents up to the move: the redirect a move leaves at the old
+                                # title is a later document of that title and stays there.
+                                Document.event_time <= row["event_time"],
+                            )
                             .values(title=row["new_title"], page_url=new_url)
                         ),
                     )
@@ -269,6 +278,22 @@ class DocumentIndex:
                 _record_progress(session, progress)
             _notify(session, result.doc_ids, other_changes=result.deleted + result.renamed)
         return result
+
+    @property
+    def vector_version(self) -> str:
+        """What a vector written now is made of: the model and the embedding input's version."""
+        return f"{self.embedder.model_name};input={EMBEDDING_INPUT_VERSION}"
+
+    def versions_between(self, first: datetime, last: datetime) -> dict[str, tuple[str, str]]:
+        """``doc_id -> (content_hash, vector version)`` of every document with ``first <= event_time <= last``, read
+        in one pass (deleted documents included: an upsert of one is unchanged, as `apply_once` treats it)."""
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(yield_per=10_000).execute(
+                select(Document.doc_id, Document.content_hash, Document.model_name).where(
+                    Document.event_time >= first, Document.event_time <= last
+                )
+            )
+            return {doc_id: (content_hash, model) for doc_id, content_hash, model in rows}
 
     def replace_text(self, doc_id: str, text: str) -> bool:
         """A document's text made richer (its diff, `enrichment.diffs`) and embedded again; its content hash stays

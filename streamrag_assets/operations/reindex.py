@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from streamrag_assets.documents.store import DocumentIndex, IndexResult
@@ -53,21 +54,69 @@ def reindex_window(
     return reindex(index, DeltaTables.from_settings(settings), since, until, batch_size, batch_done)
 
 
-def gold_range(delta: DeltaTables, since: datetime | None, until: datetime | None) -> pa.Table:
-    """Gold rows with ``since <= event_time < until`` (either end open), in event order."""
+def _window(since: datetime | None, until: datetime | None) -> ds.Expression | None:
     expr = None
     if since is not None:
         expr = ds.field("event_time") >= pa.scalar(since, pa.timestamp("us", "UTC"))
     if until is not None:
         upper = ds.field("event_time") < pa.scalar(until, pa.timestamp("us", "UTC"))
         expr = upper if expr is None else expr & upper
-    table = delta.read("gold", filter_expr=expr)
+    return expr
+
+
+def gold_range(
+    delta: DeltaTables,
+    since: datetime | None,
+    until: datetime | None,
+    columns: list[str] | None = None,
+    doc_ids: pa.Array | None = None,
+) -> pa.Table:
+    """Gold rows with ``since <= event_time < until`` (either end open), in event order; only ``columns`` (absent:
+    all) and only the documents ``doc_ids`` when given (picked batch by batch, so the window's other rows are never
+    all in memory)."""
+    if doc_ids is None:
+        table = delta.read("gold", columns, filter_expr=_window(since, until))
+    else:
+        # Not an `isin` filter on the dataset: files Spark wrote hold doc_id as string_view, which it cannot compare.
+        wanted = doc_ids.cast(pa.string())
+        parts = [
+            batch.filter(pc.is_in(batch.column("doc_id").cast(pa.string()), value_set=wanted))
+            for batch in delta.batches("gold", columns, filter_expr=_window(since, until))
+        ]
+        table = pa.Table.from_batches(parts) if parts else delta.read("gold", columns, filter_expr=pc.scalar(False))
     return table.sort_by([("event_time", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
 
 
 def _batches(table: pa.Table, size: int) -> Iterator[list[dict[str, Any]]]:
     for start in range(0, len(table), size):
         yield table.slice(start, size).to_pylist()
+
+
+# Gold rows compared with pgvector at a time: the documents of their event-time span are read in one query.
+COMPARE_ROWS = 50_000
+
+
+def needing_work(index: DocumentIndex, keys: pa.Table) -> pa.Array:
+    """The doc ids of ``keys`` (Gold's doc_id, content_hash, op and event_time) whose rows would change pgvector:
+    every delete and rename (bounded by their event time, applying one again changes nothing) and each upsert whose
+    content or vector version differs from what pgvector holds. The others are what `DocumentIndex.apply` would count
+    as unchanged, found here from four columns and a query per ``COMPARE_ROWS`` rows, not from whole rows and a query
+    per batch: a trailing window of hours is almost all unchanged."""
+    version, parts = index.vector_version, []
+    for start in range(0, len(keys), COMPARE_ROWS):
+        chunk = keys.slice(start, COMPARE_ROWS)
+        times = chunk.column("event_time")
+        known = index.versions_between(pc.min(times).as_py(), pc.max(times).as_py())
+        held = [known.get(doc_id) for doc_id in chunk.column("doc_id").to_pylist()]
+        changed = pa.array(
+            [
+                h is None or h != (c, version)
+                for h, c in zip(held, chunk.column("content_hash").to_pylist(), strict=True)
+            ]
+        )
+        upsert = pc.equal(chunk.column("op"), "upsert")
+        parts.append(chunk.filter(pc.or_(pc.invert(upsert), changed)).column("doc_id").combine_chunks())
+    return pc.unique(pa.concat_arrays(parts)) if parts else pa.array([], pa.string())
 
 
 def reindex(
@@ -78,12 +127,17 @@ def reindex(
     batch_size: int = 256,
     progress: Callable[[int, int, IndexResult], None] | None = None,
 ) -> IndexResult:
-    """Apply every Gold row in the range, batch by batch; returns the summed outcome."""
-    table = gold_range(delta, since, until)
-    total, done = IndexResult(), 0
-    for rows in _batches(table, batch_size):
-        total.add(index.index(rows))
-        done += len(rows)
+    """Apply every Gold row in the range that changes pgvector, batch by batch; returns the summed outcome (the
+    rows left out counted as unchanged)."""
+    keys = gold_range(delta, since, until, ["doc_id", "content_hash", "op", "event_time", "partition", "offset"])
+    work = needing_work(index, keys)
+    rows = gold_range(delta, since, until, doc_ids=work) if len(work) else keys.slice(0, 0)
+    total, done = IndexResult(unchanged=len(keys) - len(rows)), len(keys) - len(rows)
+    if progress is not None:
+        progress(done, len(keys), total)
+    for batch in _batches(rows, batch_size):
+        total.add(index.index(batch))
+        done += len(batch)
         if progress is not None:
-            progress(done, len(table), total)
+            progress(done, len(keys), total)
     return total

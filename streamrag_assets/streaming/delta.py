@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -216,6 +217,13 @@ class DeltaTables:
         if table is None:
             return ARROW_SCHEMAS[layer].empty_table().select(columns or ARROW_SCHEMAS[layer].names)
         return table.to_pyarrow_dataset().to_table(columns=columns, filter=filter_expr)
+
+    def batches(self, layer: str, columns: list[str] | None = None, filter_expr=None) -> Iterator[pa.RecordBatch]:
+        """``layer``'s current rows batch by batch (bounded memory, whatever the table holds)."""
+        table = self.table(layer)
+        if table is None:
+            return iter(())
+        return iter(table.to_pyarrow_dataset().to_batches(columns=columns, filter=filter_expr))
 
     def existing_event_ids(self, candidates: pa.Table, exclude_batch: int | None = None) -> set[str]:
         """Which of the candidate rows' event_ids Silver already holds (searching only their event dates)."""

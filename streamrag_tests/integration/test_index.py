@@ -119,6 +119,47 @@ def test_found_by_paraphrase_idempotent_and_delete_move(index) -> None:
     assert title == "Renamed Page" and url.endswith("/wiki/Renamed_Page")
 
 
+def test_a_replayed_delete_or_move_leaves_what_the_page_became_afterwards(index) -> None:
+    """A page deleted and made again, and a page moved with a new page made at its old title: applying the same
+    events again (a reconcile, a replay) tombstones and renames only what the page held at the delete or move."""
+    recreated, moved = _gold(410), _gold(411)
+    t0 = recreated["event_time"]
+
+    def later(doc: dict, seconds: int, seq: int, **changes) -> dict:
+        at = t0 + timedelta(seconds=seconds)
+        event = _gold(seq, wiki=doc["wiki"], title=doc["title"], **changes)
+        return event | {"event_time": at, "ingested_at": at}
+
+    log = {"type": "log", "revision": None, "length": None}
+    events = [
+        recreated | {"event_time": t0},
+        later(recreated, 10, 1410, log_id=1601, log_type="delete", log_action="delete", **log),
+        later(recreated, 20, 412),  # the page written again, a new revision under the same title
+        moved | {"event_time": t0},
+        later(
+            moved, 10, 1411, log_id=1602, log_type="move", log_action="move", log_params={"target": "Moved On"}, **log
+        ),
+        later(moved, 20, 413),  # a new page at the old title
+    ]
+    again, at_old_title = events[2]["doc_id"], events[5]["doc_id"]
+    for event in events:  # as the stream met them
+        index.apply([event])
+    index.apply(events)  # and all of them once more
+
+    with index.engine.connect() as conn:
+        state = {
+            r.doc_id: (r.title, r.deleted)
+            for r in conn.execute(
+                text("SELECT doc_id, title, deleted FROM documents WHERE doc_id = ANY(:ids)"),
+                {"ids": [e["doc_id"] for e in events]},
+            )
+        }
+    assert state[recreated["doc_id"]] == (recreated["title"], True), "the deleted revision stays deleted"
+    assert state[again] == (recreated["title"], False), "the page made again after the delete stays"
+    assert state[moved["doc_id"]] == ("Moved On", False), "the moved revision keeps its new title"
+    assert state[at_old_title] == (moved["title"], False), "the new page at the old title keeps it"
+
+
 class _FailsOn:
     """The real embedder, except that texts containing ``marker`` fail (a poisoned document)."""
 

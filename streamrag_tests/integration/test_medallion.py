@@ -232,9 +232,14 @@ def test_index_command_backfills_a_lost_time_range_once(medallion) -> None:
     deleted_pages = {(d["wiki"], d["title"]) for d in gold if d["op"] == "delete"}
     live = [d for d in gold if d["op"] == "upsert" and (d["wiki"], d["title"]) not in deleted_pages]
     lost = {d["doc_id"] for d in live[::3]}  # a third of the index goes missing (a restore from an old dump, say)
+    stale = {d["doc_id"] for d in live[1::7]} - lost  # and some hold a text Gold no longer has
     engine = create_engine(medallion.app_database_url)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM documents WHERE doc_id = ANY(:ids)"), {"ids": sorted(lost)})
+        conn.execute(
+            text("UPDATE documents SET content_hash = 'stale', text = 'stale' WHERE doc_id = ANY(:ids)"),
+            {"ids": sorted(stale)},
+        )
     first_time, last_time = min(d["event_time"] for d in gold), max(d["event_time"] for d in gold)
 
     def index_range(since, until) -> dict:
@@ -258,5 +263,9 @@ def test_index_command_backfills_a_lost_time_range_once(medallion) -> None:
     assert later["embedded"] == 0 and not restored(), "a range after every event indexes nothing"
     whole = index_range(first_time, last_time + timedelta(seconds=1))
     assert restored() == lost
-    assert whole["embedded"] == len(lost), "only the missing documents are embedded"
+    assert whole["embedded"] == len(lost) + len(stale), "only the missing and the stale documents are embedded"
+    with engine.connect() as conn:
+        query = text("SELECT doc_id, text FROM documents WHERE doc_id = ANY(:ids)")
+        texts = {r.doc_id: r.text for r in conn.execute(query, {"ids": sorted(stale)})}
+    assert texts == {d["doc_id"]: d["text"] for d in live if d["doc_id"] in stale}, "stale texts are Gold's again"
     assert index_range(first_time, last_time + timedelta(seconds=1))["embedded"] == 0, "a second run embeds nothing"
