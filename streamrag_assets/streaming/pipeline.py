@@ -45,6 +45,7 @@ from streamrag_assets.streaming.delta import LAYERS, DeltaTables
 from streamrag_assets.streaming.index_worker import IndexWorker, WriteGate
 from streamrag_assets.streaming.listener import listen_to_triggers
 from streamrag_assets.streaming.spark import get_spark
+from streamrag_assets.streaming.spark_internals import stop_planner_workers
 from streamrag_assets.streaming.transforms import (
     Layers,
     bronze_rows,
@@ -125,6 +126,7 @@ class MedallionBatch:
         self.worker: IndexWorker | None = None
         self.enricher: Enricher | None = None
         self.progress_name = f"medallion:{settings.topic}"
+        self.planners_running = asynchronous  # the continuous query's, until its first micro-batch (`__call__`)
         if settings.index_enabled:
             # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.
             threads = settings.stream_embedding_threads if asynchronous else None
@@ -202,6 +204,12 @@ class MedallionBatch:
                 refined = refine_arrow(with_batch_columns(kafka, batch_key, datetime.now(UTC)))
             else:
                 refined = refine_dataframe(bronze_rows(kafka_rows, batch_key)).toArrow()
+        if self.planners_running:
+            # The query has been planned and its first batch read: the Python workers that found, created and planned
+            # its source idle from here on. Nothing else plans a query meanwhile: the query thread is here, and the
+            # continuous query is its process' only one.
+            self.planners_running = False
+            log.info("stopped %d idle Python planner worker(s)", stop_planner_workers(kafka_rows.sparkSession))
         if len(refined) == 0:
             return
         with _phase(phases, "dedupe"):

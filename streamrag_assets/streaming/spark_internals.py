@@ -45,3 +45,36 @@ def raw_listener(handler: object) -> StreamingQueryListener:
             return self._wrapper
 
     return RawListener()
+
+
+# The Python workers Spark runs to find, create and plan a Python data source: a query needs each once, to start.
+PLANNER_MODULES = frozenset(
+    {
+        "pyspark.sql.worker.lookup_data_sources",
+        "pyspark.sql.worker.create_data_source",
+        "pyspark.sql.worker.plan_data_source_read",
+    }
+)
+
+
+def stop_planner_workers(spark: SparkSession) -> int:
+    """Stop the Python worker factories of `PLANNER_MODULES` (their forking daemons with them); returns how many.
+
+    Spark keeps a factory, and its daemon process (~35 MiB each here), per kind of Python worker for the JVM's life
+    (``SparkEnv.pythonWorkers``, private: reached by reflection). A query that has started needs the planners no
+    more, and one that needs them again gets new factories (``createPythonWorker`` makes a missing one). Call it only
+    while no query is being planned, e.g. from inside a running query's micro-batch."""
+    env = jvm(spark).org.apache.spark.SparkEnv.get()
+    field = env.getClass().getDeclaredField("pythonWorkers")
+    field.setAccessible(True)
+    factories = field.get(env)
+    idle = []
+    entries = factories.iterator()
+    while entries.hasNext():
+        entry = entries.next()
+        if entry._1().workerModule() in PLANNER_MODULES:
+            idle.append((entry._1(), entry._2()))
+    for key, factory in idle:
+        factories.remove(key)
+        factory.stop()
+    return len(idle)

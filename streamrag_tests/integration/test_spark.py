@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -103,3 +105,47 @@ def test_the_jvm_has_the_listener_bridge_the_trigger_listener_uses(stack) -> Non
     listener = raw_listener(TriggerPhases(slow_s=5.0))
     spark.streams.addListener(listener)
     spark.streams.removeListener(listener)
+
+
+def test_the_python_planner_workers_a_started_query_no_longer_needs_can_be_stopped(stack) -> None:
+    """Spark keeps a daemon process per kind of Python worker for the JVM's life; the three that find, create and plan
+    a Python data source are stopped (what the stream does after its first micro-batch), and a later query that
+    needs them gets them again."""
+    import psutil
+
+    from streamrag_assets.streaming.spark import get_spark
+    from streamrag_assets.streaming.spark_internals import PLANNER_MODULES, stop_planner_workers
+
+    spark = get_spark(stack.settings)
+    jvm_process = psutil.Process(spark.sparkContext._gateway.proc.pid)  # type: ignore[union-attr]
+
+    def daemons() -> set[str]:
+        """The worker kinds of the JVM's Python daemons (``python -m pyspark.daemon <worker module>``)."""
+        kinds = set()
+        for child in jvm_process.children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                args = child.cmdline()
+                if "pyspark.daemon" in args:
+                    kinds.add(args[-1])
+        return kinds
+
+    def read() -> int:
+        topic = f"planners-{uuid.uuid4().hex[:8]}"
+        producer = KafkaProducer(bootstrap_servers=stack.settings.bootstrap_servers, acks="all")
+        for i in range(20):
+            producer.send(topic, value=f"v{i}".encode())
+        producer.flush()
+        producer.close()
+        source = spark.read.format("streamrag_kafka").option("topic", topic)
+        return source.option("bootstrap_servers", stack.settings.bootstrap_servers).load().count()
+
+    assert read() == 20
+    assert daemons() >= PLANNER_MODULES, "a Python data source's query starts the three planner daemons"
+    assert stop_planner_workers(spark) == 3
+    gone = time.monotonic() + 10  # stopping a daemon destroys its process; its exit is not waited for
+    while PLANNER_MODULES & daemons() and time.monotonic() < gone:
+        time.sleep(0.2)
+    assert not PLANNER_MODULES & daemons(), "their daemon processes are gone"
+    assert "pyspark.worker" in daemons(), "the worker the queries' tasks run in stays"
+    assert read() == 20, "a later query gets planner workers again"
+    assert {"pyspark.sql.worker.create_data_source", "pyspark.sql.worker.plan_data_source_read"} <= daemons()
