@@ -10,6 +10,10 @@ fragments are added to the document's text ("Added: … Removed: …") and the d
 Wikimedia's API etiquette is kept: the configured User-Agent, requests one at a time and at most
 `Settings.enrich_rate_limit`, retried with backoff on failures and 429/5xx, each diff fetched once (a cache). A diff
 that cannot be had leaves the document as it was and is counted (`streamrag_enrich_diffs_total`).
+
+Each diff fetched is also kept beside Gold, in the ``gold_diffs`` Delta table (`DiffRecords`, written in batches by
+the enricher's thread): a reindex or a rebuild of pgvector from Gold gives the documents their enriched text again
+without asking the wikis a second time.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
 from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -33,10 +40,14 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from streamrag_assets.metrics import ENRICH_DIFFS
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.delta import DeltaTables
+from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
 
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 5_000
+DIFFS_TABLE = "gold_diffs"
+KEEP_ROWS, KEEP_EVERY_S = 200, 30.0  # diffs written to `DIFFS_TABLE` at once, and how long one waits at most
 QUEUE_SIZE = 1_000  # documents waiting for their diff; more are skipped (counted), not queued
 FRAGMENT_CHARS = 300
 
@@ -193,13 +204,45 @@ class DiffFetcher:
         self.http.close()
 
 
-class Enricher:
-    """A thread of the stream's process: takes indexed edit documents (`offer`), fetches their diffs and rewrites
-    their text and vector (``replace_text``). It never holds the live path up: a full queue skips documents."""
+class DiffRecords:
+    """The ``gold_diffs`` table: each enriched document's diff, appended in batches, read back by doc id."""
 
-    def __init__(self, settings: Settings, replace_text: Callable[[str, str], bool]) -> None:
+    def __init__(self, delta: DeltaTables) -> None:
+        self.delta = delta
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        rows_table = pa.Table.from_pylist(rows, schema=ARROW_SCHEMAS[DIFFS_TABLE])
+        self.delta.write_once(DIFFS_TABLE, rows_table, "diff-enricher", time.time_ns())
+        if self.delta.maintenance_due(DIFFS_TABLE):
+            self.delta.maintain(DIFFS_TABLE)
+
+    def for_documents(self, doc_ids: pa.Array) -> dict[str, Diff]:
+        """The newest diff kept of each of ``doc_ids`` that has one (read batch by batch)."""
+        if self.delta.table(DIFFS_TABLE) is None:
+            return {}
+        wanted = doc_ids.cast(pa.string())
+        found: dict[str, tuple[datetime, Diff]] = {}
+        for batch in self.delta.batches(DIFFS_TABLE):
+            for row in batch.filter(pc.is_in(batch.column("doc_id"), value_set=wanted)).to_pylist():
+                kept = found.get(row["doc_id"])
+                if kept is None or row["fetched_at"] > kept[0]:
+                    found[row["doc_id"]] = (row["fetched_at"], Diff(row["added"] or [], row["removed"] or []))
+        return {doc_id: diff for doc_id, (_, diff) in found.items()}
+
+
+class Enricher:
+    """A thread of the stream's process: takes indexed edit documents (`offer`), fetches their diffs, rewrites
+    their text and vector (``replace_text``) and keeps each diff (``records``, in batches). It never holds the live
+    path up: a full queue skips documents."""
+
+    def __init__(
+        self, settings: Settings, replace_text: Callable[[str, str], bool], records: DiffRecords | None = None
+    ) -> None:
         self.fetcher = DiffFetcher(settings)
         self.replace_text = replace_text
+        self.records = records
+        self.kept: list[dict[str, Any]] = []  # diffs not yet written to the records
+        self.kept_since = time.monotonic()
         self.max_chars = settings.enrich_max_chars
         self.waiting: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
         self._stop = threading.Event()
@@ -217,6 +260,7 @@ class Enricher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self._keep(force=False)
             try:
                 row = self.waiting.get(timeout=0.5)
             except queue.Empty:
@@ -228,6 +272,18 @@ class Enricher:
                     continue
                 written = self.replace_text(row["doc_id"], enriched_text(row["text"], diff, self.max_chars))
                 ENRICH_DIFFS.labels("enriched" if written else "gone").inc()
+                if written and self.records is not None:
+                    if not self.kept:
+                        self.kept_since = time.monotonic()
+                    self.kept.append(
+                        {
+                            "doc_id": row["doc_id"],
+                            "event_time": row["event_time"],
+                            "added": diff.added,
+                            "removed": diff.removed,
+                            "fetched_at": datetime.now(UTC),
+                        }
+                    )
             except DiffUnavailable as exc:
                 ENRICH_DIFFS.labels("failed").inc()
                 log.info("document %s keeps its text: %s", row["doc_id"], exc)
@@ -235,7 +291,24 @@ class Enricher:
                 ENRICH_DIFFS.labels("failed").inc()
                 log.exception("enriching document %s failed", row["doc_id"])
 
+    def _keep(self, force: bool) -> None:
+        """Write the diffs kept so far to the records when there are `KEEP_ROWS` of them, the oldest has waited
+        `KEEP_EVERY_S`, or ``force``. A failed write is logged and tried again with the next ones (up to
+        `QUEUE_SIZE` diffs are held; older ones are then dropped: their documents keep their enriched text)."""
+        if not self.kept or self.records is None:
+            return
+        if not (force or len(self.kept) >= KEEP_ROWS or time.monotonic() - self.kept_since >= KEEP_EVERY_S):
+            return
+        try:
+            self.records.append(self.kept)
+            self.kept = []
+        except Exception:
+            log.exception("keeping %d diffs in the %s table failed; trying again later", len(self.kept), DIFFS_TABLE)
+            self.kept = self.kept[-QUEUE_SIZE:]
+            self.kept_since = time.monotonic()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._keep(force=True)
         self.fetcher.close()

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from streamrag_assets.documents.store import DocumentIndex, IndexResult
+from streamrag_assets.enrichment.diffs import FRAGMENT_CHARS, DiffRecords, enriched_text
 from streamrag_assets.operations.progress import Progress, Steps, counter, reporter
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
@@ -51,7 +52,8 @@ def reindex_window(
             report(f"{done}/{total} Gold rows: {so_far.embedded} embedded, {so_far.unchanged} unchanged")
 
     index = index if index is not None else document_index(settings)
-    return reindex(index, DeltaTables.from_settings(settings), since, until, batch_size, batch_done)
+    delta = DeltaTables.from_settings(settings)
+    return reindex(index, delta, since, until, batch_size, batch_done, settings.enrich_max_chars)
 
 
 def _window(since: datetime | None, until: datetime | None) -> ds.Expression | None:
@@ -126,16 +128,22 @@ def reindex(
     until: datetime | None = None,
     batch_size: int = 256,
     progress: Callable[[int, int, IndexResult], None] | None = None,
+    diff_chars: int = FRAGMENT_CHARS,
 ) -> IndexResult:
     """Apply every Gold row in the range that changes pgvector, batch by batch; returns the summed outcome (the
-    rows left out counted as unchanged)."""
+    rows left out counted as unchanged). A document whose diff enrichment kept a diff (``gold_diffs``) is written
+    with it, as the enricher wrote it (``diff_chars`` of each side)."""
     keys = gold_range(delta, since, until, ["doc_id", "content_hash", "op", "event_time", "partition", "offset"])
     work = needing_work(index, keys)
     rows = gold_range(delta, since, until, doc_ids=work) if len(work) else keys.slice(0, 0)
+    diffs = DiffRecords(delta).for_documents(work) if len(work) else {}
     total, done = IndexResult(unchanged=len(keys) - len(rows)), len(keys) - len(rows)
     if progress is not None:
         progress(done, len(keys), total)
     for batch in _batches(rows, batch_size):
+        for row in batch:
+            if row["doc_id"] in diffs and row["op"] == "upsert":
+                row["text"] = enriched_text(row["text"], diffs[row["doc_id"]], diff_chars)
         total.add(index.index(batch))
         done += len(batch)
         if progress is not None:

@@ -7,6 +7,7 @@ A new epoch (fresh checkpoint) is started only by `reprocess`.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from streamrag_assets.documents.migrate import upgrade
 from streamrag_assets.documents.progress import Marks, Progress
 from streamrag_assets.documents.store import DocumentIndex, IndexResult, database_unavailable
 from streamrag_assets.embedding.embedder import get_embedder
-from streamrag_assets.enrichment.diffs import Enricher
+from streamrag_assets.enrichment.diffs import DiffRecords, Enricher
 from streamrag_assets.kafka.admin import ensure_topic
 from streamrag_assets.kafka.gaps import ledger_dir
 from streamrag_assets.kafka.spark_source import pass_through
@@ -150,7 +151,8 @@ class MedallionBatch:
             if asynchronous:
                 self.worker = IndexWorker(self._index_part, self._finish, self.recover, behind)
             if asynchronous and settings.enrich_diffs:  # the live stream only: replays keep the documents as they are
-                self.enricher = Enricher(settings, self.index.replace_text)
+                self.enricher = Enricher(settings, self.index.replace_text, DiffRecords(tables(settings)))
+                atexit.register(self.enricher.stop)  # the diffs not yet kept are written as the process ends
 
     def recover(self, upto: int | None) -> int:
         """Make the index current up to batch key ``upto`` (None: the checkpoint's last commit): migrate the schema

@@ -102,7 +102,25 @@ GOLD_SCHEMA = pa.schema(
     ]
 )
 
-TABLES = {"bronze": BRONZE_SCHEMA, "silver": SILVER_SCHEMA, "quarantine": QUARANTINE_SCHEMA, "gold": GOLD_SCHEMA}
+# What diff enrichment (`enrichment/diffs.py`) fetched for a Gold document: kept beside Gold, so that pgvector rebuilt
+# from Gold gets the enriched text back without asking the wikis again.
+GOLD_DIFFS_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("event_time", _TS),
+        ("added", pa.list_(pa.string())),
+        ("removed", pa.list_(pa.string())),
+        ("fetched_at", _TS),
+    ]
+)
+
+TABLES = {
+    "bronze": BRONZE_SCHEMA,
+    "silver": SILVER_SCHEMA,
+    "quarantine": QUARANTINE_SCHEMA,
+    "gold": GOLD_SCHEMA,
+    "gold_diffs": GOLD_DIFFS_SCHEMA,
+}
 
 VALID_TYPES = ("edit", "new", "log", "categorize", "external")
 DOCUMENT_TYPES = ("edit", "new", "log")

@@ -23,6 +23,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import httpx
+import pyarrow as pa
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
@@ -507,6 +508,32 @@ def test_an_edit_gets_what_its_diff_added_and_the_answer_quotes_it(pipeline, com
     assert 'Removed: "40".' in hit["text"]
     reply = client.post("/answer", json={"query": f"Which gallery opened at the {title}?"}).json()
     assert doc_id in {c["doc_id"] for c in reply["citations"]} and "gamelan gallery" in reply["answer"], reply
+
+    # The diff is kept beside Gold: pgvector rebuilt from Gold gets the enriched text back, the wiki not asked again.
+    from sqlalchemy import create_engine, text
+
+    from streamrag_assets.enrichment.diffs import KEEP_EVERY_S, DiffRecords
+    from streamrag_assets.operations.reindex import reindex_window
+    from streamrag_assets.streaming.delta import DeltaTables
+
+    records = DiffRecords(DeltaTables.from_settings(settings))
+    kept = wait_for(lambda: records.for_documents(pa.array([doc_id])).get(doc_id), "the diff kept", KEEP_EVERY_S + 60)
+    assert "52 bronze" in kept.added and kept.removed == ["40"]
+
+    def asked() -> int:
+        return sum(r["query"].get("torev") == str(edit["revision"]["new"]) for r in list(compare_api.requests))
+
+    asked_before = asked()
+    engine = create_engine(settings.app_database_url)
+    with engine.begin() as conn:
+        event_time = conn.execute(text("SELECT event_time FROM documents WHERE doc_id = :d"), {"d": doc_id}).scalar()
+        conn.execute(text("DELETE FROM documents WHERE doc_id = :d"), {"d": doc_id})
+    assert reindex_window(settings, event_time, event_time + timedelta(seconds=1)).embedded == 1
+    with engine.connect() as conn:
+        again = conn.execute(text("SELECT text FROM documents WHERE doc_id = :d"), {"d": doc_id}).scalar()
+    engine.dispose()
+    assert again == hit["text"], "the document is back with the text the enricher gave it"
+    assert asked() == asked_before == 1, "the wiki was asked once, by the stream"
 
 
 def test_the_readmes_quickstart_commands_answer_as_it_shows(pipeline) -> None:

@@ -91,3 +91,51 @@ def test_the_fetcher_names_itself_waits_its_turn_retries_and_asks_once(compare_a
     with pytest.raises(DiffUnavailable, match="HTTP 503"):
         fetcher.fetch("https://en.wikipedia.org/w/index.php?diff=301&oldid=300")
     fetcher.close()
+
+
+def test_the_enricher_keeps_each_diff_beside_gold_and_a_failed_write_loses_none(compare_api, tmp_path) -> None:
+    """Diffs are written to the ``gold_diffs`` Delta table in batches; a write that fails (a full disk, the object
+    store away) is tried again with the next batch, and what is still held is written when the enricher stops."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from streamrag_assets.enrichment.diffs import DiffRecords, Enricher
+    from streamrag_assets.streaming.delta import DeltaTables
+
+    class FailingOnce(DiffRecords):
+        def __init__(self, delta: DeltaTables) -> None:
+            super().__init__(delta)
+            self.failures = 1
+
+        def append(self, rows) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("No space left on device")
+            super().append(rows)
+
+    compare_api.default = BODY
+    settings = Settings(home=tmp_path, diff_api_url=compare_api.url, enrich_rate_limit="100/second")
+    records = FailingOnce(DeltaTables(tmp_path / "delta"))
+    rewritten: dict[str, str] = {}
+    enricher = Enricher(settings, lambda doc_id, text: rewritten.setdefault(doc_id, text) is not None, records)
+    now = datetime.now(UTC)
+    rows = [
+        {"doc_id": f"enwiki:rev:{n}", "op": "upsert", "type": "edit", "text": f"Edit {n}.", "event_time": now}
+        | {"diff_url": f"https://en.wikipedia.org/w/index.php?diff={n}&oldid={n - 1}"}
+        for n in (501, 502, 503)
+    ]
+    enricher.offer(rows[:2])
+    deadline = time.monotonic() + 20
+    while len(rewritten) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    enricher._keep(force=True)  # the first write fails: both diffs are held
+    assert records.failures == 0 and len(enricher.kept) == 2
+    enricher.offer(rows[2:])
+    while len(rewritten) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    enricher.stop()  # what is held is written as it stops
+    kept = records.for_documents(pa.array([r["doc_id"] for r in rows]))
+    assert set(kept) == {r["doc_id"] for r in rows}
+    assert all(diff.added == ["52 bronze", "A <b>new</b> wing opened in 2026."] for diff in kept.values())
+    assert records.delta.read("gold_diffs").num_rows == 3, "each diff once"
