@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 LAYERS = ("bronze", "silver", "quarantine", "gold")
 PARTITIONS = {"silver": ["event_date"], "gold": ["event_date"]}
+# Every this many maintenances of a table (its first in a process included), files in the table's folder that no
+# version knows of and older than `SWEEP_AFTER_HOURS` are deleted too (a listing of the whole folder).
+SWEEP_EVERY, SWEEP_AFTER_HOURS = 20, 1
 
 
 class DeltaTables:
@@ -54,6 +57,7 @@ class DeltaTables:
         self.retention = f"interval {retention_minutes} minutes"
         self._open: dict[str, DeltaTable] = {}
         self._appends: dict[str, int] = {}  # appends since this process last maintained each table
+        self._maintained: dict[str, int] = {}  # maintenances of each table by this process
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeltaTables:
@@ -151,14 +155,15 @@ class DeltaTables:
 
     def maintain(self, layer: str) -> dict[str, int]:
         """Compact ``layer``'s small files, delete what is older than the retention and no longer needed (data files
-        and log entries), and checkpoint. Safe beside appends and readers: only files removed from the table longer
-        than the retention ago are deleted. Returns the files compacted and deleted."""
+        and log entries), and checkpoint; every `SWEEP_EVERY` times also files no version knows of. Safe beside
+        appends and readers: only files removed from the table longer than the retention ago, and unknown files
+        older than `SWEEP_AFTER_HOURS`, are deleted. Returns the files compacted and deleted."""
         began = time.perf_counter()
         self._appends[layer] = 0
         table = self.table(layer)
         if table is None:
             return {}
-        # delta-rs checkpoints a table by itself every 100 commits (~30 s at 50 events/s), and a checkpoint forgets
+        # delta-rs checkpoints a table by itself every 100 commits (~36 s at 50 events/s), and a checkpoint forgets
         # the removals past the retention: most then left the vacuum's view before one saw them expired, and their
         # files were never deleted (a two-hour soak kept 98% dead files). Only maintenance checkpoints now, right
         # after its vacuum.
@@ -171,6 +176,15 @@ class DeltaTables:
             table.alter.set_table_properties(retention)
         compacted = table.optimize.compact()
         deleted = table.vacuum(dry_run=False)
+        if self._maintained.get(layer, 0) % SWEEP_EVERY == 0:
+            # Files no version knows of (a write that never committed; removals a checkpoint forgot before a vacuum
+            # saw them, as delta-rs' own checkpoints did before this process turned them off): delta-rs' full vacuum
+            # deletes those older than its retention (by their modified time; a removal by its deletion time). An
+            # hour, not the tables' retention: a writer still writing its files then has long finished or failed.
+            deleted += table.vacuum(
+                retention_hours=SWEEP_AFTER_HOURS, dry_run=False, enforce_retention_duration=False, full=True
+            )
+        self._maintained[layer] = self._maintained.get(layer, 0) + 1
         table.create_checkpoint()  # it leaves out the tombstones past the retention
         table.cleanup_metadata()
         done = {"files_compacted": int(compacted.get("numFilesRemoved", 0)), "files_deleted": len(deleted)}
