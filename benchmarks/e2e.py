@@ -33,7 +33,7 @@ import uvicorn
 
 from benchmarks.cpu import cpu_kind
 from benchmarks.stack_footprint import _read_progress, _tree, services, usage
-from streamrag_assets.ingest.sources import recorded_event
+from streamrag_assets.ingest.sources import recorded_event, recorded_events
 from streamrag_assets.ingest.sse_server import STREAM_PATH, create_app
 from streamrag_tests.harness import free_port, isolated_settings, release, scratch_dir
 
@@ -41,6 +41,8 @@ REAL_TIME_P50_S = 2.0
 # A marker sent this recently and not found yet is on its way, not missing: each minute's progress line is printed at
 # the minute's end, when the markers of its last second are still in the pipeline (session 17 read those as misses).
 IN_FLIGHT_S = 10.0
+
+RECORDED = len(recorded_events())  # events in the bundled recording, sent in loops
 
 
 class Markers:
@@ -68,7 +70,15 @@ class Markers:
     def event(self, seq: int) -> str:
         line = recorded_event(seq)
         if seq % self.stride:
-            return line
+            loop = seq // RECORDED
+            if not loop:
+                return line
+            # Each loop of the recording under other user names: the live stream seldom repeats a document's whole
+            # text, and a table of the same ~100 texts thousands of times over is no fit to measure vector recall on
+            # (HNSW over exact duplicates; pgvector#837).
+            event = json.loads(line)
+            event["user"] = f"{event.get('user') or 'anonymous'} {loop}"
+            return json.dumps(event)
         # One word no recorded edit has, the same each time this event is sent: a client that reconnects gets the
         # events after its Last-Event-ID again, and a marker resent is the same marker (first sending counts).
         token = f"zq{self.run}x{seq}"
