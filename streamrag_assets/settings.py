@@ -410,6 +410,12 @@ class Settings(BaseSettings):
     )
     enrich_timeout_s: float = Field(10.0, gt=0, description="How long one compare API request may take.")
     enrich_max_chars: int = Field(300, ge=20, description="Added and removed text kept per document, each.")
+    enrich_keep_every_s: float = Field(
+        30.0,
+        gt=0,
+        description="The diffs fetched are written beside Gold (the gold_diffs Delta table) at least this often (and "
+        "every 200, and when the stream stops): one small Delta commit each time.",
+    )
     # --- Dagster --------------------------------------------------------------------------------------------
     dagster_report_interval_s: float = Field(
         15.0, ge=0, description="How often the continuous query reports its writes to Dagster (0 = never)."

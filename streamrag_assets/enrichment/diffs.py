@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 CACHE_SIZE = 5_000
 DIFFS_TABLE = "gold_diffs"
-KEEP_ROWS, KEEP_EVERY_S = 200, 30.0  # diffs written to `DIFFS_TABLE` at once, and how long one waits at most
+KEEP_ROWS = 200  # diffs written to `DIFFS_TABLE` at once at most (or after `Settings.enrich_keep_every_s`)
 QUEUE_SIZE = 1_000  # documents waiting for their diff; more are skipped (counted), not queued
 FRAGMENT_CHARS = 300
 
@@ -243,6 +243,7 @@ class Enricher:
         self.records = records
         self.kept: list[dict[str, Any]] = []  # diffs not yet written to the records
         self.kept_since = time.monotonic()
+        self.keep_every_s = settings.enrich_keep_every_s
         self.max_chars = settings.enrich_max_chars
         self.waiting: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
         self._stop = threading.Event()
@@ -293,11 +294,11 @@ class Enricher:
 
     def _keep(self, force: bool) -> None:
         """Write the diffs kept so far to the records when there are `KEEP_ROWS` of them, the oldest has waited
-        `KEEP_EVERY_S`, or ``force``. A failed write is logged and tried again with the next ones (up to
+        ``keep_every_s``, or ``force``. A failed write is logged and tried again with the next ones (up to
         `QUEUE_SIZE` diffs are held; older ones are then dropped: their documents keep their enriched text)."""
         if not self.kept or self.records is None:
             return
-        if not (force or len(self.kept) >= KEEP_ROWS or time.monotonic() - self.kept_since >= KEEP_EVERY_S):
+        if not (force or len(self.kept) >= KEEP_ROWS or time.monotonic() - self.kept_since >= self.keep_every_s):
             return
         try:
             self.records.append(self.kept)

@@ -74,6 +74,7 @@ def pipeline(stack, compare_api):
         api_max_stream_clients=3,
         enrich_diffs=True,  # against the local compare API: only the diffs a test registers exist
         diff_api_url=compare_api.url,
+        enrich_keep_every_s=1.0,  # diffs written beside Gold within a second (30 s by default)
     )
     processes = [ingest_process(settings), stream_process(settings), api_process(settings)]
     PIPELINE_PROCESSES.update((proc.name, proc) for proc in processes)
@@ -512,12 +513,12 @@ def test_an_edit_gets_what_its_diff_added_and_the_answer_quotes_it(pipeline, com
     # The diff is kept beside Gold: pgvector rebuilt from Gold gets the enriched text back, the wiki not asked again.
     from sqlalchemy import create_engine, text
 
-    from streamrag_assets.enrichment.diffs import KEEP_EVERY_S, DiffRecords
+    from streamrag_assets.enrichment.diffs import DiffRecords
     from streamrag_assets.operations.reindex import reindex_window
     from streamrag_assets.streaming.delta import DeltaTables
 
     records = DiffRecords(DeltaTables.from_settings(settings))
-    kept = wait_for(lambda: records.for_documents(pa.array([doc_id])).get(doc_id), "the diff kept", KEEP_EVERY_S + 60)
+    kept = wait_for(lambda: records.for_documents(pa.array([doc_id])).get(doc_id), "the diff kept", 60)
     assert "52 bronze" in kept.added and kept.removed == ["40"]
 
     def asked() -> int:
