@@ -170,6 +170,18 @@ def _vector_literal(vector: np.ndarray) -> str:
 
 
 VARIANT_KINDS = ("copies", "blends")
+GRAPH_BYTES_PER_ROW = 1800  # pgvector's in-memory HNSW element at halfvec(384), m 24: the value and 2m neighbours
+
+
+def _graph_memory_mb(rows: int) -> int:
+    """Memory for the HNSW build: the whole graph if it fits in 60% of what the machine has free (pgvector builds
+    many times slower once the graph outgrows ``maintenance_work_mem``: it logs "hnsw graph no longer fits"), and at
+    least the 1 GB the migration uses."""
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    available_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable"))
+    return max(1024, min(int(rows * GRAPH_BYTES_PER_ROW * 1.1) >> 20, int(available_kb * 0.6) >> 10))
+
+
 VARIANT_ID = "doc_id LIKE '%:9_________'"  # `_variant`'s ids (real documents can repeat: the same synthetic text)
 
 
@@ -237,7 +249,7 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int, kind:
                 row |= {"embedding": _vector_literal(vector), "model_name": model_name, "indexed_at": now}
                 copy.write_row([row[c] for c in _COPY_COLUMNS])
         copy_s = time.perf_counter() - began
-        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute(f"SET maintenance_work_mem = '{_graph_memory_mb(total)}MB'")
         began = time.perf_counter()
         conn.execute(hnsw_def)
         hnsw_s = time.perf_counter() - began

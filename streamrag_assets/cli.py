@@ -452,12 +452,14 @@ def tables_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show the Delta tables: where they live (local disk or S3, STREAMRAG_DELTA_URI), version, rows, last commit."""
-    from streamrag_assets.streaming.delta import LAYERS, DeltaTables
+    """Show the Delta tables (the medallion layers, and gold_diffs beside Gold when diff enrichment is on): where they
+    live (local disk or S3, STREAMRAG_DELTA_URI), version, rows, last commit."""
+    from streamrag_assets.streaming.delta import DeltaTables
+    from streamrag_assets.streaming.schemas import TABLES
 
     when = _parse_time(as_of, "--as-of")
     delta = DeltaTables.from_settings(_settings())
-    rows = [delta.describe(layer, when) for layer in LAYERS]
+    rows = [delta.describe(layer, when) for layer in TABLES]
     if as_json:
         typer.echo(json.dumps(rows))
         return

@@ -18,6 +18,7 @@ without asking the wikis a second time.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -27,12 +28,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pyarrow as pa
-import pyarrow.compute as pc
 from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
@@ -42,6 +42,9 @@ from streamrag_assets.metrics import ENRICH_DIFFS
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.transforms import ARROW_SCHEMAS
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 log = logging.getLogger(__name__)
 
@@ -216,18 +219,22 @@ class DiffRecords:
         if self.delta.maintenance_due(DIFFS_TABLE):
             self.delta.maintain(DIFFS_TABLE)
 
-    def for_documents(self, doc_ids: pa.Array) -> dict[str, Diff]:
-        """The newest diff kept of each of ``doc_ids`` that has one (read batch by batch)."""
-        if self.delta.table(DIFFS_TABLE) is None:
-            return {}
-        wanted = doc_ids.cast(pa.string())
+    def for_documents(self, doc_ids: pa.Array, window: ds.Expression | None = None) -> dict[str, Diff]:
+        """The newest diff kept of each of ``doc_ids`` that has one; only diffs of edits within ``window`` (a dataset
+        filter on ``event_time``, the documents' own) are read."""
         found: dict[str, tuple[datetime, Diff]] = {}
-        for batch in self.delta.batches(DIFFS_TABLE):
-            for row in batch.filter(pc.is_in(batch.column("doc_id"), value_set=wanted)).to_pylist():
-                kept = found.get(row["doc_id"])
-                if kept is None or row["fetched_at"] > kept[0]:
-                    found[row["doc_id"]] = (row["fetched_at"], Diff(row["added"] or [], row["removed"] or []))
+        for row in self.delta.rows_with(DIFFS_TABLE, "doc_id", doc_ids, filter_expr=window).to_pylist():
+            kept = found.get(row["doc_id"])
+            if kept is None or row["fetched_at"] > kept[0]:
+                found[row["doc_id"]] = (row["fetched_at"], Diff(row["added"] or [], row["removed"] or []))
         return {doc_id: diff for doc_id, (_, diff) in found.items()}
+
+
+def stop_all() -> None:
+    """Stop every enricher of this process, each writing the diffs it holds beside Gold. Run at exit, and by the
+    stream before it replaces itself for a bounded run (`os.execv` runs no exit handlers)."""
+    for enricher in list(_RUNNING):
+        enricher.stop()
 
 
 class Enricher:
@@ -242,6 +249,7 @@ class Enricher:
         self.replace_text = replace_text
         self.records = records
         self.kept: list[dict[str, Any]] = []  # diffs not yet written to the records
+        self._keeping = threading.Lock()  # the thread and `stop` both write what is kept: each diff once
         self.kept_since = time.monotonic()
         self.keep_every_s = settings.enrich_keep_every_s
         self.max_chars = settings.enrich_max_chars
@@ -249,6 +257,7 @@ class Enricher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="diff-enricher", daemon=True)
         self._thread.start()
+        _RUNNING.add(self)
 
     def offer(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
@@ -274,17 +283,17 @@ class Enricher:
                 written = self.replace_text(row["doc_id"], enriched_text(row["text"], diff, self.max_chars))
                 ENRICH_DIFFS.labels("enriched" if written else "gone").inc()
                 if written and self.records is not None:
-                    if not self.kept:
-                        self.kept_since = time.monotonic()
-                    self.kept.append(
-                        {
-                            "doc_id": row["doc_id"],
-                            "event_time": row["event_time"],
-                            "added": diff.added,
-                            "removed": diff.removed,
-                            "fetched_at": datetime.now(UTC),
-                        }
-                    )
+                    record = {
+                        "doc_id": row["doc_id"],
+                        "event_time": row["event_time"],
+                        "added": diff.added,
+                        "removed": diff.removed,
+                        "fetched_at": datetime.now(UTC),
+                    }
+                    with self._keeping:
+                        if not self.kept:
+                            self.kept_since = time.monotonic()
+                        self.kept.append(record)
             except DiffUnavailable as exc:
                 ENRICH_DIFFS.labels("failed").inc()
                 log.info("document %s keeps its text: %s", row["doc_id"], exc)
@@ -296,20 +305,30 @@ class Enricher:
         """Write the diffs kept so far to the records when there are `KEEP_ROWS` of them, the oldest has waited
         ``keep_every_s``, or ``force``. A failed write is logged and tried again with the next ones (up to
         `QUEUE_SIZE` diffs are held; older ones are then dropped: their documents keep their enriched text)."""
-        if not self.kept or self.records is None:
-            return
-        if not (force or len(self.kept) >= KEEP_ROWS or time.monotonic() - self.kept_since >= self.keep_every_s):
+        if not self._keeping.acquire(timeout=30):  # a write that hangs (the object store away) holds no stop up
+            log.warning("diffs are still being written to %s; leaving them to the enricher", DIFFS_TABLE)
             return
         try:
+            if not self.kept or self.records is None:
+                return
+            if not (force or len(self.kept) >= KEEP_ROWS or time.monotonic() - self.kept_since >= self.keep_every_s):
+                return
             self.records.append(self.kept)
             self.kept = []
         except Exception:
-            log.exception("keeping %d diffs in the %s table failed; trying again later", len(self.kept), DIFFS_TABLE)
+            log.exception("keeping %d diffs in %s failed; trying again later", len(self.kept), DIFFS_TABLE)
             self.kept = self.kept[-QUEUE_SIZE:]
             self.kept_since = time.monotonic()
+        finally:
+            self._keeping.release()
 
     def stop(self) -> None:
+        _RUNNING.discard(self)
         self._stop.set()
         self._thread.join(timeout=10)
         self._keep(force=True)
         self.fetcher.close()
+
+
+_RUNNING: set[Enricher] = set()  # the process' enrichers not yet stopped (`stop_all`)
+atexit.register(stop_all)

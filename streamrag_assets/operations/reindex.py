@@ -79,13 +79,7 @@ def gold_range(
     if doc_ids is None:
         table = delta.read("gold", columns, filter_expr=_window(since, until))
     else:
-        # Not an `isin` filter on the dataset: files Spark wrote hold doc_id as string_view, which it cannot compare.
-        wanted = doc_ids.cast(pa.string())
-        parts = [
-            batch.filter(pc.is_in(batch.column("doc_id").cast(pa.string()), value_set=wanted))
-            for batch in delta.batches("gold", columns, filter_expr=_window(since, until))
-        ]
-        table = pa.Table.from_batches(parts) if parts else delta.read("gold", columns, filter_expr=pc.scalar(False))
+        table = delta.rows_with("gold", "doc_id", doc_ids, columns, filter_expr=_window(since, until))
     return table.sort_by([("event_time", "ascending"), ("partition", "ascending"), ("offset", "ascending")])
 
 
@@ -136,7 +130,7 @@ def reindex(
     keys = gold_range(delta, since, until, ["doc_id", "content_hash", "op", "event_time", "partition", "offset"])
     work = needing_work(index, keys)
     rows = gold_range(delta, since, until, doc_ids=work) if len(work) else keys.slice(0, 0)
-    diffs = DiffRecords(delta).for_documents(work) if len(work) else {}
+    diffs = DiffRecords(delta).for_documents(work, _window(since, until)) if len(work) else {}
     total, done = IndexResult(unchanged=len(keys) - len(rows)), len(keys) - len(rows)
     if progress is not None:
         progress(done, len(keys), total)

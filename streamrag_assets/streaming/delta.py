@@ -239,6 +239,23 @@ class DeltaTables:
             return iter(())
         return iter(table.to_pyarrow_dataset().to_batches(columns=columns, filter=filter_expr))
 
+    def rows_with(
+        self, layer: str, column: str, values: pa.Array, columns: list[str] | None = None, filter_expr=None
+    ) -> pa.Table:
+        """``layer``'s current rows (within ``filter_expr``) whose string ``column`` is one of ``values``, picked batch
+        by batch so the table's other rows are never all in memory; only ``columns`` (absent: all), which must hold
+        ``column``. Not an `isin` filter on the dataset: files Spark wrote hold strings as string_view, which a dataset
+        filter cannot compare with a string."""
+        assert columns is None or column in columns, f"{column} must be read to pick rows by it"
+        wanted = values.cast(pa.string())
+        parts = [
+            batch.filter(pc.is_in(batch.column(column).cast(pa.string()), value_set=wanted))
+            for batch in self.batches(layer, columns, filter_expr)
+        ]
+        if not parts:
+            return ARROW_SCHEMAS[layer].empty_table().select(columns or ARROW_SCHEMAS[layer].names)
+        return pa.Table.from_batches(parts)
+
     def existing_event_ids(self, candidates: pa.Table, exclude_batch: int | None = None) -> set[str]:
         """Which of the candidate rows' event_ids Silver already holds (searching only their event dates)."""
         ids = pc.drop_null(candidates["event_id"]).unique().cast(pa.string())  # Spark hands over string_view

@@ -7,7 +7,6 @@ A new epoch (fresh checkpoint) is started only by `reprocess`.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -152,7 +151,6 @@ class MedallionBatch:
                 self.worker = IndexWorker(self._index_part, self._finish, self.recover, behind)
             if asynchronous and settings.enrich_diffs:  # the live stream only: replays keep the documents as they are
                 self.enricher = Enricher(settings, self.index.replace_text, DiffRecords(tables(settings)))
-                atexit.register(self.enricher.stop)  # the diffs not yet kept are written as the process ends
 
     def recover(self, upto: int | None) -> int:
         """Make the index current up to batch key ``upto`` (None: the checkpoint's last commit): migrate the schema

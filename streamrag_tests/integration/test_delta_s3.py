@@ -88,6 +88,7 @@ def test_the_stream_rebuild_and_time_travel_on_s3(stack) -> None:
         listed = _tables(settings)
         assert listed["gold"]["location"] == f"{settings.delta_uri}/gold"
         assert listed["gold"]["rows"] == len(gold) and listed["bronze"]["rows"] == 1200
+        assert listed["gold_diffs"]["version"] is None, "listed, and absent while diff enrichment is off"
         before_rebuild, old_version = datetime.now(UTC), listed["gold"]["version"]
         time.sleep(1.1)  # commit times have millisecond resolution; keep the two sides of the instant apart
 

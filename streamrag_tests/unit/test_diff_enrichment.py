@@ -100,7 +100,7 @@ def test_the_enricher_keeps_each_diff_beside_gold_and_a_failed_write_loses_none(
 
     import pyarrow as pa
 
-    from streamrag_assets.enrichment.diffs import DiffRecords, Enricher
+    from streamrag_assets.enrichment.diffs import DiffRecords, Enricher, stop_all
     from streamrag_assets.streaming.delta import DeltaTables
 
     class FailingOnce(DiffRecords):
@@ -134,7 +134,8 @@ def test_the_enricher_keeps_each_diff_beside_gold_and_a_failed_write_loses_none(
     enricher.offer(rows[2:])
     while len(rewritten) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    enricher.stop()  # what is held is written as it stops
+    stop_all()  # as the process ends or replaces itself: what is held is written as the enricher stops
+    assert not enricher._thread.is_alive()
     kept = records.for_documents(pa.array([r["doc_id"] for r in rows]))
     assert set(kept) == {r["doc_id"] for r in rows}
     assert all(diff.added == ["52 bronze", "A <b>new</b> wing opened in 2026."] for diff in kept.values())

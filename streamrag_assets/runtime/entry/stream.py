@@ -120,7 +120,10 @@ def _start_afresh() -> None:
     """Replace this process by a fresh one (same pid: the supervisor sees it running), which waits for the bounded run
     and starts the query again. Fresh rather than a second query here: the Spark session, the index worker, the
     trigger listener and the Silver duplicate cache are made for one query per process."""
+    from streamrag_assets.enrichment.diffs import stop_all
+
     log.info("the query stopped for a bounded run; this process starts afresh and waits for it")
+    stop_all()  # the diffs the enricher holds are written beside Gold: the new process would not have them
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
