@@ -276,8 +276,15 @@ def main() -> None:
     parser.add_argument("--insert-seconds", type=float, default=60)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-state", action="store_true")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="Grow the documents table a --keep-state run left there (its path, as printed) instead of a fresh one; "
+        "the state is kept. The same --seed, --real-docs, --noise and --variants as the run that made it.",
+    )
     args = parser.parse_args()
-    home = scratch_dir("streamrag-scale-")
+    home = args.home or scratch_dir("streamrag-scale-")
+    args.keep_state = args.keep_state or args.home is not None
     settings = isolated_settings(home / ".streamrag")
     stack = EmbeddedStack(settings)
     cpu = "AVX-512" if "avx512f" in Path("/proc/cpuinfo").read_text() else "AVX2"
