@@ -158,17 +158,17 @@ def test_every_dashboard_and_rule_expression_returns_numbers(observed) -> None:
 
 def test_the_probe_measures_searchable_latency_below_the_target(observed) -> None:
     """The probe's delay is exported, agrees with the pipeline's own ingested -> indexed histogram, and its median
-    over a minute of the warm pipeline is within issue #5's target (p50 <= 2 s) at the recording's rate
+    over half a minute of the warm pipeline is within issue #5's target (p50 <= 2 s) at the recording's rate
     (10 events/s). The target is a benchmark's figure: a machine busy with more than the test (load above two runnable
     processes a core) is only held to a bound that a stalled pipeline would miss."""
     settings, _ = observed
     _wait(lambda: (_value(settings, 'streamrag_probe_probes_total{outcome="found"}') or 0) >= 5, "too few probes found")
-    time.sleep(60)  # the last minute then holds probes and documents of a warm pipeline only, not the start's backlog
+    time.sleep(30)  # the last 30 s (~10 probes) then hold a warm pipeline's only, not the start's backlog
     recent = _value(
-        settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_probe_searchable_seconds_bucket[1m])))"
+        settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_probe_searchable_seconds_bucket[30s])))"
     )
     pipeline = _value(
-        settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_ingested_to_indexed_seconds_bucket[1m])))"
+        settings, "histogram_quantile(0.5, sum by (le) (rate(streamrag_ingested_to_indexed_seconds_bucket[30s])))"
     )
     last = _value(settings, "max(streamrag_probe_last_searchable_seconds)")
     print(f"probe p50 (1 min) {recent:.2f} s, last {last:.2f} s; pipeline ingested->indexed p50 {pipeline:.2f} s")
