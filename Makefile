@@ -70,13 +70,13 @@ bench-stack: install-dev
 bench-e2e: install-dev
 	PYTHONPATH=. $(BIN)/python -m benchmarks.e2e $(ARGS)
 
-# The whole platform for two hours at 50 events/s after a backlog of 60,000 events (about 20 minutes of the stream
-# at that rate, served at once to age the tables), sampled every 10 minutes: sent -> searchable, /search latency,
-# PSS per service and disk per state folder. Override with ARGS, e.g. ARGS="--minutes 30".
 # Search, recall@10 and indexing as the documents table grows to 1M, 5M and 10M documents (hours at 10M).
 bench-scale: install-dev
 	PYTHONPATH=. $(BIN)/python -m benchmarks.scale $(ARGS)
 
+# The whole platform for two hours at 50 events/s after a backlog of 60,000 events (about 20 minutes of the stream
+# at that rate, served at once to age the tables), sampled every 10 minutes: sent -> searchable, /search latency,
+# PSS per service and disk per state folder. Override with ARGS, e.g. ARGS="--minutes 30".
 soak: install-dev
 	PYTHONPATH=. $(BIN)/python -m benchmarks.e2e --rates 50 --minutes 120 --backlog 60000 --sample-every 10 $(ARGS)
 

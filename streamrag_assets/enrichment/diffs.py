@@ -230,11 +230,17 @@ class DiffRecords:
         return {doc_id: diff for doc_id, (_, diff) in found.items()}
 
 
+_RUNNING: set[Enricher] = set()  # the process' enrichers not yet stopped (`stop_all`)
+
+
 def stop_all() -> None:
     """Stop every enricher of this process, each writing the diffs it holds beside Gold. Run at exit, and by the
     stream before it replaces itself for a bounded run (`os.execv` runs no exit handlers)."""
     for enricher in list(_RUNNING):
         enricher.stop()
+
+
+atexit.register(stop_all)
 
 
 class Enricher:
@@ -328,7 +334,3 @@ class Enricher:
         self._thread.join(timeout=10)
         self._keep(force=True)
         self.fetcher.close()
-
-
-_RUNNING: set[Enricher] = set()  # the process' enrichers not yet stopped (`stop_all`)
-atexit.register(stop_all)

@@ -46,6 +46,15 @@ def _die_with_parent(niceness: int = 0) -> None:
         os.nice(niceness)
 
 
+def release_freed_memory() -> None:
+    """Hand the memory malloc keeps after a burst of work (freed, but held in its arenas) back to the kernel.
+
+    glibc gives back only the top of each arena by itself; after building something large, freed pages in the middle
+    stay with the process until `malloc_trim`. Does nothing where the C library is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
