@@ -173,19 +173,21 @@ VARIANT_KINDS = ("copies", "blends")
 GRAPH_BYTES_PER_ROW = 1800  # pgvector's in-memory HNSW element at halfvec(384), m 24: the value and 2m neighbours
 
 
-def _graph_memory_mb(rows: int) -> int:
-    """Memory for the HNSW build: the whole graph if it fits in 60% of what the machine has free (pgvector builds
-    many times slower once the graph outgrows ``maintenance_work_mem``: it logs "hnsw graph no longer fits"), and at
-    least the 1 GB the migration uses."""
+def _graph_memory_mb(rows: int, fraction: float = 0.6) -> int:
+    """Memory for the HNSW build: the whole graph if it fits in ``fraction`` of what the machine has free (pgvector
+    builds many times slower once the graph outgrows ``maintenance_work_mem``, and says so only to the client: "hnsw
+    graph no longer fits"), and at least the 1 GB the migration uses."""
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     available_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemAvailable"))
-    return max(1024, min(int(rows * GRAPH_BYTES_PER_ROW * 1.1) >> 20, int(available_kb * 0.6) >> 10))
+    return max(1024, min(int(rows * GRAPH_BYTES_PER_ROW * 1.1) >> 20, int(available_kb * fraction) >> 10))
 
 
 VARIANT_ID = "doc_id LIKE '%:9_________'"  # `_variant`'s ids (real documents can repeat: the same synthetic text)
 
 
-def build_corpus(settings, total: int, real: int, noise: float, seed: int, kind: str = "copies") -> dict:
+def build_corpus(
+    settings, total: int, real: int, noise: float, seed: int, kind: str = "copies", build_memory: float = 0.6
+) -> dict:
     """Fill the documents table to ``total`` rows (see the module's doc); a table that already holds some (a
     smaller corpus of the same seed) is grown with further variants, and its HNSW index built again.
 
@@ -249,7 +251,10 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int, kind:
                 row |= {"embedding": _vector_literal(vector), "model_name": model_name, "indexed_at": now}
                 copy.write_row([row[c] for c in _COPY_COLUMNS])
         copy_s = time.perf_counter() - began
-        conn.execute(f"SET maintenance_work_mem = '{_graph_memory_mb(total)}MB'")
+        build_mb = _graph_memory_mb(total, build_memory)
+        conn.execute(f"SET maintenance_work_mem = '{build_mb}MB'")
+        notices: list[str] = []  # pgvector says to the client (only) when the graph outgrew that memory
+        conn.add_notice_handler(lambda diagnostic: notices.append(diagnostic.message_primary or ""))
         began = time.perf_counter()
         conn.execute(hnsw_def)
         hnsw_s = time.perf_counter() - began
@@ -288,6 +293,9 @@ def build_corpus(settings, total: int, real: int, noise: float, seed: int, kind:
         "embed_and_index_s": round(embed_s, 1),
         "copy_s": round(copy_s, 1),
         "hnsw_build_s": round(hnsw_s, 1),
+        "hnsw_build_memory_mb": build_mb,
+        "hnsw_graph_fit_in_memory": not any("no longer fits" in notice for notice in notices),
+        "hnsw_build_notices": notices,
         "vacuum_analyze_s": round(analyze_s, 1),
         "hnsw_index": hnsw_def,
         "vector_plan_uses_hnsw": uses_hnsw,

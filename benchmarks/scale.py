@@ -230,7 +230,9 @@ def retention_day(settings, clients: int, pids: dict[str, int]) -> dict:
 
 
 def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
-    corpus = build_corpus(settings, size, args.real_docs, args.noise, args.seed, kind=args.variants)
+    corpus = build_corpus(
+        settings, size, args.real_docs, args.noise, args.seed, kind=args.variants, build_memory=args.build_memory
+    )
     result: dict = {"size": size, "corpus": corpus}
     print(json.dumps(result), flush=True)
     api = api_process(settings)
@@ -275,6 +277,13 @@ def main() -> None:
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--insert-seconds", type=float, default=60)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--build-memory",
+        type=float,
+        default=0.6,
+        help="At most this fraction of the machine's free memory for the HNSW build (maintenance_work_mem); the "
+        "result says whether the graph fit in it.",
+    )
     parser.add_argument("--keep-state", action="store_true")
     parser.add_argument(
         "--home",
