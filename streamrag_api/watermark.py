@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from streamrag_api.schemas import Watermark
 from streamrag_assets.documents import queries
-from streamrag_assets.documents.progress import Marks, marks_from_json
+from streamrag_assets.documents.progress import Marks, marks_from_json, stream_progress_name
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.settings import Settings
 
@@ -59,7 +59,7 @@ class WatermarkReader:
     def __init__(self, settings: Settings, engine: Engine) -> None:
         self.settings = settings
         self.engine = engine
-        self.stream = f"medallion:{settings.topic}"  # the stream's progress name (`MedallionBatch.progress_name`)
+        self.stream = stream_progress_name(settings.topic)
         self._lock = threading.Lock()
         self._consumer = None
         self._heads: dict[int, int] | None = None  # None: not known (yet, or the broker does not answer)

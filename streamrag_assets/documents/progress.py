@@ -9,6 +9,11 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 
+def stream_progress_name(topic: str) -> str:
+    """The name under which the stream of ``topic`` records its progress (`IndexProgress.stream`)."""
+    return f"medallion:{topic}"
+
+
 class PartitionMark(NamedTuple):
     """How far into one partition a micro-batch (or everything up to it) reached: the next offset, and the newest
     ingest and event times among the records before it."""

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, create_engine, func, select, update
@@ -68,6 +68,7 @@ class IndexResult:
     deleted: int = 0
     renamed: int = 0
     dead_letters: int = 0
+    left_to_stream: int = 0  # a reconcile's Gold rows of batches a working stream has yet to index (`reindex`)
     embed_seconds: float = 0.0
     doc_ids: list[str] = field(default_factory=list)
 
@@ -316,6 +317,16 @@ class DocumentIndex:
         """The last batch key of ``stream`` whose documents are committed (None before the first)."""
         with Session(self.engine) as session:
             return session.scalar(select(IndexProgress.batch_key).where(IndexProgress.stream == stream))
+
+    def working_stream_progress(self, stream: str, within: timedelta) -> int | None:
+        """The last batch key of ``stream`` whose documents are committed, if it recorded progress in the last
+        ``within`` (a stream at work); None otherwise."""
+        with Session(self.engine) as session:
+            return session.scalar(
+                select(IndexProgress.batch_key).where(
+                    IndexProgress.stream == stream, IndexProgress.updated_at >= func.now() - within
+                )
+            )
 
     def set_progress(self, progress: Progress) -> None:
         with Session(self.engine) as session, session.begin():

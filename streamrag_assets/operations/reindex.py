@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from streamrag_assets.documents.progress import stream_progress_name
 from streamrag_assets.documents.store import DocumentIndex, IndexResult
 from streamrag_assets.enrichment.diffs import FRAGMENT_CHARS, DiffRecords, enriched_text
 from streamrag_assets.operations.progress import Progress, Steps, counter, reporter
@@ -23,6 +24,10 @@ from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
 
 log = logging.getLogger(__name__)
+
+# A stream that recorded progress this recently is at work: the Gold rows of its batches past that progress are in
+# flight (its index worker is about to embed them, or its catch-up does at its next start), not gaps to fill.
+STREAM_WORKING_WITHIN = timedelta(minutes=5)
 
 
 def document_index(settings: Settings) -> DocumentIndex:
@@ -40,10 +45,13 @@ def reindex_window(
     progress: Progress | None = None,
     index: DocumentIndex | None = None,
     steps: Steps | None = None,
+    leave_to_stream: bool = False,
 ) -> IndexResult:
     """Apply every Gold row with ``since <= event_time < until`` (either end open) to pgvector; reports each batch
     (``steps``: Gold rows done of the range's). ``index``: one the caller also uses for other work (absent: the
-    platform's, made here)."""
+    platform's, made here). ``leave_to_stream``: while the stream is at work (`STREAM_WORKING_WITHIN`), leave it the
+    rows of the batches it has not indexed yet (a reconcile during a backlog would otherwise embed what the stream
+    embeds a moment later)."""
     report, count = reporter(progress, log), counter(steps)
 
     def batch_done(done: int, total: int, so_far: IndexResult) -> None:
@@ -53,7 +61,13 @@ def reindex_window(
 
     index = index if index is not None else document_index(settings)
     delta = DeltaTables.from_settings(settings)
-    return reindex(index, delta, since, until, batch_size, batch_done, settings.enrich_max_chars)
+    through = None
+    if leave_to_stream:
+        through = index.working_stream_progress(stream_progress_name(settings.topic), STREAM_WORKING_WITHIN)
+    result = reindex(index, delta, since, until, batch_size, batch_done, settings.enrich_max_chars, through)
+    if result.left_to_stream:
+        report(f"{result.left_to_stream} Gold rows of batches after {through} left to the stream, which is at work")
+    return result
 
 
 def _window(since: datetime | None, until: datetime | None) -> ds.Expression | None:
@@ -123,15 +137,24 @@ def reindex(
     batch_size: int = 256,
     progress: Callable[[int, int, IndexResult], None] | None = None,
     diff_chars: int = FRAGMENT_CHARS,
+    through_batch: int | None = None,
 ) -> IndexResult:
     """Apply every Gold row in the range that changes pgvector, batch by batch; returns the summed outcome (the
     rows left out counted as unchanged). A document whose diff enrichment kept a diff (``gold_diffs``) is written
-    with it, as the enricher wrote it (``diff_chars`` of each side)."""
-    keys = gold_range(delta, since, until, ["doc_id", "content_hash", "op", "event_time", "partition", "offset"])
+    with it, as the enricher wrote it (``diff_chars`` of each side). ``through_batch``: only the rows of batch keys
+    up to it (the others counted as ``left_to_stream``)."""
+    columns = ["doc_id", "content_hash", "op", "event_time", "partition", "offset", "batch_id"]
+    keys = gold_range(delta, since, until, columns)
+    in_range = len(keys)
+    if through_batch is not None:
+        keys = keys.filter(pc.less_equal(keys.column("batch_id"), through_batch))
     work = needing_work(index, keys)
     rows = gold_range(delta, since, until, doc_ids=work) if len(work) else keys.slice(0, 0)
+    if through_batch is not None:  # a document's id in a later batch too (a replayed record) stays the stream's
+        rows = rows.filter(pc.less_equal(rows.column("batch_id"), through_batch))
     diffs = DiffRecords(delta).for_documents(work, _window(since, until)) if len(work) else {}
-    total, done = IndexResult(unchanged=len(keys) - len(rows)), len(keys) - len(rows)
+    done = len(keys) - len(rows)
+    total = IndexResult(unchanged=done, left_to_stream=in_range - len(keys))
     if progress is not None:
         progress(done, len(keys), total)
     for batch in _batches(rows, batch_size):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import pyarrow.dataset as ds
 
 from streamrag_assets.documents.migrate import upgrade
-from streamrag_assets.documents.progress import Marks, Progress
+from streamrag_assets.documents.progress import Marks, Progress, stream_progress_name
 from streamrag_assets.documents.store import DocumentIndex, IndexResult, database_unavailable
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.enrichment.diffs import DiffRecords, Enricher
@@ -125,7 +125,7 @@ class MedallionBatch:
         self.index = None
         self.worker: IndexWorker | None = None
         self.enricher: Enricher | None = None
-        self.progress_name = f"medallion:{settings.topic}"
+        self.progress_name = stream_progress_name(settings.topic)
         self.planners_running = asynchronous  # the continuous query's, until its first micro-batch (`__call__`)
         if settings.index_enabled:
             # Alongside Spark, a set number of embedding threads (one on two cores); a batch job takes every core.

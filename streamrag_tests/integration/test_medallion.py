@@ -269,3 +269,62 @@ def test_index_command_backfills_a_lost_time_range_once(medallion) -> None:
         texts = {r.doc_id: r.text for r in conn.execute(query, {"ids": sorted(stale)})}
     assert texts == {d["doc_id"]: d["text"] for d in live if d["doc_id"] in stale}, "stale texts are Gold's again"
     assert index_range(first_time, last_time + timedelta(seconds=1))["embedded"] == 0, "a second run embeds nothing"
+
+
+def test_the_hourly_reconcile_leaves_a_working_streams_unindexed_batches_to_it(medallion) -> None:
+    """During a backlog the trailing window's last hour is being written: Gold rows of batches the stream has not
+    indexed yet are its to embed, not gaps. Once the stream has stopped recording progress, they are gaps."""
+    from datetime import timedelta
+
+    from sqlalchemy import create_engine, text
+
+    from streamrag_assets.documents.progress import stream_progress_name
+    from streamrag_assets.operations.reindex import STREAM_WORKING_WITHIN, reindex_window
+
+    gold = DeltaTables(medallion.state_dir / "delta").read("gold").to_pylist()
+    last = max(d["batch_id"] for d in gold)
+    deleted_pages = {(d["wiki"], d["title"]) for d in gold if d["op"] == "delete"}
+    live = [d for d in gold if d["op"] == "upsert" and (d["wiki"], d["title"]) not in deleted_pages]
+    earlier = {d["doc_id"] for d in gold if d["batch_id"] < last}
+    in_flight = {d["doc_id"] for d in live if d["batch_id"] == last} - earlier  # in Gold, not yet indexed
+    lost = set(sorted({d["doc_id"] for d in live if d["batch_id"] < last})[:20])  # and a true gap behind the stream
+    assert in_flight and lost
+    stream = stream_progress_name(medallion.topic)
+    engine = create_engine(medallion.app_database_url)
+    with engine.begin() as conn:
+        recorded = conn.execute(text("SELECT batch_key FROM index_progress WHERE stream = :s"), {"s": stream}).scalar()
+        assert recorded >= last, "the finished stream indexed its last batch"
+        conn.execute(text("DELETE FROM documents WHERE doc_id = ANY(:ids)"), {"ids": sorted(in_flight | lost)})
+        conn.execute(
+            text("UPDATE index_progress SET batch_key = :key, updated_at = now() WHERE stream = :s"),
+            {"key": last - 1, "s": stream},
+        )
+
+    def present() -> set[str]:
+        with engine.connect() as conn:
+            query = text("SELECT doc_id FROM documents WHERE doc_id = ANY(:ids) AND NOT deleted")
+            return {r.doc_id for r in conn.execute(query, {"ids": sorted(in_flight | lost)})}
+
+    since = min(d["event_time"] for d in gold)
+    until = max(d["event_time"] for d in gold) + timedelta(seconds=1)
+    try:
+        working = reindex_window(medallion, since, until, leave_to_stream=True)
+        assert present() == lost, "the gap is filled, the stream's batch is left to it"
+        assert working.embedded == len(lost)
+        assert working.left_to_stream == sum(1 for d in gold if d["batch_id"] == last)
+
+        with engine.begin() as conn:  # the stream stopped recording progress: what it left is a gap now
+            conn.execute(
+                text("UPDATE index_progress SET updated_at = now() - :ago WHERE stream = :s"),
+                {"ago": STREAM_WORKING_WITHIN + timedelta(minutes=1), "s": stream},
+            )
+        stopped = reindex_window(medallion, since, until, leave_to_stream=True)
+        assert present() == in_flight | lost
+        assert stopped.embedded == len(in_flight) and stopped.left_to_stream == 0
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE index_progress SET batch_key = :key, updated_at = now() WHERE stream = :s"),
+                {"key": recorded, "s": stream},
+            )
+        engine.dispose()

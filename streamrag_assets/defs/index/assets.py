@@ -37,7 +37,8 @@ def hourly_reconcile(context: dg.AssetExecutionContext):
         )
     if EMBEDDINGS in context.selected_asset_keys:
         index = document_index(settings)  # one engine and embedder for both
-        result = reindex_window(settings, window.start, window.end, 256, context.log.info, index)
+        # The stream's own batches not yet indexed are left to it (the trailing window's last hour is being written).
+        result = reindex_window(settings, window.start, window.end, 256, context.log.info, index, leave_to_stream=True)
         _, still_failing = dead_letters.retry(settings, context.log.info, index)
         pruned = prune(settings.app_database_url, settings.retention_days)
         yield dg.MaterializeResult(
@@ -48,6 +49,7 @@ def hourly_reconcile(context: dg.AssetExecutionContext):
                 "upserted": result.upserted,
                 "unchanged": result.unchanged,
                 "deleted": result.deleted,
+                "left_to_stream": result.left_to_stream,
                 "dead_letters_still_failing": still_failing,
                 "pruned_past_retention": pruned,
                 "dagster/column_lineage": COLUMN_LINEAGE[EMBEDDINGS],
