@@ -17,7 +17,8 @@ from streamrag_assets.settings import get_settings
 def hourly_reconcile(context: dg.AssetExecutionContext):
     """Make a range of hours whole, however the stream fared: Gold gets the documents Silver's events of those hours
     should have produced (re-derived from Bronze), pgvector gets every Gold document of those hours it lacks or
-    holds stale (embedding only what changed), dead letters are tried again and documents past retention pruned.
+    holds stale (embedding only what changed; a working stream's batches not yet indexed are left to it), dead
+    letters are tried again and documents past retention pruned.
     Runs of any range: the trailing-window schedule, a backfill from the UI or `dagster job backfill`."""
     from streamrag_assets.documents.retention import prune
     from streamrag_assets.operations import dead_letters
