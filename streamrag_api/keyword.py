@@ -330,7 +330,8 @@ class KeywordIndex:
         self.snapshot = snapshot
         self._save_state(force=bool(changes) or previous is None)
         if changes >= RELEASE_AFTER_CHANGES:
-            release_freed_memory()
+            released = release_freed_memory()
+            log.info("keyword index: %d changes applied; %.0f MiB they freed handed back", changes, released)
         KEYWORD_INDEX_CAUGHT_UP.set_to_current_time()
         KEYWORD_INDEX_REFRESH.observe(time.perf_counter() - began)
         return changes
