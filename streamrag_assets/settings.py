@@ -352,6 +352,12 @@ class Settings(BaseSettings):
         description="Admission control per micro-batch of bounded runs (`stream --available-now`, replay, "
         "backfill), where the throughput of large batches matters more than the first event's latency.",
     )
+    delta_compact_target_mb: int = Field(
+        8,
+        ge=1,
+        description="Maintenance compacts a Delta table's files smaller than this (MB) into files of about this size "
+        "and leaves larger ones alone, so it rewrites at most about this much each time however large the table.",
+    )
     delta_maintain_every: int = Field(
         200,
         ge=0,
