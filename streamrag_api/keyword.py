@@ -65,7 +65,7 @@ RESUMABLE_FOR_S = REMOVALS_KEPT.total_seconds() / 2
 WRITER_HEAP = 50_000_000
 STATE_SAVE_IDLE_S = 60.0  # with nothing to apply, the advanced snapshot is saved at most this often
 # After applying at least this many changes at once (the first build, a long catch-up), what the reads freed is handed
-# back to the kernel: at 5M documents the first build otherwise leaves ~300 MiB with the API for good.
+# back to the kernel: at 4.25M documents the first build otherwise left ~90 MiB more with the API (measured).
 RELEASE_AFTER_CHANGES = 20_000
 # Words too common to say anything about relevance; left out of keyword queries (so that an OR of the question's
 # words does not match, and rank, most of the table).
