@@ -171,9 +171,10 @@ def _vector_literal(vector: np.ndarray) -> str:
 
 VARIANT_KINDS = ("copies", "blends")
 GRAPH_BYTES_PER_ROW = 1800  # pgvector's in-memory HNSW element at halfvec(384), m 24: the value and 2m neighbours
+BUILD_MEMORY_FRACTION = 0.6  # of the machine's free memory, at most, for the HNSW build (the rest: Postgres' cache)
 
 
-def _graph_memory_mb(rows: int, fraction: float = 0.6) -> int:
+def _graph_memory_mb(rows: int, fraction: float = BUILD_MEMORY_FRACTION) -> int:
     """Memory for the HNSW build: the whole graph if it fits in ``fraction`` of what the machine has free (pgvector
     builds many times slower once the graph outgrows ``maintenance_work_mem``, and says so only to the client: "hnsw
     graph no longer fits"), and at least the 1 GB the migration uses."""
@@ -186,7 +187,13 @@ VARIANT_ID = "doc_id LIKE '%:9_________'"  # `_variant`'s ids (real documents ca
 
 
 def build_corpus(
-    settings, total: int, real: int, noise: float, seed: int, kind: str = "copies", build_memory: float = 0.6
+    settings,
+    total: int,
+    real: int,
+    noise: float,
+    seed: int,
+    kind: str = "copies",
+    build_memory: float = BUILD_MEMORY_FRACTION,
 ) -> dict:
     """Fill the documents table to ``total`` rows (see the module's doc); a table that already holds some (a
     smaller corpus of the same seed) is grown with further variants, and its HNSW index built again.

@@ -39,6 +39,7 @@ import numpy as np
 import psycopg
 
 from benchmarks.api_latency import (
+    BUILD_MEMORY_FRACTION,
     QUESTIONS,
     VARIANT_KINDS,
     _keyword_index_ready,
@@ -280,7 +281,7 @@ def main() -> None:
     parser.add_argument(
         "--build-memory",
         type=float,
-        default=0.6,
+        default=BUILD_MEMORY_FRACTION,
         help="At most this fraction of the machine's free memory for the HNSW build (maintenance_work_mem); the "
         "result says whether the graph fit in it.",
     )

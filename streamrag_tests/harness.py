@@ -426,6 +426,26 @@ def silver_rows(ids: list[str], day: dt.date, batch: int) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+def bronze_table(values: list[str], first_offset: int, batch_id: int, when: dt.datetime) -> pa.Table:
+    """Records of partition 0 from ``first_offset`` on as the stream's Bronze rows of batch ``batch_id``."""
+    rows = len(values)
+    return pa.Table.from_pydict(
+        {
+            "topic": ["recentchange"] * rows,
+            "partition": [0] * rows,
+            "offset": list(range(first_offset, first_offset + rows)),
+            "kafka_timestamp": [when] * rows,
+            "key": ["k"] * rows,
+            "value": values,
+            "sse_id": [str(first_offset + i) for i in range(rows)],
+            "ingested_at": [when] * rows,
+            "batch_id": [batch_id] * rows,
+            "written_at": [when] * rows,
+        },
+        schema=ARROW_SCHEMAS["bronze"],
+    )
+
+
 def scratch_dir(prefix: str) -> Path:
     """A fresh directory the unprivileged Postgres user can reach (tempfile's directories are 0700 root)."""
     home = Path(tempfile.mkdtemp(prefix=prefix))

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, create_engine, func, select, update
@@ -317,16 +317,6 @@ class DocumentIndex:
         """The last batch key of ``stream`` whose documents are committed (None before the first)."""
         with Session(self.engine) as session:
             return session.scalar(select(IndexProgress.batch_key).where(IndexProgress.stream == stream))
-
-    def working_stream_progress(self, stream: str, within: timedelta) -> int | None:
-        """The last batch key of ``stream`` whose documents are committed, if it recorded progress in the last
-        ``within`` (a stream at work); None otherwise."""
-        with Session(self.engine) as session:
-            return session.scalar(
-                select(IndexProgress.batch_key).where(
-                    IndexProgress.stream == stream, IndexProgress.updated_at >= func.now() - within
-                )
-            )
 
     def set_progress(self, progress: Progress) -> None:
         with Session(self.engine) as session, session.begin():

@@ -1,6 +1,8 @@
 """Gold gaps: reconcile Gold with Silver for a window of event time. The documents Silver's events should have
 produced but Gold lacks (rows deleted by hand, a table restored from an old version, ...) are derived again from their
-Bronze records with the stream's own transform and appended. What Gold already holds is never written twice."""
+Bronze records with the stream's own transform and appended. What Gold already holds is never written twice, and a
+batch the stream has not finished (its four tables are written at once: Silver may be committed an instant before
+Gold) is left to the stream, which writes it again after a crash."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pyarrow.dataset as ds
 
 from streamrag_assets.operations.progress import Progress, reporter
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.checkpoint import EPOCH_STRIDE, current_epoch, last_committed_batch
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.pipeline import APP_ID
 from streamrag_assets.streaming.transforms import (
@@ -38,16 +41,34 @@ def event_window(since: datetime, until: datetime) -> ds.Expression:
     )
 
 
+def first_unfinished_batch(settings: Settings) -> int:
+    """The first batch key of the current epoch Spark has not committed: from it on, batches are the stream's to write
+    (a batch counts as done only after its tables; one cut short is run again with the same key). Batches of earlier
+    epochs are never run again."""
+    epoch = current_epoch(settings)
+    last = last_committed_batch(settings, epoch)
+    return epoch * EPOCH_STRIDE + (0 if last is None else last + 1)
+
+
 def fill_gold_gaps(
     settings: Settings, since: datetime, until: datetime, progress: Progress | None = None
 ) -> dict[str, int]:
-    """Append the Gold documents missing for Silver's events of ``[since, until)``; returns what was seen and done."""
+    """Append the Gold documents missing for Silver's events of ``[since, until)``, but those of batches the stream
+    has not finished; returns what was seen and done."""
     delta = DeltaTables.from_settings(settings)
     window = event_window(since, until)
-    silver = delta.read("silver", ["event_id", "partition", "offset"], window)
+    unfinished = first_unfinished_batch(settings)  # read before the tables: a batch finished after is not a gap
+    silver = delta.read("silver", ["event_id", "partition", "offset", "batch_id"], window)
     in_gold = set(delta.read("gold", ["event_id"], window)["event_id"].to_pylist())
     lacking = silver.filter(pc.invert(pc.is_in(silver["event_id"], pa.array(sorted(in_gold), pa.string()))))
-    counts = {"silver_events": len(silver), "gold_documents": len(in_gold), "restored": 0}
+    in_flight = pc.greater_equal(lacking["batch_id"], unfinished)
+    counts = {
+        "silver_events": len(silver),
+        "gold_documents": len(in_gold),
+        "restored": 0,
+        "left_to_stream": pc.sum(in_flight).as_py() or 0,
+    }
+    lacking = lacking.filter(pc.invert(in_flight))
     if len(lacking) == 0:
         return counts
     # Their Bronze records, by (partition, offset): the raw values the stream refined.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -21,13 +21,10 @@ from streamrag_assets.documents.store import DocumentIndex, IndexResult
 from streamrag_assets.enrichment.diffs import FRAGMENT_CHARS, DiffRecords, enriched_text
 from streamrag_assets.operations.progress import Progress, Steps, counter, reporter
 from streamrag_assets.settings import Settings
+from streamrag_assets.streaming.checkpoint import query_running
 from streamrag_assets.streaming.delta import DeltaTables
 
 log = logging.getLogger(__name__)
-
-# A stream that recorded progress this recently is at work: the Gold rows of its batches past that progress are in
-# flight (its index worker is about to embed them, or its catch-up does at its next start), not gaps to fill.
-STREAM_WORKING_WITHIN = timedelta(minutes=5)
 
 
 def document_index(settings: Settings) -> DocumentIndex:
@@ -49,9 +46,10 @@ def reindex_window(
 ) -> IndexResult:
     """Apply every Gold row with ``since <= event_time < until`` (either end open) to pgvector; reports each batch
     (``steps``: Gold rows done of the range's). ``index``: one the caller also uses for other work (absent: the
-    platform's, made here). ``leave_to_stream``: while the stream is at work (`STREAM_WORKING_WITHIN`), leave it the
-    rows of the batches it has not indexed yet (a reconcile during a backlog would otherwise embed what the stream
-    embeds a moment later)."""
+    platform's, made here). ``leave_to_stream``: while a query holds the checkpoints (the stream at work, or a bounded
+    run), leave it the rows of the batches past its recorded progress — all of them before its first is recorded (a
+    reconcile during a backlog would otherwise embed what the stream embeds a moment later; the stream's index worker
+    takes a backlog newest first, and its progress is the batch below which every document is indexed)."""
     report, count = reporter(progress, log), counter(steps)
 
     def batch_done(done: int, total: int, so_far: IndexResult) -> None:
@@ -62,8 +60,9 @@ def reindex_window(
     index = index if index is not None else document_index(settings)
     delta = DeltaTables.from_settings(settings)
     through = None
-    if leave_to_stream:
-        through = index.working_stream_progress(stream_progress_name(settings.topic), STREAM_WORKING_WITHIN)
+    if leave_to_stream and query_running(settings):
+        done = index.progress(stream_progress_name(settings.topic))
+        through = -1 if done is None else done
     result = reindex(index, delta, since, until, batch_size, batch_done, settings.enrich_max_chars, through)
     if result.left_to_stream:
         report(f"{result.left_to_stream} Gold rows of batches after {through} left to the stream, which is at work")

@@ -272,14 +272,16 @@ def test_index_command_backfills_a_lost_time_range_once(medallion) -> None:
 
 
 def test_the_hourly_reconcile_leaves_a_working_streams_unindexed_batches_to_it(medallion) -> None:
-    """During a backlog the trailing window's last hour is being written: Gold rows of batches the stream has not
-    indexed yet are its to embed, not gaps. Once the stream has stopped recording progress, they are gaps."""
+    """During a backlog the trailing window's last hour is being written: while a query holds the checkpoints, the Gold
+    rows of batches past its recorded progress are its to embed, not gaps — all of them before it recorded any (its
+    worker takes a backlog newest first). Once no query holds them, they are gaps."""
     from datetime import timedelta
 
     from sqlalchemy import create_engine, text
 
     from streamrag_assets.documents.progress import stream_progress_name
-    from streamrag_assets.operations.reindex import STREAM_WORKING_WITHIN, reindex_window
+    from streamrag_assets.operations.reindex import reindex_window
+    from streamrag_assets.streaming.checkpoint import checkpoint_lock
 
     gold = DeltaTables(medallion.state_dir / "delta").read("gold").to_pylist()
     last = max(d["batch_id"] for d in gold)
@@ -296,8 +298,7 @@ def test_the_hourly_reconcile_leaves_a_working_streams_unindexed_batches_to_it(m
         assert recorded >= last, "the finished stream indexed its last batch"
         conn.execute(text("DELETE FROM documents WHERE doc_id = ANY(:ids)"), {"ids": sorted(in_flight | lost)})
         conn.execute(
-            text("UPDATE index_progress SET batch_key = :key, updated_at = now() WHERE stream = :s"),
-            {"key": last - 1, "s": stream},
+            text("UPDATE index_progress SET batch_key = :key WHERE stream = :s"), {"key": last - 1, "s": stream}
         )
 
     def present() -> set[str]:
@@ -305,26 +306,30 @@ def test_the_hourly_reconcile_leaves_a_working_streams_unindexed_batches_to_it(m
             query = text("SELECT doc_id FROM documents WHERE doc_id = ANY(:ids) AND NOT deleted")
             return {r.doc_id for r in conn.execute(query, {"ids": sorted(in_flight | lost)})}
 
+    def rename_progress(old: str, new: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE index_progress SET stream = :new WHERE stream = :old"), {"new": new, "old": old})
+
     since = min(d["event_time"] for d in gold)
     until = max(d["event_time"] for d in gold) + timedelta(seconds=1)
     try:
-        working = reindex_window(medallion, since, until, leave_to_stream=True)
+        with checkpoint_lock(medallion):  # a query at work (the lock is the one the stream holds)
+            rename_progress(stream, "elsewhere")  # it has recorded no progress yet: every batch is its own
+            first_start = reindex_window(medallion, since, until, leave_to_stream=True)
+            rename_progress("elsewhere", stream)
+            assert first_start.embedded == 0 and first_start.left_to_stream == len(gold) and not present()
+            working = reindex_window(medallion, since, until, leave_to_stream=True)
         assert present() == lost, "the gap is filled, the stream's batch is left to it"
         assert working.embedded == len(lost)
         assert working.left_to_stream == sum(1 for d in gold if d["batch_id"] == last)
 
-        with engine.begin() as conn:  # the stream stopped recording progress: what it left is a gap now
-            conn.execute(
-                text("UPDATE index_progress SET updated_at = now() - :ago WHERE stream = :s"),
-                {"ago": STREAM_WORKING_WITHIN + timedelta(minutes=1), "s": stream},
-            )
-        stopped = reindex_window(medallion, since, until, leave_to_stream=True)
+        stopped = reindex_window(medallion, since, until, leave_to_stream=True)  # no query: what it left is a gap
         assert present() == in_flight | lost
         assert stopped.embedded == len(in_flight) and stopped.left_to_stream == 0
     finally:
+        rename_progress("elsewhere", stream)
         with engine.begin() as conn:
             conn.execute(
-                text("UPDATE index_progress SET batch_key = :key, updated_at = now() WHERE stream = :s"),
-                {"key": recorded, "s": stream},
+                text("UPDATE index_progress SET batch_key = :key WHERE stream = :s"), {"key": recorded, "s": stream}
             )
         engine.dispose()

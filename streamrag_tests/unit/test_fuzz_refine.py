@@ -18,30 +18,12 @@ from hypothesis import HealthCheck, given, seed, settings
 
 from streamrag_assets.streaming.delta import LAYERS, DeltaTables
 from streamrag_assets.streaming.refine import INT64_RANGE
-from streamrag_assets.streaming.transforms import ARROW_SCHEMAS, refine_arrow, split_layers
+from streamrag_assets.streaming.transforms import refine_arrow, split_layers
+from streamrag_tests.harness import bronze_table
 from streamrag_tests.hostile import hostile_batches
 
 EXAMPLES = int(os.environ.get("STREAMRAG_FUZZ_EXAMPLES", "4000"))
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-
-
-def _bronze(values: list[str], first_offset: int) -> pa.Table:
-    rows = len(values)
-    return pa.Table.from_pydict(
-        {
-            "topic": ["fuzz"] * rows,
-            "partition": [0] * rows,
-            "offset": list(range(first_offset, first_offset + rows)),
-            "kafka_timestamp": [NOW] * rows,
-            "key": ["k"] * rows,
-            "value": values,
-            "sse_id": [str(first_offset + i) for i in range(rows)],
-            "ingested_at": [NOW] * rows,
-            "batch_id": [first_offset] * rows,
-            "written_at": [NOW] * rows,
-        },
-        schema=ARROW_SCHEMAS["bronze"],
-    )
 
 
 class Collected:
@@ -76,7 +58,7 @@ class Collected:
 
 
 def check_batch(values: list[str], collected: Collected) -> None:
-    bronze = _bronze(values, collected.offset)
+    bronze = bronze_table(values, collected.offset, collected.offset, NOW)
     collected.offset += len(values)
     refined = refine_arrow(bronze)  # must not raise, whatever the values
     layers = split_layers(refined, set(), NOW)
