@@ -16,7 +16,7 @@ import pyarrow.dataset as ds
 
 from streamrag_assets.operations.progress import Progress, reporter
 from streamrag_assets.settings import Settings
-from streamrag_assets.streaming.checkpoint import EPOCH_STRIDE, current_epoch, last_committed_batch
+from streamrag_assets.streaming.checkpoint import current_epoch, epoch_batch_key, last_committed_batch
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.pipeline import APP_ID
 from streamrag_assets.streaming.transforms import (
@@ -47,7 +47,7 @@ def first_unfinished_batch(settings: Settings) -> int:
     epochs are never run again."""
     epoch = current_epoch(settings)
     last = last_committed_batch(settings, epoch)
-    return epoch * EPOCH_STRIDE + (0 if last is None else last + 1)
+    return epoch_batch_key(epoch, 0 if last is None else last + 1)
 
 
 def fill_gold_gaps(

@@ -146,6 +146,11 @@ def query_running(settings: Settings) -> bool:
         return True
 
 
+def epoch_batch_key(epoch: int, batch_id: int) -> int:
+    """The key a micro-batch's rows carry in ``batch_id`` (Spark's own ids start again in each epoch)."""
+    return epoch * EPOCH_STRIDE + batch_id
+
+
 def last_committed_batch(settings: Settings, epoch: int) -> int | None:
     """The id of the last micro-batch Spark committed in ``epoch``'s checkpoint."""
     commits = checkpoint_root(settings) / f"epoch-{epoch}" / "commits"

@@ -35,9 +35,9 @@ from streamrag_assets.metrics import (
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.batch_result import BatchResult, hour_counts, partition_marks
 from streamrag_assets.streaming.checkpoint import (
-    EPOCH_STRIDE,
     checkpoint_root,
     current_epoch,
+    epoch_batch_key,
     last_committed_batch,
 )
 from streamrag_assets.streaming.dedupe import SeenEvents
@@ -145,7 +145,7 @@ class MedallionBatch:
                     raise
                 # The stream starts anyway (Bronze/Silver/Gold do not need Postgres); the worker catches up later.
                 last = last_committed_batch(settings, epoch)
-                behind = -1 if last is None else epoch * EPOCH_STRIDE + last
+                behind = -1 if last is None else epoch_batch_key(epoch, last)
                 log.error("Postgres is unavailable at start (%s); indexing waits for it", type(exc).__name__)
             if asynchronous:
                 self.worker = IndexWorker(self._index_part, self._finish, self.recover, behind)
@@ -166,7 +166,7 @@ class MedallionBatch:
             last_committed = last_committed_batch(self.settings, self.epoch)
             if last_committed is None:
                 return 0
-            upto = self.epoch * EPOCH_STRIDE + last_committed
+            upto = epoch_batch_key(self.epoch, last_committed)
         committed_key = upto
         if committed_key < 0:
             return 0
@@ -196,7 +196,7 @@ class MedallionBatch:
 
     def __call__(self, kafka_rows, batch_id: int) -> None:
         began = time.perf_counter()
-        batch_key = self.epoch * EPOCH_STRIDE + batch_id
+        batch_key = epoch_batch_key(self.epoch, batch_id)
         phases: dict[str, float] = {}
         with _phase(phases, "refine"):  # Spark reads the topic here: the source is lazy
             if self.refine_on_driver:
