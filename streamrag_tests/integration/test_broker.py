@@ -1,17 +1,22 @@
-"""The embedded broker keeps every message and every committed offset across a SIGKILL."""
+"""The embedded broker keeps every message and every committed offset across a SIGKILL; the object store under it keeps
+its own change log only as long as its retention."""
 
 from __future__ import annotations
 
 import time
 import uuid
 
+import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
+from streamrag_assets.isotime import parse_iso_time
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.kafka import spark_source
+from streamrag_assets.runtime.seaweedfs import CHANGE_LOG_DIR, filer_entries, purge_change_log, seaweedfs_ports
+from streamrag_tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +182,32 @@ def test_a_micro_batch_carries_the_records_its_heads_fetch_returned(stack) -> No
         reader.stop()
         consumer.close()
         producer.close()
+
+
+def test_the_object_stores_change_log_is_kept_for_its_retention_and_no_longer(stack) -> None:
+    """SeaweedFS' filer journals every object the broker writes or removes, a file a minute, and never removes one
+    (~1 GB a day at 50 events/s): the purge `up` runs removes the files older than the retention and keeps the rest."""
+    filer = f"http://127.0.0.1:{seaweedfs_ports(stack.settings)['filer']}"
+
+    def journal() -> dict[str, tuple[float, int]]:
+        return {
+            entry["FullPath"]: (parse_iso_time(entry["Mtime"]).timestamp(), int(entry["FileSize"]))
+            for day in filer_entries(filer, CHANGE_LOG_DIR)
+            for entry in filer_entries(filer, day["FullPath"])
+        }
+
+    def two_minutes_journaled() -> bool:  # objects written each time, so that each minute has something to journal
+        probe = f"{filer}/buckets/{stack.settings.s3_bucket}/journal-probe/{uuid.uuid4()}"
+        httpx.put(probe, content=b"x").raise_for_status()
+        return len(journal()) >= 2
+
+    wait_until(two_minutes_journaled, "two files of the filer's change log", 150)
+    files = journal()
+    newest = max(written for written, _ in files.values())
+    older = {path: size for path, (written, size) in files.items() if written < newest}
+    now = time.time()
+    assert purge_change_log(filer, keep_s=now - newest, now=now) == (len(older), sum(older.values()))
+    left = journal()
+    assert not set(older) & set(left), "every file older than the retention is gone"
+    assert {path for path, (written, _) in files.items() if written >= newest} <= set(left), "the newer are kept"
+    assert purge_change_log(filer, keep_s=3600) == (0, 0)

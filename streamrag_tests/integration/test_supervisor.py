@@ -246,3 +246,22 @@ def test_a_chatty_service_log_is_rotated_while_it_keeps_writing(state_home: Path
     assert older[-1] < old[0] and old[-1] < live[0], "newest lines in probe.log, then .1, then .2"
     # Each copy holds what was written between two looks: about the limit, not the whole history.
     assert all(log_path.with_name(n).stat().st_size < 4 * 2**20 for n in ("probe.log.1", "probe.log.2"))
+
+
+def test_a_services_housekeeping_runs_while_it_is_up_and_a_failed_turn_does_not_stop_it(state_home: Path) -> None:
+    """`ManagedProcess.upkeep` (the object store's change-log purge): run every `upkeep_every_s` while the service is
+    up, one turn at a time; a turn that fails is logged and the next one runs."""
+    settings = isolated_settings(state_home)
+    turns: list[float] = []
+
+    def upkeep() -> None:
+        turns.append(time.monotonic())
+        if len(turns) == 1:
+            raise OSError("No space left on device")
+        time.sleep(0.3)  # longer than the interval: the next turn waits for this one
+
+    service = _python(settings, "probe", "import time; time.sleep(600)", upkeep=upkeep, upkeep_every_s=0.1)
+    with supervising(Supervisor(settings, progress=lambda _: None, services=[service], **FAST)):
+        _wait_for(lambda: len(turns) >= 4, 20, "four housekeeping turns")
+    gaps = [later - earlier for earlier, later in zip(turns[1:], turns[2:], strict=False)]
+    assert all(gap >= 0.3 for gap in gaps), f"a turn started before the one before it ended: {gaps}"
