@@ -3,8 +3,9 @@
 Its filer journals every file it creates or removes to a change log, one file a minute under ``CHANGE_LOG_DIR`` (a
 folder a day), and never removes any: under the broker's stream of small objects that is ~1 GB a day at 50 events/s.
 SeaweedFS' own remedy, `weed shell`'s ``fs.log.purge -daysAgo N``, works in whole days; `purge_change_log` removes
-files older than ``seaweedfs_change_log_retention_s`` through the filer's HTTP API instead, and the master's periodic
-vacuum gives their space back once a volume's garbage passes its threshold (30%).
+files older than ``seaweedfs_change_log_retention_s`` through the filer's HTTP API instead. Their space on disk is not
+given back yet: SeaweedFS' own vacuum compacts the broker's volumes but was never seen to compact the change log's
+(a soak: 39% deleted, growing on); a master `/vol/vacuum` after the purge does (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
