@@ -42,8 +42,11 @@ down: install
 status: install
 	$(BIN)/streamrag status
 
+# Two pytest processes, each with its own servers, take whole test files (a file's tests share fixtures); TEST_WORKERS=0
+# runs them in this process.
+TEST_WORKERS ?= 2
 test: install-dev system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install-dev
 	$(BIN)/pytest -m "not integration"

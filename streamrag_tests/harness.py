@@ -63,7 +63,12 @@ def _below_ephemeral_range() -> range:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    return range(10000, max(low, 12000))
+    ports = range(10000, max(low, 12000))
+    # Each pytest-xdist worker takes its own share, so two workers never pick the same port between pick and bind.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    share = len(ports) // workers
+    return range(ports.start + worker * share, ports.start + (worker + 1) * share)
 
 
 _PORTS = _below_ephemeral_range()

@@ -52,11 +52,17 @@ def _ensure_system_user(name: str) -> None:
                 f"running as root, Postgres needs the unprivileged user '{name}', and useradd is missing; "
                 "create the user or run streamrag as a normal user"
             ) from None
-        subprocess.run(
+        made = subprocess.run(
             [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        if made.returncode != 0:
+            try:  # another process starting Postgres at the same moment made it
+                pwd.getpwnam(name)
+            except KeyError:
+                raise ServiceError(f"useradd {name} failed: {made.stderr.strip()}") from None
 
 
 def _run_as(user: str | None, argv: list[str]) -> subprocess.CompletedProcess[str]:

@@ -3,9 +3,9 @@
 Its filer journals every file it creates or removes to a change log, one file a minute under ``CHANGE_LOG_DIR`` (a
 folder a day), and never removes any: under the broker's stream of small objects that is ~1 GB a day at 50 events/s.
 SeaweedFS' own remedy, `weed shell`'s ``fs.log.purge -daysAgo N``, works in whole days; `purge_change_log` removes
-files older than ``seaweedfs_change_log_retention_s`` through the filer's HTTP API instead. Their space on disk is not
-given back yet: SeaweedFS' own vacuum compacts the broker's volumes but was never seen to compact the change log's
-(a soak: 39% deleted, growing on); a master `/vol/vacuum` after the purge does (benchmarks/RESULTS.md).
+files older than ``seaweedfs_change_log_retention_s`` through the filer's HTTP API instead, then asks the master to
+vacuum: its own periodic vacuum compacts the broker's volumes but never the change log's (a soak saw that volume reach
+39% garbage and grow on).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CHANGE_LOG_DIR = "/topics/.system/log"
 CHANGE_LOG_SWEEP_S = 300.0
+GARBAGE_THRESHOLD = 0.3  # SeaweedFS' own default: a volume is compacted once this share of it is deleted data
 
 
 def seaweedfs_ports(settings: Settings) -> dict[str, int]:
@@ -78,6 +79,13 @@ def purge_change_log(filer_url: str, keep_s: float, now: float | None = None) ->
     return files, size
 
 
+def vacuum(master_url: str, garbage_threshold: float = GARBAGE_THRESHOLD) -> None:
+    """Compact every volume whose deleted share is over ``garbage_threshold`` (the master's `/vol/vacuum`)."""
+    httpx.get(
+        f"{master_url}/vol/vacuum", params={"garbageThreshold": garbage_threshold}, timeout=120.0
+    ).raise_for_status()
+
+
 def seaweedfs_process(settings: Settings) -> ManagedProcess:
     data_dir = settings.state_dir / "s3"
     ports = seaweedfs_ports(settings)
@@ -122,6 +130,7 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         config.write_text(json.dumps(identities))
 
     filer_url = f"http://{LOOPBACK_HOST}:{ports['filer']}"
+    master_url = f"http://{LOOPBACK_HOST}:{ports['master']}"
 
     def ready() -> bool:
         # The filer lists the bucket once `weed mini` has created it; the broker needs the bucket, not just a port.
@@ -136,6 +145,9 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         files, size = purge_change_log(filer_url, settings.seaweedfs_change_log_retention_s)
         if files:
             log.info("removed %d file(s), %.1f MB, of SeaweedFS' filer change log", files, size / 1e6)
+        # Every turn: the filer hands a removed file's chunks to the volumes a moment after the removal, so what this
+        # turn removed is compacted at the next (a check of each volume's garbage when there is nothing to do).
+        vacuum(master_url)
 
     return ManagedProcess(
         name="seaweedfs",

@@ -15,7 +15,13 @@ from kafka.structs import OffsetAndMetadata
 from streamrag_assets.isotime import parse_iso_time
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.kafka import spark_source
-from streamrag_assets.runtime.seaweedfs import CHANGE_LOG_DIR, filer_entries, purge_change_log, seaweedfs_ports
+from streamrag_assets.runtime.seaweedfs import (
+    CHANGE_LOG_DIR,
+    filer_entries,
+    purge_change_log,
+    seaweedfs_ports,
+    vacuum,
+)
 from streamrag_tests.harness import wait_until
 
 pytestmark = pytest.mark.integration
@@ -186,8 +192,13 @@ def test_a_micro_batch_carries_the_records_its_heads_fetch_returned(stack) -> No
 
 def test_the_object_stores_change_log_is_kept_for_its_retention_and_no_longer(stack) -> None:
     """SeaweedFS' filer journals every object the broker writes or removes, a file a minute, and never removes one
-    (~1 GB a day at 50 events/s): the purge `up` runs removes the files older than the retention and keeps the rest."""
-    filer = f"http://127.0.0.1:{seaweedfs_ports(stack.settings)['filer']}"
+    (~1 GB a day at 50 events/s): the purge `up` runs removes the files older than the retention and keeps the rest,
+    and the vacuum after it gives their space on disk back."""
+    ports = seaweedfs_ports(stack.settings)
+    filer, master = f"http://127.0.0.1:{ports['filer']}", f"http://127.0.0.1:{ports['master']}"
+
+    def volumes_bytes() -> int:
+        return sum(path.stat().st_size for path in (stack.settings.state_dir / "s3").glob("*.dat"))
 
     def journal() -> dict[str, tuple[float, int]]:
         return {
@@ -211,3 +222,15 @@ def test_the_object_stores_change_log_is_kept_for_its_retention_and_no_longer(st
     assert not set(older) & set(left), "every file older than the retention is gone"
     assert {path for path, (written, _) in files.items() if written >= newest} <= set(left), "the newer are kept"
     assert purge_change_log(filer, keep_s=3600) == (0, 0)
+    before = volumes_bytes()
+
+    def vacuumed() -> bool:  # the filer hands the removed files' chunks to the volumes for deletion a moment later
+        vacuum(master, garbage_threshold=0.0001)  # `up` asks with SeaweedFS' 30%; these few files are less of a volume
+        return volumes_bytes() <= before - sum(older.values())
+
+    wait_until(
+        vacuumed,
+        "the removed files' space back",
+        60,
+        lambda: f"{volumes_bytes()} bytes of volumes, {before} before, {sum(older.values())} removed",
+    )
