@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from streamrag_assets.documents.heartbeat import STREAM, latest
-from streamrag_assets.runtime.process import port_is_open
+from streamrag_assets.runtime.process import local_http, port_is_open
 
 if TYPE_CHECKING:
     from streamrag_api.deps import Services
@@ -64,7 +64,7 @@ def check_stream(svc: Services) -> tuple[bool, str]:
 
 def check_dagster(svc: Services) -> tuple[bool, str]:
     try:
-        response = httpx.get(f"{svc.settings.dagster_url}/server_info", timeout=2)
+        response = local_http().get(f"{svc.settings.dagster_url}/server_info", timeout=2)
         return response.status_code == 200, f"HTTP {response.status_code}"
     except httpx.HTTPError as exc:
         return False, type(exc).__name__

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
-
 from streamrag_assets.runtime.dagster import PROJECT_ROOT
-from streamrag_assets.runtime.process import (
-    ManagedProcess,
-    PortClaim,
-    cli_service,
-    http_answers,
-)
+from streamrag_assets.runtime.process import ManagedProcess, PortClaim, cli_service, http_answers, local_http
 from streamrag_assets.settings import Settings
 
 
 def api_process(settings: Settings) -> ManagedProcess:
     def ready() -> bool:
-        return httpx.get(f"{settings.api_url}/health", timeout=2).status_code in (200, 503)
+        return local_http().get(f"{settings.api_url}/health", timeout=2).status_code in (200, 503)
 
     return cli_service(
         settings,

@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 
 from streamrag_assets.runtime.process import (
@@ -23,6 +22,7 @@ from streamrag_assets.runtime.process import (
     PortClaim,
     find_executable,
     http_answers,
+    local_http,
     port_is_open,
     postgres_dsn,
 )
@@ -94,7 +94,7 @@ def dagster_webserver_process(settings: Settings) -> ManagedProcess:
     workspace = code_server_workspace(settings)
 
     def ready() -> bool:
-        return httpx.get(f"{settings.dagster_url}/server_info", timeout=2).status_code == 200
+        return local_http().get(f"{settings.dagster_url}/server_info", timeout=2).status_code == 200
 
     return ManagedProcess(
         name="dagster-webserver",

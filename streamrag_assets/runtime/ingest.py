@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
-
 from streamrag_assets.runtime.process import (
     LOOPBACK_HOST,
     ManagedProcess,
     PortClaim,
     cli_service,
+    local_http,
     metrics_answer,
 )
 from streamrag_assets.settings import Settings
@@ -27,7 +26,7 @@ def ingest_process(settings: Settings) -> ManagedProcess:
         if not settings.ingest_metrics_port:
             return True  # no port to ask; the supervisor already checks that the process is alive
         url = f"http://{LOOPBACK_HOST}:{settings.ingest_metrics_port}/metrics"
-        return "streamrag_ingest_events_received" in httpx.get(url, timeout=1).text
+        return "streamrag_ingest_events_received" in local_http().get(url, timeout=1).text
 
     return cli_service(
         settings,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import httpx
 import yaml
 
 from streamrag_assets.runtime.dagster import PROJECT_ROOT
@@ -19,6 +18,7 @@ from streamrag_assets.runtime.process import (
     PortClaim,
     cli_service,
     http_answers,
+    local_http,
     metrics_answer,
     metrics_claim,
 )
@@ -84,7 +84,7 @@ def prometheus_process(settings: Settings, scrape_interval_s: float = 5.0) -> Ma
         config_path.write_text(yaml.safe_dump(prometheus_config(settings, scrape_interval_s), sort_keys=False))
 
     def ready() -> bool:
-        return httpx.get(f"{prometheus_url(settings)}/-/ready", timeout=2).status_code == 200
+        return local_http().get(f"{prometheus_url(settings)}/-/ready", timeout=2).status_code == 200
 
     return ManagedProcess(
         name="prometheus",

@@ -20,10 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from streamrag_assets.isotime import parse_iso_time
-from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, find_executable
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, find_executable, local_http
 from streamrag_assets.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +43,7 @@ def filer_entries(filer_url: str, folder: str) -> Iterator[dict[str, Any]]:
     """The entries of a filer folder (none when it does not exist), a page of the HTTP listing at a time."""
     last = ""
     while True:
-        response = httpx.get(
+        response = local_http().get(
             f"{filer_url}{folder}/",
             params={"limit": 1000, "lastFileName": last},
             headers={"Accept": "application/json"},
@@ -71,17 +69,19 @@ def purge_change_log(filer_url: str, keep_s: float, now: float | None = None) ->
         entries = list(filer_entries(filer_url, day["FullPath"]))
         old = [entry for entry in entries if parse_iso_time(entry["Mtime"]).timestamp() < cutoff]
         for entry in old:
-            httpx.delete(f"{filer_url}{entry['FullPath']}", timeout=10.0).raise_for_status()
+            local_http().delete(f"{filer_url}{entry['FullPath']}", timeout=10.0).raise_for_status()
             files, size = files + 1, size + int(entry.get("FileSize") or 0)
         # A day's folder (named for its UTC date) goes once emptied and past: the filer is done writing to it.
         if len(old) == len(entries) and day["FullPath"].rsplit("/", 1)[-1] < cutoff_day:
-            httpx.delete(f"{filer_url}{day['FullPath']}", params={"recursive": "true"}, timeout=10.0).raise_for_status()
+            local_http().delete(
+                f"{filer_url}{day['FullPath']}", params={"recursive": "true"}, timeout=10.0
+            ).raise_for_status()
     return files, size
 
 
 def vacuum(master_url: str, garbage_threshold: float = GARBAGE_THRESHOLD) -> None:
     """Compact every volume whose deleted share is over ``garbage_threshold`` (the master's `/vol/vacuum`)."""
-    httpx.get(
+    local_http().get(
         f"{master_url}/vol/vacuum", params={"garbageThreshold": garbage_threshold}, timeout=120.0
     ).raise_for_status()
 
@@ -134,7 +134,7 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
 
     def ready() -> bool:
         # The filer lists the bucket once `weed mini` has created it; the broker needs the bucket, not just a port.
-        response = httpx.get(
+        response = local_http().get(
             f"{filer_url}/buckets/{settings.s3_bucket}/",
             headers={"Accept": "application/json"},
             timeout=1.0,

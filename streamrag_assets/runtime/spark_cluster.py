@@ -10,9 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-import httpx
-
-from streamrag_assets.runtime.process import ManagedProcess, PortClaim, ServiceError, http_answers
+from streamrag_assets.runtime.process import ManagedProcess, PortClaim, ServiceError, http_answers, local_http
 from streamrag_assets.settings import Settings
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -40,7 +38,7 @@ def _env(settings: Settings) -> dict[str, str]:
 
 def master_json(settings: Settings, timeout: float = 2.0) -> dict:
     """The master's view of the cluster: its workers (state, cores, memory used) and applications."""
-    return httpx.get(f"http://127.0.0.1:{settings.spark_master_ui_port}/json/", timeout=timeout).json()
+    return local_http().get(f"http://127.0.0.1:{settings.spark_master_ui_port}/json/", timeout=timeout).json()
 
 
 def alive_worker_ports(settings: Settings) -> set[int]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import httpx
-
-from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim
+from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, local_http
 from streamrag_assets.settings import Settings
 
 
@@ -38,7 +36,7 @@ def sse_source_process(
         argv += ["--file", str(file)]
 
     def ready() -> bool:
-        return httpx.get(f"http://{LOOPBACK_HOST}:{port}/health", timeout=1).status_code == 200
+        return local_http().get(f"http://{LOOPBACK_HOST}:{port}/health", timeout=1).status_code == 200
 
     return ManagedProcess(
         name=f"{source}-source",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import psycopg
 
 from streamrag_assets.runtime.process import (
@@ -10,6 +9,7 @@ from streamrag_assets.runtime.process import (
     ManagedProcess,
     cli_service,
     http_answers,
+    local_http,
     metrics_claim,
     postgres_dsn,
 )
@@ -32,7 +32,7 @@ def stream_process(settings: Settings) -> ManagedProcess:
         if not settings.stream_metrics_port:
             return True
         url = f"http://{LOOPBACK_HOST}:{settings.stream_metrics_port}/metrics"
-        return httpx.get(url, timeout=1).status_code == 200
+        return local_http().get(url, timeout=1).status_code == 200
 
     def live() -> bool:
         # The driver's metrics thread answers while the process runs; the heartbeat thread proves the query's side
