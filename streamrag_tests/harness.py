@@ -459,11 +459,20 @@ def scratch_dir(prefix: str) -> Path:
 
 
 def release(home: Path, keep: bool = False) -> None:
-    """Remove a scratch directory, or say where it was kept (benchmarks' --keep-state)."""
+    """Remove a scratch directory, or say where it was kept (benchmarks' --keep-state). The process's Spark session
+    is made once and reused (`get_spark`); one whose local directory is in ``home`` is stopped first, or it would
+    outlive its directory and fail the next test file that asks for a session in this process."""
     if keep:
         print(f"state kept in {home}", flush=True)
-    else:
-        shutil.rmtree(home, ignore_errors=True)
+        return
+    if "pyspark" in sys.modules:
+        from pyspark import SparkContext
+        from pyspark.sql import SparkSession
+
+        context = SparkContext._active_spark_context
+        if context is not None and context.getConf().get("spark.local.dir", "").startswith(str(home)):
+            SparkSession.builder.getOrCreate().stop()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def wait_until(condition: Callable[[], object], what: str, timeout_s: float, detail: Callable[[], str] = str) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from streamrag_tests.harness import (
     free_port,
     produce,
     recentchange,
+    release,
     running,
     separate_platform,
 )
@@ -89,7 +89,7 @@ def pipeline(stack, compare_api):
                 time.sleep(1)
             yield settings, client
     finally:
-        shutil.rmtree(settings.home.parent, ignore_errors=True)
+        release(settings.home.parent)
 
 
 def _logs(settings, chars: int = 3000) -> str:

@@ -2,7 +2,6 @@
 and freshness alerts posted by the real daemon to a real local webhook."""
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -18,7 +17,7 @@ from streamrag_assets.defs.shared.keys import BRONZE, CATCH_UP_TAG, EMBEDDINGS, 
 from streamrag_assets.runtime.dagster import dagster_daemon_process, dagster_env, prepare_dagster_home
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_tests import harness
-from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, fill_topic, free_port, separate_platform
+from streamrag_tests.harness import PROJECT_ROOT, VENV_BIN, clean_env, fill_topic, free_port, release, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +43,7 @@ def platform(stack):
     )
     fill_topic(settings, EVENTS)
     yield settings
-    shutil.rmtree(settings.home.parent, ignore_errors=True)
+    release(settings.home.parent)
 
 
 @pytest.fixture

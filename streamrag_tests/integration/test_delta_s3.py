@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import shutil
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -18,7 +17,7 @@ import pytest
 
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.delta import DeltaTables
-from streamrag_tests.harness import bronze_verdicts, fill_topic, indexed_doc_ids, run_cli, separate_platform
+from streamrag_tests.harness import bronze_verdicts, fill_topic, indexed_doc_ids, release, run_cli, separate_platform
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +102,7 @@ def test_the_stream_rebuild_and_time_travel_on_s3(stack) -> None:
         old_gold = after.read("gold", ["doc_id"], version=old_version)["doc_id"].to_pylist()
         assert sorted(old_gold) == sorted(gold["doc_id"].to_pylist())
     finally:
-        shutil.rmtree(settings.home.parent, ignore_errors=True)
+        release(settings.home.parent)
 
 
 def _tables(settings: Settings, *args: str) -> dict[str, dict]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import time
 
@@ -20,7 +19,7 @@ from streamrag_assets.runtime.api import api_process
 from streamrag_assets.runtime.ingest import ingest_process
 from streamrag_assets.runtime.observability import probe_process, prometheus_process, prometheus_url
 from streamrag_assets.runtime.stream import stream_process
-from streamrag_tests.harness import PROJECT_ROOT, free_port, running, separate_platform, stream_triggers
+from streamrag_tests.harness import PROJECT_ROOT, free_port, release, running, separate_platform, stream_triggers
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +100,7 @@ def observed(stack):
             with running(settings, [processes[name] for name in producers]):
                 yield settings, processes
     finally:
-        shutil.rmtree(settings.home.parent, ignore_errors=True)
+        release(settings.home.parent)
 
 
 def _query(settings, expr: str) -> list[dict]:

@@ -4,7 +4,6 @@ layer down at a time: the continuous query never stops for data, and a Postgres 
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from streamrag_assets.ingest.sources import recorded_event
 from streamrag_assets.runtime.sse_source import sse_source_process
 from streamrag_assets.streaming.delta import DeltaTables
 from streamrag_assets.streaming.refine import Rejected, is_canary, parse_event
-from streamrag_tests.harness import free_port, indexed_doc_ids, separate_platform
+from streamrag_tests.harness import free_port, indexed_doc_ids, release, separate_platform
 from streamrag_tests.hostile import hostile_events, storage_poison
 from streamrag_tests.integration.test_ingest import _ingest, _topic_records, _wait_for
 from streamrag_tests.integration.test_medallion import _stream
@@ -111,7 +110,7 @@ def poisoned(stack):
             stream.wait(60)
         except Exception:
             stream.kill()
-        shutil.rmtree(platform.home.parent, ignore_errors=True)
+        release(platform.home.parent)
 
 
 def test_hostile_events_never_stop_the_stream_and_every_record_lands_exactly_once(poisoned) -> None:

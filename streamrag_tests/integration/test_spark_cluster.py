@@ -4,8 +4,6 @@ SIGKILLed mid-stream costs nothing, and every count reconciles."""
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from streamrag_assets.runtime.spark_cluster import master_json, spark_cluster_processes
@@ -17,6 +15,7 @@ from streamrag_tests.harness import (
     free_port,
     free_port_block,
     indexed_doc_ids,
+    release,
     running,
     separate_platform,
     wait_until,
@@ -118,4 +117,4 @@ def test_the_stream_runs_on_a_standalone_cluster_whose_executors_refine(stack) -
         assert len(positions) == len(layers["bronze"]) == EVENTS, "each offset once, with a worker killed mid-stream"
         assert len({r["event_id"] for r in layers["silver"]}) == len(layers["silver"]), "each event once in Silver"
     finally:
-        shutil.rmtree(settings.home.parent, ignore_errors=True)
+        release(settings.home.parent)
