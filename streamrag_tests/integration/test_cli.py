@@ -28,6 +28,7 @@ from streamrag_tests.harness import (
     isolated_settings,
     run_cli,
     small_filesystem,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -137,13 +138,22 @@ def _no_secret_leaks(settings, configured: dict[str, str], rows: list[dict]) -> 
         environ = Path(f"/proc/{row['pid']}/environ").read_bytes().decode(errors="replace")
         given = {name for name, value in secrets.items() if value in environ}
         assert given == uses.get(row["name"], set()), row["name"]
-    with admin_connect(settings) as conn:
-        users = {
-            user
-            for (user,) in conn.execute(
-                "SELECT usename FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    users: set[str | None] = set()
+
+    def connected_users() -> bool:
+        """The roles of every other client connection; false while one is still authenticating (no role yet)."""
+        with admin_connect(settings) as conn:
+            users.clear()
+            users.update(
+                user
+                for (user,) in conn.execute(
+                    "SELECT usename FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
             )
-        }
+        return None not in users
+
+    wait_until(connected_users, "a connection stayed without a role (authenticating) for 30 s", 30, lambda: str(users))
     assert users and users <= {"streamrag_owner", "streamrag_api", "streamrag_dagster"}, users
 
 
