@@ -30,6 +30,8 @@ from streamrag_assets.settings import Settings
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOST = "127.0.0.1"
+# How long the rest of a process group has to stop once its leader has exited.
+LEFTOVER_GRACE_S = 10.0
 
 _PR_SET_PDEATHSIG = 1
 
@@ -239,7 +241,12 @@ class ManagedProcess:
                 log.warning("%s did not stop in %.0f s; killing it", self.name, self.stop_timeout_s)
                 _signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-        # Whatever the leader left in its group (worker processes) goes with it.
+        # Whatever the leader left in its group (a JVM running its shutdown hooks, worker processes) is asked to stop
+        # and given a moment: killed at once, a JVM leaves its temporary files (Spark's scratch folders, the native
+        # libraries it unpacked) behind at every stop. Then what is still there goes.
+        _signal_group(self.proc.pid, signal.SIGTERM)
+        if not _group_gone(self.proc.pid, LEFTOVER_GRACE_S):
+            log.warning("%s left processes that did not stop in %.0f s; killing them", self.name, LEFTOVER_GRACE_S)
         _signal_group(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
@@ -261,6 +268,21 @@ class ManagedProcess:
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def _group_gone(pgid: int, timeout_s: float) -> bool:
+    """Wait until no process is left in the group (its leader already reaped); False if some still are."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def cli_service(settings: Settings, name: str, command: str, **options: Any) -> ManagedProcess:

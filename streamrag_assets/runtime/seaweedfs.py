@@ -106,6 +106,10 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
     }
     argv = [
         weed,
+        # Its whole log to standard error, so into <state>/logs/seaweedfs.log, which the supervisor rotates: by default
+        # weed also writes log files of its own to the system's temporary folder, outside the state and never
+        # rotated by us.
+        "-logtostderr",
         "mini",
         f"-dir={data_dir}",
         f"-ip={LOOPBACK_HOST}",

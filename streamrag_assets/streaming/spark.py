@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -14,11 +15,19 @@ from streamrag_assets.streaming.spark_internals import jvm
 QUIET_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"
 
 
+def scratch_dir(settings: Settings) -> Path:
+    """Spark's scratch folders and the driver JVM's temporary files."""
+    return settings.state_dir / "spark" / "tmp"
+
+
 def spark_conf(settings: Settings, continuous: bool = False) -> dict[str, str]:
     """Spark's configuration; ``continuous``: for the process that runs the continuous query."""
     java_options = settings.spark_driver_java_options
     if continuous:
         java_options = f"{java_options} {settings.stream_driver_java_options}".strip()
+    # The JVM's own temporary files (the native libraries it unpacks, Spark's artifact folders) stay in the state
+    # with Spark's scratch folders rather than in the system's temporary folder.
+    java_options = f"-Djava.io.tmpdir={scratch_dir(settings)} {java_options}".strip()
     return {
         # 200 shuffle partitions make every micro-batch take seconds on two cores.
         "spark.sql.shuffle.partitions": str(settings.spark_tasks),
@@ -47,7 +56,7 @@ def spark_conf(settings: Settings, continuous: bool = False) -> dict[str, str]:
         "spark.driver.port": str(settings.spark_driver_port),
         "spark.driver.blockManager.port": str(settings.spark_block_manager_port),
         "spark.executor.memory": settings.spark_executor_memory,
-        "spark.local.dir": str(settings.state_dir / "spark" / "tmp"),
+        "spark.local.dir": str(scratch_dir(settings)),
         "spark.sql.warehouse.dir": str(settings.state_dir / "spark" / "warehouse"),
     }
 
@@ -68,7 +77,7 @@ def prepare_environment(settings: Settings) -> None:
     pyspark/kafka-python."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    (settings.state_dir / "spark" / "tmp").mkdir(parents=True, exist_ok=True)
+    scratch_dir(settings).mkdir(parents=True, exist_ok=True)
 
 
 def get_spark(settings: Settings | None = None, continuous: bool = False) -> SparkSession:

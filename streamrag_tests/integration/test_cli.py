@@ -20,6 +20,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
 from streamrag_assets.runtime.postgres import admin_connect
+from streamrag_assets.streaming.spark import scratch_dir
 from streamrag_tests.harness import (
     EMBEDDED_SERVICES,
     PROJECT_ROOT,
@@ -34,10 +35,10 @@ from streamrag_tests.harness import (
 pytestmark = pytest.mark.integration
 
 
-def _start_up(settings) -> subprocess.Popen:
+def _start_up(settings, **env: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         [str(VENV_BIN / "streamrag"), "up"],
-        env={**clean_env(), **settings.to_env()},
+        env={**clean_env(), **settings.to_env(), **env},
         cwd=PROJECT_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -160,7 +161,10 @@ def _no_secret_leaks(settings, configured: dict[str, str], rows: list[dict]) -> 
 def test_up_status_down_and_restart_keeps_messages_offsets_tables_and_no_secret_leaks(state_home: Path) -> None:
     configured = _configured_secrets(state_home)
     settings = isolated_settings(state_home, **configured)
-    up = _start_up(settings)
+    system_tmp = state_home.parent / f"{state_home.name}-system-tmp"  # the temporary folder `up` is given
+    system_tmp.mkdir()
+    scratch = scratch_dir(settings)
+    up = _start_up(settings, TMPDIR=str(system_tmp))
     try:
         status = run_cli("status", "--json", settings=settings)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -187,6 +191,13 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables_and_no_secret_
         raw.close()
         assert len(ingested) >= 20 and all(dict(r.headers).get("sse_id") for r in ingested)
         _no_secret_leaks(settings, configured, rows)
+        # The Spark driver's own temporary files (a native library it unpacks) are in the state, not in /tmp.
+        wait_until(
+            lambda: any(scratch.glob("liblz4-java-*.so")),
+            "the stream's JVM unpacked no native library into the state's scratch folder in 120 s",
+            120,
+            lambda: str(sorted(path.name for path in scratch.iterdir())),
+        )
 
         # Leave state behind: messages, a group's committed offsets, a table.
         topic, group = f"keep-{uuid.uuid4().hex[:6]}", "keeper"
@@ -217,6 +228,12 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables_and_no_secret_
     finally:
         _down(settings, up)
     assert _our_processes(state_home) == [], "down leaves no process of ours behind"
+    # Every service stopped in its own time: the JVM's shutdown removed its scratch folders and unpacked libraries,
+    # and nothing (SeaweedFS' own log files included) was written to the temporary folder `up` was given.
+    assert sorted(path.name for path in scratch.iterdir()) == []
+    # (`import onnxruntime` writes its telemetry library's 51-byte session file there, read again at the next import.)
+    assert sorted(path.name for path in system_tmp.iterdir() if path.name != ".ses") == []
+    assert "master.go" in (settings.state_dir / "logs" / "seaweedfs.log").read_text(), "SeaweedFS logs into the state"
     stopped = run_cli("status", "--json", settings=settings)
     assert stopped.returncode != 0 and not any(r["up"] for r in json.loads(stopped.stdout))
 
