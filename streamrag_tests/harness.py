@@ -470,7 +470,7 @@ def release(home: Path, keep: bool = False) -> None:
         from pyspark.sql import SparkSession
 
         context = SparkContext._active_spark_context
-        if context is not None and context.getConf().get("spark.local.dir", "").startswith(str(home)):
+        if context is not None and Path(context.getConf().get("spark.local.dir", "/")).is_relative_to(home):
             SparkSession.builder.getOrCreate().stop()
     shutil.rmtree(home, ignore_errors=True)
 
