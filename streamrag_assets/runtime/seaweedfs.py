@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CHANGE_LOG_DIR = "/topics/.system/log"
 CHANGE_LOG_SWEEP_S = 300.0
+FILER_CONFIG_DIR = "config"  # under the data folder: the filer.toml `weed -config_dir` reads
 SQLITE_FILE = "filer.db"
 SQLITE_PRAGMAS = "_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
 GARBAGE_THRESHOLD = 0.3  # SeaweedFS' own default: a volume is compacted once this share of it is deleted data
@@ -89,8 +90,8 @@ def vacuum(master_url: str, garbage_threshold: float = GARBAGE_THRESHOLD) -> Non
     ).raise_for_status()
 
 
-def write_filer_store_config(data_dir: Path) -> Path:
-    """The folder of the filer's ``filer.toml``: its metadata in SQLite, unless this state began on LevelDB.
+def write_filer_store_config(data_dir: Path) -> None:
+    """The filer's ``filer.toml``: its metadata in SQLite, unless this state began on LevelDB.
 
     `weed mini`'s default store (leveldb2) opens its LevelDB partitions with 16 MiB write buffers each, allocated
     at start and resident once written through: ~100 MiB of SeaweedFS' memory in an hour of the broker's objects.
@@ -99,9 +100,8 @@ def write_filer_store_config(data_dir: Path) -> Path:
     create costs ~0.3 ms more than on LevelDB (measured with 300 files through the filer; SQLite's default rollback
     journal, which syncs every commit: ~1.6 ms more). A state whose filer store is LevelDB keeps it: switching
     would lose the broker's objects, which the store indexes."""
-    config_dir = data_dir / "config"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    config = config_dir / "filer.toml"
+    config = data_dir / FILER_CONFIG_DIR / "filer.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
     if (data_dir / "filerldb2").exists():
         config.write_text(f"[leveldb2]\nenabled = true\ndir = {json.dumps(str(data_dir / 'filerldb2'))}\n")
     else:
@@ -109,7 +109,6 @@ def write_filer_store_config(data_dir: Path) -> Path:
             "[leveldb2]\nenabled = false\n\n[sqlite]\nenabled = true\n"
             f"dbFile = {json.dumps(f'file:{quote(str(data_dir / SQLITE_FILE))}?{SQLITE_PRAGMAS}')}\n"
         )
-    return config_dir
 
 
 def seaweedfs_process(settings: Settings) -> ManagedProcess:
@@ -136,7 +135,7 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         # weed also writes log files of its own to the system's temporary folder, outside the state and never
         # rotated by us.
         "-logtostderr",
-        f"-config_dir={data_dir / 'config'}",  # its filer.toml: see `write_filer_store_config`
+        f"-config_dir={data_dir / FILER_CONFIG_DIR}",  # its filer.toml: see `write_filer_store_config`
         "mini",
         f"-dir={data_dir}",
         f"-ip={LOOPBACK_HOST}",
