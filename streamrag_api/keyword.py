@@ -50,7 +50,7 @@ from streamrag_assets.metrics import (
     KEYWORD_INDEX_DOCUMENTS,
     KEYWORD_INDEX_REFRESH,
 )
-from streamrag_assets.runtime.process import release_freed_memory
+from streamrag_assets.runtime.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from streamrag_api.deps import Services
 from streamrag_api.errors import DependencyDown, dependency_down, http_error, invalid_request
 from streamrag_api.middleware import RequestMetrics
 from streamrag_api.routes import answer, feed, health, search
+from streamrag_assets.runtime.memory import release_periodically
 from streamrag_assets.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services.feed.start()
     if services.keyword_index is not None:
         services.keyword_index.start()  # builds in the background; keyword search uses Postgres until then
+    release_periodically(services.settings.memory_trim_interval_s)
     try:
         yield
     finally:

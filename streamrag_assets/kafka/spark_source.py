@@ -7,7 +7,8 @@ Offsets are ``{"<partition>": next_offset}`` dicts that Spark checkpoints; a mic
 Options: ``bootstrap_servers``, ``topic``, ``startingOffsets`` (earliest | latest | a timestamp in ms | a JSON
 offsets dict), ``maxOffsetsPerTrigger`` (admission control), ``endingOffsets`` (batch reads: latest | JSON),
 ``gapLedger`` (the directory of the offset gap ledger; default ``<state_dir>/offset_gaps``), ``gapIdleSeconds``
-(how long a range's end may yield nothing before the broker is asked whether it is a gap; see `read_ranges`).
+(how long a range's end may yield nothing before the broker is asked whether it is a gap; see `read_ranges`),
+``trimIntervalSeconds`` (how often the Python processes that read and plan hand freed memory back; `runtime/memory.py`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pyspark.sql.types import StructType
 from streamrag_assets.kafka import offsets as kafka_offsets
 from streamrag_assets.kafka.gaps import LOST_REASONS, GapLedger, ledger_dir
 from streamrag_assets.metrics import expose_offset_gaps
+from streamrag_assets.runtime.memory import release_if_due
 
 SOURCE_NAME = "streamrag_kafka"
 KAFKA_SCHEMA = (
@@ -81,6 +83,7 @@ class KafkaSplit(InputPartition):
     connect costs more than reading a thousand records, so tasks are few: ``maxTasks``, default 2)."""
 
     ranges: tuple[KafkaRange, ...]
+    trim_interval_s: float = 0.0  # the worker hands freed memory back at most this often (0: never)
 
 
 def _to_offsets(by_partition: dict[int, int]) -> Offsets:
@@ -97,6 +100,7 @@ class _KafkaOptions:
         self.max_tasks = int(options.get("maxTasks", "2"))
         self.gap_ledger = options.get("gapLedger") or _default_ledger()
         self.gap_idle_s = float(options.get("gapIdleSeconds", GAP_IDLE_S))
+        self.trim_interval_s = float(options.get("trimIntervalSeconds", "0"))
 
     def resolve(self, spec: str, consumer: object) -> Offsets:
         tps = kafka_offsets.topic_partitions(consumer, self.topic)
@@ -137,7 +141,7 @@ class _KafkaOptions:
         tasks: list[list[KafkaRange]] = [[] for _ in range(min(count, len(ranges)))]
         for item in sorted(ranges, key=lambda r: r.end - r.start, reverse=True):
             min(tasks, key=lambda t: sum(r.end - r.start for r in t)).append(item)
-        return [KafkaSplit(tuple(task)) for task in tasks]
+        return [KafkaSplit(tuple(task), self.trim_interval_s) for task in tasks]
 
 
 def prefetched(held: dict[int, tuple], start: int, end: int) -> tuple[tuple, ...] | None:
@@ -151,16 +155,19 @@ def read_split(split: KafkaSplit) -> Iterator[tuple]:
     """Yield every record of the split's ranges as rows of KAFKA_SCHEMA: the rows a range carries, and the rest
     fetched with one consumer for them all."""
     to_fetch = [r for r in split.ranges if r.rows is None]
-    for held in split.ranges:
-        if held.rows is not None:
-            yield from held.rows
-    if not to_fetch:
-        return
-    consumer = kafka_offsets.make_consumer(to_fetch[0].bootstrap_servers, max_poll_records=5000)
     try:
-        yield from read_ranges(consumer, to_fetch)
+        for held in split.ranges:
+            if held.rows is not None:
+                yield from held.rows
+        if not to_fetch:
+            return
+        consumer = kafka_offsets.make_consumer(to_fetch[0].bootstrap_servers, max_poll_records=5000)
+        try:
+            yield from read_ranges(consumer, to_fetch)
+        finally:
+            consumer.close()
     finally:
-        consumer.close()
+        release_if_due(split.trim_interval_s)
 
 
 def read_ranges(consumer, parts: tuple[KafkaRange, ...] | list[KafkaRange]) -> Iterator[tuple]:
@@ -268,6 +275,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def partitions(self, start: Offsets, end: Offsets) -> list[KafkaSplit]:
         held, self._held = self._held, {}
+        release_if_due(self.options.trim_interval_s)  # the planner's process holds the rows it fetched ahead
         return self.options.ranges(start, end, held)
 
     def read(self, partition: KafkaSplit) -> Iterator[tuple]:  # type: ignore[override]

@@ -48,26 +48,6 @@ def _die_with_parent(niceness: int = 0) -> None:
         os.nice(niceness)
 
 
-def _resident_mib() -> float:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    return 0.0
-
-
-def release_freed_memory() -> float:
-    """Hand the memory malloc keeps after a burst of work (freed, but held in its arenas) back to the kernel; the
-    MiB of resident memory that went (0 where the C library is not glibc).
-
-    glibc gives back only the top of each arena by itself; after building something large, freed pages in the middle
-    stay with the process until `malloc_trim`."""
-    before = _resident_mib()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return 0.0
-    return max(0.0, before - _resident_mib())
-
-
 def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True

@@ -350,6 +350,7 @@ def start_query(
         .option("startingOffsets", starting_offsets)
         .option("gapLedger", str(ledger_dir(settings.state_dir)))  # this platform's, whoever started the session
         .option("maxTasks", str(settings.spark_tasks))  # a large batch is read (and refined) on every core
+        .option("trimIntervalSeconds", str(settings.memory_trim_interval_s))
         .option(
             "maxOffsetsPerTrigger",
             str(settings.replay_max_events_per_trigger if available_now else settings.stream_max_events_per_trigger),

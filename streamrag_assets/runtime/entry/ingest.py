@@ -6,6 +6,7 @@ import logging
 import threading
 
 from streamrag_assets.ingest.runner import run_ingest
+from streamrag_assets.runtime.memory import release_periodically
 from streamrag_assets.runtime.process import ManagedProcess, ServiceError
 from streamrag_assets.runtime.signals import Shutdown, raise_on_signal, serve_metrics, stopping
 from streamrag_assets.runtime.sse_source import source_url, sse_source_process
@@ -18,6 +19,7 @@ def main(settings: Settings, source: str, url: str | None, since: str | None, co
     """Run until SIGTERM/SIGINT. Raises `ServiceError` when a dependency cannot be reached."""
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     serve_metrics(settings.ingest_metrics_port, settings.bind_host)
+    release_periodically(settings.memory_trim_interval_s)
     raise_on_signal()
     local_server = None
     try:

@@ -18,6 +18,7 @@ from streamrag_assets.documents.heartbeat import STREAM, HeartbeatThread
 from streamrag_assets.documents.reports import StreamReporter
 from streamrag_assets.kafka.retention import BrokerRetention
 from streamrag_assets.metrics import STREAM_PAUSED
+from streamrag_assets.runtime.memory import release_periodically
 from streamrag_assets.runtime.signals import Shutdown, note_on_signal, raise_on_signal, serve_metrics, stopping
 from streamrag_assets.settings import Settings
 from streamrag_assets.streaming.checkpoint import checkpoint_lock, committed_offsets, pause_request
@@ -43,6 +44,7 @@ def main(settings: Settings, available_now: bool, announce=print) -> None:
     holds the checkpoint, `QueryFailed` when the query ends with an error."""
     logging.getLogger("streamrag_assets").setLevel(logging.INFO)
     serve_metrics(0 if available_now else settings.stream_metrics_port, settings.bind_host)
+    release_periodically(settings.memory_trim_interval_s)
     raise_on_signal()  # until the query runs (see `_run_until_stopped`)
     reporter = heartbeat = None
     status = StreamStatus(settings)
