@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -28,6 +29,9 @@ from streamrag_assets.settings import Settings
 log = logging.getLogger(__name__)
 
 CHANGE_LOG_DIR = "/topics/.system/log"
+VOLUME_FILE = re.compile(r"^(?:.+_)?(\d+)\.dat$")
+# How long readiness waits, once the filer answers, for the master to locate every volume stored in the state.
+VOLUME_REPORT_WAIT_S = 30.0
 CHANGE_LOG_SWEEP_S = 300.0
 FILER_CONFIG_DIR = "config"  # under the data folder: the filer.toml `weed -config_dir` reads
 SQLITE_FILE = "filer.db"
@@ -81,6 +85,27 @@ def purge_change_log(filer_url: str, keep_s: float, now: float | None = None) ->
                 f"{filer_url}{day['FullPath']}", params={"recursive": "true"}, timeout=10.0
             ).raise_for_status()
     return files, size
+
+
+def stored_volumes(data_dir: Path) -> set[int]:
+    """The ids of the volumes whose data files are in ``data_dir`` (``<id>.dat``, ``<collection>_<id>.dat``)."""
+    ids = set()
+    for path in data_dir.glob("*.dat"):
+        match = VOLUME_FILE.match(path.name)
+        if match:
+            ids.add(int(match.group(1)))
+    return ids
+
+
+def unlocated_volumes(master_url: str, ids: set[int]) -> set[int]:
+    """The volumes of ``ids`` the master cannot say where they are. After a restart the filer answers before the
+    volume server has reported its volumes to the master, and a read meanwhile fails ("volume 1 not found")."""
+    missing = set()
+    for volume in sorted(ids):
+        response = local_http().get(f"{master_url}/dir/lookup", params={"volumeId": volume}, timeout=1.0)
+        if response.status_code != 200 or not response.json().get("locations"):
+            missing.add(volume)
+    return missing
 
 
 def vacuum(master_url: str, garbage_threshold: float = GARBAGE_THRESHOLD) -> None:
@@ -153,6 +178,7 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
     ]
 
     def prepare() -> None:
+        filer_answered.clear()
         data_dir.mkdir(parents=True, exist_ok=True)
         config = data_dir / "s3-identities.json"  # the embedded store's own credentials: its owner reads them only
         config.touch(mode=0o600)
@@ -163,7 +189,9 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
     filer_url = f"http://{LOOPBACK_HOST}:{ports['filer']}"
     master_url = f"http://{LOOPBACK_HOST}:{ports['master']}"
 
-    def ready() -> bool:
+    filer_answered: dict[str, float] = {}  # when, in this start
+
+    def bucket_listed() -> bool:
         # The filer lists the bucket once `weed mini` has created it; the broker needs the bucket, not just a port.
         response = local_http().get(
             f"{filer_url}/buckets/{settings.s3_bucket}/",
@@ -171,6 +199,20 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
             timeout=1.0,
         )
         return response.status_code == 200
+
+    def ready() -> bool:
+        if not bucket_listed():
+            return False
+        missing = unlocated_volumes(master_url, stored_volumes(data_dir))
+        if not missing:
+            return True
+        # A volume that never reports (its files damaged) must not keep the platform down: after a while, ready
+        # without it, and say which.
+        waited = time.monotonic() - filer_answered.setdefault("at", time.monotonic())
+        if waited < VOLUME_REPORT_WAIT_S:
+            return False
+        log.warning("SeaweedFS is up without volume(s) %s: objects stored in them cannot be read", sorted(missing))
+        return True
 
     def purge() -> None:
         files, size = purge_change_log(filer_url, settings.seaweedfs_change_log_retention_s)
@@ -190,6 +232,7 @@ def seaweedfs_process(settings: Settings) -> ManagedProcess:
         log_path=settings.state_dir / "logs" / "seaweedfs.log",
         pid_path=settings.state_dir / "run" / "seaweedfs.pid",
         ready=ready,
+        live=bucket_listed,
         prepare=prepare,
         address=settings.s3_endpoint,
         ports=[
