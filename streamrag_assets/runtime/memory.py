@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 WORTH_LOGGING_MIB = 16.0
 
 _last_release = time.monotonic()
+_periodic: threading.Thread | None = None
 
 
 def _resident_mib() -> float:
@@ -55,9 +56,13 @@ def release_if_due(interval_s: float) -> float:
 
 
 def release_periodically(interval_s: float) -> threading.Thread | None:
-    """A daemon thread that releases freed memory every ``interval_s`` for the process' life (None for 0)."""
+    """A daemon thread that releases freed memory every ``interval_s`` for the process' life (None for 0); one per
+    process however often called (an app started again in the same process, as tests do)."""
+    global _periodic
     if interval_s <= 0:
         return None
+    if _periodic is not None and _periodic.is_alive():
+        return _periodic
 
     def run() -> None:
         while True:
@@ -65,9 +70,9 @@ def release_periodically(interval_s: float) -> threading.Thread | None:
             if time.monotonic() - _last_release >= interval_s:
                 _release_and_log()
 
-    thread = threading.Thread(target=run, name="memory-trim", daemon=True)
-    thread.start()
-    return thread
+    _periodic = threading.Thread(target=run, name="memory-trim", daemon=True)
+    _periodic.start()
+    return _periodic
 
 
 def _release_and_log() -> float:

@@ -65,3 +65,12 @@ def test_an_option_the_jvm_does_not_know_is_left_out_rather_than_stopping_it() -
     assert spark._jvm_accepts("-XX:TrimNativeHeapInterval=1000")  # Java 17.0.15 here
     assert not spark._jvm_accepts("-XX:NoSuchOptionForStreamrag=1")
     assert native_heap_trim_option(0) is None
+
+
+def test_one_trimming_thread_per_process_however_often_a_service_starts() -> None:
+    from streamrag_assets.runtime import memory
+
+    first = memory.release_periodically(3600)
+    assert first is not None and first.is_alive()
+    assert memory.release_periodically(3600) is first  # an app started again in the same process (the API's tests)
+    assert memory.release_periodically(0) is None
