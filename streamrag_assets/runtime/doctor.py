@@ -22,7 +22,7 @@ import httpx
 from packaging.specifiers import SpecifierSet
 
 from streamrag_assets.runtime.disk import human_bytes
-from streamrag_assets.runtime.process import ServiceError, ensure_port_free
+from streamrag_assets.runtime.process import ServiceError, ensure_port_free, java_executable
 from streamrag_assets.settings import Settings
 
 JAVA_MAJOR = 17  # Spark 4 needs Java 17 or newer
@@ -55,8 +55,7 @@ def python_check() -> Check:
 
 
 def java_check() -> Check:
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    java = java_executable()
     fix = "install Java 17 or newer (Debian: apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
     if not java or not Path(java).exists():
         return Check("Java", "fail", "not found (Spark needs it)", fix)

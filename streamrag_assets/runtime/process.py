@@ -96,6 +96,12 @@ def find_executable(name: str, *candidates: Path) -> str:
     raise ServiceError(f"the '{name}' binary was not found; reinstall the project (make install)")
 
 
+def java_executable() -> str | None:
+    """The `java` Spark's launcher runs: $JAVA_HOME/bin/java when JAVA_HOME is set, else the one on PATH."""
+    home = os.environ.get("JAVA_HOME")
+    return str(Path(home) / "bin" / "java") if home else shutil.which("java")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from streamrag_assets.kafka.spark_source import KafkaDataSource
+from streamrag_assets.runtime.process import java_executable
 from streamrag_assets.settings import Settings, get_settings
 from streamrag_assets.streaming.spark_internals import jvm
 
@@ -36,9 +36,8 @@ def native_heap_trim_option(interval_s: float) -> str | None:
 
 @functools.cache
 def _jvm_accepts(option: str) -> bool:
-    """Whether the `java` Spark's launcher runs ($JAVA_HOME/bin/java, else the one on PATH) starts with ``option``."""
-    home = os.environ.get("JAVA_HOME")
-    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    """Whether the `java` Spark's launcher runs starts with ``option``."""
+    java = java_executable()
     if java is None:
         return False
     try:
