@@ -375,12 +375,14 @@ class Settings(BaseSettings):
         "and leaves larger ones alone, so it rewrites at most about this much each time however large the table.",
     )
     delta_maintain_every: int = Field(
-        200,
+        50,
         ge=0,
-        description="Compact, vacuum and checkpoint a Delta table after this many appends by the stream (0 = never): "
-        "one small file and log entry per micro-batch otherwise make each append slower and slower (CPU per Silver "
-        "append: 112 ms after 500 appends, 194 after 1,500; measured). 200 is about once a minute at the default "
-        "trigger.",
+        description="Compact, vacuum and checkpoint a Delta table after this many appends by the stream (0 = never). "
+        "delta-rs' append costs more with every commit since the table's last compaction and checkpoint (CPU per "
+        "22-row Silver append: 13 ms within the first 50 commits, 66 ms at 150-200), so maintaining often is cheaper "
+        "overall: 23 ms an append with maintenance every 50, 40 every 200 (measured). In the whole platform at 50 "
+        "events/s, 50 instead of 200 took sent -> searchable from p50 0.72-1.21 s to 0.70-0.78 (measured, AVX-512). "
+        "About every 15 s at 50 events/s.",
     )
     delta_retention_minutes: int = Field(
         5,

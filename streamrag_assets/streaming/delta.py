@@ -37,7 +37,8 @@ LAYERS = ("bronze", "silver", "quarantine", "gold")
 PARTITIONS = {"silver": ["event_date"], "gold": ["event_date"]}
 # Every this many maintenances of a table (its first in a process included), files in the table's folder that no
 # version knows of and older than `SWEEP_AFTER_HOURS` are deleted too (a listing of the whole folder).
-SWEEP_EVERY, SWEEP_AFTER_HOURS = 20, 1
+# The full sweep lists every file under the table: every 80th maintenance (~20 minutes at 50 events/s), from the first.
+SWEEP_EVERY, SWEEP_AFTER_HOURS = 80, 1
 
 
 class DeltaTables:
@@ -200,6 +201,13 @@ class DeltaTables:
     def version(self, layer: str) -> int | None:
         table = self.table(layer)
         return table.version() if table is not None else None
+
+    def known_version(self, layer: str) -> int | None:
+        """``layer``'s version as this process last saw it: after its own append through the open table, the version
+        that append made, without listing the table's log again (`version` lists it: one more request to the object
+        store per table and micro-batch)."""
+        opened = self._open.get(layer)
+        return opened.version() if opened is not None else self.version(layer)
 
     def describe(self, layer: str, as_of: datetime | None = None) -> dict[str, object]:
         """Where ``layer`` lives, its version, rows and commit time; now, or (time travel) the last version committed

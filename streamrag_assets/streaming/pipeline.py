@@ -87,7 +87,7 @@ def write_layers(delta: DeltaTables, layers: Layers, batch_key: int, phases: dic
                     delta.maintain(layer)
                 except Exception:  # the batch is committed; the next due maintenance tries again
                     log.warning("maintaining the %s table failed; the stream goes on", layer, exc_info=True)
-        return delta.version(layer)
+        return delta.known_version(layer)
 
     return dict(zip(LAYERS, _WRITERS.map(write, LAYERS), strict=True))
 
