@@ -380,9 +380,9 @@ class Settings(BaseSettings):
         description="Compact, vacuum and checkpoint a Delta table after this many appends by the stream (0 = never). "
         "delta-rs' append costs more with every commit since the table's last compaction and checkpoint (CPU per "
         "22-row Silver append: 13 ms within the first 50 commits, 66 ms at 150-200), so maintaining often is cheaper "
-        "overall: 23 ms an append with maintenance every 50, 40 every 200 (measured). In the whole platform at 50 "
-        "events/s, 50 instead of 200 took sent -> searchable from p50 0.72-1.21 s to 0.70-0.78 (measured, AVX-512). "
-        "About every 15 s at 50 events/s.",
+        "overall: ~26 ms an append, maintenance included, every 50 against ~57 every 200 (measured with "
+        "`benchmarks/delta_append.py`). In the whole platform at 50 events/s, 50 instead of 200 took sent -> "
+        "searchable from p50 0.72-1.21 s to 0.70-0.78 (measured, AVX-512). About every 15 s at 50 events/s.",
     )
     delta_retention_minutes: int = Field(
         5,

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 LAYERS = ("bronze", "silver", "quarantine", "gold")
 PARTITIONS = {"silver": ["event_date"], "gold": ["event_date"]}
 # Every this many maintenances of a table (its first in a process included), files in the table's folder that no
-# version knows of and older than `SWEEP_AFTER_HOURS` are deleted too (a listing of the whole folder).
-# The full sweep lists every file under the table: every 80th maintenance (~20 minutes at 50 events/s), from the first.
+# version knows of and older than `SWEEP_AFTER_HOURS` are deleted too (a listing of the whole folder): ~20 minutes
+# at 50 events/s with the default `delta_maintain_every`.
 SWEEP_EVERY, SWEEP_AFTER_HOURS = 80, 1
 
 
