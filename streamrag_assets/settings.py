@@ -254,11 +254,12 @@ class Settings(BaseSettings):
     postgres_dagster_db: str = "dagster"
     postgres_run_as: str = Field("streamrag", description="Unprivileged OS user for Postgres when started as root.")
     postgres_shared_buffers: str = Field(
-        "512MB",
+        "256MB",
         pattern=r"^\d+(kB|MB|GB)$",
-        description="The embedded Postgres' buffer cache (Postgres' own default is 128MB). 100k documents take "
-        "~480MB with their indexes; a search whose pages are not in it reads them from the OS cache (~25% more "
-        "Postgres CPU per hybrid search, measured).",
+        description="The embedded Postgres' buffer cache (Postgres' own default is 128MB); what it does not hold is "
+        "read from the OS' file cache, which the kernel can take back. With ~175k documents (~700MB with their "
+        "indexes, the HNSW graph 232MB) /search and indexing measured the same at 256MB as at 512MB, and ~25% slower "
+        "at 128MB. Raise it for tables of millions of documents on a machine with the memory to spare.",
     )
 
     # --- pipeline -----------------------------------------------------------------------------------------
