@@ -257,9 +257,9 @@ class Settings(BaseSettings):
         "256MB",
         pattern=r"^\d+(kB|MB|GB)$",
         description="The embedded Postgres' buffer cache (Postgres' own default is 128MB); what it does not hold is "
-        "read from the OS' file cache, which the kernel can take back. With ~175k documents (~700MB with their "
-        "indexes, the HNSW graph 232MB) /search and indexing measured the same at 256MB as at 512MB, and ~25% slower "
-        "at 128MB. Raise it for tables of millions of documents on a machine with the memory to spare.",
+        "read from the OS' file cache, which the kernel can take back. With ~180k documents (~700MB with their "
+        "indexes, the HNSW graph 232MB) /search and indexing measured the same at 256MB as at 512MB, and 20-25% "
+        "slower at 128MB. Raise it for tables of millions of documents on a machine with the memory to spare.",
     )
 
     # --- pipeline -----------------------------------------------------------------------------------------
