@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
-from benchmarks.api_latency import _keyword_index_ready
 from benchmarks.cpu import cpu_kind
-from benchmarks.scale import _conninfo, footprint, index_while_searching, search_load
-from streamrag_assets.runtime.api import api_process
+from benchmarks.scale import _conninfo, api_on, footprint, index_while_searching, search_load
 from streamrag_tests.harness import EmbeddedStack, isolated_settings
 
 IO_METHOD_LINE = "io_method"
@@ -60,13 +57,7 @@ def measure(home: Path, shared_buffers: str, io_method: str | None, args, seed: 
     try:
         with psycopg.connect(_conninfo(settings)) as conn:
             out["documents"] = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
-        api = api_process(settings)
-        api.env = {**settings.to_env(), **api.env}
-        began = time.perf_counter()
-        api.start()
-        try:
-            api.wait_ready(600)
-            _keyword_index_ready(settings, out["documents"], began, timeout_s=3600)
+        with api_on(settings, out["documents"]) as (api, _, _):
             pids = {"api": api.proc.pid, "postgres": stack.postgres.proc.pid}
             reads = client_reads(settings)
             out["search"] = search_load(settings, args.clients, args.warmup, args.seconds, pids)
@@ -75,8 +66,6 @@ def measure(home: Path, shared_buffers: str, io_method: str | None, args, seed: 
             )
             out["client_reads"] = client_reads(settings) - reads
             out["postgres_pss_mib"] = footprint(settings, pids, out["documents"])["pss_mib"]["postgres"]
-        finally:
-            api.stop()
     finally:
         stack.stop_all()
         set_io_method(settings.state_dir / "postgres", None)

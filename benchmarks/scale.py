@@ -26,12 +26,14 @@ that many documents and then measured:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -230,20 +232,30 @@ def retention_day(settings, clients: int, pids: dict[str, int]) -> dict:
     return {**timings, "total_s": round(time.perf_counter() - began, 1), "hybrid_search_ms_per_5s": windows}
 
 
-def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
-    corpus = build_corpus(
-        settings, size, args.real_docs, args.noise, args.seed, kind=args.variants, build_memory=args.build_memory
-    )
-    result: dict = {"size": size, "corpus": corpus}
-    print(json.dumps(result), flush=True)
+@contextlib.contextmanager
+def api_on(settings, documents: int) -> Iterator[tuple]:
+    """The API as `up` runs it, on ``settings``' Postgres, for the block; yields it, the seconds it took to be ready
+    and those until its keyword index held ``documents`` documents."""
     api = api_process(settings)
     api.env = {**settings.to_env(), **api.env}
     began = time.perf_counter()
     api.start()
     try:
         api.wait_ready(600)
-        result["api_start_s"] = round(time.perf_counter() - began, 1)
-        result["keyword_index_ready_s"] = _keyword_index_ready(settings, size, began, timeout_s=3600)
+        ready_s = round(time.perf_counter() - began, 1)
+        yield api, ready_s, _keyword_index_ready(settings, documents, began, timeout_s=3600)
+    finally:
+        api.stop()
+
+
+def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
+    corpus = build_corpus(
+        settings, size, args.real_docs, args.noise, args.seed, kind=args.variants, build_memory=args.build_memory
+    )
+    result: dict = {"size": size, "corpus": corpus}
+    print(json.dumps(result), flush=True)
+    with api_on(settings, size) as (api, ready_s, keyword_s):
+        result |= {"api_start_s": ready_s, "keyword_index_ready_s": keyword_s}
         pids = {"api": api.proc.pid, "postgres": stack.postgres.proc.pid}
         result["recall"] = recall_at_10(settings, query_vectors(settings, args.recall_queries, args.noise, args.seed))
         print(json.dumps({"recall": result["recall"]}), flush=True)
@@ -256,8 +268,6 @@ def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
         if size == max(args.sizes):
             result["retention_day"] = retention_day(settings, args.clients, pids)
             print(json.dumps({"retention_day": result["retention_day"]}), flush=True)
-    finally:
-        api.stop()
     return result
 
 
