@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def measure(home: Path, shared_buffers: str, io_method: str | None, args, seed: 
     set_io_method(settings.state_dir / "postgres", io_method)
     stack = EmbeddedStack(settings)
     stack.start(stack.postgres)
-    out: dict = {"shared_buffers": shared_buffers, "io_method": io_method or "default"}
+    out: dict = {"shared_buffers": shared_buffers, "io_method": io_method or "default", "seed": seed}
     try:
         with psycopg.connect(_conninfo(settings)) as conn:
             out["documents"] = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
@@ -82,12 +83,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15, help="Measured seconds per mode and client count.")
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--insert-seconds", type=float, default=40)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=int(time.time()),
+        help="Which new documents the first entry indexes (the next entries: seed + 1, ...). The default changes "
+        "with every run: documents already in the table would be upserted unchanged, not indexed.",
+    )
     args = parser.parse_args()
     print(f"{datetime.now(UTC).isoformat(timespec='seconds')}  {cpu_kind()}", flush=True)
-    for n, config in enumerate(args.configs, start=1):
+    for n, config in enumerate(args.configs):
         shared_buffers, _, io_method = config.partition(":")
-        result = measure(args.home, shared_buffers, io_method or None, args, seed=n)
-        print(json.dumps(result), flush=True)  # a fresh seed each: new documents to index, not the last entry's
+        result = measure(args.home, shared_buffers, io_method or None, args, seed=args.seed + n)
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

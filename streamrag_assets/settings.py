@@ -258,7 +258,7 @@ class Settings(BaseSettings):
         pattern=r"^\d+(kB|MB|GB)$",
         description="The embedded Postgres' buffer cache (Postgres' own default is 128MB); what it does not hold is "
         "read from the OS' file cache, which the kernel can take back. With ~180k documents (~700MB with their "
-        "indexes, the HNSW graph 232MB) /search and indexing measured the same at 256MB as at 512MB, and 20-25% "
+        "indexes, the HNSW graph 232MB) /search and indexing measured the same at 256MB as at 512MB, and 20-40% "
         "slower at 128MB. Raise it for tables of millions of documents on a machine with the memory to spare.",
     )
 
