@@ -288,6 +288,16 @@ class Settings(BaseSettings):
         "freed memory: two arenas took ~115 MiB PSS off the platform at 50 events/s (stream -60, API -40). A "
         "MALLOC_ARENA_MAX already in the environment wins.",
     )
+    malloc_mmap_threshold_kib: int = Field(
+        128,
+        ge=0,
+        le=32768,
+        description="glibc's mmap threshold for every service `up` starts, in KiB (MALLOC_MMAP_THRESHOLD_; 0: "
+        "glibc's own, which rises as large blocks are freed, up to 32 MiB). Blocks at least this big are mapped and "
+        "unmapped on their own instead of kept in the arenas once freed: the stream frees ~100 MiB of micro-batch "
+        "buffers a minute that glibc otherwise holds until the next trim (~30-90 MiB less PSS for the stream at 50 "
+        "events/s, same CPU, measured). A MALLOC_MMAP_THRESHOLD_ already in the environment wins.",
+    )
     memory_trim_interval_s: float = Field(
         60.0,
         ge=0,

@@ -82,6 +82,8 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
     extra = {}
     if settings.malloc_arena_max and "MALLOC_ARENA_MAX" not in os.environ:
         extra["MALLOC_ARENA_MAX"] = str(settings.malloc_arena_max)
+    if settings.malloc_mmap_threshold_kib and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        extra["MALLOC_MMAP_THRESHOLD_"] = str(settings.malloc_mmap_threshold_kib * 1024)
     for proc in stack:  # every setting, and of the secrets only those the process uses
         proc.env = {**settings.to_env(secrets=proc.secrets), **extra, **proc.env}
     return stack
