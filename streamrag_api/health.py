@@ -12,7 +12,8 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from streamrag_assets.documents.heartbeat import STREAM, latest
+from streamrag_assets.documents.heartbeat import latest
+from streamrag_assets.documents.liveness import STREAM
 from streamrag_assets.runtime.process import local_http, port_is_open
 
 if TYPE_CHECKING:

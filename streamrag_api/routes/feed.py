@@ -17,7 +17,8 @@ from streamrag_api.deps import ServicesDep, get_caller
 from streamrag_api.errors import DependencyDown
 from streamrag_api.schemas import Document, Freshness, RecentEvents
 from streamrag_api.search import document_from_row
-from streamrag_assets.documents.heartbeat import STREAM, latest
+from streamrag_assets.documents.heartbeat import latest
+from streamrag_assets.documents.liveness import STREAM
 from streamrag_assets.documents.queries import index_freshness, recent_documents
 
 FRESHNESS_EVERY_S = 5.0

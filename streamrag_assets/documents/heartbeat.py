@@ -9,7 +9,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from sqlalchemy import create_engine, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.engine import Engine
@@ -18,8 +17,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from streamrag_assets.documents.models import Heartbeat
 
 log = logging.getLogger(__name__)
-
-STREAM = "stream"
 
 
 def beat(engine: Engine, component: str, detail: dict[str, Any]) -> None:
@@ -37,17 +34,6 @@ def latest(engine: Engine, component: str) -> tuple[datetime, dict[str, Any]] | 
     with engine.connect() as conn:
         row = conn.execute(select(Heartbeat.beat_at, Heartbeat.detail).where(Heartbeat.component == component)).first()
     return (row[0], row[1]) if row else None
-
-
-def seconds_since_beat(dsn: str, component: str, connect_timeout: int = 2) -> float | None:
-    """Seconds since ``component`` last beat, by the database's clock; None before its first beat. On a plain
-    connection (libpq ``dsn``), made and closed each time: the supervisor asks every few seconds, from a process that
-    keeps no engine. Raises `psycopg.Error` when the database cannot be read."""
-    with psycopg.connect(dsn, connect_timeout=connect_timeout) as conn:
-        row = conn.execute(
-            "SELECT extract(epoch FROM now() - beat_at) FROM pipeline_heartbeats WHERE component = %s", (component,)
-        ).fetchone()
-    return float(row[0]) if row else None
 
 
 class HeartbeatThread:

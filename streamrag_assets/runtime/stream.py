@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
+from streamrag_assets.documents.liveness import STREAM, seconds_since_beat
 from streamrag_assets.runtime.process import (
     LOOPBACK_HOST,
     ManagedProcess,
@@ -19,8 +20,6 @@ from streamrag_assets.settings import Settings
 def heartbeat_age_s(settings: Settings) -> float | None:
     """Seconds since the stream's last heartbeat in the app database; None when that cannot be read (no database, no
     beat yet): a database outage is not the stream's fault, and must not get it killed."""
-    from streamrag_assets.documents.heartbeat import STREAM, seconds_since_beat  # the ORM: not at the CLI's start
-
     try:
         return seconds_since_beat(postgres_dsn(settings.app_database_url), STREAM)
     except psycopg.Error:

@@ -16,6 +16,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,8 +28,6 @@ from wsgiref.simple_server import WSGIServer
 import httpx
 import psycopg
 from prometheus_client import start_http_server
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 from tenacity import RetryCallState, Retrying, wait_exponential_jitter
 
 from streamrag_assets.credentials import ROLES, ensure_password
@@ -46,6 +46,7 @@ from streamrag_assets.runtime.process import (
     ensure_port_free,
     pid_alive,
     port_is_open,
+    postgres_dsn,
 )
 from streamrag_assets.runtime.seaweedfs import seaweedfs_process
 from streamrag_assets.runtime.spark_cluster import spark_cluster_processes
@@ -128,17 +129,16 @@ def check_external(settings: Settings) -> None:
         if not url:
             continue
         try:
-            parsed = make_url(url)
-        except ArgumentError:
-            raise ServiceError(f"STREAMRAG_{setting} is not a database URL: expected postgresql+psycopg://…") from None
+            dsn = postgres_dsn(url)
+        except ValueError as exc:
+            raise ServiceError(f"STREAMRAG_{setting} is not a database URL: {exc}") from None
         try:
-            psycopg.connect(
-                parsed.set(drivername="postgresql").render_as_string(hide_password=False), connect_timeout=3
-            ).close()
+            psycopg.connect(dsn, connect_timeout=3).close()
         except psycopg.Error as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = psycopg.conninfo.conninfo_to_dict(dsn)
             raise ServiceError(
-                f"Postgres at {parsed.host}:{parsed.port or 5432} is not reachable ({reason}); "
+                f"Postgres at {where.get('host', 'localhost')}:{where.get('port', 5432)} is not reachable ({reason}); "
                 f"check STREAMRAG_{setting}"
             ) from None
     if settings.s3_endpoint_url and (settings.embedded_kafka or settings.delta_on_s3):
@@ -158,6 +158,39 @@ def migrate_documents(settings: Settings) -> None:
         upgrade(settings.app_database_url)
     except Exception as exc:
         raise ServiceError(f"migrating the documents schema failed: {str(exc).splitlines()[0]}") from None
+
+
+class SchemaMigration:
+    """`streamrag migrate` in a child process, beside ingest's start (which does not need the schema). In the
+    supervisor, Alembic and SQLAlchemy would stay loaded for the whole run (~30 MiB, measured) for a few hundred
+    milliseconds of work."""
+
+    def __init__(self, settings: Settings):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamrag_assets.cli", "migrate"],
+            env={**os.environ, **settings.to_env(secrets={"database_url"})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait(self, timeout_s: float) -> None:
+        try:
+            output, _ = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise ServiceError(f"migrating the documents schema took over {timeout_s:.0f} s") from None
+        if self.proc.returncode:
+            lines = [line.strip() for line in output.splitlines() if line.strip()]
+            reason = lines[-1].removeprefix("error: ") if lines else f"exit code {self.proc.returncode}"
+            raise ServiceError(reason)
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _pid_file(settings: Settings) -> Path:
@@ -309,15 +342,18 @@ class Supervisor:
         # Secrets (and URLs that may carry them) stay out of the file; the rest lets `status` describe this run.
         public = self.settings.model_dump(mode="json", exclude=set(SECRET_FIELDS))
         _settings_file(self.settings).write_text(json.dumps(public))
+        migration: SchemaMigration | None = None
+        migrated = False
         try:
             self._serve_metrics()
-            migrated = False
             for proc in self.stack:
                 if self._stop:
                     raise ServiceError("start-up interrupted")
-                if not migrated and proc.name == "ingest":
+                if migration is None and proc.name == "ingest":
                     self.progress("migrating the documents schema …")
-                    migrate_documents(self.settings)
+                    migration = SchemaMigration(self.settings)
+                elif migration is not None and not migrated:  # what starts after ingest reads the documents tables
+                    migration.wait(self.settings.startup_timeout_s)
                     migrated = True
                 began = time.monotonic()
                 self.progress(f"starting {proc.name} …")
@@ -327,6 +363,8 @@ class Supervisor:
                 self._write_state()
                 self.progress(f"{proc.name} ready at {proc.address} ({time.monotonic() - began:.1f} s)")
         except BaseException:
+            if migration is not None:
+                migration.cancel()
             self.stop()
             raise
 

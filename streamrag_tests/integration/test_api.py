@@ -865,7 +865,8 @@ def test_health_reports_a_stream_that_is_alive_but_stuck(stack) -> None:
     from sqlalchemy import create_engine
 
     from streamrag_api.health import check_stream
-    from streamrag_assets.documents.heartbeat import STREAM, beat
+    from streamrag_assets.documents.heartbeat import beat
+    from streamrag_assets.documents.liveness import STREAM
     from streamrag_assets.documents.migrate import upgrade
     from streamrag_tests.harness import fresh_database
 

@@ -20,6 +20,8 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.structs import OffsetAndMetadata
 
 from streamrag_assets.runtime.postgres import admin_connect
+from streamrag_assets.runtime.process import ServiceError
+from streamrag_assets.runtime.supervisor import SchemaMigration
 from streamrag_assets.streaming.spark import scratch_dir
 from streamrag_tests.harness import (
     EMBEDDED_SERVICES,
@@ -309,6 +311,9 @@ def test_wrong_external_urls_are_one_line_errors(state_home: Path, stack) -> Non
 
     message = _one_line_error(run_cli("up", settings=isolated_settings(state_home, database_url="not-a-url")))
     assert "STREAMRAG_DATABASE_URL" in message
+    spaced = "postgresql+psycopg://u:hunter 2@127.0.0.1/db"  # libpq wants the space escaped; its error would quote it
+    message = _one_line_error(run_cli("up", settings=isolated_settings(state_home, database_url=spaced)))
+    assert "STREAMRAG_DATABASE_URL" in message and "percent-escaped" in message and "hunter" not in message
 
     message = _one_line_error(
         run_cli(
@@ -322,6 +327,19 @@ def test_wrong_external_urls_are_one_line_errors(state_home: Path, stack) -> Non
     message = _one_line_error(run_cli("up", settings=isolated_settings(state_home, database_url=wrong)))
     assert 'password authentication failed for user "streamrag_owner"' in message, message
     assert "STREAMRAG_DATABASE_URL" in message and "not-the-password" not in message
+
+
+def test_a_failed_schema_migration_says_why(state_home: Path) -> None:
+    # `up` migrates in a child process (`streamrag migrate`) beside ingest's start: its failure reaches the
+    # supervisor as the child's reason, not as an exit code.
+    closed = isolated_settings(state_home).kafka_port  # a free port: no Postgres there
+    settings = isolated_settings(state_home, database_url=f"postgresql+psycopg://u:secret@127.0.0.1:{closed}/db")
+    migration = SchemaMigration(settings)
+    with pytest.raises(ServiceError) as failed:
+        migration.wait(60)
+    message = str(failed.value)
+    assert message.startswith("migrating the documents schema failed:") and "Connection refused" in message, message
+    assert "secret" not in message
 
 
 def test_listening_beyond_loopback_without_an_api_key_is_a_one_line_error(state_home: Path) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from streamrag_assets.credentials import OWNER_ROLE, ensure_password, password_path, read_password
+from streamrag_assets.runtime.process import postgres_dsn
 from streamrag_assets.runtime.supervisor import build_stack
 from streamrag_assets.settings import Settings
 from streamrag_tests.harness import EMBEDDED_SERVICES
@@ -127,3 +129,30 @@ def test_other_processes_reach_the_api_and_dagster_at_configured_addresses(tmp_p
     assert local.dagster_url == "http://127.0.0.1:3000" and local.api_url == "http://127.0.0.1:8000"
     remote = Settings(home=tmp_path, dagster_base_url="http://dagster-webserver:3000", api_base_url="http://api:8000")
     assert remote.dagster_url == "http://dagster-webserver:3000" and remote.api_url == "http://api:8000"
+
+
+def test_database_urls_reach_libpq_as_given_and_bad_ones_are_refused_without_the_password() -> None:
+    # The supervisor connects with libpq to the URLs users write for SQLAlchemy: same credentials, host, database and
+    # parameters, percent-escapes kept (libpq reads them back).
+    cases = {
+        "postgresql+psycopg://owner:p%40ss%2Fword@db.internal:6432/rag?sslmode=require": {
+            "user": "owner",
+            "password": "p@ss/word",
+            "host": "db.internal",
+            "port": "6432",
+            "dbname": "rag",
+            "sslmode": "require",
+        },
+        "postgresql+psycopg2://dagster@127.0.0.1/dagster": {
+            "user": "dagster",
+            "host": "127.0.0.1",
+            "dbname": "dagster",
+        },
+        "postgres://[::1]:5433/x": {"host": "::1", "port": "5433", "dbname": "x"},
+    }
+    for url, expected in cases.items():
+        assert psycopg.conninfo.conninfo_to_dict(postgres_dsn(url)) == expected, url
+    for url in ("not-a-url", "mysql+pymysql://u:hunter2@h/db", "postgresql+psycopg://u:hunter 2@h/db"):
+        with pytest.raises(ValueError) as refused:
+            postgres_dsn(url)
+        assert "hunter" not in str(refused.value), "the reason never quotes the password"

@@ -14,7 +14,8 @@ from enum import Enum
 from py4j.protocol import Py4JError
 from pyspark.sql.streaming import StreamingQuery
 
-from streamrag_assets.documents.heartbeat import STREAM, HeartbeatThread
+from streamrag_assets.documents.heartbeat import HeartbeatThread
+from streamrag_assets.documents.liveness import STREAM
 from streamrag_assets.documents.reports import StreamReporter
 from streamrag_assets.kafka.retention import BrokerRetention
 from streamrag_assets.metrics import STREAM_PAUSED
