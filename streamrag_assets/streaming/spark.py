@@ -17,6 +17,9 @@ from streamrag_assets.streaming.spark_internals import jvm
 
 QUIET_LOGGER = "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor"
 
+# The module Spark starts its Python worker daemons with (pyspark's daemon without pandas: see the module).
+PYTHON_DAEMON_MODULE = "streamrag_assets.streaming.python_daemon"
+
 
 def scratch_dir(settings: Settings) -> Path:
     """Spark's scratch folders and the driver JVM's temporary files."""
@@ -71,6 +74,8 @@ def spark_conf(settings: Settings, continuous: bool = False) -> dict[str, str]:
         "spark.driver.extraJavaOptions": java_options,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.python.worker.reuse": "true",
+        # pyspark's daemon, without the pandas pyarrow would import into every worker (see the module).
+        "spark.python.daemon.module": PYTHON_DAEMON_MODULE,
         "spark.sql.streaming.stateStore.providerClass": (
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider"
         ),

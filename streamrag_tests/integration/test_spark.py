@@ -40,6 +40,18 @@ def test_spark_reads_topic_through_python_data_source(stack) -> None:
     assert values == {f"v{i}" for i in range(500)}
     assert rows.first().headers == {"sse_id": "x"}
 
+    # The Python workers that read the topic (forked by the JVM's daemons and kept for reuse) never loaded pandas:
+    # pyarrow would import it into each (~31 MiB) though nothing there calls it.
+    import psutil
+
+    jvm_process = psutil.Process(spark.sparkContext._gateway.proc.pid)  # type: ignore[union-attr]
+    workers = [p for p in jvm_process.children(recursive=True) if "python" in p.name()]
+    assert workers, "the JVM has Python workers"
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            libraries = {m.path for m in worker.memory_maps()}
+            assert not any("/pandas/" in path for path in libraries), (worker.cmdline(), "has pandas loaded")
+
 
 def test_the_driver_refines_a_micro_batch_exactly_as_spark_does(stack) -> None:
     """The continuous query refines its small micro-batches on the driver; bounded runs refine in Spark. The same
@@ -113,19 +125,20 @@ def test_the_python_planner_workers_a_started_query_no_longer_needs_can_be_stopp
     needs them gets them again."""
     import psutil
 
-    from streamrag_assets.streaming.spark import get_spark
+    from streamrag_assets.streaming.spark import PYTHON_DAEMON_MODULE, get_spark
     from streamrag_assets.streaming.spark_internals import PLANNER_MODULES, stop_planner_workers
 
     spark = get_spark(stack.settings)
     jvm_process = psutil.Process(spark.sparkContext._gateway.proc.pid)  # type: ignore[union-attr]
 
     def daemons() -> set[str]:
-        """The worker kinds of the JVM's Python daemons (``python -m pyspark.daemon <worker module>``)."""
+        """The worker kinds of the JVM's Python daemons (``python -m <daemon module> <worker module>``: pyspark's for
+        the planners, ours for the tasks' workers)."""
         kinds = set()
         for child in jvm_process.children():
             with contextlib.suppress(psutil.NoSuchProcess):
                 args = child.cmdline()
-                if "pyspark.daemon" in args:
+                if "pyspark.daemon" in args or PYTHON_DAEMON_MODULE in args:
                     kinds.add(args[-1])
         return kinds
 
