@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 
 from streamrag_assets.settings import Settings
 
@@ -85,6 +84,8 @@ def postgres_dsn(database_url: str) -> str:
     checked by libpq's own parser. Both take the same ``user:password@host:port/db?params`` with percent-escapes, so
     only the scheme changes — without importing SQLAlchemy into the supervisor, which would cost it ~20 MiB of RAM for
     the whole run (measured). Raises `ValueError` for anything else."""
+    import psycopg  # here: ingest imports this module and needs no Postgres client (~5 MiB)
+
     scheme, sep, rest = database_url.partition("://")
     if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
         raise ValueError("expected postgresql+psycopg://user:password@host:port/database")
