@@ -85,6 +85,8 @@ def build_stack(settings: Settings, with_prometheus: bool = False) -> list[Manag
         extra["MALLOC_ARENA_MAX"] = str(settings.malloc_arena_max)
     if settings.malloc_mmap_threshold_kib and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         extra["MALLOC_MMAP_THRESHOLD_"] = str(settings.malloc_mmap_threshold_kib * 1024)
+    if settings.delta_jemalloc_conf and "_RJEM_MALLOC_CONF" not in os.environ:
+        extra["_RJEM_MALLOC_CONF"] = settings.delta_jemalloc_conf
     for proc in stack:  # every setting, and of the secrets only those the process uses
         proc.env = {**settings.to_env(secrets=proc.secrets), **extra, **proc.env}
     return stack

@@ -174,12 +174,14 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables_and_no_secret_
         assert {r["name"] for r in rows} == set(EMBEDDED_SERVICES)
         assert all(r["up"] for r in rows), rows
         assert next(r for r in rows if r["name"] == "postgres")["data_bytes"] > 1_000_000
-        # Every service runs with glibc's malloc arenas bounded (STREAMRAG_MALLOC_ARENA_MAX, default 2) and a fixed
-        # mmap threshold (STREAMRAG_MALLOC_MMAP_THRESHOLD_KIB, default 128).
+        # Every service runs with glibc's malloc arenas bounded (STREAMRAG_MALLOC_ARENA_MAX, default 2), a fixed
+        # mmap threshold (STREAMRAG_MALLOC_MMAP_THRESHOLD_KIB, default 128) and delta-rs' jemalloc handing freed
+        # pages back after a second (STREAMRAG_DELTA_JEMALLOC_CONF).
         for row in rows:
             environ = Path(f"/proc/{row['pid']}/environ").read_bytes().split(b"\0")
             assert b"MALLOC_ARENA_MAX=2" in environ, row["name"]
             assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ, row["name"]
+            assert b"_RJEM_MALLOC_CONF=dirty_decay_ms:1000,muzzy_decay_ms:0" in environ, row["name"]
         # The supervisor holds no ORM, Alembic or Kafka client for the run (the schema migrates in a child process):
         # ~58 MiB of its own memory, where those made ~94 (measured).
         own = psutil.Process(up.pid).memory_full_info()
