@@ -183,7 +183,7 @@ def test_up_status_down_and_restart_keeps_messages_offsets_tables_and_no_secret_
             assert b"MALLOC_MMAP_THRESHOLD_=131072" in environ, row["name"]
             assert b"_RJEM_MALLOC_CONF=dirty_decay_ms:1000,muzzy_decay_ms:0" in environ, row["name"]
         # The supervisor holds no ORM, Alembic or Kafka client for the run (the schema migrates in a child process):
-        # ~58 MiB of its own memory, where those made ~94 (measured).
+        # ~58 MiB of anonymous memory, where those made ~94 (measured).
         own = psutil.Process(up.pid).memory_full_info()
         assert own.uss < 72 * 2**20, f"the supervisor holds {own.uss / 2**20:.0f} MiB of its own"
 
