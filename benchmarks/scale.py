@@ -385,7 +385,7 @@ def main() -> None:
             results["sizes"].append(measure(settings, stack, size, args))
             print(json.dumps(results["sizes"][-1]), flush=True)
         results["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
-        print(json.dumps(results, indent=1, ensure_ascii=False))
+        print(json.dumps(results, indent=1, ensure_ascii=False, default=str))  # --home is a path
     finally:
         stack.stop_all()
         release(home, keep=args.keep_state)
