@@ -13,8 +13,10 @@ that many documents and then measured:
    run over many alike pages; HNSW's hardest case, reported beside). The HNSW index is built again after each
    growth (its time is reported).
 2. recall@10 of the vector search as the API runs it (HNSW with the API's `SEARCH_CONNECT_OPTIONS`: ef_search,
-   iterative scans) against exact search (the same query with index scans off) over ``--recall-queries`` queries:
-   the question list embedded, and real documents' vectors with fresh noise (a query near one cloud).
+   iterative scans) against exact search (every live row's distance, all queries in one read of the table:
+   `exact_top10`) over ``--recall-queries`` queries: the question list embedded, and real documents' vectors with
+   fresh noise (a query near one cloud). With ``--home``, a kept table already of the size asked is measured as it
+   is (nothing copied or rebuilt).
 3. /search at 1 and ``--clients`` clients per mode (hybrid, vector, keyword), as `make bench-api` measures it.
 4. indexing while searching: new real documents indexed through `DocumentIndex` (embedding included, batches of 32)
    for ``--insert-seconds`` while ``--clients`` clients run hybrid /search; documents/s and the search latency.
