@@ -230,7 +230,10 @@ def build_corpus(
     with index.engine.connect() as conn:
         stored = {
             doc_id: np.asarray(vector, dtype=np.float64)
-            for doc_id, vector in conn.execute(select(Document.doc_id, Document.embedding)).all()
+            # the real documents' rows only: a grown table holds millions of variants besides them
+            for doc_id, vector in conn.execute(
+                select(Document.doc_id, Document.embedding).where(Document.doc_id.in_([d["doc_id"] for d in docs]))
+            ).all()
         }
         model_name = conn.execute(select(Document.model_name).limit(1)).scalar()
     index.engine.dispose()
