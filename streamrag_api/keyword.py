@@ -20,6 +20,12 @@ older than the removal log keeps (`retention.REMOVALS_KEPT`). Re-applying change
 (each is a delete and an add by doc_id), so the state is saved after the index commits. Without a path, or when
 another process holds the directory, the index lives in memory and is read anew at each start.
 
+A first read of a large table (`build_apart_from` documents or more, by Postgres' estimate) runs in a child process
+that builds the index in the directory, saves its state and exits; the API then resumes from that state like a
+restarted one. What a build of millions of rows leaves with a process (malloc's arenas, tantivy's merges) leaves with
+the child: at 5M documents an API that had built its index itself held 479 MiB of anonymous memory, a restarted one
+159-175 (benchmarks/RESULTS.md). If the child fails, the API builds in its own process as before.
+
 Why not Postgres alone: a question's words are common across edits, and ranking full-text matches in Postgres cost
 10-35 ms of its CPU per question at 100k documents (every match is read to rank it); the index answers the same
 in about a millisecond (measured), with BM25 instead of cover density."""
@@ -31,6 +37,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -38,6 +46,7 @@ from pathlib import Path
 from typing import IO
 
 import tantivy
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
@@ -67,6 +76,8 @@ STATE_SAVE_IDLE_S = 60.0  # with nothing to apply, the advanced snapshot is save
 # After applying at least this many changes at once (the first build, a long catch-up), what the reads freed is handed
 # back to the kernel: at 4.25M documents the first build otherwise left ~90 MiB more with the API (measured).
 RELEASE_AFTER_CHANGES = 20_000
+# A first read of at least this many documents (Postgres' estimate) is done by a child process (see the module doc).
+BUILD_APART_FROM = 100_000
 # Words too common to say anything about relevance; left out of keyword queries (so that an OR of the question's
 # words does not match, and rank, most of the table).
 STOP_WORDS = frozenset(
@@ -177,6 +188,20 @@ def _micros(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000)
 
 
+def _resume_point(saved: dict | None, database: str) -> tuple[str | None, str]:
+    """The snapshot a saved state lets an index catch up from, or None and why not ("" for no state at all)."""
+    if saved is None:
+        return None, ""
+    age = time.time() - float(saved.get("saved_at", 0))
+    if saved.get("database") != database:
+        return None, "is of another database"
+    if not 0 <= age <= RESUMABLE_FOR_S:
+        return None, f"was saved {age:.0f} s ago, past what the removal log keeps"
+    if not isinstance(saved.get("snapshot"), str):
+        return None, "has no snapshot"
+    return saved["snapshot"], ""
+
+
 def _saved_state(path: Path) -> dict | None:
     try:
         state = json.loads((path / STATE_FILE).read_text())
@@ -186,9 +211,20 @@ def _saved_state(path: Path) -> dict | None:
 
 
 class KeywordIndex:
-    def __init__(self, engine: Engine, refresh_s: float = 2.0, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        refresh_s: float = 2.0,
+        path: Path | None = None,
+        build_apart_from: int = BUILD_APART_FROM,
+        locked: bool = False,
+    ) -> None:
+        """``locked``: the directory's lock is held for this index by its parent process (a build apart)."""
         self.engine = engine
         self.refresh_s = refresh_s
+        self.build_apart_from = build_apart_from
+        self._locked_by_parent = locked
+        self._child: subprocess.Popen | None = None
         self.schema = _schema()
         self.analyzer = analyzer()
         self.path: Path | None = None  # where the index and its state are kept; None: in memory
@@ -216,14 +252,15 @@ class KeywordIndex:
 
     def _open_on_disk(self, path: Path) -> tuple[tantivy.Index, tantivy.IndexWriter]:
         path.mkdir(parents=True, exist_ok=True)
-        # Held for the process' life (the kernel lets go when it dies, even by SIGKILL): one API per directory.
-        lock = (path / LOCK_FILE).open("a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            raise OSError("another process is using it") from None
-        self._lock = lock
+        if not self._locked_by_parent:
+            # Held for the process' life (the kernel lets go when it dies, even by SIGKILL): one API per directory.
+            lock = (path / LOCK_FILE).open("a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                raise OSError("another process is using it") from None
+            self._lock = lock
         saved = _saved_state(path)
         if saved is not None and saved.get("schema") == SCHEMA_VERSION:
             try:
@@ -261,6 +298,9 @@ class KeywordIndex:
         """Stop following Postgres and let go of the directory (the index still answers searches)."""
         self._stop.set()
         self._woken.set()
+        child = self._child
+        if child is not None:
+            child.kill()
         if self._thread is not None:
             self._thread.join(10)
             if self._thread.is_alive():
@@ -299,6 +339,9 @@ class KeywordIndex:
         resume from its saved one); the changes applied."""
         began = time.perf_counter()
         previous = self.snapshot
+        built = self._build_apart() if previous is None else 0
+        if self._stop.is_set() and previous is None:
+            return 0  # stopped while a child built: nothing more to do
         if self.writer is None:  # the last one died: a new one (tantivy's lock is free once the old one is gone)
             self.writer = self.index.writer(heap_size=WRITER_HEAP, num_threads=1)
         with self.engine.connect() as conn:
@@ -334,7 +377,7 @@ class KeywordIndex:
             log.info("keyword index: %d changes applied; %.0f MiB they freed handed back", changes, released)
         KEYWORD_INDEX_CAUGHT_UP.set_to_current_time()
         KEYWORD_INDEX_REFRESH.observe(time.perf_counter() - began)
-        return changes
+        return built + changes
 
     def _drop_pending(self) -> None:
         """Forget what was added since the last commit. A write tantivy could not make (a full disk) kills its
@@ -350,16 +393,58 @@ class KeywordIndex:
     def _resumable(self, database: str) -> str | None:
         """The saved snapshot to catch up from, if the index on disk holds this database up to a recent one."""
         saved, self.saved = self.saved, None
-        if saved is None:
-            return None
-        age = time.time() - float(saved.get("saved_at", 0))
-        if saved.get("database") != database:
-            log.info("keyword index on disk is of another database; reading the table anew")
-        elif not 0 <= age <= RESUMABLE_FOR_S:
-            log.info("keyword index on disk was saved %.0f s ago, past what the removal log keeps; reading anew", age)
-        elif isinstance(saved.get("snapshot"), str):
-            return saved["snapshot"]
-        return None
+        snapshot, why_not = _resume_point(saved, database)
+        if why_not:
+            log.info("keyword index on disk %s; reading the table anew", why_not)
+        return snapshot
+
+    # --- a first build in a child process ---------------------------------------------------------------------
+
+    def _build_apart(self) -> int:
+        """Before the first refresh of an index on disk that must read a large table whole: let a child process
+        build it there; the documents it read (0 when there was nothing to build apart, or the child failed: the
+        refresh then reads the table itself)."""
+        if self.path is None or self._locked_by_parent:
+            return 0
+        with self.engine.connect() as conn:
+            snapshot, _ = _resume_point(self.saved, queries.database_identity(conn))
+            estimate = queries.estimated_documents(conn) if snapshot is None else 0
+        if estimate < self.build_apart_from or snapshot is not None:
+            return 0
+        if self.writer is not None:  # the child takes tantivy's writer lock
+            self.writer.wait_merging_threads()
+            self.writer = None
+        request = {"url": self.engine.url.render_as_string(hide_password=False), "path": str(self.path)}
+        log.info("keyword index: a child process reads the table (~%d documents) into %s", estimate, self.path)
+        began = time.monotonic()
+        documents: int | None = None
+        try:
+            # Logs go where this process' do (stderr); the request (with the database password) goes by stdin.
+            self._child = subprocess.Popen(  # noqa: S603 - this interpreter, our module
+                [sys.executable, "-m", "streamrag_api.keyword_builder", str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            out, _ = self._child.communicate(json.dumps(request))
+            if self._child.returncode == 0:
+                documents = int(json.loads(out)["documents"])
+            elif not self._stop.is_set():
+                log.warning(
+                    "keyword index: the child build failed (exit %s); reading the table here", self._child.returncode
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("keyword index: no child build (%s); reading the table here", exc)
+        finally:
+            self._child = None
+        # What the child left in the directory: a built index and its state, or (if it failed) whatever it got to.
+        self.index, self.writer = self._with_writer(tantivy.Index(self.schema, path=str(self.path), reuse=True))
+        self.saved = _saved_state(self.path)
+        if documents is None:
+            return 0
+        log.info("keyword index: the child read %d documents in %.1f s", documents, time.monotonic() - began)
+        KEYWORD_INDEX_CHANGES.labels("read").inc(documents)
+        return documents
 
     def _save_state(self, force: bool) -> None:
         """After a commit: the snapshot the index on disk now reflects (written whole, then renamed into place)."""
@@ -468,3 +553,21 @@ class KeywordIndex:
             when = datetime.fromtimestamp(document["event_time"][0] / 1_000_000, UTC)
             out.append((document["doc_id"][0], when, float(score)))
         return out
+
+
+# --- the child's side of a build apart (`streamrag_api.keyword_builder` runs it) -----------------------------------
+def build_in_child(request: dict) -> int:
+    """Build the index in ``request["path"]`` from ``request["url"]``'s table (the parent holds the directory's lock)
+    and save its state; the documents read."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [build] %(message)s")
+    engine = create_engine(request["url"], pool_size=1, connect_args={"application_name": "streamrag-keyword-build"})
+    try:
+        index = KeywordIndex(engine, path=Path(request["path"]), locked=True)
+        if index.path is None:
+            raise OSError(f"{request['path']} cannot be used")
+        documents = index.refresh()
+        assert index.writer is not None, "a refresh leaves a writer"
+        index.writer.wait_merging_threads()
+        return documents
+    finally:
+        engine.dispose()

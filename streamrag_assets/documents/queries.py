@@ -221,6 +221,13 @@ def database_identity(conn: Connection) -> str:
     return str(conn.execute(text("SELECT id FROM database_identity")).scalar_one())
 
 
+def estimated_documents(conn: Connection) -> int:
+    """The table's rows as Postgres last estimated them (VACUUM, ANALYZE; 0 before the first): no scan."""
+    return max(
+        0, int(conn.execute(text("SELECT reltuples FROM pg_class WHERE oid = 'documents'::regclass")).scalar_one())
+    )
+
+
 def keyword_index_documents(conn: Connection) -> Iterable[Row]:
     """Every live document as the keyword index holds it (`KEYWORD_INDEX_COLUMNS`), streamed 5,000 rows at a time."""
     return conn.execution_options(yield_per=5000).execute(

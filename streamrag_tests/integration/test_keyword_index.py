@@ -5,12 +5,15 @@ Hybrid search fuses its ranking with the vector one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import psutil
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -360,6 +363,121 @@ def test_an_index_kept_on_disk_resumes_after_a_restart_and_is_read_anew_for_anot
     assert elsewhere.refresh() == 1
     assert _found(elsewhere, "okapi") == [] and len(_found(elsewhere, "tapir")) == 1
     elsewhere.stop()
+
+
+def _analyzed(store: DocumentIndex) -> None:
+    """Postgres' row estimate, which decides whether a first read is done apart, made current."""
+    with store.engine.begin() as conn:
+        conn.execute(text("ANALYZE documents"))
+
+
+def _builder(parent: psutil.Process, timeout_s: float = 30) -> psutil.Process:
+    """The child process a keyword index started to build itself, as soon as it runs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in parent.children():
+            with contextlib.suppress(psutil.Error):
+                if "streamrag_api.keyword_builder" in child.cmdline():
+                    return child
+        time.sleep(0.01)
+    raise AssertionError("no child process started to build the keyword index")
+
+
+def test_a_large_first_read_is_built_by_a_child_process_and_the_index_resumes_from_it(
+    database, tmp_path, caplog
+) -> None:
+    """A first read of a table past `build_apart_from` documents runs in a child process (what it allocates leaves
+    with it); the API's index answers exactly as one built in-process, and follows what commits afterwards."""
+    store = DocumentIndex(database, get_embedder())
+    docs = [_gold(seq, title=f"Capybara wallow {seq}") for seq in range(40)]
+    store.apply(docs + [_gold(90, title="Gharial snout")])
+    store.apply([_log(91, "delete", docs[0]["title"])])
+    _analyzed(store)
+    caplog.set_level("INFO", logger="streamrag_api.keyword")
+    apart = KeywordIndex(search_engine(database), path=tmp_path / "keyword-index", build_apart_from=10)
+    here = KeywordIndex(search_engine(database))
+    assert apart.refresh() == here.refresh() == _live(store) == 40
+    assert "the child read 40 documents" in caplog.text, "the table was read by a child process"
+    for words in ("capybara wallow", "gharial", "wallow 7"):
+        assert apart.search(words, EVERYTHING, 50) == here.search(words, EVERYTHING, 50)
+    assert docs[0]["doc_id"] not in _found(apart, "capybara")
+
+    later = _gold(92, title="Capybara grooming")
+    store.apply([later])
+    assert apart.refresh() == 1, "after the child's build, only what committed since is read"
+    assert later["doc_id"] in _found(apart, "grooming")
+    assert apart.index.searcher().num_docs == _live(store) == 41
+    apart.stop()
+    assert KeywordIndex(search_engine(database), path=tmp_path / "keyword-index").refresh() == 0, (
+        "the child saved its state: a restarted API resumes from it"
+    )
+
+
+def test_a_killed_build_process_leaves_the_api_to_read_the_table_itself(database, tmp_path, caplog) -> None:
+    """The child building the index dies (the OOM killer, an operator's kill): the API reads the table itself."""
+    store = DocumentIndex(database, get_embedder())
+    docs = [_gold(seq, title=f"Tamarin crest {seq}") for seq in range(30)]
+    store.apply(docs)
+    _analyzed(store)
+    keyword = KeywordIndex(search_engine(database), path=tmp_path / "keyword-index", build_apart_from=10)
+    result: list[int] = []
+    refreshing = threading.Thread(target=lambda: result.append(keyword.refresh()))
+    refreshing.start()
+    _builder(psutil.Process()).kill()
+    refreshing.join(60)
+    assert result == [30] and keyword.ready
+    assert "child build failed (exit -9)" in caplog.text
+    assert set(_found(keyword, "tamarin crest")) == {d["doc_id"] for d in docs}
+    keyword.stop()
+
+
+def test_the_api_killed_while_its_child_builds_leaves_the_directory_to_the_next_api(database, tmp_path) -> None:
+    """The API is SIGKILLed while its child builds: the next API takes the directory (and tantivy's writer lock in
+    it) and builds."""
+    store = DocumentIndex(database, get_embedder())
+    docs = [_gold(seq, title=f"Pangolin scales {seq}") for seq in range(30)]
+    store.apply(docs)
+    _analyzed(store)
+    path = tmp_path / "keyword-index"
+    script = (
+        "import sys; from pathlib import Path; from streamrag_api.keyword import KeywordIndex; "
+        "from streamrag_api.search import search_engine; "
+        "KeywordIndex(search_engine(sys.argv[1]), path=Path(sys.argv[2]), build_apart_from=10).refresh()"
+    )
+    api = psutil.Popen([sys.executable, "-c", script, database, str(path)])
+    builder = _builder(api)
+    api.kill()
+    api.wait(10)
+    gone, alive = psutil.wait_procs([builder], timeout=10)
+    assert gone and not alive, "the child outlived the API"
+    restarted = KeywordIndex(search_engine(database), path=path, build_apart_from=10)
+    assert restarted.path == path, "the directory is free for the next API"
+    assert restarted.refresh() == 30
+    assert set(_found(restarted, "pangolin")) == {d["doc_id"] for d in docs}
+    restarted.stop()
+
+
+def test_the_build_process_dies_with_the_process_that_started_it() -> None:
+    """An orphaned builder would hold tantivy's writer lock for as long as its build takes. Here it waits for a
+    request that never comes (its stdin's other end stays open in this test): only its parent's death ends it."""
+    request_read, request_write = os.pipe()
+    script = (
+        "import os, subprocess, sys, time; r = int(sys.argv[1]); "
+        "subprocess.Popen([sys.executable, '-m', 'streamrag_api.keyword_builder', str(os.getpid())], stdin=r, "
+        "pass_fds=(r,)); time.sleep(120)"
+    )
+    parent = psutil.Popen([sys.executable, "-c", script, str(request_read)], pass_fds=(request_read,))
+    try:
+        builder = _builder(parent)
+        time.sleep(2)  # its start (standard library only) takes ~50 ms: it now waits on stdin, past the prctl
+        assert builder.is_running(), "the builder waits for its request"
+        parent.kill()
+        gone, alive = psutil.wait_procs([builder], timeout=5)
+        assert gone and not alive, "the builder outlived the process that started it"
+    finally:
+        os.close(request_write)
+        os.close(request_read)
+        parent.kill()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
