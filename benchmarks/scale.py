@@ -22,7 +22,9 @@ that many documents and then measured:
    for ``--insert-seconds`` while ``--clients`` clients run hybrid /search; documents/s and the search latency.
 5. PSS of Postgres and the API, the table's and its indexes' size on disk, and per million documents.
 6. at the largest size only, a day of retention: the oldest of the seven days pruned as the daily schedule prunes
-   it, and VACUUM, while ``--clients`` clients run hybrid /search (its latency per 5-s window).
+   it, and VACUUM once no transaction older than the delete remains (so that it can remove the rows; the dead
+   tuples before and after say whether it did; cancelled after ``--vacuum-timeout``), while ``--clients`` clients
+   run hybrid /search (its latency per 5-s window).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from streamrag_assets.documents.retention import prune
 from streamrag_assets.documents.store import DocumentIndex
 from streamrag_assets.embedding.embedder import get_embedder
 from streamrag_assets.runtime.api import api_process
+from streamrag_assets.runtime.postgres import admin_connect
 from streamrag_tests.harness import EmbeddedStack, gold_documents, isolated_settings, release, scratch_dir
 
 VECTOR_QUERY = (
@@ -269,22 +272,56 @@ def footprint(settings, pids: dict[str, int], documents: int) -> dict:
     }
 
 
-def retention_day(settings, clients: int, pids: dict[str, int]) -> dict:
-    """The daily retention prune at this size: the oldest of the corpus' seven days deleted as `streamrag`'s
-    schedule deletes it (one statement; the removal log's trigger included), then VACUUM, while ``clients`` run
-    hybrid /search; its time, the rows, and the search latency meanwhile. Rows are gone afterwards: run last."""
+def _transactions_begun_before(admin: psycopg.Connection, when: datetime) -> int:
+    """Other sessions whose transaction began before ``when`` (their snapshots may predate what committed since)."""
+    return admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND xact_start < %s", (when,)
+    ).fetchone()[0]
+
+
+def _dead_tuples(admin: psycopg.Connection) -> int:
+    return admin.execute("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'documents'").fetchone()[0]
+
+
+def prune_and_vacuum(settings, vacuum_timeout_s: float) -> dict:
+    """The oldest of the corpus' seven days deleted as `streamrag`'s schedule deletes it (one statement; the removal
+    log's trigger included), then VACUUM once no transaction older than the delete remains: a VACUUM decides what it
+    may remove at its start, from the oldest snapshot still held, and one started the instant the delete committed,
+    with searches in flight, removed none of 1.5M rows at 10M (benchmarks/RESULTS.md). The dead tuples before and
+    after say whether it did; a VACUUM still running after ``vacuum_timeout_s`` is cancelled and said so."""
+    timings: dict = {}
+    began = time.perf_counter()
+    timings["rows_deleted"] = prune(settings.app_database_url, older_than_days=6)
+    timings["delete_s"] = round(time.perf_counter() - began, 1)
+    deleted_at = datetime.now(UTC)
+    dbname = psycopg.conninfo.conninfo_to_dict(_conninfo(settings))["dbname"]
+    with admin_connect(settings, dbname) as admin:  # pg_stat_activity shows every role's transactions to it
+        began = time.perf_counter()
+        while _transactions_begun_before(admin, deleted_at) and time.perf_counter() - began < 600:
+            time.sleep(0.05)
+        timings["older_transactions_wait_s"] = round(time.perf_counter() - began, 2)
+        timings["dead_tuples_before"] = _dead_tuples(admin)
+        admin.execute(f"SET statement_timeout = {int(vacuum_timeout_s * 1000)}")
+        began = time.perf_counter()
+        try:
+            admin.execute("VACUUM documents")
+            timings["vacuum_s"] = round(time.perf_counter() - began, 1)
+        except psycopg.errors.QueryCanceled:
+            timings["vacuum_s"] = None
+            timings["vacuum_cancelled_after_s"] = round(time.perf_counter() - began, 1)
+        timings["dead_tuples_after"] = _dead_tuples(admin)
+    return timings
+
+
+def retention_day(settings, clients: int, pids: dict[str, int], vacuum_timeout_s: float) -> dict:
+    """The daily retention prune at this size and its VACUUM (`prune_and_vacuum`) while ``clients`` run hybrid
+    /search; its time, the rows, and the search latency meanwhile. Rows are gone afterwards: run last."""
     done = threading.Event()
     timings: dict = {}
 
     def prune_then_vacuum() -> None:
         try:
-            began = time.perf_counter()
-            timings["rows_deleted"] = prune(settings.app_database_url, older_than_days=6)
-            timings["delete_s"] = round(time.perf_counter() - began, 1)
-            with psycopg.connect(_conninfo(settings), autocommit=True) as conn:
-                began = time.perf_counter()
-                conn.execute("VACUUM documents")
-                timings["vacuum_s"] = round(time.perf_counter() - began, 1)
+            timings.update(prune_and_vacuum(settings, vacuum_timeout_s))
         finally:
             done.set()
 
@@ -336,7 +373,7 @@ def measure(settings, stack: EmbeddedStack, size: int, args) -> dict:
         )
         result["footprint"] = footprint(settings, pids, size)
         if size == max(args.sizes):
-            result["retention_day"] = retention_day(settings, args.clients, pids)
+            result["retention_day"] = retention_day(settings, args.clients, pids, args.vacuum_timeout)
             print(json.dumps({"retention_day": result["retention_day"]}), flush=True)
     return result
 
@@ -358,6 +395,12 @@ def main() -> None:
     parser.add_argument("--recall-queries", type=int, default=200)
     parser.add_argument("--insert-seconds", type=float, default=60)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--vacuum-timeout",
+        type=float,
+        default=3600,
+        help="Seconds the retention phase's VACUUM may run before it is cancelled (and reported unfinished).",
+    )
     parser.add_argument(
         "--build-memory",
         type=float,
