@@ -294,8 +294,8 @@ def prune_and_vacuum(settings, vacuum_timeout_s: float) -> dict:
     timings["rows_deleted"] = prune(settings.app_database_url, older_than_days=6)
     timings["delete_s"] = round(time.perf_counter() - began, 1)
     deleted_at = datetime.now(UTC)
-    dbname = psycopg.conninfo.conninfo_to_dict(_conninfo(settings))["dbname"]
-    with admin_connect(settings, dbname) as admin:  # pg_stat_activity shows every role's transactions to it
+    # As the superuser: pg_stat_activity shows it every role's transactions.
+    with admin_connect(settings, settings.postgres_db) as admin:
         began = time.perf_counter()
         while _transactions_begun_before(admin, deleted_at) and time.perf_counter() - began < 600:
             time.sleep(0.05)

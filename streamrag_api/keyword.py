@@ -23,8 +23,9 @@ another process holds the directory, the index lives in memory and is read anew 
 A first read of a large table (`build_apart_from` documents or more, by Postgres' estimate) runs in a child process
 that builds the index in the directory, saves its state and exits; the API then resumes from that state like a
 restarted one. What a build of millions of rows leaves with a process (malloc's arenas, tantivy's merges) leaves with
-the child: at 5M documents an API that had built its index itself held 479 MiB of anonymous memory, a restarted one
-159-175 (benchmarks/RESULTS.md). If the child fails, the API builds in its own process as before.
+the child: at 8.5M documents an API that built its index itself held 338 MiB of anonymous memory after a load, one
+whose child built it 156 (at 1M, 173 and 174: there the in-process build left little; benchmarks/RESULTS.md). If the
+child fails, the API builds in its own process as before.
 
 Why not Postgres alone: a question's words are common across edits, and ranking full-text matches in Postgres cost
 10-35 ms of its CPU per question at 100k documents (every match is read to rank it); the index answers the same
@@ -407,9 +408,10 @@ class KeywordIndex:
         if self.path is None or self._locked_by_parent:
             return 0
         with self.engine.connect() as conn:
-            snapshot, _ = _resume_point(self.saved, queries.database_identity(conn))
-            estimate = queries.estimated_documents(conn) if snapshot is None else 0
-        if estimate < self.build_apart_from or snapshot is not None:
+            if _resume_point(self.saved, queries.database_identity(conn))[0] is not None:
+                return 0  # the first refresh resumes: nothing to read whole
+            estimate = queries.estimated_documents(conn)
+        if estimate < self.build_apart_from:
             return 0
         if self.writer is not None:  # the child takes tantivy's writer lock
             self.writer.wait_merging_threads()
