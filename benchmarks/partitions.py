@@ -10,8 +10,9 @@ keeps — what a search costs, and what retention and VACUUM cost — on a table
    ``--queries`` questions and near-document vectors (a second pass is timed; the first warms the cache), recall@10
    of each table against the exact top 10, and the plan; at ``--clients`` clients for ``--seconds``, queries/s and
    p50/p95.
-3. the cost of ordinary edits to VACUUM: 1% of the newest day's rows updated (as a tombstone or a rename updates
-   them), then VACUUM of that day's partition alone — against the whole table's VACUUM measured in RESULTS.md.
+3. the cost of ordinary edits to VACUUM: ``--edit-fraction`` of the largest day's rows updated (``--edit update``,
+   as a tombstone or a rename updates them: the vector stays) or deleted (``--edit delete``), then VACUUM of that
+   day's partition alone, index cleanup forced — against the whole table's VACUUM measured in RESULTS.md.
 4. retention: the oldest day's partition detached (CONCURRENTLY: searches go on) and dropped, while ``--clients``
    clients search it; the time and the search latency meanwhile. The copy's rows only: `documents` is not touched.
 
@@ -31,8 +32,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import psutil
 import psycopg
 
+from benchmarks.api_latency import _summary_ms
 from benchmarks.scale import _conninfo, _vector_literal, exact_top10, query_vectors
 from streamrag_api.search import SEARCH_CONNECT_OPTIONS, search_connect_options
 from streamrag_assets.documents.queries import NOT_A_PROBE
@@ -44,15 +47,6 @@ NEAREST = (
     "SELECT doc_id, event_time, 1 - (embedding <=> %(q)s::halfvec) AS score FROM {table} "
     f"WHERE NOT deleted AND {NOT_A_PROBE} ORDER BY embedding <=> %(q)s::halfvec LIMIT 40"
 )
-
-
-def _ms(values: list[float]) -> dict:
-    ordered = sorted(values)
-    return {
-        "p50": round(statistics.median(ordered), 2),
-        "p95": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
-        "mean": round(statistics.fmean(ordered), 2),
-    }
 
 
 def build(settings, admin: psycopg.Connection, build_memory_mb: int) -> dict:
@@ -85,9 +79,11 @@ def build(settings, admin: psycopg.Connection, build_memory_mb: int) -> dict:
     admin.execute(f"INSERT INTO {COPY} ({quoted}) SELECT {quoted} FROM documents")
     timings = {"partitions": days, "copy_s": round(time.perf_counter() - t, 1)}
     admin.execute(f"SET maintenance_work_mem = '{build_memory_mb}MB'")
-    # The indexes of `documents` (models.Document), each built partition by partition.
+    # The indexes of `documents` (models.Document), each built partition by partition; the key holds the day.
+    t = time.perf_counter()
+    admin.execute(f"ALTER TABLE {COPY} ADD CONSTRAINT {COPY}_pkey PRIMARY KEY (doc_id, event_time)")
+    timings["index_pkey_s"] = round(time.perf_counter() - t, 1)
     for name, definition in {
-        "pkey": "UNIQUE (doc_id, event_time)",
         "hnsw": "USING hnsw (embedding halfvec_cosine_ops) WITH (m = 24, ef_construction = 96)",
         "gin": "USING gin (search)",
         "wiki_title": "(wiki, title)",
@@ -97,10 +93,7 @@ def build(settings, admin: psycopg.Connection, build_memory_mb: int) -> dict:
         "written_xid": "(written_xid)",
     }.items():
         t = time.perf_counter()
-        if name == "pkey":
-            admin.execute(f"ALTER TABLE {COPY} ADD CONSTRAINT {COPY}_pkey PRIMARY KEY (doc_id, event_time)")
-        else:
-            admin.execute(f"CREATE INDEX {COPY}_{name} ON {COPY} {definition}")
+        admin.execute(f"CREATE INDEX {COPY}_{name} ON {COPY} {definition}")
         timings[f"index_{name}_s"] = round(time.perf_counter() - t, 1)
         print(json.dumps({name: timings[f"index_{name}_s"]}), flush=True)
     admin.execute(f"VACUUM ANALYZE {COPY}")
@@ -110,8 +103,13 @@ def build(settings, admin: psycopg.Connection, build_memory_mb: int) -> dict:
 
 def _cpu_s(pid: int) -> float:
     """CPU seconds (user + system) the process ``pid`` has used: a backend's cost, whatever else the machine runs."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _recall(tops: list[set[str]], exact: list[set[str]]) -> dict:
+    overlaps = [len(t & e) / max(1, len(e)) for t, e in zip(tops, exact, strict=True)]
+    return {"recall_at_10": round(statistics.fmean(overlaps), 4), "recall_min": round(min(overlaps), 2)}
 
 
 def one_client(
@@ -139,7 +137,7 @@ def one_client(
                 f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {statement}", {"q": _vector_literal(queries[0])}
             )
         )
-    return _ms(latencies) | {"backend_cpu_ms_per_query": round(cpu_ms, 2)}, tops, plan
+    return _summary_ms(latencies) | {"backend_cpu_ms_per_query": round(cpu_ms, 2)}, tops, plan
 
 
 def many_clients(settings, queries: list[np.ndarray], table: str, clients: int, seconds: float) -> dict:
@@ -165,7 +163,7 @@ def many_clients(settings, queries: list[np.ndarray], table: str, clients: int, 
         thread.start()
     for thread in threads:
         thread.join()
-    return {"queries": len(latencies), "per_s": round(len(latencies) / seconds, 1)} | _ms(latencies)
+    return {"queries": len(latencies), "per_s": round(len(latencies) / seconds, 1)} | _summary_ms(latencies)
 
 
 def exact_ids(settings, admin: psycopg.Connection, queries: list[np.ndarray]) -> list[set[str]]:
@@ -178,31 +176,36 @@ def exact_ids(settings, admin: psycopg.Connection, queries: list[np.ndarray]) ->
     return out
 
 
-def vacuum_after_edits(admin: psycopg.Connection, fraction: float) -> dict:
-    """``fraction`` of the newest populated day's rows updated, then VACUUM of that partition."""
-    newest = admin.execute(
+def vacuum_after_edits(admin: psycopg.Connection, fraction: float, edit: str) -> dict:
+    """``fraction`` of the largest day's rows updated (the vector kept) or deleted, then VACUUM of that partition
+    (index cleanup forced: Postgres may skip it when few pages hold dead rows); its time, and the CPU of the backend
+    (pgvector's graph repair runs in parallel vacuum workers, not counted there)."""
+    largest = admin.execute(
         f"SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        f"WHERE i.inhparent = '{COPY}'::regclass AND c.reltuples > 0 ORDER BY c.relname DESC LIMIT 1"
+        f"WHERE i.inhparent = '{COPY}'::regclass ORDER BY c.reltuples DESC LIMIT 1"
     ).fetchone()[0]
-    rows = admin.execute(f"SELECT count(*) FROM {newest}").fetchone()[0]
+    rows = admin.execute(f"SELECT count(*) FROM {largest}").fetchone()[0]
+    which = f"doc_id IN (SELECT doc_id FROM {largest} TABLESAMPLE BERNOULLI (%s))"
+    statement = (
+        f"DELETE FROM {largest} WHERE "
+        if edit == "delete"
+        else f"UPDATE {largest} SET title = title || ' (moved)' WHERE "
+    )
     t = time.perf_counter()
-    updated = admin.execute(
-        f"UPDATE {newest} SET title = title || ' (moved)' WHERE doc_id IN "
-        f"(SELECT doc_id FROM {newest} TABLESAMPLE BERNOULLI (%s))",
-        (fraction * 100,),
-    ).rowcount
-    update_s = time.perf_counter() - t
+    edited = admin.execute(statement + which, (fraction * 100,)).rowcount
+    edit_s = time.perf_counter() - t
     backend = admin.execute("SELECT pg_backend_pid()").fetchone()[0]
     cpu = _cpu_s(backend)
     t = time.perf_counter()
-    admin.execute(f"VACUUM {newest}")
+    admin.execute(f"VACUUM (INDEX_CLEANUP ON) {largest}")
     return {
-        "vacuum_cpu_s": round(_cpu_s(backend) - cpu, 1),
-        "partition": newest,
+        "edit": edit,
+        "partition": largest,
         "partition_rows": rows,
-        "rows_updated": updated,
-        "update_s": round(update_s, 1),
+        "rows_edited": edited,
+        "edit_s": round(edit_s, 1),
         "vacuum_s": round(time.perf_counter() - t, 1),
+        "vacuum_backend_cpu_s": round(_cpu_s(backend) - cpu, 1),
     }
 
 
@@ -251,6 +254,12 @@ def main() -> None:
     )
     parser.add_argument("--build-memory-mb", type=int, default=4096)
     parser.add_argument("--edit-fraction", type=float, default=0.01)
+    parser.add_argument(
+        "--edit",
+        choices=("update", "delete"),
+        default="delete",
+        help="What the VACUUM phase does to a day's rows: update them (the vector stays) or delete them.",
+    )
     parser.add_argument("--build-only", action="store_true", help="Build the copy and stop.")
     parser.add_argument("--drop", action="store_true", help="Drop a copy left by an earlier run first.")
     parser.add_argument("--retention-only", action="store_true", help="Skip the search measurements.")
@@ -281,26 +290,19 @@ def main() -> None:
             exact = exact_ids(settings, admin, queries) if not args.retention_only else []
             for table in ("documents", COPY) if not args.retention_only else ():
                 latency, tops, plan = one_client(settings, queries, table)
-                recall = [len(t & e) / max(1, len(e)) for t, e in zip(tops, exact, strict=True)]
                 out[table] = {
                     "one_client_ms": latency,
-                    "recall_at_10": round(statistics.fmean(recall), 4),
-                    "recall_min": round(min(recall), 2),
+                    **_recall(tops, exact),
                     f"{args.clients}_clients": many_clients(settings, queries, table, args.clients, args.seconds),
                     "plan": plan,
                 }
                 print(json.dumps({table: out[table]}), flush=True)
                 for ef in args.ef_search:  # the same at other candidate lists: equal recall at what cost
                     latency, tops, _ = one_client(settings, queries, table, search_connect_options(ef))
-                    recall = [len(t & e) / max(1, len(e)) for t, e in zip(tops, exact, strict=True)]
-                    out[table][f"ef_search_{ef}"] = {
-                        "one_client_ms": latency,
-                        "recall_at_10": round(statistics.fmean(recall), 4),
-                        "recall_min": round(min(recall), 2),
-                    }
+                    out[table][f"ef_search_{ef}"] = {"one_client_ms": latency, **_recall(tops, exact)}
                     print(json.dumps({table: {ef: out[table][f"ef_search_{ef}"]}}), flush=True)
             if not args.no_retention:
-                out["vacuum_after_edits"] = vacuum_after_edits(admin, args.edit_fraction)
+                out["vacuum_after_edits"] = vacuum_after_edits(admin, args.edit_fraction, args.edit)
                 print(json.dumps({"vacuum_after_edits": out["vacuum_after_edits"]}), flush=True)
                 out["drop_oldest_day"] = drop_oldest(settings, admin, queries, args.clients)
         out["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
