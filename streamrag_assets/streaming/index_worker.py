@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 RECOVERY_PROBE_S = 5.0  # while Postgres is unavailable, how often the index tries to catch up
 PART_ROWS = 100  # documents per index transaction: what a newer batch waits for at most before it goes first
+OLDEST_WAIT_S = 30.0  # a part waiting longer than this gets one turn in `OLDEST_TURN_EVERY` (below)
+OLDEST_TURN_EVERY = 4  # so newest first leaves the oldest at least a quarter of the worker while it is behind
 MAX_PENDING_ROWS = 5_000  # documents Spark may run ahead of the index (then `submit` holds it back): a minute and
 # a half at 50 events/s. A stop loses what waits; the restarted stream indexes it again while its JVM starts.
 
@@ -65,6 +67,7 @@ class _Part:
     doc_ids: frozenset[str] = frozenset()
     pages: frozenset[Page] = frozenset()  # every page its rows are about
     moved: frozenset[Page] = frozenset()  # pages it deletes, or moves from or to
+    submitted: float = field(default_factory=time.monotonic)
 
     @classmethod
     def of(cls, batch: _Batch, rows: list[dict[str, Any]], last: bool) -> _Part:
@@ -102,7 +105,11 @@ class IndexWorker:
     ``stream_max_events_per_trigger``; each batch is split into parts of `PART_ROWS` documents, and the worker takes
     the newest part whose documents commute with every older part still waiting (`_Part.commutes_with`), so an edit
     that arrives while the backlog is embedded waits for one part, not for the backlog. Parts that do not commute
-    go in order. Spark may run up to `MAX_PENDING_ROWS` documents ahead; beyond that ``submit`` holds it back.
+    go in order. Newest first alone starves the oldest part while new ones keep the worker busy (a machine near its
+    capacity: the soak's index stayed ~160 batches behind Spark for half an hour while each new batch was indexed at
+    once); so once the oldest part has waited `OLDEST_WAIT_S`, every `OLDEST_TURN_EVERY`th turn is the oldest's: its
+    wait is bounded, the recorded progress moves, and new edits keep three turns in four. Spark may run up to
+    `MAX_PENDING_ROWS` documents ahead; beyond that ``submit`` holds it back.
 
     **Exactly once.** Spark may commit a batch before its documents are indexed, so each index transaction records a
     batch key (`IndexProgress`) — only the last one below which every part is indexed, so the recorded progress
@@ -137,6 +144,7 @@ class IndexWorker:
         self._behind = behind  # the last batch key written to Gold but not indexed; None when in step
         self._next_probe = 0.0
         INDEX_PAUSED.set(0 if behind is None else 1)
+        self._turns_since_oldest = 0
         self._parts: list[_Part] = []  # in batch order: those waiting, and those indexed ahead of an older one
         self._reached: Marks = {}  # the partition marks of the batches done and gone from `_parts`
         self._changed = threading.Condition()
@@ -185,13 +193,18 @@ class IndexWorker:
                 return
 
     def _choose(self) -> _Part | None:
-        """The newest waiting part that commutes with every older waiting one; else the oldest."""
+        """The newest waiting part that commutes with every older waiting one, else the oldest; the oldest too when
+        its turn has come (`OLDEST_WAIT_S`, `OLDEST_TURN_EVERY`)."""
         waiting = [p for p in self._parts if not p.done]
         if not waiting:
             return None
-        for n in range(len(waiting) - 1, 0, -1):
-            if all(waiting[n].commutes_with(older) for older in waiting[:n]):
-                return waiting[n]
+        overdue = time.monotonic() - waiting[0].submitted > OLDEST_WAIT_S
+        if not (overdue and self._turns_since_oldest >= OLDEST_TURN_EVERY - 1):
+            for n in range(len(waiting) - 1, 0, -1):
+                if all(waiting[n].commutes_with(older) for older in waiting[:n]):
+                    self._turns_since_oldest += 1
+                    return waiting[n]
+        self._turns_since_oldest = 0
         return waiting[0]
 
     def _progress_with(self, part: _Part) -> tuple[int, Marks] | None:

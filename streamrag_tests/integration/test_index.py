@@ -338,6 +338,56 @@ def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in
     }
 
 
+def test_newest_first_leaves_a_part_that_waited_too_long_every_fourth_turn(index, monkeypatch) -> None:
+    """A worker kept busy by newer batches does not starve the oldest: once it has waited `OLDEST_WAIT_S`, every
+    fourth turn is the oldest's, and the recorded progress moves with it instead of waiting for the whole backlog."""
+    from streamrag_assets.streaming import index_worker
+    from streamrag_assets.streaming.batch_result import BatchResult
+
+    monkeypatch.setattr(index_worker, "OLDEST_WAIT_S", 0.2)
+    base = 71_000
+    batches = {key: [_gold(base + key, title=f"Turn page {key}")] for key in range(11)}
+    taken: list[tuple[int, int | None]] = []
+    finished: list[int] = []
+
+    def index_part(rows, reached, written):
+        key = next(k for k, b in batches.items() if b[0]["doc_id"] == rows[0]["doc_id"])
+        taken.append((key, None if reached is None else reached[0]))
+        return index.index(
+            rows, progress=None if reached is None else Progress("turns", *reached), before_write=written.wait
+        )
+
+    worker = index_worker.IndexWorker(index_part, lambda r: finished.append(r.batch_key), recover=lambda upto: 0)
+    plug = index_worker.WriteGate()  # batch 0 holds the worker while the ten others arrive and wait past the limit
+    worker.submit(BatchResult(0, {}, {}, {}), batches[0], plug)
+    time.sleep(0.3)
+    for key in range(1, 11):
+        gate = index_worker.WriteGate()
+        gate.open()
+        worker.submit(BatchResult(key, {}, {}, {}), batches[key], gate)
+    time.sleep(0.3)
+    plug.open()
+    deadline = time.monotonic() + 60
+    while len(finished) < 11:
+        assert time.monotonic() < deadline, f"the worker indexed {taken} only"
+        time.sleep(0.05)
+    # Newest first alone: 10, 9, ..., 1 — batch 1 last, and no progress recorded until the very end.
+    assert taken == [
+        (0, 0),
+        (10, None),
+        (9, None),
+        (8, None),
+        (1, 1),
+        (7, None),
+        (6, None),
+        (5, None),
+        (2, 2),
+        (4, None),
+        (3, 10),
+    ]
+    assert index.progress("turns") == 10
+
+
 def test_vectors_written_before_halfvec_are_kept_and_found_through_the_new_index(stack) -> None:
     """Migration 0008 on a table with documents: each keeps its vector (to half precision), the column is halfvec,
     the HNSW index is built again with its parameters, and a nearest-neighbour query uses it and finds them."""
