@@ -266,12 +266,41 @@ def test_indexed_at_is_when_a_document_was_written_not_when_its_batch_began(inde
     )
 
 
+def _order_recorded(index: DocumentIndex, batches: dict[int, list[dict]], stream: str):
+    """An index worker over ``index`` for ``batches`` (key -> Gold rows), and what it does: each part's batch key
+    with the progress its transaction recorded, in the order taken; the batch keys finished."""
+    from streamrag_assets.streaming.index_worker import IndexWorker
+
+    taken: list[tuple[int, int | None]] = []
+    finished: list[int] = []
+
+    def index_part(rows, reached, written):
+        key = next(k for k, b in batches.items() if b[0]["doc_id"] == rows[0]["doc_id"])
+        taken.append((key, None if reached is None else reached[0]))
+        return index.index(
+            rows, progress=None if reached is None else Progress(stream, *reached), before_write=written.wait
+        )
+
+    return (
+        IndexWorker(index_part, lambda result: finished.append(result.batch_key), recover=lambda upto: 0),
+        taken,
+        finished,
+    )
+
+
+def _until_finished(finished: list[int], count: int, taken: list) -> None:
+    deadline = time.monotonic() + 60
+    while len(finished) < count:
+        assert time.monotonic() < deadline, f"the worker indexed {taken} only"
+        time.sleep(0.05)
+
+
 def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in_order(index) -> None:
     """The index worker takes the newest waiting batch whose documents commute with the older ones (a live edit
     does not wait for a backlog), goes in order otherwise (here: a deletion of a page an older batch edits), and
     records a progress only below which every batch is in Postgres."""
     from streamrag_assets.streaming.batch_result import BatchResult
-    from streamrag_assets.streaming.index_worker import IndexWorker, WriteGate
+    from streamrag_assets.streaming.index_worker import WriteGate
 
     base = 70_000
     edits = {key: _gold(base + key, title=f"Lane page {key}") for key in range(1, 5)}
@@ -285,16 +314,6 @@ def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in
         3: [edits[3]],
         4: [edits[4], deletion],
     }
-    taken: list[tuple[int, int | None]] = []
-    finished: list[int] = []
-
-    def index_part(rows, reached, written):
-        key = next(k for k, b in batches.items() if b[0]["doc_id"] == rows[0]["doc_id"])
-        taken.append((key, None if reached is None else reached[0]))
-        return index.index(
-            rows, progress=None if reached is None else Progress("lanes", *reached), before_write=written.wait
-        )
-
     # Partition 0 has records in every batch, partition 1 in batch 2 only: the marks recorded with batch 4 are
     # batch 4's for partition 0 and still batch 2's for partition 1 (batch 2 was indexed before batch 1).
     at = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
@@ -305,7 +324,7 @@ def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in
             found[1] = PartitionMark(7, at - timedelta(seconds=30), None)
         return found
 
-    worker = IndexWorker(index_part, lambda result: finished.append(result.batch_key), recover=lambda upto: 0)
+    worker, taken, finished = _order_recorded(index, batches, "lanes")
     plug = WriteGate()  # the worker takes batch 0 first and waits for its tables while the others arrive
     worker.submit(BatchResult(0, {}, {}, {}, marks=marks(0)), batches[0], plug)
     time.sleep(0.5)
@@ -314,10 +333,7 @@ def test_the_stream_indexes_newer_batches_first_when_they_commute_and_ends_as_in
         gate.open()
         worker.submit(BatchResult(key, {}, {}, {}, marks=marks(key)), batches[key], gate)
     plug.open()
-    deadline = time.monotonic() + 60
-    while len(finished) < 5:
-        assert time.monotonic() < deadline, f"the worker indexed {taken} only"
-        time.sleep(0.05)
+    _until_finished(finished, 5, taken)
     # 3 and 2 commute with everything older; 4 deletes the page 1 edits, so 1 goes before it.
     assert [key for key, _ in taken] == [0, 3, 2, 1, 4]
     assert [progress for _, progress in taken] == [0, None, None, 3, 4]
@@ -347,17 +363,7 @@ def test_newest_first_leaves_a_part_that_waited_too_long_every_fourth_turn(index
     monkeypatch.setattr(index_worker, "OLDEST_WAIT_S", 0.2)
     base = 71_000
     batches = {key: [_gold(base + key, title=f"Turn page {key}")] for key in range(11)}
-    taken: list[tuple[int, int | None]] = []
-    finished: list[int] = []
-
-    def index_part(rows, reached, written):
-        key = next(k for k, b in batches.items() if b[0]["doc_id"] == rows[0]["doc_id"])
-        taken.append((key, None if reached is None else reached[0]))
-        return index.index(
-            rows, progress=None if reached is None else Progress("turns", *reached), before_write=written.wait
-        )
-
-    worker = index_worker.IndexWorker(index_part, lambda r: finished.append(r.batch_key), recover=lambda upto: 0)
+    worker, taken, finished = _order_recorded(index, batches, "turns")
     plug = index_worker.WriteGate()  # batch 0 holds the worker while the ten others arrive and wait past the limit
     worker.submit(BatchResult(0, {}, {}, {}), batches[0], plug)
     time.sleep(0.3)
@@ -367,10 +373,7 @@ def test_newest_first_leaves_a_part_that_waited_too_long_every_fourth_turn(index
         worker.submit(BatchResult(key, {}, {}, {}), batches[key], gate)
     time.sleep(0.3)
     plug.open()
-    deadline = time.monotonic() + 60
-    while len(finished) < 11:
-        assert time.monotonic() < deadline, f"the worker indexed {taken} only"
-        time.sleep(0.05)
+    _until_finished(finished, 11, taken)
     # Newest first alone: 10, 9, ..., 1 — batch 1 last, and no progress recorded until the very end.
     assert taken == [
         (0, 0),
