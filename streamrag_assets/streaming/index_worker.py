@@ -178,7 +178,8 @@ class IndexWorker:
                 with self._changed:
                     if not any(not p.done for p in self._parts):
                         self._changed.wait(1.0)
-                    part = self._choose()
+                    # while indexing is paused nothing is taken: choosing would count a turn never taken
+                    part = self._choose() if self._behind is None else None
                 if self._behind is not None:
                     self._skip_all()
                     if time.monotonic() >= self._next_probe:
