@@ -54,6 +54,7 @@ from sqlalchemy.exc import DBAPIError
 from streamrag_api.schemas import Filters
 from streamrag_assets.documents import queries
 from streamrag_assets.documents.retention import REMOVALS_KEPT
+from streamrag_assets.ingest.events import PROBE_WIKI
 from streamrag_assets.metrics import (
     KEYWORD_INDEX_CAUGHT_UP,
     KEYWORD_INDEX_CHANGES,
@@ -66,6 +67,8 @@ log = logging.getLogger(__name__)
 
 TOKENIZER = "streamrag"
 MAX_TERMS = 32
+COMMON_SHARE = 0.5  # a question's word in more of the documents than this is left out of it (`KeywordIndex._telling`)
+PROBE_PREFIX = f"{PROBE_WIKI}:"  # the canary's documents' ids (`refine.doc_id`)
 # Raise when `_schema` or `analyzer` change: an index saved with another one is read anew.
 SCHEMA_VERSION = 1
 STATE_FILE = "streamrag-state.json"
@@ -521,15 +524,21 @@ class KeywordIndex:
     def search(
         self, question: str, filters: Filters, limit: int, include_probes: bool = False
     ) -> list[tuple[str, datetime, float]]:
-        """The ``limit`` best (doc_id, event_time, BM25 score) for the question's words, within the filters."""
-        terms = self.terms(question)
+        """The ``limit`` best (doc_id, event_time, BM25 score) for the question's words, within the filters.
+
+        Without filters the query is the words alone, a pure disjunction, which tantivy answers with block-max WAND:
+        it skips the blocks of postings that cannot reach the top ``limit``. Any other clause (a filter, or excluding
+        the canary's probes) makes it score every document any word matches, so the probes are dropped by id
+        afterwards instead. Words found in most documents are left out (`_telling`)."""
+        searcher = self.index.searcher()
+        terms = self._telling(searcher, self.terms(question))
         if not terms:
             return []
         Occur, Query, schema = tantivy.Occur, tantivy.Query, self.schema  # noqa: N806 - tantivy's own names
         words = Query.boolean_query(
             [(Occur.Should, Query.term_query(schema, "body", term, index_option="freq")) for term in terms]
         )
-        clauses = [(Occur.Must, words)]
+        clauses = []
         for name in ("wiki", "lang", "type", "namespace"):
             values = getattr(filters, name)
             if values:
@@ -546,15 +555,37 @@ class KeywordIndex:
             clauses.append((Occur.Must, Query.const_score_query(window, 0.0)))
         if filters.exclude_bots:
             clauses.append((Occur.MustNot, Query.term_query(schema, "bot", True)))
-        if not include_probes:
+        if clauses and not include_probes:
             clauses.append((Occur.MustNot, Query.term_query(schema, "probe", True)))
-        searcher = self.index.searcher()
-        out = []
-        for score, address in searcher.search(Query.boolean_query(clauses), limit, count=False).hits:
-            document = searcher.doc(address)
-            when = datetime.fromtimestamp(document["event_time"][0] / 1_000_000, UTC)
-            out.append((document["doc_id"][0], when, float(score)))
-        return out
+        query = Query.boolean_query([(Occur.Must, words), *clauses]) if clauses else words
+        drop_probes = not clauses and not include_probes
+        wanted = limit
+        while True:
+            hits = searcher.search(query, wanted, count=False).hits
+            out = []
+            for score, address in hits:
+                document = searcher.doc(address)
+                doc_id = document["doc_id"][0]
+                if drop_probes and doc_id.startswith(PROBE_PREFIX):
+                    continue
+                when = datetime.fromtimestamp(document["event_time"][0] / 1_000_000, UTC)
+                out.append((doc_id, when, float(score)))
+            if len(out) >= limit or len(hits) < wanted:  # enough, or all there is
+                return out[:limit]
+            wanted *= 2  # probes took places: look further down
+
+    @staticmethod
+    def _telling(searcher: tantivy.Searcher, terms: list[str]) -> list[str]:
+        """``terms`` found in the index, without those in more than `COMMON_SHARE` of the documents unless that is all
+        of them. Such a
+        word ("edited", "bytes": in most documents' text) adds under ln 2 of BM25's idf to a score, next to 5-15 for a
+        rare one, but costs the most: its postings are most of the index, and pruning cannot skip documents that
+        match only it while they still fill the top. At 9.6M documents dropping them kept 99.9% of the top ten's
+        score (benchmarks/RESULTS.md). As Lucene's former `cutoff_frequency`, without its second pass."""
+        found = {term: searcher.doc_freq("body", term) for term in terms}
+        found = {term: count for term, count in found.items() if count}  # a word in no document finds nothing
+        telling = [term for term, count in found.items() if count <= COMMON_SHARE * searcher.num_docs]
+        return telling or list(found)
 
 
 # --- the child's side of a build apart (`streamrag_api.keyword_builder` runs it) -----------------------------------

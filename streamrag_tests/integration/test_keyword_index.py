@@ -163,6 +163,28 @@ def test_filters_stop_words_and_bm25_order(database) -> None:
     assert probe["doc_id"] in [d for d, _, _ in keyword.search("walrus", EVERYTHING, 50, include_probes=True)]
 
 
+def test_words_in_most_documents_do_not_fill_the_results_and_probes_never_take_a_place(database) -> None:
+    """Every document's text says "edited … bytes": such words are left out of a question that has a rarer one, so
+    the hits are the documents about what was asked, not every document. Probes ranking above everything still leave
+    ``limit`` real hits (they are dropped after the search, which then looks further)."""
+    store = DocumentIndex(database, get_embedder())
+    walrus = [_gold(n, title=f"Walrus {n}") for n in range(1, 4)]
+    places = ["Berlin", "Tokyo", "Lima", "Oslo", "Quito", "Accra", "Hanoi", "Riga", "Bern", "Doha"]
+    others = [_gold(n, title=title) for n, title in enumerate(places, start=4)]
+    probes = [_gold(n, title="Walrus walrus walrus", wiki=PROBE_WIKI) for n in range(14, 17)]
+    store.apply(walrus + others + probes)
+    keyword = KeywordIndex(search_engine(database))
+    keyword.refresh()
+
+    assert set(_found(keyword, "Who edited the Walrus page?")) == {d["doc_id"] for d in walrus}
+    assert set(_found(keyword, "Who edited the Zzyzx page?")) >= {d["doc_id"] for d in walrus}, "a word in no document hides nothing"
+    assert len(_found(keyword, "edited bytes")) == len(walrus + others), "a question of common words alone finds them"
+    assert _found(keyword, "walrus", limit=2) == _found(keyword, "walrus")[:2]
+    assert set(_found(keyword, "walrus", limit=3)) == {d["doc_id"] for d in walrus}
+    with_probes = [d for d, _, _ in keyword.search("walrus", EVERYTHING, 3, include_probes=True)]
+    assert set(with_probes) == {d["doc_id"] for d in probes}, "the probes rank first: the page kept them out"
+
+
 def test_the_follower_thread_picks_new_documents_up(database) -> None:
     keyword = KeywordIndex(search_engine(database), refresh_s=0.05)
     store = DocumentIndex(database, get_embedder())
