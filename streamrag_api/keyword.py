@@ -526,10 +526,11 @@ class KeywordIndex:
     ) -> list[tuple[str, datetime, float]]:
         """The ``limit`` best (doc_id, event_time, BM25 score) for the question's words, within the filters.
 
-        Without filters the query is the words alone, a pure disjunction, which tantivy answers with block-max WAND:
-        it skips the blocks of postings that cannot reach the top ``limit``. Any other clause (a filter, or excluding
-        the canary's probes) makes it score every document any word matches, so the probes are dropped by id
-        afterwards instead. Words found in most documents are left out (`_telling`)."""
+        tantivy scores every document a word matches (tantivy-py collects through a `MultiCollector`, which block-max
+        WAND's pruning does not serve), ~5 ns a posting: the cost is the words' postings, so words found in most
+        documents are left out (`_telling`), and without filters the query is the words alone — an exclusion clause
+        adds a check per matching document (~30% at 0.8M documents), so the canary's probes are dropped by id after
+        the search instead."""
         searcher = self.index.searcher()
         terms = self._telling(searcher, self.terms(question))
         if not terms:
@@ -577,11 +578,10 @@ class KeywordIndex:
     @staticmethod
     def _telling(searcher: tantivy.Searcher, terms: list[str]) -> list[str]:
         """``terms`` found in the index, without those in more than `COMMON_SHARE` of the documents unless that is all
-        of them. Such a
-        word ("edited", "bytes": in most documents' text) adds under ln 2 of BM25's idf to a score, next to 5-15 for a
-        rare one, but costs the most: its postings are most of the index, and pruning cannot skip documents that
-        match only it while they still fill the top. At 9.6M documents dropping them kept 99.9% of the top ten's
-        score (benchmarks/RESULTS.md). As Lucene's former `cutoff_frequency`, without its second pass."""
+        of them. Such a word ("edited", "bytes": in most documents' text) adds under ln 2 of BM25's idf to a score,
+        next to 5-15 for a rare one, but costs the most: its postings are most of the index. At 9.6M documents
+        leaving them out kept 99.9% of the top ten's BM25 score (benchmarks/RESULTS.md). As Lucene's former
+        `cutoff_frequency`, without its second pass."""
         found = {term: searcher.doc_freq("body", term) for term in terms}
         found = {term: count for term, count in found.items() if count}  # a word in no document finds nothing
         telling = [term for term, count in found.items() if count <= COMMON_SHARE * searcher.num_docs]
