@@ -254,12 +254,13 @@ class Settings(BaseSettings):
     postgres_dagster_db: str = "dagster"
     postgres_run_as: str = Field("streamrag", description="Unprivileged OS user for Postgres when started as root.")
     postgres_shared_buffers: str = Field(
-        "256MB",
-        pattern=r"^\d+(kB|MB|GB)$",
+        "auto",
+        pattern=r"^(auto|\d+(kB|MB|GB))$",
         description="The embedded Postgres' buffer cache (Postgres' own default is 128MB); what it does not hold is "
-        "read from the OS' file cache, which the kernel can take back. With ~180k documents (~700MB with their "
-        "indexes, the HNSW graph 232MB) /search and indexing measured the same at 256MB as at 512MB, and 20-40% "
-        "slower at 128MB. Raise it for tables of millions of documents on a machine with the memory to spare.",
+        "read from the OS' file cache, which the kernel can take back. 'auto': sized at each start to the data on "
+        "disk then - a third of it, at least 256MB, at most a quarter of the machine's memory and 8GB (a new "
+        "cluster: 256MB; with ~180k documents /search and indexing measured the same at 256MB as at 512MB). With "
+        "0.85M documents 2GB made vector /search twice as fast as 256MB (benchmarks/RESULTS.md).",
     )
 
     # --- pipeline -----------------------------------------------------------------------------------------

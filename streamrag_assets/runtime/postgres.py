@@ -11,6 +11,7 @@ passwords on its next start.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import re
@@ -40,6 +41,8 @@ from streamrag_assets.credentials import (
 )
 from streamrag_assets.runtime.process import LOOPBACK_HOST, ManagedProcess, PortClaim, ServiceError, postgres_dsn
 from streamrag_assets.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def _ensure_system_user(name: str) -> None:
@@ -215,6 +218,32 @@ def _end_trust(data_dir: Path, run_as: str | None, password: str) -> None:
     hba.write_text(_TRUST.sub(r"\1scram-sha-256\2", text))  # in place: the file keeps its owner and mode
 
 
+SHARED_BUFFERS_FLOOR_MB = 256
+SHARED_BUFFERS_CEILING_MB = 8192
+
+
+def machine_memory_bytes() -> int:
+    """The machine's memory, or the cgroup's limit when it is lower (a container's)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return physical
+    return min(physical, int(limit)) if limit.isdigit() else physical
+
+
+def auto_shared_buffers(data_dir: Path, memory_bytes: int) -> str:
+    """`shared_buffers` for ``auto``, from the cluster as it is on disk now: a third of its databases' files (what
+    searches read most is the HNSW graph: 21-43% of the database from 1M to 10M documents), at least 256MB, at most a
+    quarter of ``memory_bytes`` and 8GB. A buffer is memory only once a page was read into it, but the buffers'
+    bookkeeping is there from the start, ~20 MB a GB (an empty cluster: 25 MiB PSS at 256MB, 150 at 6GB): so a new or
+    small cluster keeps 256MB, and a grown one gets more at its next start (benchmarks/RESULTS.md)."""
+    base = data_dir / "base"
+    files = sum(f.stat().st_size for f in base.rglob("*") if f.is_file()) if base.is_dir() else 0
+    megabytes = min(files // 3, memory_bytes // 4) >> 20
+    return f"{max(SHARED_BUFFERS_FLOOR_MB, min(megabytes, SHARED_BUFFERS_CEILING_MB))}MB"
+
+
 def postgres_process(settings: Settings) -> ManagedProcess:
     data_dir = settings.state_dir / "postgres"
     run_as = settings.postgres_run_as if os.geteuid() == 0 else None
@@ -240,6 +269,11 @@ def postgres_process(settings: Settings) -> ManagedProcess:
             _init_cluster(data_dir, run_as, password)
         else:
             _end_trust(data_dir, run_as, password)
+        buffers = settings.postgres_shared_buffers
+        if buffers == "auto":  # sized at each start (the supervisor's restarts too) to the data then
+            buffers = auto_shared_buffers(data_dir, machine_memory_bytes())
+            log.info("Postgres' shared_buffers: %s (auto, from %s)", buffers, data_dir)
+        argv[-1] = f"shared_buffers={buffers}"
 
     def ready() -> bool:
         try:
@@ -254,24 +288,25 @@ def postgres_process(settings: Settings) -> ManagedProcess:
         with psycopg.connect(postgres_dsn(settings.app_database_url), connect_timeout=2) as conn:
             return conn.execute("SELECT 1").fetchone() == (1,)
 
+    argv = [
+        str(binary),
+        "-D",
+        str(data_dir),
+        "-h",
+        settings.bind_host,
+        "-p",
+        str(settings.postgres_port),
+        # TCP only: no socket-path length limits, no per-user socket directories.
+        "-c",
+        "unix_socket_directories=",
+        "-c",
+        "max_connections=200",
+        "-c",
+        f"shared_buffers={settings.postgres_shared_buffers}",  # `prepare` sets it at each start
+    ]
     return ManagedProcess(
         name="postgres",
-        argv=[
-            str(binary),
-            "-D",
-            str(data_dir),
-            "-h",
-            settings.bind_host,
-            "-p",
-            str(settings.postgres_port),
-            # TCP only: no socket-path length limits, no per-user socket directories.
-            "-c",
-            "unix_socket_directories=",
-            "-c",
-            "max_connections=200",
-            "-c",
-            f"shared_buffers={settings.postgres_shared_buffers}",
-        ],
+        argv=argv,
         log_path=settings.state_dir / "logs" / "postgres.log",
         pid_path=settings.state_dir / "run" / "postgres.pid",
         ready=ready,

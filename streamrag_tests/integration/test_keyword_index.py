@@ -177,7 +177,9 @@ def test_words_in_most_documents_do_not_fill_the_results_and_probes_never_take_a
     keyword.refresh()
 
     assert set(_found(keyword, "Who edited the Walrus page?")) == {d["doc_id"] for d in walrus}
-    assert set(_found(keyword, "Who edited the Zzyzx page?")) >= {d["doc_id"] for d in walrus}, "a word in no document hides nothing"
+    assert set(_found(keyword, "Who edited the Zzyzx page?")) >= {d["doc_id"] for d in walrus}, (
+        "a word in no document hides nothing"
+    )
     assert len(_found(keyword, "edited bytes")) == len(walrus + others), "a question of common words alone finds them"
     assert _found(keyword, "walrus", limit=2) == _found(keyword, "walrus")[:2]
     assert set(_found(keyword, "walrus", limit=3)) == {d["doc_id"] for d in walrus}

@@ -14,7 +14,13 @@ from psycopg import errors
 
 from streamrag_assets.credentials import API_ROLE, DAGSTER_ROLE, OWNER_ROLE, SUPERUSER, password_path
 from streamrag_assets.documents.migrate import upgrade
-from streamrag_assets.runtime.postgres import POSTGRES_BIN_PATH, admin_connect, postgres_process
+from streamrag_assets.runtime.postgres import (
+    POSTGRES_BIN_PATH,
+    admin_connect,
+    auto_shared_buffers,
+    machine_memory_bytes,
+    postgres_process,
+)
 from streamrag_assets.runtime.process import ServiceError, postgres_dsn
 from streamrag_tests.harness import isolated_settings, release, scratch_dir
 
@@ -55,6 +61,14 @@ def test_hnsw_cosine_neighbours_survive_restart(stack) -> None:
     stack.postgres.stop()
     stack.start(stack.postgres)
     assert neighbours() == ["north", "north-east", "east"]
+
+
+def test_postgres_starts_with_the_buffer_cache_auto_sizes_for_its_data(stack) -> None:
+    """The default `auto`: a test's small cluster gets the floor, and Postgres accepts the value it is given."""
+    assert stack.settings.postgres_shared_buffers == "auto"
+    expected = auto_shared_buffers(stack.settings.state_dir / "postgres", machine_memory_bytes())
+    with admin_connect(stack.settings) as conn:
+        assert conn.execute("SHOW shared_buffers").fetchone()[0] == expected == "256MB"
 
 
 def _connect(url: str) -> psycopg.Connection:

@@ -156,3 +156,23 @@ def test_database_urls_reach_libpq_as_given_and_bad_ones_are_refused_without_the
         with pytest.raises(ValueError) as refused:
             postgres_dsn(url)
         assert "hunter" not in str(refused.value), "the reason never quotes the password"
+
+
+def test_auto_shared_buffers_follow_the_data_on_disk_within_the_machine(tmp_path: Path) -> None:
+    from streamrag_assets.runtime.postgres import auto_shared_buffers
+
+    gib = 2**30
+    cluster = tmp_path / "postgres"
+    assert auto_shared_buffers(cluster, 24 * gib) == "256MB", "no cluster yet"
+    database = cluster / "base" / "16384"
+    database.mkdir(parents=True)
+    for n, size in enumerate([gib, gib, gib // 2]):  # relation segments, sparse: only their size is read
+        with (database / f"{16400 + n}").open("wb") as segment:
+            segment.truncate(size)
+    assert auto_shared_buffers(cluster, 24 * gib) == "853MB", "a third of 2.5 GiB"
+    for n in range(30):
+        with (database / f"16500.{n + 1}").open("wb") as segment:
+            segment.truncate(gib)
+    assert auto_shared_buffers(cluster, 24 * gib) == "6144MB", "a quarter of the machine's memory"
+    assert auto_shared_buffers(cluster, 64 * gib) == "8192MB", "8GB at most"
+    assert auto_shared_buffers(cluster, gib) == "256MB", "never under Postgres' floor here"
