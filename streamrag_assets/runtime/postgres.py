@@ -238,8 +238,10 @@ def auto_shared_buffers(data_dir: Path, memory_bytes: int) -> str:
     quarter of ``memory_bytes`` and 8GB. A buffer is memory only once a page was read into it, but the buffers'
     bookkeeping is there from the start, ~20 MB a GB (an empty cluster: 25 MiB PSS at 256MB, 150 at 6GB): so a new or
     small cluster keeps 256MB, and a grown one gets more at its next start (benchmarks/RESULTS.md)."""
-    base = data_dir / "base"
-    files = sum(f.stat().st_size for f in base.rglob("*") if f.is_file()) if base.is_dir() else 0
+    try:
+        files = sum(f.stat().st_size for f in (data_dir / "base").rglob("*") if f.is_file())
+    except OSError:  # unreadable here: the floor, and Postgres starts
+        files = 0
     megabytes = min(files // 3, memory_bytes // 4) >> 20
     return f"{max(SHARED_BUFFERS_FLOOR_MB, min(megabytes, SHARED_BUFFERS_CEILING_MB))}MB"
 
