@@ -234,7 +234,7 @@ def machine_memory_bytes() -> int:
 
 def auto_shared_buffers(data_dir: Path, memory_bytes: int) -> str:
     """`shared_buffers` for ``auto``, from the cluster as it is on disk now: a third of its databases' files (what
-    searches read most is the HNSW graph: 21-43% of the database from 1M to 10M documents), at least 256MB, at most a
+    searches read most is the HNSW graph: 21% of the database at 1M documents, 32% at 10M), at least 256MB, at most a
     quarter of ``memory_bytes`` and 8GB. A buffer is memory only once a page was read into it, but the buffers'
     bookkeeping is there from the start, ~20 MB a GB (an empty cluster: 25 MiB PSS at 256MB, 150 at 6GB): so a new or
     small cluster keeps 256MB, and a grown one gets more at its next start (benchmarks/RESULTS.md)."""
@@ -275,7 +275,7 @@ def postgres_process(settings: Settings) -> ManagedProcess:
         if buffers == "auto":  # sized at each start (the supervisor's restarts too) to the data then
             buffers = auto_shared_buffers(data_dir, machine_memory_bytes())
             log.info("Postgres' shared_buffers: %s (auto, from %s)", buffers, data_dir)
-        argv[-1] = f"shared_buffers={buffers}"
+        argv[buffers_at] = f"shared_buffers={buffers}"
 
     def ready() -> bool:
         try:
@@ -304,8 +304,9 @@ def postgres_process(settings: Settings) -> ManagedProcess:
         "-c",
         "max_connections=200",
         "-c",
-        f"shared_buffers={settings.postgres_shared_buffers}",  # `prepare` sets it at each start
+        f"shared_buffers={settings.postgres_shared_buffers}",
     ]
+    buffers_at = len(argv) - 1  # `prepare` sets it at each start
     return ManagedProcess(
         name="postgres",
         argv=argv,
