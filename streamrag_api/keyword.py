@@ -214,7 +214,97 @@ def _saved_state(path: Path) -> dict | None:
     return state if isinstance(state, dict) else None
 
 
-class KeywordIndex:
+class KeywordSearch:
+    """Searching a keyword index: all the API's /search asks of it. `KeywordIndex` keeps one following Postgres;
+    `KeywordSearch.on_disk` opens one an API left on disk, to read only (no writer, no lock: that API may go on)."""
+
+    def __init__(self) -> None:
+        self.schema = _schema()
+        self.analyzer = analyzer()
+        self.index: tantivy.Index
+
+    @staticmethod
+    def on_disk(path: Path) -> KeywordSearch:
+        reader = KeywordSearch()  # its queries are terms the analyzer made: the index needs no tokenizer to read
+        reader.index = tantivy.Index(reader.schema, path=str(path), reuse=True)
+        return reader
+
+    def terms(self, question: str) -> list[str]:
+        """The question's words as the index holds them, without stop words or repeats."""
+        terms: list[str] = []
+        for word in self.analyzer.analyze(question):
+            if word not in STOP_WORDS and word not in terms:
+                terms.append(word)
+        return terms[:MAX_TERMS]
+
+    def search(
+        self, question: str, filters: Filters, limit: int, include_probes: bool = False
+    ) -> list[tuple[str, datetime, float]]:
+        """The ``limit`` best (doc_id, event_time, BM25 score) for the question's words, within the filters.
+
+        tantivy scores every document a word matches (tantivy-py collects through a `MultiCollector`, which block-max
+        WAND's pruning does not serve), ~5 ns a posting: the cost is the words' postings, so words found in most
+        documents are left out (`_telling`), and without filters the query is the words alone — an exclusion clause
+        adds a check per matching document (~30% at 0.8M documents), so the canary's probes are dropped by id after
+        the search instead."""
+        searcher = self.index.searcher()
+        terms = self._telling(searcher, self.terms(question))
+        if not terms:
+            return []
+        Occur, Query, schema = tantivy.Occur, tantivy.Query, self.schema  # noqa: N806 - tantivy's own names
+        words = Query.boolean_query(
+            [(Occur.Should, Query.term_query(schema, "body", term, index_option="freq")) for term in terms]
+        )
+        clauses = []
+        for name in ("wiki", "lang", "type", "namespace"):
+            values = getattr(filters, name)
+            if values:
+                clauses.append((Occur.Must, Query.const_score_query(Query.term_set_query(schema, name, values), 0.0)))
+        if filters.since is not None or filters.until is not None:
+            window = Query.range_query(
+                schema,
+                "event_time",
+                tantivy.FieldType.Integer,
+                _micros(filters.since) if filters.since else -(2**62),
+                _micros(filters.until) if filters.until else 2**62,
+                include_upper=False,
+            )
+            clauses.append((Occur.Must, Query.const_score_query(window, 0.0)))
+        if filters.exclude_bots:
+            clauses.append((Occur.MustNot, Query.term_query(schema, "bot", True)))
+        if clauses and not include_probes:
+            clauses.append((Occur.MustNot, Query.term_query(schema, "probe", True)))
+        query = Query.boolean_query([(Occur.Must, words), *clauses]) if clauses else words
+        drop_probes = not clauses and not include_probes
+        wanted = limit
+        while True:
+            hits = searcher.search(query, wanted, count=False).hits
+            out = []
+            for score, address in hits:
+                document = searcher.doc(address)
+                doc_id = document["doc_id"][0]
+                if drop_probes and doc_id.startswith(PROBE_PREFIX):
+                    continue
+                when = datetime.fromtimestamp(document["event_time"][0] / 1_000_000, UTC)
+                out.append((doc_id, when, float(score)))
+            if len(out) >= limit or len(hits) < wanted:  # enough, or all there is
+                return out[:limit]
+            wanted *= 2  # probes took places: look further down
+
+    @staticmethod
+    def _telling(searcher: tantivy.Searcher, terms: list[str]) -> list[str]:
+        """``terms`` found in the index, without those in more than `COMMON_SHARE` of the documents unless that is all
+        of them. Such a word ("edited", "bytes": in most documents' text) adds under ln 2 of BM25's idf to a score,
+        next to 5-15 for a rare one, but costs the most: its postings are most of the index. At 9.6M documents
+        leaving them out kept 99.9% of the top ten's BM25 score (benchmarks/RESULTS.md). As Lucene's former
+        `cutoff_frequency`, without its second pass."""
+        found = {term: searcher.doc_freq("body", term) for term in terms}
+        found = {term: count for term, count in found.items() if count}  # a word in no document finds nothing
+        telling = [term for term, count in found.items() if count <= COMMON_SHARE * searcher.num_docs]
+        return telling or list(found)
+
+
+class KeywordIndex(KeywordSearch):
     def __init__(
         self,
         engine: Engine,
@@ -229,8 +319,7 @@ class KeywordIndex:
         self.build_apart_from = build_apart_from
         self._locked_by_parent = locked
         self._child: subprocess.Popen | None = None
-        self.schema = _schema()
-        self.analyzer = analyzer()
+        super().__init__()
         self.path: Path | None = None  # where the index and its state are kept; None: in memory
         self._lock: IO | None = None  # the directory's lock file, held while the index writes there
         self.saved: dict | None = None  # the state saved with the index on disk, until the first refresh
@@ -510,82 +599,6 @@ class KeywordIndex:
             probe=bool(row.probe),
             event_time=_micros(row.event_time),
         )
-
-    # --- searching --------------------------------------------------------------------------------------------
-
-    def terms(self, question: str) -> list[str]:
-        """The question's words as the index holds them, without stop words or repeats."""
-        terms: list[str] = []
-        for word in self.analyzer.analyze(question):
-            if word not in STOP_WORDS and word not in terms:
-                terms.append(word)
-        return terms[:MAX_TERMS]
-
-    def search(
-        self, question: str, filters: Filters, limit: int, include_probes: bool = False
-    ) -> list[tuple[str, datetime, float]]:
-        """The ``limit`` best (doc_id, event_time, BM25 score) for the question's words, within the filters.
-
-        tantivy scores every document a word matches (tantivy-py collects through a `MultiCollector`, which block-max
-        WAND's pruning does not serve), ~5 ns a posting: the cost is the words' postings, so words found in most
-        documents are left out (`_telling`), and without filters the query is the words alone — an exclusion clause
-        adds a check per matching document (~30% at 0.8M documents), so the canary's probes are dropped by id after
-        the search instead."""
-        searcher = self.index.searcher()
-        terms = self._telling(searcher, self.terms(question))
-        if not terms:
-            return []
-        Occur, Query, schema = tantivy.Occur, tantivy.Query, self.schema  # noqa: N806 - tantivy's own names
-        words = Query.boolean_query(
-            [(Occur.Should, Query.term_query(schema, "body", term, index_option="freq")) for term in terms]
-        )
-        clauses = []
-        for name in ("wiki", "lang", "type", "namespace"):
-            values = getattr(filters, name)
-            if values:
-                clauses.append((Occur.Must, Query.const_score_query(Query.term_set_query(schema, name, values), 0.0)))
-        if filters.since is not None or filters.until is not None:
-            window = Query.range_query(
-                schema,
-                "event_time",
-                tantivy.FieldType.Integer,
-                _micros(filters.since) if filters.since else -(2**62),
-                _micros(filters.until) if filters.until else 2**62,
-                include_upper=False,
-            )
-            clauses.append((Occur.Must, Query.const_score_query(window, 0.0)))
-        if filters.exclude_bots:
-            clauses.append((Occur.MustNot, Query.term_query(schema, "bot", True)))
-        if clauses and not include_probes:
-            clauses.append((Occur.MustNot, Query.term_query(schema, "probe", True)))
-        query = Query.boolean_query([(Occur.Must, words), *clauses]) if clauses else words
-        drop_probes = not clauses and not include_probes
-        wanted = limit
-        while True:
-            hits = searcher.search(query, wanted, count=False).hits
-            out = []
-            for score, address in hits:
-                document = searcher.doc(address)
-                doc_id = document["doc_id"][0]
-                if drop_probes and doc_id.startswith(PROBE_PREFIX):
-                    continue
-                when = datetime.fromtimestamp(document["event_time"][0] / 1_000_000, UTC)
-                out.append((doc_id, when, float(score)))
-            if len(out) >= limit or len(hits) < wanted:  # enough, or all there is
-                return out[:limit]
-            wanted *= 2  # probes took places: look further down
-
-    @staticmethod
-    def _telling(searcher: tantivy.Searcher, terms: list[str]) -> list[str]:
-        """``terms`` found in the index, without those in more than `COMMON_SHARE` of the documents unless that is all
-        of them. Such a word ("edited", "bytes": in most documents' text) adds under ln 2 of BM25's idf to a score,
-        next to 5-15 for a rare one, but costs the most: its postings are most of the index. At 9.6M documents
-        leaving them out kept 99.9% of the top ten's BM25 score (benchmarks/RESULTS.md). As Lucene's former
-        `cutoff_frequency`, without its second pass."""
-        found = {term: searcher.doc_freq("body", term) for term in terms}
-        found = {term: count for term, count in found.items() if count}  # a word in no document finds nothing
-        telling = [term for term, count in found.items() if count <= COMMON_SHARE * searcher.num_docs]
-        return telling or list(found)
 
 
 # --- the child's side of a build apart (`streamrag_api.keyword_builder` runs it) -----------------------------------

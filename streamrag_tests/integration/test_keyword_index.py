@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from streamrag_api.keyword import KeywordIndex
+from streamrag_api.keyword import KeywordIndex, KeywordSearch
 from streamrag_api.live import LiveFeed
 from streamrag_api.schemas import Filters, SearchRequest
 from streamrag_api.search import Searcher, search_engine
@@ -62,7 +62,7 @@ def _live(store: DocumentIndex) -> int:
         return conn.execute(text("SELECT count(*) FROM documents WHERE NOT deleted")).scalar_one()
 
 
-def _found(index: KeywordIndex, words: str, filters: Filters = EVERYTHING, limit: int = 50) -> list[str]:
+def _found(index: KeywordSearch, words: str, filters: Filters = EVERYTHING, limit: int = 50) -> list[str]:
     return [doc_id for doc_id, _, _ in index.search(words, filters, limit)]
 
 
@@ -342,8 +342,8 @@ def test_an_index_kept_on_disk_resumes_after_a_restart_and_is_read_anew_for_anot
     database, stack, tmp_path
 ) -> None:
     """A restarted API applies only what changed while it was down (edits, a deleted page, retention), a second
-    API on the same directory keeps its own index in memory, and an index saved for another database, or saved
-    longer ago than the removal log keeps, is read anew."""
+    API on the same directory keeps its own index in memory, a reader finds what the API does, and an index saved
+    for another database, or saved longer ago than the removal log keeps, is read anew."""
     store = DocumentIndex(database, get_embedder())
     docs = [_gold(seq, title=f"Okapi stripes {seq}") for seq in range(12)]
     store.apply(docs)
@@ -372,6 +372,8 @@ def test_an_index_kept_on_disk_resumes_after_a_restart_and_is_read_anew_for_anot
     assert docs[0]["doc_id"] not in found and docs[1]["doc_id"] not in found
     assert found == {d["doc_id"] for d in docs[2:]} | {tongue["doc_id"]}
     assert restarted.index.searcher().num_docs == _live(store)
+    reader = KeywordSearch.on_disk(path)  # as `benchmarks.keyword_search` reads it, while the API holds the directory
+    assert set(_found(reader, "okapi")) == found
     restarted.stop()
 
     state = json.loads((path / "streamrag-state.json").read_text())
