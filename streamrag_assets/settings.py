@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     search_concurrency: int | None = Field(
         None, ge=1, le=256, description="Searches the API computes at once (the rest wait in order); none: cores + 1."
     )
+    api_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How many nice steps below the stream (and the platform's other services) the API runs: when "
+        "searches fill the cores, the stream's indexing keeps its pace and the searches wait instead. 0: the same.",
+    )
     keyword_refresh_s: float = Field(
         2.0,
         gt=0,
