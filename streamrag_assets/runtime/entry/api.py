@@ -15,8 +15,8 @@ def main(settings: Settings, host: str | None = None, port: int | None = None) -
     if problem:
         raise ServiceError(problem)
     # Below the stream on the CPU (every thread the API starts inherits it): a search waits a little when the cores
-    # are full, an edit does not — at 10M documents, 8 clients of hybrid /search left the indexing 50 documents/s at
-    # the same priority and 76 with the API 10 steps below (benchmarks/RESULTS.md). Nothing changes on idle cores.
+    # are full, an edit does not — at 10M documents, while 8 clients of hybrid /search ran, inserts went 50 -> 72
+    # documents/s with the API 10 steps below (where the CPU held them; benchmarks/RESULTS.md). Idle cores: no change.
     os.nice(settings.api_nice)
     uvicorn.run(
         "streamrag_api.main:app",
